@@ -1,0 +1,106 @@
+"""Build script for fastconv's Cython extensions.
+
+Everything about *how* the kernels are compiled lives here, once:
+
+* Cython compiler directives (bounds checks off, C division, ...);
+* ``FASTCONV_DEBUG=1`` turns bounds checks and wraparound checks back on and
+  compiles with ``-O0 -g`` -- use it for sanitizer / valgrind runs;
+* OpenMP is used when the compiler can build and link a tiny OpenMP program,
+  otherwise the kernels compile serially (``prange`` degrades to ``range``);
+  ``FASTCONV_NO_OPENMP=1`` forces the serial build.
+
+No host-specific flag (``-march=native``) is ever used: the wheels must run on
+any x86-64 / aarch64 machine.  The heavy lifting (GEMM) is done by the BLAS
+that NumPy ships, which has its own runtime CPU dispatch.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTCONV_DEBUG", "0") not in ("", "0")
+NO_OPENMP = os.environ.get("FASTCONV_NO_OPENMP", "0") not in ("", "0")
+
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "nonecheck": False,
+    "embedsignature": True,
+    "cpow": True,
+}
+
+
+def _openmp_flags():
+    """Return (compile_args, link_args) for OpenMP, or ([], []) if unavailable."""
+    if NO_OPENMP or sys.platform == "win32":
+        # MSVC's OpenMP 2.0 lacks what Cython's prange needs for Py_ssize_t
+        # loop variables; Windows builds are serial for now.
+        return [], []
+    if sys.platform == "darwin":
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    src = (
+        "#include <omp.h>\n"
+        "int main(void){int s=0;\n"
+        "#pragma omp parallel for reduction(+:s)\n"
+        "for(int i=0;i<8;i++) s+=i; return s==28 ? 0 : 1;}\n"
+    )
+    tmp = tempfile.mkdtemp()
+    try:
+        path = os.path.join(tmp, "omp_check.c")
+        with open(path, "w") as f:
+            f.write(src)
+        for cflags, lflags in candidates:
+            cmd = cc.split() + cflags + [path, "-o", os.path.join(tmp, "a.out")] + lflags
+            try:
+                ok = subprocess.run(cmd, capture_output=True).returncode == 0
+            except OSError:
+                ok = False
+            if ok:
+                return cflags, lflags
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("fastconv: OpenMP not available, building serial kernels", file=sys.stderr)
+    return [], []
+
+
+def _extensions():
+    omp_cflags, omp_lflags = _openmp_flags()
+    if sys.platform == "win32":
+        base_cflags = ["/O2"]
+    elif DEBUG:
+        base_cflags = ["-O0", "-g3", "-fno-omit-frame-pointer"]
+    else:
+        base_cflags = ["-O3"]
+    common = dict(
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        extra_compile_args=base_cflags + omp_cflags,
+        extra_link_args=omp_lflags,
+    )
+    names = ["_openmp", "_blas", "_kernels"]
+    exts = [
+        Extension(f"fastconv.{name}", [f"src/fastconv/{name}.pyx"], **common)
+        for name in names
+    ]
+    return cythonize(
+        exts,
+        compiler_directives=COMPILER_DIRECTIVES,
+        compile_time_env={"FASTCONV_DEBUG": DEBUG},
+        include_path=["src"],
+    )
+
+
+setup(ext_modules=_extensions())

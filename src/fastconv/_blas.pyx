@@ -1,0 +1,290 @@
+"""The BLAS wrapper: ``gemm`` for the kernels, backed by NumPy's own BLAS.
+
+NumPy wheels vendor an optimized OpenBLAS (``scipy-openblas``, with runtime
+CPU dispatch) but expose no C API for it.  At import time this module looks
+the library up in the running process with :mod:`ctypes`, takes the
+addresses of ``cblas_sgemm``/``cblas_dgemm`` (in whichever of the usual
+symbol spellings and integer widths the library uses) and checks them on a
+tiny product before trusting them.  If nothing usable is found -- or
+``FASTCONV_BLAS=builtin`` is set -- a portable built-in GEMM is used, so
+fastconv's only runtime dependency stays NumPy.
+"""
+
+import ctypes
+import glob
+import os
+import sys
+
+from libc.stdint cimport int32_t, int64_t, INT32_MAX
+
+# --- function pointer types of the CBLAS entry points -----------------------
+
+ctypedef void (*sgemm32_t)(int, int, int, int32_t, int32_t, int32_t,
+                           float, const float*, int32_t, const float*, int32_t,
+                           float, float*, int32_t) noexcept nogil
+ctypedef void (*dgemm32_t)(int, int, int, int32_t, int32_t, int32_t,
+                           double, const double*, int32_t, const double*, int32_t,
+                           double, double*, int32_t) noexcept nogil
+ctypedef void (*sgemm64_t)(int, int, int, int64_t, int64_t, int64_t,
+                           float, const float*, int64_t, const float*, int64_t,
+                           float, float*, int64_t) noexcept nogil
+ctypedef void (*dgemm64_t)(int, int, int, int64_t, int64_t, int64_t,
+                           double, const double*, int64_t, const double*, int64_t,
+                           double, double*, int64_t) noexcept nogil
+ctypedef void (*set_threads_t)(int) noexcept nogil
+ctypedef int (*get_threads_t)() noexcept nogil
+
+cdef enum:
+    CBLAS_ROW_MAJOR = 101
+
+cdef void* _sgemm = NULL
+cdef void* _dgemm = NULL
+cdef bint _int64 = False
+cdef set_threads_t _set_threads = NULL
+cdef get_threads_t _get_threads = NULL
+
+cdef int _serial_depth = 0
+cdef int _saved_threads = 1
+
+_info = {"name": "builtin", "path": None, "int_bits": None, "thread_control": False}
+
+
+# --- the entry point the kernels use ----------------------------------------
+
+cdef inline bint _fits_int32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t lda,
+                             Py_ssize_t ldb, Py_ssize_t ldc) noexcept nogil:
+    return (m <= INT32_MAX and n <= INT32_MAX and k <= INT32_MAX and
+            lda <= INT32_MAX and ldb <= INT32_MAX and ldc <= INT32_MAX)
+
+
+cdef void gemm(Transpose trans_a, Transpose trans_b,
+               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+               floating alpha, const floating* a, Py_ssize_t lda,
+               const floating* b, Py_ssize_t ldb,
+               floating beta, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """Row-major ``C = alpha * op(A) @ op(B) + beta * C`` (see _blas.pxd)."""
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        _scale(m, n, beta, c, ldc)
+        return
+    if floating is float:
+        if _sgemm != NULL:
+            if _int64:
+                (<sgemm64_t>_sgemm)(CBLAS_ROW_MAJOR, trans_a, trans_b, m, n, k,
+                                    alpha, a, lda, b, ldb, beta, c, ldc)
+                return
+            elif _fits_int32(m, n, k, lda, ldb, ldc):
+                (<sgemm32_t>_sgemm)(CBLAS_ROW_MAJOR, trans_a, trans_b,
+                                    <int32_t>m, <int32_t>n, <int32_t>k,
+                                    alpha, a, <int32_t>lda, b, <int32_t>ldb,
+                                    beta, c, <int32_t>ldc)
+                return
+    else:
+        if _dgemm != NULL:
+            if _int64:
+                (<dgemm64_t>_dgemm)(CBLAS_ROW_MAJOR, trans_a, trans_b, m, n, k,
+                                    alpha, a, lda, b, ldb, beta, c, ldc)
+                return
+            elif _fits_int32(m, n, k, lda, ldb, ldc):
+                (<dgemm32_t>_dgemm)(CBLAS_ROW_MAJOR, trans_a, trans_b,
+                                    <int32_t>m, <int32_t>n, <int32_t>k,
+                                    alpha, a, <int32_t>lda, b, <int32_t>ldb,
+                                    beta, c, <int32_t>ldc)
+                return
+    _builtin_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+cdef void _scale(Py_ssize_t m, Py_ssize_t n, floating beta,
+                 floating* c, Py_ssize_t ldc) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(m):
+        for j in range(n):
+            # beta == 0 overwrites (BLAS semantics: C may hold garbage/NaN)
+            c[i * ldc + j] = 0 if beta == 0 else beta * c[i * ldc + j]
+
+
+cdef void _builtin_gemm(Transpose trans_a, Transpose trans_b,
+                        Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                        floating alpha, const floating* a, Py_ssize_t lda,
+                        const floating* b, Py_ssize_t ldb,
+                        floating beta, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """Portable fallback: correct for every transpose combination.
+
+    The two layouts the kernels use most (NN and NT with a row-major A) get
+    loops with a contiguous innermost index so the compiler vectorizes them.
+    """
+    cdef Py_ssize_t i, j, p
+    cdef floating aip, acc
+    cdef floating* crow
+    _scale(m, n, beta, c, ldc)
+    if trans_b == NO_TRANS:
+        for i in range(m):
+            crow = c + i * ldc
+            for p in range(k):
+                if trans_a == NO_TRANS:
+                    aip = alpha * a[i * lda + p]
+                else:
+                    aip = alpha * a[p * lda + i]
+                for j in range(n):
+                    crow[j] += aip * b[p * ldb + j]
+    else:
+        for i in range(m):
+            crow = c + i * ldc
+            for j in range(n):
+                acc = 0
+                if trans_a == NO_TRANS:
+                    for p in range(k):
+                        acc += a[i * lda + p] * b[j * ldb + p]
+                else:
+                    for p in range(k):
+                        acc += a[p * lda + i] * b[j * ldb + p]
+                crow[j] += alpha * acc
+
+
+# --- single-threaded BLAS while a kernel owns the cores ---------------------
+
+cdef void blas_serial_enter():
+    """Pin BLAS to one thread (call with the GIL held, pair with exit)."""
+    global _serial_depth, _saved_threads
+    if _set_threads == NULL or _get_threads == NULL:
+        return
+    if _serial_depth == 0:
+        _saved_threads = _get_threads()
+        if _saved_threads != 1:
+            _set_threads(1)
+    _serial_depth += 1
+
+
+cdef void blas_serial_exit():
+    """Undo ``blas_serial_enter`` once the last concurrent kernel is done."""
+    global _serial_depth
+    if _set_threads == NULL or _get_threads == NULL:
+        return
+    _serial_depth -= 1
+    if _serial_depth == 0 and _saved_threads != 1:
+        _set_threads(_saved_threads)
+
+
+# --- finding NumPy's BLAS ----------------------------------------------------
+
+# (gemm prefix, gemm suffix, thread-function names, 64-bit integers)
+_SPELLINGS = (
+    ("scipy_cblas_", "64_", ("scipy_openblas_set_num_threads64_",
+                             "scipy_openblas_get_num_threads64_"), True),
+    ("scipy_cblas_", "", ("scipy_openblas_set_num_threads",
+                          "scipy_openblas_get_num_threads"), False),
+    ("cblas_", "64_", ("openblas_set_num_threads64_",
+                       "openblas_get_num_threads64_"), True),
+    ("cblas_", "", ("openblas_set_num_threads", "openblas_get_num_threads"), False),
+)
+
+
+def _candidate_libraries():
+    """Paths of BLAS libraries NumPy ships or the process already mapped."""
+    import numpy
+
+    pkg = os.path.dirname(numpy.__file__)
+    seen = []
+    for folder in (os.path.join(os.path.dirname(pkg), "numpy.libs"),
+                   os.path.join(pkg, ".dylibs"), pkg):
+        for path in sorted(glob.glob(os.path.join(folder, "*"))):
+            if "blas" in os.path.basename(path).lower() and path not in seen:
+                seen.append(path)
+    if sys.platform.startswith("linux"):
+        # A NumPy linked against a system BLAS: look at what is mapped.
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    fields = line.split()
+                    path = fields[5] if len(fields) >= 6 else ""
+                    name = os.path.basename(path).lower()
+                    if ("blas" in name or "mkl_rt" in name) and path not in seen:
+                        seen.append(path)
+        except OSError:
+            pass
+    return seen
+
+
+cdef bint _self_test():
+    """Multiply a 2x3 by a 3x2 in both precisions; True if the BLAS is right."""
+    cdef float sa[6]
+    cdef float sb[6]
+    cdef float sc[4]
+    cdef double da[6]
+    cdef double db[6]
+    cdef double dc[4]
+    cdef int i
+    for i in range(6):
+        sa[i] = i + 1
+        sb[i] = 6 - i
+        da[i] = i + 1
+        db[i] = 6 - i
+    for i in range(4):
+        sc[i] = -1
+        dc[i] = -1
+    gemm(NO_TRANS, NO_TRANS, 2, 2, 3, <float>1, sa, 3, sb, 2, <float>0, sc, 2)
+    gemm(NO_TRANS, TRANS, 2, 2, 3, <double>1, da, 3, db, 3, <double>0, dc, 2)
+    # [[1,2,3],[4,5,6]] @ [[6,5],[4,3],[2,1]] and @ [[6,5,4],[3,2,1]].T
+    return (sc[0] == 20 and sc[1] == 14 and sc[2] == 56 and sc[3] == 41 and
+            dc[0] == 28 and dc[1] == 10 and dc[2] == 73 and dc[3] == 28)
+
+
+def _address(lib, name):
+    try:
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+    except AttributeError:
+        return None
+
+
+cdef bint _try_library(str path):
+    global _sgemm, _dgemm, _int64, _set_threads, _get_threads
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return False
+    for prefix, suffix, thread_names, int64 in _SPELLINGS:
+        s_addr = _address(lib, prefix + "sgemm" + suffix)
+        d_addr = _address(lib, prefix + "dgemm" + suffix)
+        if not s_addr or not d_addr:
+            continue
+        _sgemm = <void*><size_t>s_addr
+        _dgemm = <void*><size_t>d_addr
+        _int64 = int64
+        if _self_test():
+            set_addr = _address(lib, thread_names[0])
+            get_addr = _address(lib, thread_names[1])
+            if set_addr and get_addr:
+                _set_threads = <set_threads_t><size_t>set_addr
+                _get_threads = <get_threads_t><size_t>get_addr
+            _info.update(name=os.path.basename(path), path=path,
+                         int_bits=64 if int64 else 32,
+                         thread_control=bool(set_addr and get_addr))
+            return True
+        _sgemm = NULL
+        _dgemm = NULL
+    return False
+
+
+def _load():
+    if os.environ.get("FASTCONV_BLAS", "").lower() == "builtin":
+        return
+    for path in _candidate_libraries():
+        if _try_library(path):
+            return
+
+
+def blas_info():
+    """Describe the BLAS behind ``gemm``.
+
+    Returns
+    -------
+    dict
+        ``name`` (library file or ``"builtin"``), ``path``, ``int_bits``
+        (32 or 64, None for the built-in) and ``thread_control`` (whether
+        fastconv can pin it to one thread inside its parallel regions).
+    """
+    return dict(_info)
+
+
+_load()

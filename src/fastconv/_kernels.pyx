@@ -1,0 +1,695 @@
+"""Cython kernels for conv2d and 2-D pooling (NCHW, float32/float64).
+
+Division of labour (see ``functional.py``): the Python layer validates every
+argument, computes output sizes, converts to C-contiguous arrays of one float
+dtype and allocates the outputs; the kernels trust their inputs.  Each kernel
+is a ``def`` entry point (GIL work: planning, workspace sizing, error
+reporting) over a ``nogil`` parallel region.
+
+Convolutions are lowered to GEMM through ``_blas.gemm``.  Work is split into
+*items* (image x group x tile of output positions) that are independent of
+the thread count, so results are bitwise identical for any number of
+threads; each thread packs one tile of patches at a time into a private
+workspace, so extra memory is ``threads x tile`` whatever the batch size.
+
+* forward:      Y[g] (Og x P)  = W[g] (Og x K) @ patches(X)[g] (K x P)
+* grad_weight:  dW[g] (Og x K) = sum_tiles  dY[g] (Og x Pt) @ patches(X)^T
+* grad_input:   the textbook's full correlation of the stride-dilated
+  sensitivity map with the 180-degree-rotated, in/out-swapped filters, split
+  into ``sh x sw`` phases so that no multiply touches an inserted zero: for
+  the input rows ``t = q*sh + r`` only the taps ``u`` with
+  ``u*dh = r (mod sh)`` meet a non-zero, at dY row ``q - (u*dh - r)/sh``.
+  Each phase is a dense correlation: dX_phase (Cg x Pq) = Wrot_phase^T
+  (Cg x Og*T) @ patches(dY) (Og*T x Pq).
+"""
+
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from fastconv._blas cimport NO_TRANS, TRANS, blas_serial_enter, blas_serial_exit, gemm
+
+# Status codes a nogil core reports to its entry point.
+cdef enum:
+    STATUS_OK = 0
+    STATUS_NO_MEMORY = 1
+    STATUS_BAD_INDEX = 2
+
+# A packed tile of patches aims at this many bytes (fits in L2 next to the
+# GEMM's own packing buffers), with at least MIN_TILE output positions.
+cdef Py_ssize_t TILE_BYTES = 256 * 1024
+cdef Py_ssize_t MIN_TILE = 64
+cdef Py_ssize_t MAX_TILE = 4096
+# Aim for at least this many work items so that up to this many threads
+# find work.  Depends on the shape only, never on the thread count.
+cdef Py_ssize_t MIN_ITEMS = 16
+# Filter-gradient partial sums: at most this many fixed reduction slots.
+cdef Py_ssize_t MAX_SLOTS = 8
+cdef Py_ssize_t SLOT_BYTES_BUDGET = 64 * 1024 * 1024
+
+
+def _raise_for_status(int status):
+    if status == STATUS_NO_MEMORY:
+        raise MemoryError("fastconv: could not allocate kernel workspace")
+    if status == STATUS_BAD_INDEX:
+        raise ValueError("indices: every index must lie in [0, H*W) of its input plane")
+
+
+cdef Py_ssize_t _tile_size(Py_ssize_t rows, Py_ssize_t positions, Py_ssize_t outer,
+                           Py_ssize_t itemsize):
+    """Output positions per tile: a ``rows x tile`` patch matrix of about
+    TILE_BYTES, rounded to 16, shrunk (not below MIN_TILE) until there are
+    MIN_ITEMS items; a function of the shape only."""
+    cdef Py_ssize_t tile = TILE_BYTES // (itemsize * max(rows, 1))
+    tile = max(MIN_TILE, min(MAX_TILE, tile)) // 16 * 16
+    while tile > MIN_TILE and outer * _ceil_div(positions, tile) < MIN_ITEMS:
+        tile = max(MIN_TILE, tile // 2 // 16 * 16)
+    return max(1, min(tile, positions))
+
+
+cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """Floor division for b > 0 (C division truncates toward zero)."""
+    if a >= 0:
+        return a // b
+    return -((-a + b - 1) // b)
+
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return -_floor_div(-a, b)
+
+
+# --- patch packing (im2col of one tile) ------------------------------------
+
+cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
+                        Py_ssize_t src_h, Py_ssize_t src_w,
+                        const Py_ssize_t* row_off, Py_ssize_t n_u,
+                        const Py_ssize_t* col_off, Py_ssize_t n_v,
+                        Py_ssize_t step_i, Py_ssize_t step_j,
+                        Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                        floating* dst) noexcept nogil:
+    """Pack a (n_ch*n_u*n_v) x count patch matrix, row-major.
+
+    Row ``(c*n_u + iu)*n_v + iv``, column ``l`` holds
+    ``src[c, qi*step_i + row_off[iu], qj*step_j + col_off[iv]]`` where
+    ``(qi, qj) = divmod(p0 + l, grid_w)``, and zero where that falls outside
+    the ``src_h x src_w`` plane (the zero padding of the textbook).
+    """
+    cdef Py_ssize_t c, iu, iv, l, qi, qj, seg, ii, co, lo, hi, a, b, t
+    cdef Py_ssize_t plane = src_h * src_w
+    cdef const floating* srow
+    cdef floating* d
+    for c in range(n_ch):
+        for iu in range(n_u):
+            for iv in range(n_v):
+                d = dst + ((c * n_u + iu) * n_v + iv) * count
+                co = col_off[iv]
+                # grid columns whose source column lies inside the plane
+                lo = max(0, _ceil_div(-co, step_j))
+                hi = _floor_div(src_w - 1 - co, step_j) + 1
+                qi = p0 // grid_w
+                qj = p0 - qi * grid_w
+                l = 0
+                while l < count:
+                    seg = min(grid_w - qj, count - l)
+                    ii = qi * step_i + row_off[iu]
+                    if ii < 0 or ii >= src_h or hi <= lo:
+                        memset(d + l, 0, seg * sizeof(floating))
+                    else:
+                        a = min(max(lo, qj), qj + seg)      # first in-plane column
+                        b = max(min(hi, qj + seg), a)       # one past the last
+                        if a > qj:
+                            memset(d + l, 0, (a - qj) * sizeof(floating))
+                        srow = src + c * plane + ii * src_w + co
+                        if step_j == 1:
+                            memcpy(d + l + (a - qj), srow + a, (b - a) * sizeof(floating))
+                        else:
+                            for t in range(a, b):
+                                d[l + t - qj] = srow[t * step_j]
+                        if qj + seg > b:
+                            memset(d + l + (b - qj), 0, (qj + seg - b) * sizeof(floating))
+                    l += seg
+                    qi += 1
+                    qj = 0
+
+
+# --- conv2d forward ----------------------------------------------------------
+
+def conv2d_forward(const floating[:, :, :, ::1] x,
+                   const floating[:, :, :, ::1] weight,
+                   const floating[::1] bias,
+                   bint has_bias,
+                   floating[:, :, :, ::1] out,
+                   Py_ssize_t stride_h, Py_ssize_t stride_w,
+                   Py_ssize_t pad_top, Py_ssize_t pad_left,
+                   Py_ssize_t dil_h, Py_ssize_t dil_w,
+                   Py_ssize_t groups, int n_threads):
+    """Cross-correlation ``out = conv2d(x, weight) + bias`` (inputs trusted).
+
+    ``out`` must be ``(N, C_out, Ho, Wo)`` with the sizes the Python layer
+    computed; ``pad_top``/``pad_left`` are the leading paddings (the trailing
+    ones are implied by ``Ho``/``Wo``).
+    """
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]
+    cdef Py_ssize_t kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    cdef Py_ssize_t positions = out_h * out_w, k_dim = cg * kh * kw
+    cdef Py_ssize_t in_plane = in_h * in_w
+    if n_img == 0 or positions == 0 or c_out == 0:
+        return
+    # 1x1, stride 1, no padding: the input planes already are the patch matrix
+    cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
+                        and pad_top == 0 and pad_left == 0)
+    cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img * groups, sizeof(floating))
+    cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
+    cdef Py_ssize_t n_items = n_img * groups * n_tiles
+    cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
+    cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef const floating* bp = &bias[0] if has_bias else NULL
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, g, t, p0, count, o, l
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating* work = NULL
+    cdef floating bval
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = NULL
+            if not direct:
+                work = <floating*>malloc(k_dim * tile * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+            for item in prange(n_items, schedule="static"):
+                if direct or work != NULL:
+                    n = item // (groups * n_tiles)
+                    g = (item // n_tiles) % groups
+                    t = item % n_tiles
+                    p0 = t * tile
+                    count = min(tile, positions - p0)
+                    src = xp + (n * groups + g) * cg * in_plane
+                    dst = yp + (n * c_out + g * og) * positions + p0
+                    if direct:
+                        gemm(NO_TRANS, NO_TRANS, og, count, k_dim,
+                             <floating>1, wp + g * og * k_dim, k_dim,
+                             src + p0, positions, <floating>0, dst, positions)
+                    else:
+                        _pack_patches(src, cg, in_h, in_w, &row_off[0], kh, &col_off[0], kw,
+                                      stride_h, stride_w, out_w, p0, count, work)
+                        gemm(NO_TRANS, NO_TRANS, og, count, k_dim,
+                             <floating>1, wp + g * og * k_dim, k_dim,
+                             work, count, <floating>0, dst, positions)
+                    if has_bias:
+                        for o in range(og):
+                            bval = bp[g * og + o]
+                            for l in range(count):
+                                dst[o * positions + l] += bval
+            free(work)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+
+
+# --- conv2d filter gradient --------------------------------------------------
+
+def conv2d_grad_weight(const floating[:, :, :, ::1] x,
+                       const floating[:, :, :, ::1] grad_out,
+                       floating[:, :, :, ::1] grad_weight,
+                       Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_top, Py_ssize_t pad_left,
+                       Py_ssize_t dil_h, Py_ssize_t dil_w,
+                       Py_ssize_t groups, int n_threads):
+    """``grad_weight = sum over images and positions of dY x patches(X)^T``.
+
+    The (image, tile) products are split into a fixed number of reduction
+    slots that depends on the shape only; each slot is summed in order into
+    its own buffer and the slots are added in order, so the result is the
+    same bit for bit for any thread count.
+    """
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = grad_weight.shape[0], cg = grad_weight.shape[1]
+    cdef Py_ssize_t kh = grad_weight.shape[2], kw = grad_weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t positions = out_h * out_w, k_dim = cg * kh * kw
+    cdef Py_ssize_t in_plane = in_h * in_w, w_size = c_out * k_dim
+    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
+    cdef Py_ssize_t i
+    if n_img == 0 or positions == 0 or w_size == 0:
+        for i in range(w_size):
+            dwp[i] = 0
+        return
+    cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
+                        and pad_top == 0 and pad_left == 0)
+    cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img, sizeof(floating))
+    cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
+    cdef Py_ssize_t n_red = n_img * n_tiles          # products summed per group
+    cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_red)
+    n_slots = max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * <Py_ssize_t>sizeof(floating))))
+    cdef Py_ssize_t n_units = groups * n_slots
+    cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
+    cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* partial = dwp
+    if n_slots > 1:
+        partial = <floating*>malloc(n_slots * w_size * sizeof(floating))
+        if partial == NULL:
+            raise MemoryError("fastconv: could not allocate filter-gradient partial sums")
+    cdef Py_ssize_t unit, g, s, r, r0, r1, n, t, p0, count
+    cdef floating* acc
+    cdef floating* work = NULL
+    cdef floating total
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = NULL
+            if not direct:
+                work = <floating*>malloc(k_dim * tile * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+            for unit in prange(n_units, schedule="static"):
+                if direct or work != NULL:
+                    g = unit // n_slots
+                    s = unit % n_slots
+                    acc = partial + s * w_size + g * og * k_dim
+                    memset(acc, 0, og * k_dim * sizeof(floating))
+                    r0 = s * n_red // n_slots
+                    r1 = (s + 1) * n_red // n_slots
+                    for r in range(r0, r1):
+                        n = r // n_tiles
+                        t = r % n_tiles
+                        p0 = t * tile
+                        count = min(tile, positions - p0)
+                        if direct:
+                            gemm(NO_TRANS, TRANS, og, k_dim, count, <floating>1,
+                                 gp + (n * c_out + g * og) * positions + p0, positions,
+                                 xp + (n * groups + g) * cg * in_plane + p0, positions,
+                                 <floating>1, acc, k_dim)
+                        else:
+                            _pack_patches(xp + (n * groups + g) * cg * in_plane, cg, in_h, in_w,
+                                          &row_off[0], kh, &col_off[0], kw,
+                                          stride_h, stride_w, out_w, p0, count, work)
+                            gemm(NO_TRANS, TRANS, og, k_dim, count, <floating>1,
+                                 gp + (n * c_out + g * og) * positions + p0, positions,
+                                 work, count, <floating>1, acc, k_dim)
+            free(work)
+        if n_slots > 1 and status == STATUS_OK:
+            with nogil:
+                for i in prange(w_size, schedule="static", num_threads=n_threads):
+                    total = partial[i]
+                    for s in range(1, n_slots):
+                        total = total + partial[s * w_size + i]
+                    dwp[i] = total
+    finally:
+        blas_serial_exit()
+        if n_slots > 1:
+            free(partial)
+    _raise_for_status(status)
+
+
+# --- conv2d bias gradient ----------------------------------------------------
+
+def conv2d_grad_bias(const floating[:, :, :, ::1] grad_out,
+                     floating[::1] grad_bias, int n_threads):
+    """``grad_bias[o] = sum_{n, p, q} grad_out[n, o, p, q]``, summed in
+    float64 with four interleaved accumulators in a fixed order."""
+    cdef Py_ssize_t n_img = grad_out.shape[0], c_out = grad_out.shape[1]
+    cdef Py_ssize_t positions = grad_out.shape[2] * grad_out.shape[3]
+    cdef Py_ssize_t o, n, l, head
+    cdef double s0, s1, s2, s3
+    cdef const floating* row
+    if c_out == 0:
+        return
+    if n_img == 0 or positions == 0:
+        for o in range(c_out):
+            grad_bias[o] = 0
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    with nogil:
+        for o in prange(c_out, schedule="static", num_threads=n_threads):
+            s0 = 0
+            s1 = 0
+            s2 = 0
+            s3 = 0
+            head = positions - positions % 4
+            for n in range(n_img):
+                row = gp + (n * c_out + o) * positions
+                for l in range(0, head, 4):
+                    s0 = s0 + row[l]
+                    s1 = s1 + row[l + 1]
+                    s2 = s2 + row[l + 2]
+                    s3 = s3 + row[l + 3]
+                for l in range(head, positions):
+                    s0 = s0 + row[l]
+            grad_bias[o] = <floating>((s0 + s1) + (s2 + s3))
+
+
+# --- conv2d input gradient ---------------------------------------------------
+
+def _phases_1d(Py_ssize_t size, Py_ssize_t pad, Py_ssize_t k, Py_ssize_t stride,
+               Py_ssize_t dil):
+    """Split one spatial axis of the input gradient into stride phases.
+
+    Padded input row ``t = q*stride + r`` receives tap ``u`` of the rotated
+    filter only if ``u*dil = r (mod stride)``; it then reads row
+    ``q - (u*dil - r)//stride`` of the sensitivity map.  Returns, for every
+    residue that has taps and rows, ``(taps, dy_offsets, x_start, count)``:
+    the filter taps, the dY row of tap ``taps[i]`` for local row 0 (local
+    row ``j`` reads ``dy_offsets[i] + j``), the first input row and how many
+    input rows (spaced by ``stride``) the phase covers.
+    """
+    phases = []
+    for r in range(stride):
+        taps = [u for u in range(k) if (u * dil) % stride == r]
+        q0 = -((r - pad) // stride)                  # ceil((pad - r) / stride)
+        q1 = (pad + size - 1 - r) // stride
+        if not taps or q1 < q0:
+            continue
+        offsets = [q0 - (u * dil - r) // stride for u in taps]
+        phases.append((taps, offsets, q0 * stride + r - pad, q1 - q0 + 1))
+    return phases
+
+
+def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
+                      const floating[:, :, :, ::1] weight,
+                      floating[:, :, :, ::1] grad_in,
+                      Py_ssize_t stride_h, Py_ssize_t stride_w,
+                      Py_ssize_t pad_top, Py_ssize_t pad_left,
+                      Py_ssize_t dil_h, Py_ssize_t dil_w,
+                      Py_ssize_t groups, int n_threads):
+    """Input gradient by rotated filters over the dilated sensitivity map.
+
+    ``grad_in`` must be zero-filled on entry: input positions that no
+    filter tap reaches (stride remainders, phases without taps) are left
+    untouched.  Every other position is written by exactly one work item.
+    """
+    cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[2], in_w = grad_in.shape[3]
+    cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]
+    cdef Py_ssize_t kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups, c_in = cg * groups
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t out_plane = out_h * out_w, in_plane = in_h * in_w
+    if n_img == 0 or out_plane == 0 or c_out == 0 or cg == 0:
+        return
+
+    # ---- plan (GIL): phases, rotated/swapped filters per phase, work items
+    rows = _phases_1d(in_h, pad_top, kh, stride_h, dil_h)
+    cols = _phases_1d(in_w, pad_left, kw, stride_w, dil_w)
+    if not rows or not cols:
+        return
+    w = np.asarray(weight)
+    n_phases = len(rows) * len(cols)
+    ph_meta = np.zeros((n_phases, 10), dtype=np.intp)
+    row_offsets, col_offsets, packed = [], [], []
+    max_k = 0
+    pos_total = 0
+    packed_size = 0
+    i = 0
+    for taps_u, offs_u, x_i0, count_i in rows:
+        for taps_v, offs_v, x_j0, count_j in cols:
+            # Rotated, in/out-swapped filters of this phase, one matrix per
+            # group: Wp[g, c, (o, iu, iv)] = w[g*og + o, c, taps_u[iu], taps_v[iv]]
+            sub = w[:, :, taps_u, :][:, :, :, taps_v]
+            sub = sub.reshape(groups, og, cg, len(taps_u), len(taps_v))
+            packed.append(np.ascontiguousarray(sub.transpose(0, 2, 1, 3, 4)).ravel())
+            k_phase = og * len(taps_u) * len(taps_v)
+            ph_meta[i] = (len(row_offsets), len(taps_u), len(col_offsets), len(taps_v),
+                          x_i0, count_i, x_j0, count_j, packed_size, k_phase)
+            packed_size += packed[len(packed) - 1].size
+            row_offsets.extend(offs_u)
+            col_offsets.extend(offs_v)
+            max_k = max(max_k, k_phase)
+            pos_total += count_i * count_j
+            i += 1
+    cdef Py_ssize_t tile = _tile_size(max_k, pos_total, n_img * groups, sizeof(floating))
+    items = []
+    for i in range(n_phases):
+        n_pos = ph_meta[i, 5] * ph_meta[i, 7]
+        for start in range(0, n_pos, tile):
+            items.append((i, start, min(tile, n_pos - start)))
+    cdef Py_ssize_t[:, ::1] meta = ph_meta
+    cdef Py_ssize_t[:, ::1] tiles = np.array(items, dtype=np.intp).reshape(-1, 3)
+    cdef Py_ssize_t[::1] r_off = np.array(row_offsets, dtype=np.intp)
+    cdef Py_ssize_t[::1] c_off = np.array(col_offsets, dtype=np.intp)
+    packed_w = np.concatenate(packed).astype(np.asarray(weight).dtype, copy=False)
+    cdef const floating[::1] wpack = packed_w
+    cdef Py_ssize_t n_tile_items = tiles.shape[0]
+    cdef Py_ssize_t n_items = n_img * groups * n_tile_items
+    # stride 1: one phase that covers the whole plane in order -> GEMM
+    # straight into grad_in; otherwise GEMM into a workspace and scatter.
+    cdef bint scatter = stride_h != 1 or stride_w != 1
+    cdef bint direct = (kh == 1 and kw == 1 and not scatter
+                        and pad_top == 0 and pad_left == 0)
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef const floating* wpp = &wpack[0]
+    cdef const Py_ssize_t* rop = &r_off[0]
+    cdef const Py_ssize_t* cop = &c_off[0]
+    cdef Py_ssize_t item, n, g, ti, ph, p0, count, kp, grid_w, c, l, li, lj, base
+    cdef floating* work = NULL
+    cdef floating* res
+    cdef floating* dst
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    # workspace: [packed dY patches (max_k x tile)] [GEMM result (cg x tile)]
+    cdef Py_ssize_t res_offset = 0 if direct else max_k * tile
+    cdef Py_ssize_t work_size = res_offset + (cg * tile if scatter else 0)
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = NULL
+            if work_size > 0:
+                work = <floating*>malloc(work_size * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+            for item in prange(n_items, schedule="static"):
+                if work_size == 0 or work != NULL:
+                    n = item // (groups * n_tile_items)
+                    g = (item // n_tile_items) % groups
+                    ti = item % n_tile_items
+                    ph = tiles[ti, 0]
+                    p0 = tiles[ti, 1]
+                    count = tiles[ti, 2]
+                    kp = meta[ph, 9]
+                    grid_w = meta[ph, 7]
+                    res = work + res_offset
+                    if scatter:
+                        dst = res
+                    else:
+                        dst = dxp + (n * c_in + g * cg) * in_plane + p0
+                    if direct:
+                        gemm(NO_TRANS, NO_TRANS, cg, count, kp, <floating>1,
+                             wpp + meta[ph, 8] + g * cg * kp, kp,
+                             gp + (n * c_out + g * og) * out_plane + p0, out_plane,
+                             <floating>0, dst, in_plane)
+                    else:
+                        _pack_patches(gp + (n * c_out + g * og) * out_plane, og, out_h, out_w,
+                                      rop + meta[ph, 0], meta[ph, 1],
+                                      cop + meta[ph, 2], meta[ph, 3],
+                                      1, 1, grid_w, p0, count, work)
+                        gemm(NO_TRANS, NO_TRANS, cg, count, kp, <floating>1,
+                             wpp + meta[ph, 8] + g * cg * kp, kp,
+                             work, count, <floating>0,
+                             dst, count if scatter else in_plane)
+                    if scatter:
+                        base = (n * c_in + g * cg) * in_plane
+                        for c in range(cg):
+                            for l in range(count):
+                                li = (p0 + l) // grid_w
+                                lj = (p0 + l) - li * grid_w
+                                dxp[base + c * in_plane
+                                    + (meta[ph, 4] + li * stride_h) * in_w
+                                    + meta[ph, 6] + lj * stride_w] = res[c * count + l]
+            free(work)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+
+
+# --- max pooling -------------------------------------------------------------
+
+def max_pool2d_forward(const floating[:, :, :, ::1] x,
+                       floating[:, :, :, ::1] out,
+                       int64_t[:, :, :, ::1] indices,
+                       Py_ssize_t k_h, Py_ssize_t k_w,
+                       Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w, int n_threads):
+    """Window maxima and the flat index ``h*W + w`` of each.
+
+    Padding acts as -inf.  The first maximum in row-major window order
+    wins; a NaN wins over any number (and a later NaN over an earlier one),
+    exactly as PyTorch's CPU kernel decides.
+    """
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    if planes == 0 or out_h * out_w == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef int64_t* ip = &indices[0, 0, 0, 0]
+    cdef Py_ssize_t pl, p, q, i, j, h0, h1, w0, w1, best_idx
+    cdef floating best, v
+    cdef const floating* src
+    with nogil:
+        for pl in prange(planes, schedule="static", num_threads=n_threads):
+            src = xp + pl * in_h * in_w
+            for p in range(out_h):
+                h0 = p * stride_h - pad_h
+                h1 = min(h0 + k_h, in_h)
+                h0 = max(h0, 0)
+                for q in range(out_w):
+                    w0 = q * stride_w - pad_w
+                    w1 = min(w0 + k_w, in_w)
+                    w0 = max(w0, 0)
+                    best = -INFINITY
+                    best_idx = h0 * in_w + w0
+                    for i in range(h0, h1):
+                        for j in range(w0, w1):
+                            v = src[i * in_w + j]
+                            if v > best or v != v:
+                                best = v
+                                best_idx = i * in_w + j
+                    yp[(pl * out_h + p) * out_w + q] = best
+                    ip[(pl * out_h + p) * out_w + q] = best_idx
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
+                        const int64_t[:, :, :, ::1] indices,
+                        floating[:, :, :, ::1] grad_in, int n_threads):
+    """Route each ``grad_out`` element to ``indices`` in its input plane.
+
+    ``grad_in`` must be zero-filled.  Each plane is one work item, summed
+    in a fixed order; an index outside ``[0, H*W)`` is never written and
+    makes the call raise ``ValueError``.
+    """
+    cdef Py_ssize_t planes = grad_out.shape[0] * grad_out.shape[1]
+    cdef Py_ssize_t out_size = grad_out.shape[2] * grad_out.shape[3]
+    cdef Py_ssize_t in_size = grad_in.shape[2] * grad_in.shape[3]
+    if planes == 0 or out_size == 0:
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const int64_t* ip = &indices[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t pl, l
+    cdef int64_t idx
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil:
+        for pl in prange(planes, schedule="static", num_threads=n_threads):
+            for l in range(out_size):
+                idx = ip[pl * out_size + l]
+                if idx < 0 or idx >= in_size:
+                    status_p[0] = STATUS_BAD_INDEX
+                else:
+                    dxp[pl * in_size + idx] += gp[pl * out_size + l]
+    _raise_for_status(status)
+
+
+# --- average pooling ---------------------------------------------------------
+
+cdef struct Window:
+    Py_ssize_t start    # first input row/column inside the input
+    Py_ssize_t stop     # one past the last
+    Py_ssize_t padded   # extent within the padded input (PyTorch's pool_size)
+
+
+cdef inline Window _avg_window(Py_ssize_t o, Py_ssize_t k, Py_ssize_t stride,
+                               Py_ssize_t pad, Py_ssize_t size) noexcept nogil:
+    """Window ``o`` of one axis, clipped to the input.  Returned by value so
+    that callers inside prange keep it thread-private."""
+    cdef Window win
+    cdef Py_ssize_t s = o * stride - pad
+    cdef Py_ssize_t e = min(s + k, size + pad)
+    win.padded = e - s
+    win.start = max(s, 0)
+    win.stop = min(e, size)
+    return win
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x,
+                       floating[:, :, :, ::1] out,
+                       Py_ssize_t k_h, Py_ssize_t k_w,
+                       Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w,
+                       bint count_include_pad, int n_threads):
+    """Window means; the divisor follows PyTorch (see ``Window``)."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    if planes == 0 or out_h * out_w == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t pl, p, q, i, j, divisor
+    cdef Window wh, ww
+    cdef floating acc
+    cdef const floating* src
+    with nogil:
+        for pl in prange(planes, schedule="static", num_threads=n_threads):
+            src = xp + pl * in_h * in_w
+            for p in range(out_h):
+                wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
+                for q in range(out_w):
+                    ww = _avg_window(q, k_w, stride_w, pad_w, in_w)
+                    acc = 0
+                    for i in range(wh.start, wh.stop):
+                        for j in range(ww.start, ww.stop):
+                            acc = acc + src[i * in_w + j]
+                    if count_include_pad:
+                        divisor = wh.padded * ww.padded
+                    else:
+                        divisor = (wh.stop - wh.start) * (ww.stop - ww.start)
+                    yp[(pl * out_h + p) * out_w + q] = acc / divisor
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
+                        floating[:, :, :, ::1] grad_in,
+                        Py_ssize_t k_h, Py_ssize_t k_w,
+                        Py_ssize_t stride_h, Py_ssize_t stride_w,
+                        Py_ssize_t pad_h, Py_ssize_t pad_w,
+                        bint count_include_pad, int n_threads):
+    """Spread each ``grad_out`` element evenly over its window (``grad_in``
+    zero-filled; one work item per plane, fixed summation order)."""
+    cdef Py_ssize_t planes = grad_out.shape[0] * grad_out.shape[1]
+    cdef Py_ssize_t in_h = grad_in.shape[2], in_w = grad_in.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    if planes == 0 or out_h * out_w == 0:
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t pl, p, q, i, j, divisor
+    cdef Window wh, ww
+    cdef floating share
+    cdef floating* dst
+    with nogil:
+        for pl in prange(planes, schedule="static", num_threads=n_threads):
+            dst = dxp + pl * in_h * in_w
+            for p in range(out_h):
+                wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
+                for q in range(out_w):
+                    ww = _avg_window(q, k_w, stride_w, pad_w, in_w)
+                    if count_include_pad:
+                        divisor = wh.padded * ww.padded
+                    else:
+                        divisor = (wh.stop - wh.start) * (ww.stop - ww.start)
+                    share = gp[(pl * out_h + p) * out_w + q] / divisor
+                    for i in range(wh.start, wh.stop):
+                        for j in range(ww.start, ww.stop):
+                            dst[i * in_w + j] += share

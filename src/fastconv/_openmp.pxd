@@ -1,0 +1,20 @@
+# The one place that knows whether fastconv was compiled with OpenMP.
+#
+# Kernels cimport these names instead of including <omp.h> themselves, so a
+# compiler without OpenMP still builds them: prange then runs serially and the
+# helpers below report a single thread.
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FASTCONV_HAVE_OPENMP 1
+    #else
+    #define FASTCONV_HAVE_OPENMP 0
+    static inline int omp_get_max_threads(void) { return 1; }
+    static inline int omp_get_thread_num(void) { return 0; }
+    #endif
+    """
+    bint FASTCONV_HAVE_OPENMP
+    int omp_get_max_threads() noexcept nogil
+    int omp_get_thread_num() noexcept nogil

@@ -1,0 +1,168 @@
+"""Argument checking and normalization shared by the public API.
+
+Every helper raises ``TypeError`` for a value of the wrong kind and
+``ValueError`` for a value out of range, with a message that names the
+function, the argument and the shapes involved.  Nothing here touches the
+kernels: this is the "validate and normalize" half of the Python layer.
+"""
+
+import operator
+
+import numpy as np
+
+# Sizes beyond this are refused before any allocation: they would overflow the
+# kernels' 64-bit index arithmetic (byte offsets included) long before memory.
+MAX_BYTES = 2**62
+
+
+def as_array(value, name, fn):
+    """``np.asarray(value)`` with a dtype fastconv can compute in.
+
+    Floats (16/32/64-bit), integers and booleans are accepted; complex,
+    object, string, datetime and extended-precision floats are refused.
+    """
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged nested lists, exotic objects
+        raise TypeError(f"{fn}: {name} must be an array of real numbers ({exc})") from None
+    kind = arr.dtype.kind
+    if kind in "iub" or (kind == "f" and arr.dtype.itemsize <= 8):
+        return arr
+    if kind == "f":
+        raise TypeError(f"{fn}: {name} has dtype {arr.dtype}; fastconv computes in "
+                        "float32 or float64 only (convert explicitly)")
+    raise TypeError(f"{fn}: {name} must hold real numbers, got dtype {arr.dtype}")
+
+
+def check_ndim(arr, ndim, name, fn, layout):
+    if arr.ndim != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D {layout}, got shape {arr.shape}")
+
+
+def dtypes(*arrays):
+    """(compute dtype, result dtype) for a set of input arrays.
+
+    Integers and booleans become float64; otherwise NumPy's promotion rules
+    apply.  float16 is computed in float32 and the result cast back.
+    """
+    kinds = [np.float64 if a.dtype.kind in "iub" else a.dtype for a in arrays]
+    result = np.result_type(*kinds)
+    compute = np.float32 if result == np.float16 else result
+    return np.dtype(compute), np.dtype(result)
+
+
+def contiguous(arr, dtype):
+    """C-contiguous, native byte order copy (or view) of ``arr`` in ``dtype``."""
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _integer(value, name, fn):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be an integer, got {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be an integer or a pair of integers, "
+                        f"got {type(value).__name__} {value!r}") from None
+    if abs(out) >= MAX_BYTES:
+        raise ValueError(f"{fn}: {name}={out} is too large")
+    return out
+
+
+def int_value(value, name, fn, minimum):
+    """A single integer >= ``minimum``."""
+    out = _integer(value, name, fn)
+    if out < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {out}")
+    return out
+
+
+def int_pair(value, name, fn, minimum):
+    """An int or a length-2 sequence of ints, each >= ``minimum``."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{fn}: {name} must be an integer or a pair of integers, got {value!r}")
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if hasattr(value, "__len__"):
+        items = list(value)
+        if len(items) != 2:
+            raise ValueError(f"{fn}: {name} must be an integer or a pair of integers, "
+                             f"got {len(items)} values {tuple(value)!r}")
+    else:
+        items = [value, value]
+    pair = tuple(_integer(v, name, fn) for v in items)
+    if min(pair) < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def boolean(value, name, fn):
+    """True/False (also NumPy bools and the integers 0 and 1)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
+
+
+def shape4(value, name, fn):
+    """A 4-tuple of non-negative ints (an ``input_shape``/``weight_shape``)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{fn}: {name} must be a sequence of 4 integers, got {value!r}")
+    items = list(value)
+    if len(items) != 4:
+        raise ValueError(f"{fn}: {name} must have 4 entries, got {tuple(items)!r}")
+    shape = tuple(_integer(v, name, fn) for v in items)
+    if min(shape) < 0:
+        raise ValueError(f"{fn}: {name} must not have negative entries, got {shape}")
+    return shape
+
+
+def conv_padding(padding, kernel, dilation, stride, fn):
+    """Normalize conv padding to ``(top, bottom, left, right)``.
+
+    ``"valid"`` is no padding; ``"same"`` (stride 1 only, as in PyTorch)
+    pads ``dilation*(k-1)`` in total per axis, the extra row/column of an
+    odd total going to the bottom/right.
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0, 0, 0, 0)
+        if mode == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{fn}: padding='same' requires stride 1, got stride={stride}")
+            th, tw = (d * (k - 1) for d, k in zip(dilation, kernel))
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ValueError(f"{fn}: padding must be 'valid', 'same', an integer or a pair, "
+                         f"got {padding!r}")
+    ph, pw = int_pair(padding, "padding", fn, 0)
+    return (ph, ph, pw, pw)
+
+
+def conv_output_size(size, pad_lo, pad_hi, k, stride, dil):
+    """Output extent of one spatial axis (may be <= 0 for a too-large kernel)."""
+    return (size + pad_lo + pad_hi - dil * (k - 1) - 1) // stride + 1
+
+
+def pool_output_size(size, k, stride, pad, ceil_mode):
+    """PyTorch's pooling output size, ``ceil_mode`` rule included: the last
+    window must start inside the input or its leading padding."""
+    span = size + 2 * pad - k
+    if span < 0:
+        return 0
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def check_alloc(shape, dtype, what, fn):
+    """Refuse arrays whose byte size overflows the kernels' index arithmetic."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes >= MAX_BYTES:
+        raise ValueError(f"{fn}: {what} of shape {tuple(shape)} would need {nbytes} bytes; "
+                         "that is more than fastconv can address")

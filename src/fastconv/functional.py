@@ -1,0 +1,510 @@
+"""fastconv's functional API: validate, normalize, allocate, call a kernel.
+
+Semantics follow PyTorch's ``torch.nn.functional.conv2d``, ``max_pool2d`` and
+``avg_pool2d`` (NCHW layout, cross-correlation, weight
+``(C_out, C_in/groups, kh, kw)``), so weights move between the two
+unchanged.  ``fastconv.reference`` holds the textbook loop versions of the
+same eight functions; they are the specification these must match.
+
+Dtypes: float32 and float64 are computed as they are; integers and booleans
+become float64; float16 is computed in float32 and returned as float16.
+Inputs of different dtypes are promoted as NumPy would.  Every result is a
+new C-contiguous array.  Any memory layout is accepted (Fortran order,
+strided and negative-stride views, read-only and big-endian arrays).
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from fastconv import _kernels
+from fastconv._threads import get_num_threads
+from fastconv._validation import (
+    as_array,
+    boolean,
+    check_alloc,
+    check_ndim,
+    contiguous,
+    conv_output_size,
+    conv_padding,
+    dtypes,
+    int_pair,
+    int_value,
+    pool_output_size,
+    shape4,
+)
+
+__all__ = [
+    "conv2d",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+    "conv2d_grad_bias",
+    "max_pool2d",
+    "max_pool2d_grad",
+    "avg_pool2d",
+    "avg_pool2d_grad",
+]
+
+_NCHW = "(N, C, H, W)"
+_OIHW = "(C_out, C_in/groups, kh, kw)"
+
+# Normalized convolution geometry shared by forward and both gradients.
+_ConvGeometry = namedtuple(
+    "_ConvGeometry", "stride dilation pad_top pad_bottom pad_left pad_right groups out_h out_w")
+
+
+def _conv_geometry(fn, x_shape, w_shape, stride, padding, dilation, groups,
+                   x_name="x", w_name="weight"):
+    """Check that an input shape and a weight shape make a valid conv2d."""
+    groups = int_value(groups, "groups", fn, 1)
+    stride = int_pair(stride, "stride", fn, 1)
+    dilation = int_pair(dilation, "dilation", fn, 1)
+    n, c, h, w = x_shape
+    c_out, cg, kh, kw = w_shape
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{fn}: {w_name} {tuple(w_shape)} must have a kernel of at least "
+                         "1x1 (layout " + _OIHW + ")")
+    if c % groups:
+        raise ValueError(f"{fn}: groups={groups} must divide the input channels C={c} "
+                         f"of {x_name} {tuple(x_shape)}")
+    if c_out % groups:
+        raise ValueError(f"{fn}: groups={groups} must divide the output channels "
+                         f"C_out={c_out} of {w_name} {tuple(w_shape)}")
+    if cg * groups != c:
+        raise ValueError(f"{fn}: {w_name} {tuple(w_shape)} expects C_in/groups={cg}, i.e. "
+                         f"{cg * groups} input channels with groups={groups}, but "
+                         f"{x_name} {tuple(x_shape)} has C={c}")
+    top, bottom, left, right = conv_padding(padding, (kh, kw), dilation, stride, fn)
+    out_h = conv_output_size(h, top, bottom, kh, stride[0], dilation[0])
+    out_w = conv_output_size(w, left, right, kw, stride[1], dilation[1])
+    if out_h < 1 or out_w < 1:
+        eff = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+        raise ValueError(f"{fn}: the (dilated) kernel {eff[0]}x{eff[1]} of {w_name} "
+                         f"{tuple(w_shape)} is larger than the padded input "
+                         f"{h + top + bottom}x{w + left + right} of {x_name} {tuple(x_shape)}")
+    return _ConvGeometry(stride, dilation, top, bottom, left, right, groups, out_h, out_w)
+
+
+def _kernel_args(geo):
+    return (geo.stride[0], geo.stride[1], geo.pad_top, geo.pad_left,
+            geo.dilation[0], geo.dilation[1], geo.groups, get_num_threads())
+
+
+def _check_workspace(fn, w_shape, dtype):
+    # A thread's patch tile is (C_in/groups*kh*kw) x (at most 4096) elements.
+    check_alloc((w_shape[1] * w_shape[2] * w_shape[3], 4096), dtype, "a patch tile", fn)
+
+
+def _finish(out, result_dtype):
+    return out if out.dtype == result_dtype else out.astype(result_dtype)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    ``y[n, o, p, q] = b[o] + sum_{c, u, v} w[o, c, u, v] *
+    x_pad[n, g(o)*C/groups + c, p*sh + u*dh, q*sw + v*dw]``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, H, W)
+        Input batch.
+    weight : array_like, shape (C_out, C_in/groups, kh, kw)
+        Filters.
+    bias : array_like, shape (C_out,), optional
+        Added to every output position of each channel.
+    stride : int or (int, int), default 1
+    padding : int, (int, int), 'valid' or 'same', default 0
+        Zeros added on each side.  ``'same'`` (stride 1 only) keeps the
+        spatial size, putting the extra row/column of an even kernel at the
+        bottom/right, as PyTorch does.
+    dilation : int or (int, int), default 1
+        Spacing between kernel taps.
+    groups : int, default 1
+        Input and output channels are split into this many groups, each
+        convolved separately (``groups == C_in`` is depthwise).
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, Ho, Wo)
+        ``Ho = (H + pad_top + pad_bottom - dh*(kh-1) - 1) // sh + 1``, likewise
+        ``Wo``.
+
+    Raises
+    ------
+    TypeError
+        Non-numeric arrays or non-integer hyper-parameters.
+    ValueError
+        Wrong ranks, channel/group mismatches, out-of-range hyper-parameters,
+        a kernel larger than the padded input, or sizes too large to address.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> fastconv.conv2d(x, np.ones((1, 1, 2, 2)), stride=2)[0, 0]
+    array([[10., 18.],
+           [42., 50.]])
+    """
+    fn = "conv2d"
+    x = as_array(x, "x", fn)
+    weight = as_array(weight, "weight", fn)
+    check_ndim(x, 4, "x", fn, _NCHW)
+    check_ndim(weight, 4, "weight", fn, _OIHW)
+    arrays = [x, weight]
+    if bias is not None:
+        bias = as_array(bias, "bias", fn)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{fn}: bias must have shape (C_out,) = ({weight.shape[0]},) "
+                             f"for weight {weight.shape}, got {bias.shape}")
+        arrays.append(bias)
+    geo = _conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
+    compute, result = dtypes(*arrays)
+    out_shape = (x.shape[0], weight.shape[0], geo.out_h, geo.out_w)
+    check_alloc(out_shape, compute, "the output", fn)
+    _check_workspace(fn, weight.shape, compute)
+    out = np.empty(out_shape, dtype=compute)
+    if out.size == 0:
+        return _finish(out, result)
+    if x.size == 0 or weight.size == 0:
+        # no input channels: only the bias remains
+        out[...] = 0 if bias is None else contiguous(bias, compute)[:, None, None]
+        return _finish(out, result)
+    b = contiguous(bias, compute) if bias is not None else np.empty(0, dtype=compute)
+    _kernels.conv2d_forward(contiguous(x, compute), contiguous(weight, compute), b,
+                            bias is not None, out, *_kernel_args(geo))
+    return _finish(out, result)
+
+
+def _check_grad_out(fn, grad_out, expected, how):
+    if grad_out.shape != expected:
+        raise ValueError(f"{fn}: grad_out has shape {grad_out.shape} but {how} gives an "
+                         f"output of shape {expected}")
+
+
+def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,
+                      groups=1):
+    """Gradient of :func:`conv2d` with respect to its input.
+
+    Computed as the textbook derives it: the sensitivity map ``grad_out`` is
+    dilated by the stride (zeros inserted between rows and columns), padded
+    for a full correlation and correlated with the 180-degree-rotated,
+    in/out-swapped filters; cropping the forward padding gives ``dx``.  The
+    kernel splits this into ``sh*sw`` stride phases so that it never
+    multiplies an inserted zero, which gives exactly that map.
+
+    Parameters
+    ----------
+    grad_out : array_like, shape (N, C_out, Ho, Wo)
+        Sensitivity map ``dE/dy``.
+    weight : array_like, shape (C_out, C_in/groups, kh, kw)
+    input_shape : sequence of 4 ints
+        ``(N, C_in, H, W)`` of the forward input (needed because several
+        input sizes give the same output size when the stride is > 1).
+    stride, padding, dilation, groups
+        As in :func:`conv2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape `input_shape`
+        Rows/columns no window reached (the stride remainder) are zero.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`conv2d`, and when `grad_out` does not have the output shape
+        that `input_shape` and the hyper-parameters give.
+    """
+    fn = "conv2d_grad_input"
+    grad_out = as_array(grad_out, "grad_out", fn)
+    weight = as_array(weight, "weight", fn)
+    check_ndim(grad_out, 4, "grad_out", fn, "(N, C_out, Ho, Wo)")
+    check_ndim(weight, 4, "weight", fn, _OIHW)
+    input_shape = shape4(input_shape, "input_shape", fn)
+    geo = _conv_geometry(fn, input_shape, weight.shape, stride, padding, dilation, groups,
+                         x_name="input_shape")
+    expected = (input_shape[0], weight.shape[0], geo.out_h, geo.out_w)
+    _check_grad_out(fn, grad_out, expected, f"input_shape {input_shape} with weight "
+                    f"{weight.shape}")
+    compute, result = dtypes(grad_out, weight)
+    check_alloc(input_shape, compute, "input_shape", fn)
+    _check_workspace(fn, (0, weight.shape[0], weight.shape[2], weight.shape[3]), compute)
+    dx = np.zeros(input_shape, dtype=compute)
+    if dx.size and grad_out.size and weight.size:
+        _kernels.conv2d_grad_input(contiguous(grad_out, compute), contiguous(weight, compute),
+                                   dx, *_kernel_args(geo))
+    return _finish(dx, result)
+
+
+def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of :func:`conv2d` with respect to its filters.
+
+    ``dw[o, c, u, v] = sum_{n, p, q} grad_out[n, o, p, q] *
+    x_pad[n, g(o)*C/groups + c, p*sh + u*dh, q*sw + v*dw]`` -- for one
+    channel, stride 1 and no padding, ``correlate2d(x, grad_out, 'valid')``.
+    The sum is taken in an order that does not depend on the thread count,
+    so the result is bitwise reproducible.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, H, W)
+        The forward input.
+    grad_out : array_like, shape (N, C_out, Ho, Wo)
+        Sensitivity map ``dE/dy``.
+    weight_shape : sequence of 4 ints
+        ``(C_out, C_in/groups, kh, kw)``.
+    stride, padding, dilation, groups
+        As in :func:`conv2d`.
+
+    Returns
+    -------
+    dw : ndarray, shape `weight_shape`
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`conv2d`, and when the shapes of `x`, `grad_out` and
+        `weight_shape` disagree.
+    """
+    fn = "conv2d_grad_weight"
+    x = as_array(x, "x", fn)
+    grad_out = as_array(grad_out, "grad_out", fn)
+    check_ndim(x, 4, "x", fn, _NCHW)
+    check_ndim(grad_out, 4, "grad_out", fn, "(N, C_out, Ho, Wo)")
+    weight_shape = shape4(weight_shape, "weight_shape", fn)
+    geo = _conv_geometry(fn, x.shape, weight_shape, stride, padding, dilation, groups,
+                         w_name="weight_shape")
+    expected = (x.shape[0], weight_shape[0], geo.out_h, geo.out_w)
+    _check_grad_out(fn, grad_out, expected, f"x {x.shape} with weight_shape {weight_shape}")
+    compute, result = dtypes(x, grad_out)
+    check_alloc(weight_shape, compute, "weight_shape", fn)
+    _check_workspace(fn, weight_shape, compute)
+    dw = np.empty(weight_shape, dtype=compute)
+    if dw.size == 0:
+        return _finish(dw, result)
+    if x.size == 0 or grad_out.size == 0:
+        dw[...] = 0
+        return _finish(dw, result)
+    _kernels.conv2d_grad_weight(contiguous(x, compute), contiguous(grad_out, compute), dw,
+                                *_kernel_args(geo))
+    return _finish(dw, result)
+
+
+def conv2d_grad_bias(grad_out):
+    """Gradient of :func:`conv2d` with respect to its bias.
+
+    ``db[o] = sum_{n, p, q} grad_out[n, o, p, q]``, accumulated in float64
+    in a fixed order.
+
+    Parameters
+    ----------
+    grad_out : array_like, shape (N, C_out, Ho, Wo)
+
+    Returns
+    -------
+    db : ndarray, shape (C_out,)
+    """
+    fn = "conv2d_grad_bias"
+    grad_out = as_array(grad_out, "grad_out", fn)
+    check_ndim(grad_out, 4, "grad_out", fn, "(N, C_out, Ho, Wo)")
+    compute, result = dtypes(grad_out)
+    db = np.zeros(grad_out.shape[1], dtype=compute)
+    if grad_out.size:
+        _kernels.conv2d_grad_bias(contiguous(grad_out, compute), db, get_num_threads())
+    return _finish(db, result)
+
+
+# --- pooling -----------------------------------------------------------------
+
+_PoolGeometry = namedtuple("_PoolGeometry", "kernel stride padding out_h out_w")
+
+
+def _pool_geometry(fn, x_shape, kernel_size, stride, padding, ceil_mode, x_name="x"):
+    kernel = int_pair(kernel_size, "kernel_size", fn, 1)
+    stride = kernel if stride is None else int_pair(stride, "stride", fn, 1)
+    padding = int_pair(padding, "padding", fn, 0)
+    ceil_mode = boolean(ceil_mode, "ceil_mode", fn)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{fn}: padding {padding} must be at most half of kernel_size "
+                         f"{kernel}")
+    h, w = x_shape[2], x_shape[3]
+    out_h = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
+    out_w = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"{fn}: kernel_size {kernel} is larger than the padded input "
+                         f"{h + 2 * padding[0]}x{w + 2 * padding[1]} of {x_name} "
+                         f"{tuple(x_shape)}")
+    return _PoolGeometry(kernel, stride, padding, out_h, out_w)
+
+
+def _pool_args(geo):
+    return (geo.kernel[0], geo.kernel[1], geo.stride[0], geo.stride[1],
+            geo.padding[0], geo.padding[1])
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """2-D max pooling with argmax indices, as
+    ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
+
+    Padding counts as ``-inf``.  Ties go to the *first* maximum in row-major
+    window order (the textbook loop ``mask = window == max`` would send the
+    gradient to every tied maximum; fastconv, like PyTorch, picks one).  A
+    NaN in a window makes the output NaN.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to `kernel_size`.
+    padding : int or (int, int), default 0
+        At most half the kernel size.
+    ceil_mode : bool, default False
+        Round the output size up, keeping only windows that start inside the
+        input or its leading padding.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+    indices : ndarray of int64, shape (N, C, Ho, Wo)
+        Flat index ``h*W + w`` of each maximum within its input plane.
+    """
+    fn = "max_pool2d"
+    x = as_array(x, "x", fn)
+    check_ndim(x, 4, "x", fn, _NCHW)
+    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode)
+    compute, result = dtypes(x)
+    out_shape = x.shape[:2] + (geo.out_h, geo.out_w)
+    check_alloc(out_shape, np.int64, "the output", fn)
+    y = np.empty(out_shape, dtype=compute)
+    indices = np.empty(out_shape, dtype=np.int64)
+    if y.size:
+        _kernels.max_pool2d_forward(contiguous(x, compute), y, indices, *_pool_args(geo),
+                                    get_num_threads())
+    return _finish(y, result), indices
+
+
+def max_pool2d_grad(grad_out, indices, input_shape):
+    """Gradient of :func:`max_pool2d` with respect to its input.
+
+    Each ``grad_out[n, c, p, q]`` is added to ``dx[n, c]`` at flat position
+    ``indices[n, c, p, q]``; overlapping windows accumulate.
+
+    Parameters
+    ----------
+    grad_out : array_like, shape (N, C, Ho, Wo)
+    indices : array_like of integers, shape (N, C, Ho, Wo)
+        As returned by :func:`max_pool2d`; each must lie in ``[0, H*W)``.
+    input_shape : sequence of 4 ints
+        ``(N, C, H, W)`` of the forward input.
+
+    Returns
+    -------
+    dx : ndarray, shape `input_shape`
+
+    Raises
+    ------
+    ValueError
+        Shapes that disagree, or an index outside its input plane (nothing
+        is written out of bounds).
+    """
+    fn = "max_pool2d_grad"
+    grad_out = as_array(grad_out, "grad_out", fn)
+    check_ndim(grad_out, 4, "grad_out", fn, "(N, C, Ho, Wo)")
+    try:
+        idx = np.asarray(indices)
+    except Exception as exc:
+        raise TypeError(f"{fn}: indices must be an integer array ({exc})") from None
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: indices must hold integers, got dtype {idx.dtype}")
+    if idx.shape != grad_out.shape:
+        raise ValueError(f"{fn}: indices has shape {idx.shape} but grad_out has shape "
+                         f"{grad_out.shape}; they must match")
+    input_shape = shape4(input_shape, "input_shape", fn)
+    if input_shape[:2] != grad_out.shape[:2]:
+        raise ValueError(f"{fn}: input_shape {input_shape} and grad_out {grad_out.shape} "
+                         "must agree on N and C")
+    compute, result = dtypes(grad_out)
+    check_alloc(input_shape, compute, "input_shape", fn)
+    dx = np.zeros(input_shape, dtype=compute)
+    if grad_out.size:
+        if dx.size == 0:
+            raise ValueError(f"{fn}: indices point into an empty input plane "
+                             f"(input_shape {input_shape})")
+        if idx.dtype == np.uint64 and idx.size and idx.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{fn}: indices: every index must lie in [0, H*W) of its "
+                             "input plane")
+        _kernels.max_pool2d_backward(contiguous(grad_out, compute),
+                                     contiguous(idx, np.int64), dx, get_num_threads())
+    return _finish(dx, result)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True):
+    """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
+
+    Each output is the window sum divided by the window area measured within
+    the padded input (``count_include_pad=True``) or by the number of real
+    input elements in the window (``False``).
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    kernel_size, stride, padding, ceil_mode
+        As in :func:`max_pool2d`.
+    count_include_pad : bool, default True
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+    """
+    fn = "avg_pool2d"
+    x = as_array(x, "x", fn)
+    check_ndim(x, 4, "x", fn, _NCHW)
+    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode)
+    include = boolean(count_include_pad, "count_include_pad", fn)
+    compute, result = dtypes(x)
+    out_shape = x.shape[:2] + (geo.out_h, geo.out_w)
+    check_alloc(out_shape, compute, "the output", fn)
+    y = np.empty(out_shape, dtype=compute)
+    if y.size:
+        _kernels.avg_pool2d_forward(contiguous(x, compute), y, *_pool_args(geo), include,
+                                    get_num_threads())
+    return _finish(y, result)
+
+
+def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
+                    ceil_mode=False, count_include_pad=True):
+    """Gradient of :func:`avg_pool2d` with respect to its input.
+
+    Each ``grad_out`` element is divided by its window's divisor and added
+    to every input element of the window.
+
+    Parameters
+    ----------
+    grad_out : array_like, shape (N, C, Ho, Wo)
+    input_shape : sequence of 4 ints
+        ``(N, C, H, W)`` of the forward input.
+    kernel_size, stride, padding, ceil_mode, count_include_pad
+        As in :func:`avg_pool2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape `input_shape`
+    """
+    fn = "avg_pool2d_grad"
+    grad_out = as_array(grad_out, "grad_out", fn)
+    check_ndim(grad_out, 4, "grad_out", fn, "(N, C, Ho, Wo)")
+    input_shape = shape4(input_shape, "input_shape", fn)
+    geo = _pool_geometry(fn, input_shape, kernel_size, stride, padding, ceil_mode,
+                         x_name="input_shape")
+    include = boolean(count_include_pad, "count_include_pad", fn)
+    _check_grad_out(fn, grad_out, input_shape[:2] + (geo.out_h, geo.out_w),
+                    f"input_shape {input_shape} with kernel_size {geo.kernel}")
+    compute, result = dtypes(grad_out)
+    check_alloc(input_shape, compute, "input_shape", fn)
+    dx = np.zeros(input_shape, dtype=compute)
+    if grad_out.size:
+        _kernels.avg_pool2d_backward(contiguous(grad_out, compute), dx, *_pool_args(geo),
+                                     include, get_num_threads())
+    return _finish(dx, result)

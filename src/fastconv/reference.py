@@ -1,0 +1,614 @@
+"""Reference implementations ("oracles") of the fastconv kernels.
+
+Everything here is plain, slow NumPy written straight from the textbook formulas in
+``SPEC.md``.  These functions *are* the specification: the fast Cython kernels must
+agree with them.  Semantics follow PyTorch (``F.conv2d``, ``F.max_pool2d`` with
+``return_indices=True``, ``F.avg_pool2d`` and their autograd gradients) on NCHW data.
+
+Conventions shared by every function:
+
+* Arrays are ``(N, C, H, W)``; conv weights are ``(C_out, C_in // groups, kh, kw)``.
+* ``stride``, ``dilation`` and ``kernel_size`` are an int or a pair ``(h, w)``;
+  conv ``padding`` is an int, a pair, or ``"valid"`` / ``"same"``.
+* Results have the floating dtype of the inputs (``np.result_type`` of the array
+  arguments; float32 stays float32, float64 stays float64); integer or boolean
+  inputs give float64.  Sums are accumulated in float64 and cast at the end.
+
+This module deliberately imports nothing but NumPy and no other fastconv module.
+"""
+
+import numpy as np
+
+__all__ = [
+    "conv2d",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+    "conv2d_grad_bias",
+    "max_pool2d",
+    "max_pool2d_grad",
+    "avg_pool2d",
+    "avg_pool2d_grad",
+]
+
+
+# ---------------------------------------------------------------------------
+# small private helpers
+# ---------------------------------------------------------------------------
+
+def _pair(value, name):
+    """Turn an int or a length-2 sequence into a tuple of two Python ints."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ValueError("%s must be an int or a pair of ints, got %r" % (name, value))
+    return int(a), int(b)
+
+
+def _out_dtype(*arrays):
+    """Floating dtype of the result: the inputs' float dtype, float64 for ints."""
+    dt = np.result_type(*arrays)
+    if np.issubdtype(dt, np.floating):
+        return dt
+    return np.dtype(np.float64)
+
+
+def _check_4d(shape, name):
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4:
+        raise ValueError("%s must be 4-D (N, C, H, W), got shape %r" % (name, shape))
+    return shape
+
+
+def _conv_geometry(input_shape, weight_shape, stride, padding, dilation, groups):
+    """Validate conv arguments; return everything the loops need.
+
+    Returns ``(N, C, H, W, O, Cg, kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), Ho, Wo, g)``.
+    ``padding="same"`` uses PyTorch's rule: total padding ``d*(k-1)`` per dim, the
+    smaller half on top/left and the extra one on bottom/right (only with stride 1).
+    """
+    N, C, H, W = _check_4d(input_shape, "input")
+    O, Cg, kh, kw = _check_4d(weight_shape, "weight")
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    groups = int(groups)
+    if sh <= 0 or sw <= 0:
+        raise ValueError("stride must be positive")
+    if dh <= 0 or dw <= 0:
+        raise ValueError("dilation must be positive")
+    if kh <= 0 or kw <= 0:
+        raise ValueError("kernel size must be positive")
+    if groups <= 0 or C % groups or O % groups:
+        raise ValueError("groups=%d must divide in_channels=%d and out_channels=%d"
+                         % (groups, C, O))
+    if Cg != C // groups:
+        raise ValueError("weight has %d input channels per group, expected %d"
+                         % (Cg, C // groups))
+    if isinstance(padding, str):
+        if padding == "valid":
+            pt = pb = pl = pr = 0
+        elif padding == "same":
+            if sh != 1 or sw != 1:
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            total_h, total_w = dh * (kh - 1), dw * (kw - 1)
+            pt, pl = total_h // 2, total_w // 2
+            pb, pr = total_h - pt, total_w - pl
+        else:
+            raise ValueError("padding string must be 'valid' or 'same', got %r" % padding)
+    else:
+        ph, pw = _pair(padding, "padding")
+        if ph < 0 or pw < 0:
+            raise ValueError("padding must be non-negative")
+        pt = pb = ph
+        pl = pr = pw
+    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if Ho <= 0 or Wo <= 0:
+        raise ValueError("kernel (with dilation) is larger than the padded input")
+    return N, C, H, W, O, Cg, kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), Ho, Wo, groups
+
+
+def _pool_out_size(size, k, s, p, ceil_mode):
+    """PyTorch's pooling_output_shape (dilation 1)."""
+    num = size + 2 * p - k
+    if ceil_mode:
+        out = -(-num // s) + 1          # ceil division
+        # the last window must start inside the image or the left padding
+        if (out - 1) * s >= size + p:
+            out -= 1
+    else:
+        out = num // s + 1
+    return out
+
+
+def _pool_geometry(input_shape, kernel_size, stride, padding, ceil_mode):
+    """Validate pooling arguments; return ``(N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)``."""
+    N, C, H, W = _check_4d(input_shape, "input")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    if stride is None or (not isinstance(stride, (int, np.integer)) and len(stride) == 0):
+        sh, sw = kh, kw
+    else:
+        sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if kh <= 0 or kw <= 0:
+        raise ValueError("kernel_size must be positive")
+    if sh <= 0 or sw <= 0:
+        raise ValueError("stride must be positive")
+    if ph < 0 or pw < 0:
+        raise ValueError("padding must be non-negative")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError("padding should be at most half of kernel size, got padding=(%d, %d)"
+                         " for kernel_size=(%d, %d)" % (ph, pw, kh, kw))
+    Ho = _pool_out_size(H, kh, sh, ph, ceil_mode)
+    Wo = _pool_out_size(W, kw, sw, pw, ceil_mode)
+    if Ho <= 0 or Wo <= 0:
+        raise ValueError("output size is too small (input %dx%d, kernel %dx%d)"
+                         % (H, W, kh, kw))
+    return N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo
+
+
+# ---------------------------------------------------------------------------
+# convolution
+# ---------------------------------------------------------------------------
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, exactly as PyTorch's ``F.conv2d`` defines it.
+
+    With ``x̃`` the zero-padded input and ``Cg = C / groups``, ``Og = O / groups``::
+
+        Ho = floor((H + pt + pb - dh*(kh-1) - 1) / sh) + 1      (likewise Wo)
+        y[n, o, p, q] = b[o] + sum_{c' < Cg} sum_u sum_v
+                        w[o, c', u, v] * x̃[n, G(o)*Cg + c', p*sh + u*dh, q*sw + v*dw]
+
+    where ``G(o) = o // Og`` is the group of output channel ``o``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+        Input.
+    weight : ndarray, shape (O, C // groups, kh, kw)
+        Filters.
+    bias : ndarray, shape (O,), optional
+        Added to every output position of channel ``o``.
+    stride, dilation : int or (int, int)
+        Step between windows / between kernel taps.
+    padding : int, (int, int), "valid" or "same"
+        Zero padding on each side.  ``"valid"`` is 0.  ``"same"`` (stride 1 only) pads
+        ``d*(k-1)`` in total per dim, ``floor`` of half on top/left and the rest on
+        bottom/right, so the output has the input's spatial size.
+    groups : int
+        Number of channel groups.
+
+    Returns
+    -------
+    y : ndarray, shape (N, O, Ho, Wo)
+    """
+    x = np.asarray(x)
+    weight = np.asarray(weight)
+    arrays = [x, weight] + ([] if bias is None else [np.asarray(bias)])
+    dtype = _out_dtype(*arrays)
+    (N, C, H, W, O, Cg, kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), Ho, Wo,
+     groups) = _conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    Og = O // groups
+    if bias is not None:
+        b = np.asarray(bias, dtype=np.float64)
+        if b.shape != (O,):
+            raise ValueError("bias must have shape (%d,), got %r" % (O, b.shape))
+    else:
+        b = np.zeros(O, dtype=np.float64)
+
+    xpad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    w = weight.astype(np.float64)
+    ext_h = dh * (kh - 1) + 1          # extent of a dilated window
+    ext_w = dw * (kw - 1) + 1
+    y = np.zeros((N, O, Ho, Wo), dtype=np.float64)
+    for n in range(N):
+        for o in range(O):
+            g = o // Og
+            c0 = g * Cg
+            for p in range(Ho):
+                for q in range(Wo):
+                    window = xpad[n, c0:c0 + Cg,
+                                  p * sh:p * sh + ext_h:dh,
+                                  q * sw:q * sw + ext_w:dw]
+                    y[n, o, p, q] = b[o] + np.sum(w[o] * window)
+    return y.astype(dtype)
+
+
+def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,
+                      groups=1):
+    """Gradient of :func:`conv2d` w.r.t. its input, computed the textbook way.
+
+    With ``δ = grad_out`` (the sensitivity map) this is::
+
+        dx̃[n, G*Cg + c', i, j] = sum_{o in group G} sum_u sum_v
+                                  rot180(w)[o, c', u, v] * δ̂[n, o, i + u*dh, j + v*dw]
+        dx = dx̃[:, :, pt:pt+H, pl:pl+W]
+
+    where ``δ̂`` is built in four literal steps (SPEC.md):
+
+    1. *dilate* δ by the stride: ``sh-1`` zero rows between rows and ``sw-1`` zero
+       columns between columns (size ``(Ho-1)*sh+1 x (Wo-1)*sw+1``), then append
+       zero rows/columns for the stride remainder (rows of ``x̃`` no window starts
+       early enough to reach fully), giving the size ``Hp - dh*(kh-1)`` of a stride-1
+       valid correlation over the padded input ``Hp = H + pt + pb``;
+    2. *pad* it by ``dh*(kh-1)`` rows and ``dw*(kw-1)`` columns on each side
+       (a "full" correlation);
+    3. *rotate* each filter by 180 degrees and swap its in/out channel roles within
+       its group;
+    4. *correlate* with the filter's dilation -> ``dx̃`` of shape ``Hp x Wp``, and crop
+       the padding.
+
+    Equivalently ``dx̃[n, c, r, s] = sum_{o,p,q,u,v : p*sh+u*dh=r, q*sw+v*dw=s}
+    δ[n,o,p,q] * w[o, c', u, v]`` — the adjoint of the forward map.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, O, Ho, Wo)
+        ``∂E/∂y``.
+    weight : ndarray, shape (O, C // groups, kh, kw)
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input.
+    stride, padding, dilation, groups :
+        As in :func:`conv2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape input_shape
+    """
+    grad_out = np.asarray(grad_out)
+    weight = np.asarray(weight)
+    dtype = _out_dtype(grad_out, weight)
+    (N, C, H, W, O, Cg, kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), Ho, Wo,
+     groups) = _conv_geometry(input_shape, weight.shape, stride, padding, dilation, groups)
+    if grad_out.shape != (N, O, Ho, Wo):
+        raise ValueError("grad_out must have shape %r, got %r"
+                         % ((N, O, Ho, Wo), grad_out.shape))
+    Og = O // groups
+    Hp, Wp = H + pt + pb, W + pl + pr
+
+    # 1. dilate the sensitivity map by the stride ...
+    delta = grad_out.astype(np.float64)
+    dil = np.zeros((N, O, (Ho - 1) * sh + 1, (Wo - 1) * sw + 1), dtype=np.float64)
+    dil[:, :, ::sh, ::sw] = delta
+    #    ... and append zero rows/columns for the stride remainder
+    rem_h = (Hp - dh * (kh - 1)) - dil.shape[2]
+    rem_w = (Wp - dw * (kw - 1)) - dil.shape[3]
+    dil = np.pad(dil, ((0, 0), (0, 0), (0, rem_h), (0, rem_w)))
+    # 2. pad by the dilated kernel extent minus one on each side ("full" correlation)
+    fh, fw = dh * (kh - 1), dw * (kw - 1)
+    full = np.pad(dil, ((0, 0), (0, 0), (fh, fh), (fw, fw)))
+    # 3. rotate every filter by 180 degrees and swap in/out channels within each group:
+    #    w_t[G*Cg + c', o_local] = rot180(w[G*Og + o_local, c'])
+    w = weight.astype(np.float64)
+    w_t = np.zeros((C, Og, kh, kw), dtype=np.float64)
+    for g in range(groups):
+        for c_local in range(Cg):
+            for o_local in range(Og):
+                w_t[g * Cg + c_local, o_local] = np.rot90(w[g * Og + o_local, c_local], 2)
+    # 4. correlate (with the filter's dilation) -> gradient w.r.t. the padded input
+    ext_h, ext_w = fh + 1, fw + 1
+    dxpad = np.zeros((N, C, Hp, Wp), dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            g = c // Cg
+            o0 = g * Og
+            for i in range(Hp):
+                for j in range(Wp):
+                    window = full[n, o0:o0 + Og, i:i + ext_h:dh, j:j + ext_w:dw]
+                    dxpad[n, c, i, j] = np.sum(w_t[c] * window)
+    # crop the padding
+    dx = dxpad[:, :, pt:pt + H, pl:pl + W]
+    return dx.astype(dtype)
+
+
+def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1,
+                       groups=1):
+    """Gradient of :func:`conv2d` w.r.t. its filters.
+
+    With ``δ = grad_out`` and ``x̃`` the zero-padded input::
+
+        dw[o, c', u, v] = sum_n sum_p sum_q
+                          δ[n, o, p, q] * x̃[n, G(o)*Cg + c', p*sh + u*dh, q*sw + v*dw]
+
+    i.e. the input correlated with the sensitivity map (for one channel, stride 1,
+    no padding: ``correlate2d(x, δ, 'valid')``).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+        The forward input.
+    grad_out : ndarray, shape (N, O, Ho, Wo)
+        ``∂E/∂y``.
+    weight_shape : tuple of 4 ints
+        ``(O, C // groups, kh, kw)``.
+    stride, padding, dilation, groups :
+        As in :func:`conv2d`.
+
+    Returns
+    -------
+    dw : ndarray, shape weight_shape
+    """
+    x = np.asarray(x)
+    grad_out = np.asarray(grad_out)
+    dtype = _out_dtype(x, grad_out)
+    (N, C, H, W, O, Cg, kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), Ho, Wo,
+     groups) = _conv_geometry(x.shape, weight_shape, stride, padding, dilation, groups)
+    if grad_out.shape != (N, O, Ho, Wo):
+        raise ValueError("grad_out must have shape %r, got %r"
+                         % ((N, O, Ho, Wo), grad_out.shape))
+    Og = O // groups
+    xpad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    delta = grad_out.astype(np.float64)
+    span_h = (Ho - 1) * sh + 1
+    span_w = (Wo - 1) * sw + 1
+    dwt = np.zeros((O, Cg, kh, kw), dtype=np.float64)
+    for o in range(O):
+        c0 = (o // Og) * Cg
+        for c_local in range(Cg):
+            for u in range(kh):
+                for v in range(kw):
+                    # x̃[n, c, p*sh + u*dh, q*sw + v*dw] for all n, p, q
+                    patch = xpad[:, c0 + c_local,
+                                 u * dh:u * dh + span_h:sh,
+                                 v * dw:v * dw + span_w:sw]
+                    dwt[o, c_local, u, v] = np.sum(delta[:, o] * patch)
+    return dwt.astype(dtype)
+
+
+def conv2d_grad_bias(grad_out):
+    """Gradient of :func:`conv2d` w.r.t. its bias.
+
+    ::
+
+        db[o] = sum_n sum_p sum_q δ[n, o, p, q]
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, O, Ho, Wo)
+
+    Returns
+    -------
+    db : ndarray, shape (O,)
+    """
+    grad_out = np.asarray(grad_out)
+    dtype = _out_dtype(grad_out)
+    N, O, Ho, Wo = _check_4d(grad_out.shape, "grad_out")
+    delta = grad_out.astype(np.float64)
+    db = np.zeros(O, dtype=np.float64)
+    for o in range(O):
+        db[o] = np.sum(delta[:, o])
+    return db.astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# max pooling
+# ---------------------------------------------------------------------------
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """2-D max pooling with argmax indices, as PyTorch's
+    ``F.max_pool2d(..., return_indices=True)`` computes it on CPU.
+
+    Output size (PyTorch's rule, per dim)::
+
+        out = floor_or_ceil((H + 2p - k) / s) + 1
+        if ceil_mode and (out - 1)*s >= H + p: out -= 1
+
+    For each window ``hstart = p_out*s - p``, ``hend = min(hstart + k, H)``, with
+    ``hstart`` clipped to 0 (padding counts as -inf, so only real elements are
+    scanned)::
+
+        maxval, index = -inf, first in-bounds element of the window
+        for (h, w) in window, row-major:
+            if x[h, w] > maxval or isnan(x[h, w]):
+                maxval, index = x[h, w], h*W + w
+        y = maxval
+
+    Consequences: ties go to the *first* maximum in row-major order; a NaN wins over
+    every number, and when a window holds several NaNs the *last* one is reported;
+    a window of all ``-inf`` reports its first in-bounds element.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit ``-inf`` padding; at most ``kernel_size // 2`` per dim.
+    ceil_mode : bool
+        Use ceil instead of floor in the output-size formula.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+    indices : ndarray of int64, shape (N, C, Ho, Wo)
+        Flat index ``h*W + w`` of the chosen element within its input plane.
+    """
+    x = np.asarray(x)
+    dtype = _out_dtype(x)
+    N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _pool_geometry(
+        x.shape, kernel_size, stride, padding, ceil_mode)
+    xf = x.astype(np.float64)      # exact for float32/float16 inputs
+    y = np.zeros((N, C, Ho, Wo), dtype=np.float64)
+    indices = np.zeros((N, C, Ho, Wo), dtype=np.int64)
+    for n in range(N):
+        for c in range(C):
+            plane = xf[n, c]
+            for p in range(Ho):
+                for q in range(Wo):
+                    hstart, wstart = p * sh - ph, q * sw - pw
+                    hend, wend = min(hstart + kh, H), min(wstart + kw, W)
+                    hstart, wstart = max(hstart, 0), max(wstart, 0)
+                    maxval = -np.inf
+                    maxindex = hstart * W + wstart
+                    for h in range(hstart, hend):
+                        for w in range(wstart, wend):
+                            val = plane[h, w]
+                            if val > maxval or np.isnan(val):
+                                maxval = val
+                                maxindex = h * W + w
+                    y[n, c, p, q] = maxval
+                    indices[n, c, p, q] = maxindex
+    return y.astype(dtype), indices
+
+
+def max_pool2d_grad(grad_out, indices, input_shape):
+    """Gradient of :func:`max_pool2d` w.r.t. its input.
+
+    Each ``δ[n, c, p, q]`` is routed to the element that won its window::
+
+        dx[n, c].flat[indices[n, c, p, q]] += δ[n, c, p, q]
+
+    (overlapping windows accumulate).  Note on ties: the textbook loop
+    ``mask = (window == window.max()); dx[window] += δ * mask`` sends the gradient to
+    *every* tied maximum.  fastconv, like PyTorch, sends it only to the *first*
+    maximum in row-major window order (the one recorded in ``indices``); this oracle
+    follows the fastconv/PyTorch convention.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C, Ho, Wo)
+    indices : ndarray of ints, shape (N, C, Ho, Wo)
+        As returned by :func:`max_pool2d`.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)``.
+
+    Returns
+    -------
+    dx : ndarray, shape input_shape
+    """
+    grad_out = np.asarray(grad_out)
+    indices = np.asarray(indices)
+    dtype = _out_dtype(grad_out)
+    N, C, H, W = _check_4d(input_shape, "input_shape")
+    if grad_out.ndim != 4 or grad_out.shape[:2] != (N, C):
+        raise ValueError("grad_out shape %r does not match input_shape %r"
+                         % (grad_out.shape, (N, C, H, W)))
+    if indices.shape != grad_out.shape:
+        raise ValueError("indices must have the shape of grad_out")
+    Ho, Wo = grad_out.shape[2], grad_out.shape[3]
+    delta = grad_out.astype(np.float64)
+    dx = np.zeros((N, C, H * W), dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            for p in range(Ho):
+                for q in range(Wo):
+                    idx = int(indices[n, c, p, q])
+                    if not 0 <= idx < H * W:
+                        raise ValueError("index %d out of range for a %dx%d plane"
+                                         % (idx, H, W))
+                    dx[n, c, idx] += delta[n, c, p, q]
+    return dx.reshape(N, C, H, W).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# average pooling
+# ---------------------------------------------------------------------------
+
+def _avg_window(p, q, sh, sw, ph, pw, kh, kw, H, W, count_include_pad):
+    """PyTorch's CPU avg-pool window: clipped bounds and divisor."""
+    hstart, wstart = p * sh - ph, q * sw - pw
+    hend, wend = min(hstart + kh, H + ph), min(wstart + kw, W + pw)
+    pool_size = (hend - hstart) * (wend - wstart)
+    hstart, wstart = max(hstart, 0), max(wstart, 0)
+    hend, wend = min(hend, H), min(wend, W)
+    if count_include_pad:
+        divisor = pool_size
+    else:
+        divisor = (hend - hstart) * (wend - wstart)
+    return hstart, hend, wstart, wend, divisor
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True):
+    """2-D average pooling, as PyTorch's ``F.avg_pool2d`` computes it on CPU.
+
+    Output size as in :func:`max_pool2d`.  For each window::
+
+        hstart = p*s - pad;  hend = min(hstart + k, H + pad)      (likewise w)
+        pool_size = (hend - hstart) * (wend - wstart)
+        clip hstart, wstart to >= 0 and hend, wend to <= H, W
+        divisor = pool_size if count_include_pad
+                  else (hend - hstart) * (wend - wstart)
+        y = sum(x[hstart:hend, wstart:wend]) / divisor
+
+    So with ``count_include_pad=True`` zero padding is counted but the part of a
+    ``ceil_mode`` window that hangs past ``H + pad`` is not.  (An empty window would
+    give 0; valid arguments never produce one.)
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit zero padding; at most ``kernel_size // 2`` per dim.
+    ceil_mode : bool
+    count_include_pad : bool
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+    """
+    x = np.asarray(x)
+    dtype = _out_dtype(x)
+    N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _pool_geometry(
+        x.shape, kernel_size, stride, padding, ceil_mode)
+    xf = x.astype(np.float64)
+    y = np.zeros((N, C, Ho, Wo), dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            for p in range(Ho):
+                for q in range(Wo):
+                    hs, he, ws, we, divisor = _avg_window(
+                        p, q, sh, sw, ph, pw, kh, kw, H, W, count_include_pad)
+                    if hs >= he or ws >= we:
+                        y[n, c, p, q] = 0.0
+                        continue
+                    y[n, c, p, q] = np.sum(xf[n, c, hs:he, ws:we]) / divisor
+    return y.astype(dtype)
+
+
+def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
+                    ceil_mode=False, count_include_pad=True):
+    """Gradient of :func:`avg_pool2d` w.r.t. its input.
+
+    Each ``δ[n, c, p, q]`` is spread evenly over the (clipped) window, with the same
+    window bounds and divisor as the forward pass::
+
+        dx[n, c, hstart:hend, wstart:wend] += δ[n, c, p, q] / divisor
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C, Ho, Wo)
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)``.
+    kernel_size, stride, padding, ceil_mode, count_include_pad :
+        As in :func:`avg_pool2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape input_shape
+    """
+    grad_out = np.asarray(grad_out)
+    dtype = _out_dtype(grad_out)
+    N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _pool_geometry(
+        input_shape, kernel_size, stride, padding, ceil_mode)
+    if grad_out.shape != (N, C, Ho, Wo):
+        raise ValueError("grad_out must have shape %r, got %r"
+                         % ((N, C, Ho, Wo), grad_out.shape))
+    delta = grad_out.astype(np.float64)
+    dx = np.zeros((N, C, H, W), dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            for p in range(Ho):
+                for q in range(Wo):
+                    hs, he, ws, we, divisor = _avg_window(
+                        p, q, sh, sw, ph, pw, kh, kw, H, W, count_include_pad)
+                    if hs >= he or ws >= we:
+                        continue
+                    dx[n, c, hs:he, ws:we] += delta[n, c, p, q] / divisor
+    return dx.astype(dtype)
