@@ -1,0 +1,98 @@
+"""Command line: ``python -m fastconv [selfcheck|bench|config]``.
+
+* ``selfcheck`` (default): show the configuration, check every kernel
+  against its textbook oracle on a few small cases, and time a few layers
+  against a plain NumPy im2col baseline (and PyTorch if installed).
+* ``bench``: the full speed suite as a table (see ``fastconv._bench``).
+* ``config``: the configuration only.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+import fastconv
+from fastconv import reference as ref
+
+
+def _max_rel_err(actual, expected):
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    return float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+
+
+def _selfcheck_cases(rng):
+    x = rng.standard_normal((2, 4, 9, 8))
+    w = rng.standard_normal((6, 2, 3, 3))
+    b = rng.standard_normal(6)
+    geo = dict(stride=2, padding=1, dilation=(1, 2), groups=2)
+    y = ref.conv2d(x, w, b, **geo)
+    g = rng.standard_normal(y.shape)
+    pool = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    ym, idx = ref.max_pool2d(x, **pool)
+    ya = ref.avg_pool2d(x, **pool)
+    return [
+        ("conv2d", lambda m: m.conv2d(x, w, b, **geo)),
+        ("conv2d_grad_input", lambda m: m.conv2d_grad_input(g, w, x.shape, **geo)),
+        ("conv2d_grad_weight", lambda m: m.conv2d_grad_weight(x, g, w.shape, **geo)),
+        ("conv2d_grad_bias", lambda m: m.conv2d_grad_bias(g)),
+        ("max_pool2d", lambda m: np.concatenate([a.ravel() for a in m.max_pool2d(x, **pool)])),
+        ("max_pool2d_grad", lambda m: m.max_pool2d_grad(ym, idx, x.shape)),
+        ("avg_pool2d", lambda m: m.avg_pool2d(x, **pool)),
+        ("avg_pool2d_grad", lambda m: m.avg_pool2d_grad(ya, x.shape, **pool)),
+    ]
+
+
+def selfcheck(out=print):
+    """Check each kernel against its oracle and time a few layers.
+
+    Returns
+    -------
+    int
+        0 if every kernel matched its oracle, 1 otherwise.
+    """
+    from fastconv import _bench
+
+    fastconv.show_config()
+    out("\nkernels against the textbook oracles (float64, stride 2, padding 1, dilation (1,2), "
+        "groups 2; pools 3x3/2, padding 1, ceil_mode):")
+    failures = 0
+    for name, call in _selfcheck_cases(np.random.default_rng(0)):
+        err = _max_rel_err(call(fastconv), call(ref))
+        ok = err < 1e-10
+        failures += not ok
+        out(f"  {name:<20} max relative error {err:.1e}  {'ok' if ok else 'FAILED'}")
+    out("\nspeed (a few layers of the suite; `python -m fastconv bench` runs all):")
+    _bench.run_suite(dtypes=("float32",), repeat=3, cases={"lenet2", "vgg3x3", "pw1x1",
+                                                            "max2x2s2"}, out=out)
+    out("\nselfcheck " + ("passed" if not failures else f"FAILED ({failures} kernels)"))
+    return 1 if failures else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="selfcheck",
+                        choices=["selfcheck", "bench", "config"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for fastconv (and torch); default: get_num_threads()")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
+                        help="bench: dtypes to run (default both)")
+    parser.add_argument("--repeat", type=int, default=5, help="bench: timing repeats")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        fastconv.set_num_threads(args.threads)
+    if args.command == "config":
+        fastconv.show_config()
+        return 0
+    if args.command == "bench":
+        from fastconv import _bench
+
+        dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+        _bench.run_suite(dtypes=dtypes, threads=args.threads, repeat=args.repeat)
+        return 0
+    return selfcheck()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Speed suite shared by ``python -m fastconv bench`` and ``bench/``.
+
+Implementations compared on each layer of the suite:
+
+* ``fastconv``  -- the package's kernels;
+* ``numpy``     -- a plain NumPy im2col + matmul baseline (whole batch);
+* ``torch``     -- PyTorch's CPU kernels, when torch is installed;
+* ``oracle``    -- ``fastconv.reference`` (only on tiny cases; far too slow
+  for the suite itself).
+
+Times are the best of several runs with every implementation run in the same
+process, so only same-run ratios are meaningful on a shared machine.
+"""
+
+import time
+from collections import namedtuple
+
+import numpy as np
+
+import fastconv
+
+ConvCase = namedtuple("ConvCase", "name n c_in hw c_out k stride pad groups")
+PoolCase = namedtuple("PoolCase", "name kind n c hw k stride")
+
+CONV_SUITE = [
+    ConvCase("lenet1", 64, 1, 28, 20, 5, 1, 0, 1),
+    ConvCase("lenet2", 64, 20, 12, 50, 5, 1, 0, 1),
+    ConvCase("vgg3x3", 8, 64, 56, 64, 3, 1, 1, 1),
+    ConvCase("res_s2", 8, 128, 28, 256, 3, 2, 1, 1),
+    ConvCase("pw1x1", 8, 256, 14, 64, 1, 1, 0, 1),
+    ConvCase("dw3x3", 8, 128, 28, 128, 3, 1, 1, 128),
+    ConvCase("big", 1, 256, 100, 256, 3, 1, 1, 1),
+]
+
+POOL_SUITE = [
+    PoolCase(f"{kind}{k}x{k}s2", kind, 8, 64, 56, k, 2)
+    for kind in ("max", "avg") for k in (2, 3)
+]
+
+
+def conv_out(case):
+    return (case.hw + 2 * case.pad - case.k) // case.stride + 1
+
+
+def conv_macs(case):
+    """Multiply-accumulates of one forward pass (SPEC.md's cost model)."""
+    ho = conv_out(case)
+    return case.n * case.c_out * ho * ho * (case.c_in // case.groups) * case.k * case.k
+
+
+def conv_arrays(case, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    ho = conv_out(case)
+    x = rng.standard_normal((case.n, case.c_in, case.hw, case.hw)).astype(dtype)
+    w = rng.standard_normal((case.c_out, case.c_in // case.groups, case.k, case.k)).astype(dtype)
+    b = rng.standard_normal(case.c_out).astype(dtype)
+    g = rng.standard_normal((case.n, case.c_out, ho, ho)).astype(dtype)
+    return x, w, b, g
+
+
+# --- implementations: each returns (forward, forward+backward) callables -----
+
+def fastconv_conv(case, x, w, b, g):
+    kw = dict(stride=case.stride, padding=case.pad, groups=case.groups)
+
+    def fwd():
+        return fastconv.conv2d(x, w, b, **kw)
+
+    def fwd_bwd():
+        fastconv.conv2d(x, w, b, **kw)
+        fastconv.conv2d_grad_input(g, w, x.shape, **kw)
+        fastconv.conv2d_grad_weight(x, g, w.shape, **kw)
+        fastconv.conv2d_grad_bias(g)
+
+    return fwd, fwd_bwd
+
+
+def _im2col(x, k, stride, pad):
+    """Whole-batch patch matrix (N, C*k*k, Ho*Wo) -- the textbook lowering."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho = (h + 2 * pad - k) // stride + 1
+    wo = (w + 2 * pad - k) // stride + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
+    win = win[:, :, ::stride, ::stride][:, :, :ho, :wo]        # N C Ho Wo k k
+    return win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * k * k, ho * wo), ho, wo
+
+
+def _col2im(cols, x_shape, k, stride, pad, ho, wo):
+    n, c, h, w = x_shape
+    dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+    cols = cols.reshape(n, c, k, k, ho, wo)
+    for u in range(k):
+        for v in range(k):
+            dxp[:, :, u:u + stride * ho:stride, v:v + stride * wo:stride] += cols[:, :, u, v]
+    return dxp[:, :, pad:pad + h, pad:pad + w]
+
+
+def numpy_conv(case, x, w, b, g):
+    """Plain NumPy im2col baseline (groups == 1 only)."""
+    if case.groups != 1:
+        return None
+    k, s, p = case.k, case.stride, case.pad
+    wm = w.reshape(case.c_out, -1)
+
+    def fwd():
+        cols, ho, wo = _im2col(x, k, s, p)
+        return (np.matmul(wm, cols) + b[:, None]).reshape(case.n, case.c_out, ho, wo)
+
+    def fwd_bwd():
+        cols, ho, wo = _im2col(x, k, s, p)
+        np.matmul(wm, cols) + b[:, None]
+        gm = g.reshape(case.n, case.c_out, -1)
+        np.einsum("nop,nkp->ok", gm, cols, optimize=True)        # grad weight
+        _col2im(np.matmul(wm.T, gm), x.shape, k, s, p, ho, wo)   # grad input
+        gm.sum(axis=(0, 2))                                       # grad bias
+
+    return fwd, fwd_bwd
+
+
+def torch_conv(case, x, w, b, g):
+    try:
+        import torch
+    except ImportError:
+        return None
+    tx = torch.from_numpy(x)
+    tw = torch.from_numpy(w)
+    tb = torch.from_numpy(b)
+    tg = torch.from_numpy(g)
+    kw = dict(stride=case.stride, padding=case.pad, groups=case.groups)
+    conv = torch.nn.functional.conv2d
+
+    def fwd():
+        with torch.no_grad():
+            return conv(tx, tw, tb, **kw)
+
+    def fwd_bwd():
+        xr = tx.detach().requires_grad_(True)
+        wr = tw.detach().requires_grad_(True)
+        br = tb.detach().requires_grad_(True)
+        conv(xr, wr, br, **kw).backward(tg)
+
+    return fwd, fwd_bwd
+
+
+CONV_IMPLS = {"fastconv": fastconv_conv, "numpy": numpy_conv, "torch": torch_conv}
+
+
+def pool_arrays(case, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((case.n, case.c, case.hw, case.hw)).astype(dtype)
+
+
+def fastconv_pool(case, x):
+    if case.kind == "max":
+        y, idx = fastconv.max_pool2d(x, case.k, case.stride)
+
+        def run():
+            yy, ii = fastconv.max_pool2d(x, case.k, case.stride)
+            fastconv.max_pool2d_grad(yy, ii, x.shape)
+    else:
+        y = fastconv.avg_pool2d(x, case.k, case.stride)
+
+        def run():
+            yy = fastconv.avg_pool2d(x, case.k, case.stride)
+            fastconv.avg_pool2d_grad(yy, x.shape, case.k, case.stride)
+    return run
+
+
+def numpy_pool(case, x):
+    """Vectorized NumPy pooling over sliding windows (forward only + scatter)."""
+    k, s = case.k, case.stride
+
+    def run():
+        win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+        if case.kind == "max":
+            y = win.max(axis=(4, 5))
+        else:
+            y = win.mean(axis=(4, 5))
+        dx = np.zeros_like(x)
+        ho, wo = y.shape[2:]
+        for u in range(k):
+            for v in range(k):
+                if case.kind == "max":
+                    mask = win[..., u, v] == y
+                    dx[:, :, u:u + s * ho:s, v:v + s * wo:s] += y * mask
+                else:
+                    dx[:, :, u:u + s * ho:s, v:v + s * wo:s] += y / (k * k)
+    return run
+
+
+def torch_pool(case, x):
+    try:
+        import torch
+    except ImportError:
+        return None
+    tx = torch.from_numpy(x)
+    f = torch.nn.functional
+
+    def run():
+        xr = tx.detach().requires_grad_(True)
+        if case.kind == "max":
+            y = f.max_pool2d(xr, case.k, case.stride)
+        else:
+            y = f.avg_pool2d(xr, case.k, case.stride)
+        y.backward(y.detach())
+    return run
+
+
+POOL_IMPLS = {"fastconv": fastconv_pool, "numpy": numpy_pool, "torch": torch_pool}
+
+
+# --- timing and the table ---------------------------------------------------
+
+def best_time(fn, repeat=5, min_time=0.05):
+    """Best wall time of one call, over `repeat` batches of >= `min_time` s."""
+    fn()
+    calls = 1
+    t0 = time.perf_counter()
+    fn()
+    once = time.perf_counter() - t0
+    if once < min_time:
+        calls = max(1, int(min_time / max(once, 1e-7)))
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
+
+
+def set_threads(n):
+    fastconv.set_num_threads(n)
+    try:
+        import torch
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
+              out=print):
+    """Time the suite and print a table of times, GFLOP/s and ratios.
+
+    Returns a list of row dicts (one per case, dtype and direction).
+    """
+    threads = threads or fastconv.get_num_threads()
+    set_threads(threads)
+    rows = []
+    conv_cases = [c for c in CONV_SUITE if cases is None or c.name in cases]
+    pool_cases = [c for c in POOL_SUITE if cases is None or c.name in cases]
+    out(f"fastconv {fastconv.__version__} | threads={threads} | best of {repeat} | "
+        "ratio = other's time / fastconv's time (>1: fastconv faster)")
+    header = (f"{'case':<10}{'dtype':<9}{'pass':<9}{'fastconv ms':>12}{'GFLOP/s':>9}"
+              f"{'numpy ms':>10}{'torch ms':>10}{'vs numpy':>10}{'vs torch':>10}")
+    out(header)
+    out("-" * len(header))
+    for dtype in dtypes:
+        for case in conv_cases:
+            arrays = conv_arrays(case, np.dtype(dtype))
+            impls = {name: make(case, *arrays) for name, make in CONV_IMPLS.items()}
+            for direction, index, flop_mult in (("fwd", 0, 2), ("fwd+bwd", 1, 6)):
+                t = {name: best_time(pair[index], repeat) for name, pair in impls.items()
+                     if pair is not None}
+                gflops = flop_mult * conv_macs(case) / t["fastconv"] / 1e9
+                rows.append(dict(case=case.name, dtype=dtype, direction=direction,
+                                 gflops=gflops, **{f"{k}_s": v for k, v in t.items()}))
+                out(_row(case.name, dtype, direction, t, gflops))
+        for case in pool_cases:
+            x = pool_arrays(case, np.dtype(dtype))
+            t = {}
+            for name, make in POOL_IMPLS.items():
+                fn = make(case, x)
+                if fn is not None:
+                    t[name] = best_time(fn, repeat)
+            rows.append(dict(case=case.name, dtype=dtype, direction="fwd+bwd", gflops=None,
+                             **{f"{k}_s": v for k, v in t.items()}))
+            out(_row(case.name, dtype, "fwd+bwd", t, None))
+    _summary(rows, out)
+    return rows
+
+
+def _fmt_ms(t):
+    return f"{t * 1e3:.3f}" if t is not None else "-"
+
+
+def _row(name, dtype, direction, t, gflops):
+    f = t["fastconv"]
+    ratio = {k: (f"{t[k] / f:.2f}x" if k in t else "-") for k in ("numpy", "torch")}
+    gf = f"{gflops:.1f}" if gflops is not None else "-"
+    return (f"{name:<10}{dtype:<9}{direction:<9}{_fmt_ms(f):>12}{gf:>9}"
+            f"{_fmt_ms(t.get('numpy')):>10}{_fmt_ms(t.get('torch')):>10}"
+            f"{ratio['numpy']:>10}{ratio['torch']:>10}")
+
+
+def _summary(rows, out):
+    groups = {}
+    for r in rows:
+        if r["direction"] != "fwd+bwd" or "torch_s" not in r:
+            continue
+        kind = "pool" if r["gflops"] is None else "conv"
+        groups.setdefault((kind, r["dtype"]), []).append(r["torch_s"] / r["fastconv_s"])
+    for (kind, dtype), ratios in sorted(groups.items()):
+        gm = float(np.exp(np.mean(np.log(ratios))))
+        out(f"{kind} {dtype} fwd+bwd vs torch: geometric mean {gm:.2f}x, "
+            f"worst {min(ratios):.2f}x")
