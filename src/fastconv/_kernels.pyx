@@ -45,6 +45,9 @@ cdef enum:
 cdef Py_ssize_t TILE_BYTES = 256 * 1024
 cdef Py_ssize_t MIN_TILE = 64
 cdef Py_ssize_t MAX_TILE = 4096
+# Hard cap on one thread's patch workspace: for very deep patches (huge
+# C_in*kh*kw) the tile shrinks below MIN_TILE rather than grow past this.
+cdef Py_ssize_t MAX_WORK_BYTES = 16 * 1024 * 1024
 # Aim for at least this many work items so that up to this many threads
 # find work.  Depends on the shape only, never on the thread count.
 cdef Py_ssize_t MIN_ITEMS = 16
@@ -64,11 +67,14 @@ cdef Py_ssize_t _tile_size(Py_ssize_t rows, Py_ssize_t positions, Py_ssize_t out
                            Py_ssize_t itemsize):
     """Output positions per tile: a ``rows x tile`` patch matrix of about
     TILE_BYTES, rounded to 16, shrunk (not below MIN_TILE) until there are
-    MIN_ITEMS items; a function of the shape only."""
-    cdef Py_ssize_t tile = TILE_BYTES // (itemsize * max(rows, 1))
+    MIN_ITEMS items, and never over MAX_WORK_BYTES.  A function of the shape
+    only, so the work split never depends on the thread count."""
+    rows = max(rows, 1)
+    cdef Py_ssize_t tile = TILE_BYTES // (itemsize * rows)
     tile = max(MIN_TILE, min(MAX_TILE, tile)) // 16 * 16
     while tile > MIN_TILE and outer * _ceil_div(positions, tile) < MIN_ITEMS:
         tile = max(MIN_TILE, tile // 2 // 16 * 16)
+    tile = min(tile, MAX_WORK_BYTES // (itemsize * rows))
     return max(1, min(tile, positions))
 
 

@@ -148,10 +148,9 @@ def conv_output_size(size, pad_lo, pad_hi, k, stride, dil):
 def pool_output_size(size, k, stride, pad, ceil_mode):
     """PyTorch's pooling output size, ``ceil_mode`` rule included: the last
     window must start inside the input or its leading padding."""
-    span = size + 2 * pad - k
-    if span < 0:
-        return 0
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    # floor division, as PyTorch's div_rtn: in ceil_mode a kernel slightly
+    # larger than the padded input still yields one (clipped) window
+    out = (size + 2 * pad - k + (stride - 1 if ceil_mode else 0)) // stride + 1
     if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1
     return out

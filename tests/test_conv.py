@@ -1,0 +1,957 @@
+"""Tests of the conv2d kernels: ``conv2d``, ``conv2d_grad_input``,
+``conv2d_grad_weight`` and ``conv2d_grad_bias``.
+
+The fast Cython kernels are checked against
+
+* the textbook oracles in ``fastconv.reference`` (the specification) on
+  hypothesis-drawn geometries and on named edge cases;
+* an independent vectorised NumPy "shift and add" implementation (below) on
+  shapes too large for the slow oracle loops (several tiles per image);
+* their own adjoint identities, central finite differences and SPEC.md's
+  worked filter-gradient example;
+* PyTorch (forward and autograd), when it is importable.
+
+Also covered: awkward memory layouts and dtypes, NaN/Inf propagation,
+bitwise thread-count determinism and the built-in (non-BLAS) GEMM fallback.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections import namedtuple
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import reference as ref
+from helpers import DTYPES, assert_close, randn
+
+# Modest budgets: the oracles are slow Python loops.  ``database=None`` keeps
+# hypothesis from writing a .hypothesis/ directory into the repository; the
+# n_threads fixture is function-scoped but only pins a thread count, which is
+# the same for every example, so the health check is safe to silence.
+SETTINGS = settings(max_examples=40, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow,
+                                           HealthCheck.filter_too_much])
+FEW = settings(SETTINGS, max_examples=20)
+
+
+# ---------------------------------------------------------------------------
+# geometry strategy
+# ---------------------------------------------------------------------------
+
+Geometry = namedtuple("Geometry", "x_shape w_shape stride padding dilation groups out_shape")
+
+
+def _pads(padding, kernel, dilation):
+    """(top, bottom, left, right) for an API padding value (PyTorch's rules)."""
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        th, tw = (d * (k - 1) for d, k in zip(dilation, kernel))
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    return ph, ph, pw, pw
+
+
+def _maybe_int(draw, pair):
+    """Pass a pair with equal halves as a plain int half of the time."""
+    if pair[0] == pair[1] and draw(st.booleans()):
+        return pair[0]
+    return pair
+
+
+@st.composite
+def conv_geometries(draw, max_n=3, max_hw=12, max_k=5, max_stride=4, max_dil=3,
+                    max_cg=3, max_og=3, max_groups=3, min_n=0):
+    """Valid conv2d geometries (output at least 1x1), built rather than filtered.
+
+    Covers rectangular kernels, strides with remainders, paddings beyond the
+    kernel as int / pair / 'valid' / 'same' (stride 1 only; even kernels pad
+    asymmetrically), dilation, grouped and depthwise convolutions, and kernels
+    exactly as large as the padded input.
+    """
+    n = draw(st.integers(min_n, max_n))
+    groups = draw(st.integers(1, max_groups))
+    depthwise = draw(st.booleans())            # groups == C_in
+    cg = 1 if depthwise else draw(st.integers(1, max_cg))
+    og = draw(st.integers(1, max_og))
+    kh = draw(st.integers(1, max_k))
+    kw = kh if draw(st.booleans()) else draw(st.integers(1, max_k))
+    sh = draw(st.integers(1, max_stride))
+    sw = sh if draw(st.booleans()) else draw(st.integers(1, max_stride))
+    dh = draw(st.integers(1, max_dil))
+    dw = dh if draw(st.booleans()) else draw(st.integers(1, max_dil))
+    kinds = ["int", "pair", "valid"] + (["same"] if (sh, sw) == (1, 1) else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "int":
+        padding = draw(st.integers(0, max(kh, kw) + 1))
+    elif kind == "pair":
+        padding = (draw(st.integers(0, kh + 1)), draw(st.integers(0, kw + 1)))
+    else:
+        padding = kind
+    pt, pb, pl, pr = _pads(padding, (kh, kw), (dh, dw))
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    min_h, min_w = max(1, ext_h - pt - pb), max(1, ext_w - pl - pr)
+    assume(min_h <= max_hw and min_w <= max_hw)
+    # a third of the time the (dilated) kernel exactly covers the padded input
+    h = min_h if draw(st.integers(0, 2)) == 0 else draw(st.integers(min_h, max_hw))
+    w = min_w if draw(st.integers(0, 2)) == 0 else draw(st.integers(min_w, max_hw))
+    ho = (h + pt + pb - ext_h) // sh + 1
+    wo = (w + pl + pr - ext_w) // sw + 1
+    assert ho >= 1 and wo >= 1
+    return Geometry((n, cg * groups, h, w), (og * groups, cg, kh, kw),
+                    _maybe_int(draw, (sh, sw)), padding, _maybe_int(draw, (dh, dw)),
+                    groups, (n, og * groups, ho, wo))
+
+
+def _hyper(geo):
+    return dict(stride=geo.stride, padding=geo.padding, dilation=geo.dilation,
+                groups=geo.groups)
+
+
+def _data(seed, geo):
+    """float64 x, weight, bias, grad_out for a geometry."""
+    rng = np.random.default_rng(seed)
+    return (randn(rng, geo.x_shape), randn(rng, geo.w_shape),
+            randn(rng, (geo.w_shape[0],)), randn(rng, geo.out_shape))
+
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+# ---------------------------------------------------------------------------
+# an independent vectorised implementation (for shapes too big for the oracles)
+# ---------------------------------------------------------------------------
+
+def _np_geometry(x_shape, w_shape, stride, padding, dilation):
+    kh, kw = w_shape[2:]
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    pt, pb, pl, pr = _pads(padding, (kh, kw), (dh, dw))
+    ho = (x_shape[2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (x_shape[3] + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), ho, wo
+
+
+def np_conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """Forward conv as a sum over kernel taps of shifted, strided einsums."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), ho, wo = _np_geometry(
+        x.shape, w.shape, stride, padding, dilation)
+    n, c = x.shape[:2]
+    o, cg = w.shape[:2]
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    xg = xp.reshape(n, groups, cg, *xp.shape[2:])
+    wg = w.reshape(groups, o // groups, cg, kh, kw)
+    y = np.zeros((n, groups, o // groups, ho, wo))
+    for u in range(kh):
+        for v in range(kw):
+            patch = xg[:, :, :, u * dh:u * dh + (ho - 1) * sh + 1:sh,
+                       v * dw:v * dw + (wo - 1) * sw + 1:sw]
+            y += np.einsum("gjc,ngcpq->ngjpq", wg[:, :, :, u, v], patch)
+    y = y.reshape(n, o, ho, wo)
+    if b is not None:
+        y += np.asarray(b, np.float64)[:, None, None]
+    return y
+
+
+def np_grad_input(g, w, x_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Input gradient as the adjoint: scatter-add every tap's contribution."""
+    g = np.asarray(g, np.float64)
+    w = np.asarray(w, np.float64)
+    kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), ho, wo = _np_geometry(
+        x_shape, w.shape, stride, padding, dilation)
+    n, c, h, wd = x_shape
+    o, cg = w.shape[:2]
+    dxp = np.zeros((n, groups, cg, h + pt + pb, wd + pl + pr))
+    gg = g.reshape(n, groups, o // groups, ho, wo)
+    wg = w.reshape(groups, o // groups, cg, kh, kw)
+    for u in range(kh):
+        for v in range(kw):
+            dxp[:, :, :, u * dh:u * dh + (ho - 1) * sh + 1:sh,
+                v * dw:v * dw + (wo - 1) * sw + 1:sw] += np.einsum(
+                    "gjc,ngjpq->ngcpq", wg[:, :, :, u, v], gg)
+    return dxp.reshape(n, c, h + pt + pb, wd + pl + pr)[:, :, pt:pt + h, pl:pl + wd]
+
+
+def np_grad_weight(x, g, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Filter gradient: per tap, contract the strided input slice with grad_out."""
+    x = np.asarray(x, np.float64)
+    g = np.asarray(g, np.float64)
+    kh, kw, sh, sw, dh, dw, (pt, pb, pl, pr), ho, wo = _np_geometry(
+        x.shape, w_shape, stride, padding, dilation)
+    n = x.shape[0]
+    o, cg = w_shape[:2]
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    xg = xp.reshape(n, groups, cg, *xp.shape[2:])
+    gg = g.reshape(n, groups, o // groups, ho, wo)
+    dw_ = np.zeros((groups, o // groups, cg, kh, kw))
+    for u in range(kh):
+        for v in range(kw):
+            patch = xg[:, :, :, u * dh:u * dh + (ho - 1) * sh + 1:sh,
+                       v * dw:v * dw + (wo - 1) * sw + 1:sw]
+            dw_[:, :, :, u, v] = np.einsum("ngjpq,ngcpq->gjc", gg, patch)
+    return dw_.reshape(w_shape)
+
+
+# ---------------------------------------------------------------------------
+# shared checking helpers
+# ---------------------------------------------------------------------------
+
+def _check_new_array(out, dtype, shape, *inputs):
+    """A result is a new, writeable, C-contiguous array of the right dtype/shape."""
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.dtype(dtype), (out.dtype, dtype)
+    assert out.shape == tuple(shape), (out.shape, shape)
+    assert out.flags.c_contiguous
+    assert out.flags.writeable
+    for a in inputs:
+        if isinstance(a, np.ndarray):
+            assert not np.shares_memory(out, a)
+
+
+def _check_all_kernels(x, w, b, g, hyper, expected, dtype):
+    """Run the four kernels in ``dtype`` and compare with float64 expectations.
+
+    ``expected`` = (y, dx, dw, db) computed in float64 from the float64 data.
+    """
+    x_, w_, b_, g_ = (None if a is None else a.astype(dtype) for a in (x, w, b, g))
+    y = fastconv.conv2d(x_, w_, b_, **hyper)
+    _check_new_array(y, dtype, expected[0].shape, x_, w_)
+    assert_close(y, expected[0], dtype)
+    dx = fastconv.conv2d_grad_input(g_, w_, x.shape, **hyper)
+    _check_new_array(dx, dtype, x.shape, g_, w_)
+    assert_close(dx, expected[1], dtype)
+    dw = fastconv.conv2d_grad_weight(x_, g_, w.shape, **hyper)
+    _check_new_array(dw, dtype, w.shape, x_, g_)
+    assert_close(dw, expected[2], dtype)
+    db = fastconv.conv2d_grad_bias(g_)
+    _check_new_array(db, dtype, (w.shape[0],), g_)
+    assert_close(db, expected[3], dtype)
+
+
+def _oracle_all(x, w, b, g, hyper):
+    return (ref.conv2d(x, w, b, **hyper),
+            ref.conv2d_grad_input(g, w, x.shape, **hyper),
+            ref.conv2d_grad_weight(x, g, w.shape, **hyper),
+            ref.conv2d_grad_bias(g))
+
+
+def _numpy_all(x, w, b, g, hyper):
+    return (np_conv2d(x, w, b, **hyper),
+            np_grad_input(g, w, x.shape, **hyper),
+            np_grad_weight(x, g, w.shape, **hyper),
+            g.sum(axis=(0, 2, 3)))
+
+
+# ---------------------------------------------------------------------------
+# 1. every kernel against its oracle on hypothesis-drawn geometries
+# ---------------------------------------------------------------------------
+
+@SETTINGS
+@given(geo=conv_geometries(), seed=seeds, with_bias=st.booleans())
+def test_conv2d_matches_oracle(n_threads, geo, seed, with_bias):
+    """Forward conv equals ``reference.conv2d`` in float32 and float64."""
+    x, w, b, _ = _data(seed, geo)
+    b = b if with_bias else None
+    expected = ref.conv2d(x, w, b, **_hyper(geo))
+    assert expected.shape == geo.out_shape
+    for dtype in DTYPES:
+        y = fastconv.conv2d(x.astype(dtype), w.astype(dtype),
+                            None if b is None else b.astype(dtype), **_hyper(geo))
+        assert_close(y, expected, dtype)
+
+
+@SETTINGS
+@given(geo=conv_geometries(), seed=seeds)
+def test_conv2d_grad_input_matches_oracle(n_threads, geo, seed):
+    """Input gradient equals ``reference.conv2d_grad_input`` (stride remainders zero)."""
+    _, w, _, g = _data(seed, geo)
+    expected = ref.conv2d_grad_input(g, w, geo.x_shape, **_hyper(geo))
+    for dtype in DTYPES:
+        dx = fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), geo.x_shape,
+                                        **_hyper(geo))
+        assert_close(dx, expected, dtype)
+
+
+@SETTINGS
+@given(geo=conv_geometries(), seed=seeds)
+def test_conv2d_grad_weight_matches_oracle(n_threads, geo, seed):
+    """Filter gradient equals ``reference.conv2d_grad_weight``."""
+    x, w, _, g = _data(seed, geo)
+    expected = ref.conv2d_grad_weight(x, g, geo.w_shape, **_hyper(geo))
+    for dtype in DTYPES:
+        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), geo.w_shape,
+                                         **_hyper(geo))
+        assert_close(dw, expected, dtype)
+
+
+@SETTINGS
+@given(shape=st.tuples(st.integers(0, 3), st.integers(0, 9), st.integers(1, 20),
+                       st.integers(1, 20)),
+       seed=seeds)
+def test_conv2d_grad_bias_matches_oracle(n_threads, shape, seed):
+    """Bias gradient equals ``reference.conv2d_grad_bias`` (sums over N, Ho, Wo)."""
+    g = randn(np.random.default_rng(seed), shape) * 10
+    expected = ref.conv2d_grad_bias(g)
+    for dtype in DTYPES:
+        db = fastconv.conv2d_grad_bias(g.astype(dtype))
+        assert_close(db, expected, dtype)
+
+
+# ---------------------------------------------------------------------------
+# 2. named edge cases (all four kernels against the oracles)
+# ---------------------------------------------------------------------------
+
+EDGE_CASES = {
+    # name: (x_shape, w_shape, hyper-parameters)
+    "batch_0": ((0, 2, 5, 5), (3, 2, 3, 3), dict(padding=1)),
+    "batch_0_grouped_strided": ((0, 4, 7, 6), (6, 2, 2, 3), dict(stride=2, groups=2)),
+    "kernel_equals_input": ((2, 3, 4, 5), (2, 3, 4, 5), {}),
+    "kernel_equals_padded_input": ((2, 2, 3, 2), (3, 2, 5, 4), dict(padding=1)),
+    "padding_beyond_kernel": ((2, 2, 4, 3), (3, 2, 2, 2), dict(padding=3)),
+    "padding_pair_beyond_kernel": ((1, 3, 3, 4), (2, 3, 2, 3), dict(padding=(4, 5))),
+    "stride_greater_than_kernel": ((2, 2, 9, 10), (3, 2, 2, 2), dict(stride=3)),
+    "stride_4_kernel_1": ((1, 2, 9, 7), (2, 2, 1, 1), dict(stride=4)),
+    "stride_remainder_rect": ((2, 2, 8, 11), (2, 2, 3, 2), dict(stride=(3, 4), padding=(1, 0))),
+    "dilation_fills_padded_input": ((2, 2, 5, 6), (2, 2, 3, 3),
+                                    dict(padding=1, dilation=(3, 3))),
+    "dilation_fills_input_rect": ((1, 2, 7, 5), (2, 2, 4, 3), dict(dilation=(2, 2))),
+    "dilation_stride_same_parity": ((2, 1, 9, 9), (2, 1, 3, 3), dict(stride=2, dilation=2)),
+    "1x1_direct": ((2, 3, 6, 5), (4, 3, 1, 1), {}),
+    "1x1_direct_grouped": ((2, 4, 5, 7), (6, 2, 1, 1), dict(groups=2)),
+    "1x1_direct_same": ((2, 3, 4, 4), (2, 3, 1, 1), dict(padding="same")),
+    "1x1_direct_valid_dilated": ((1, 3, 4, 6), (5, 3, 1, 1), dict(padding="valid", dilation=3)),
+    "1x1_stride_2": ((2, 3, 7, 6), (4, 3, 1, 1), dict(stride=2)),
+    "1x1_stride_2_padded": ((2, 3, 5, 5), (4, 3, 1, 1), dict(stride=2, padding=1)),
+    "1x1_padding_only_cols": ((1, 2, 4, 4), (3, 2, 1, 1), dict(padding=(0, 2))),
+    "same_even_kernel": ((2, 2, 6, 5), (3, 2, 4, 2), dict(padding="same")),
+    "same_even_kernel_dilated": ((1, 2, 7, 6), (2, 2, 2, 4), dict(padding="same", dilation=(3, 2))),
+    "depthwise": ((2, 4, 6, 6), (4, 1, 3, 3), dict(groups=4, padding=1)),
+    "depthwise_multiplier": ((2, 3, 6, 7), (6, 1, 3, 2), dict(groups=3, stride=2)),
+    "grouped_3": ((1, 6, 5, 5), (9, 2, 2, 3), dict(groups=3, padding=(1, 2), dilation=2)),
+    "one_pixel_input": ((3, 2, 1, 1), (2, 2, 1, 1), {}),
+    "one_pixel_input_padded": ((3, 2, 1, 1), (2, 2, 3, 3), dict(padding=1, stride=2)),
+    "single_row": ((2, 2, 1, 9), (2, 2, 1, 3), dict(stride=(1, 2))),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+def test_named_edge_case_matches_oracle(case, dtype, n_threads):
+    """Hand-picked geometries: empty batch, kernel == (padded) input, huge padding,
+    stride > kernel, dilation filling the input, 1x1 fast paths, 'same', groups."""
+    x_shape, w_shape, hyper = EDGE_CASES[case]
+    rng = np.random.default_rng(7)
+    x, w, b = randn(rng, x_shape), randn(rng, w_shape), randn(rng, (w_shape[0],))
+    y_ref = ref.conv2d(x, w, b, **hyper)
+    g = randn(rng, y_ref.shape)
+    expected = (y_ref, ref.conv2d_grad_input(g, w, x_shape, **hyper),
+                ref.conv2d_grad_weight(x, g, w_shape, **hyper), ref.conv2d_grad_bias(g))
+    _check_all_kernels(x, w, b, g, hyper, expected, dtype)
+
+
+def test_batch_zero_gives_empty_and_zero_results(n_threads):
+    """N = 0: empty output, empty input gradient, all-zero filter/bias gradients."""
+    x = np.zeros((0, 2, 5, 5))
+    w = np.ones((3, 2, 3, 3))
+    g = np.zeros((0, 3, 3, 3))
+    assert fastconv.conv2d(x, w, np.ones(3)).shape == (0, 3, 3, 3)
+    assert fastconv.conv2d_grad_input(g, w, x.shape).shape == (0, 2, 5, 5)
+    np.testing.assert_array_equal(fastconv.conv2d_grad_weight(x, g, w.shape),
+                                  np.zeros(w.shape))
+    np.testing.assert_array_equal(fastconv.conv2d_grad_bias(g), np.zeros(3))
+
+
+def test_padding_beyond_kernel_borders_are_bias_only(n_threads):
+    """Windows lying entirely in the zero padding produce exactly the bias."""
+    x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    w = np.ones((2, 1, 2, 2))
+    y = fastconv.conv2d(x, w, np.array([0.5, -1.0]), padding=3)
+    assert y.shape == (1, 2, 8, 8)
+    for o, bias in enumerate([0.5, -1.0]):
+        np.testing.assert_array_equal(y[0, o, :2, :], bias)
+        np.testing.assert_array_equal(y[0, o, -2:, :], bias)
+        np.testing.assert_array_equal(y[0, o, :, :2], bias)
+        np.testing.assert_array_equal(y[0, o, :, -2:], bias)
+        assert y[0, o, 4, 4] == bias + 5 + 6 + 8 + 9
+
+
+def test_stride_remainder_gets_zero_input_gradient(n_threads):
+    """Rows/columns no window reaches (stride remainder) get exactly zero gradient."""
+    # H = 8, k = 2, s = 3: windows start at rows 0, 3 -> rows 5, 6, 7 unreached
+    # (and row 2 sits between windows).
+    g = np.ones((1, 1, 3, 3))
+    w = np.ones((1, 1, 2, 2))
+    dx = fastconv.conv2d_grad_input(g, w, (1, 1, 9, 8), stride=3)
+    assert dx.shape == (1, 1, 9, 8)
+    reached = np.zeros((9, 8), bool)
+    for p in range(3):
+        for q in range(3):
+            reached[3 * p:3 * p + 2, 3 * q:3 * q + 2] = True
+    np.testing.assert_array_equal(dx[0, 0][~reached], 0.0)
+    np.testing.assert_array_equal(dx[0, 0][reached], 1.0)
+
+
+def test_zero_input_channels_give_bias(n_threads):
+    """C_in = 0 (an empty reduction): conv2d is the broadcast bias."""
+    x = np.zeros((2, 0, 4, 4))
+    w = np.zeros((3, 0, 3, 3))
+    y = fastconv.conv2d(x, w, np.array([1.0, 2.0, 3.0]), padding=1)
+    np.testing.assert_array_equal(y, ref.conv2d(x, w, np.array([1.0, 2.0, 3.0]), padding=1))
+    g = np.ones((2, 3, 4, 4))
+    assert fastconv.conv2d_grad_input(g, w, x.shape, padding=1).shape == x.shape
+    np.testing.assert_array_equal(fastconv.conv2d_grad_weight(x, g, w.shape, padding=1),
+                                  np.zeros(w.shape))
+
+
+# Shapes that make the kernels split each image into several tiles, use
+# several reduction slots in grad_weight and several stride phases in
+# grad_input.  Compared with the vectorised NumPy implementation.
+LARGE_CASES = {
+    "N2_C3_70x70_k3": ((2, 3, 70, 70), (8, 3, 3, 3), dict(padding=1)),
+    "N2_C3_70x70_k3_stride2": ((2, 3, 70, 70), (8, 3, 3, 3), dict(stride=2, padding=1)),
+    "N2_C64_20x20_k3": ((2, 64, 20, 20), (64, 64, 3, 3), dict(padding=1)),
+    "N10_C8_24x24_k3_groups2": ((10, 8, 24, 24), (8, 4, 3, 3), dict(groups=2)),
+    "N2_C3_70x70_1x1_direct": ((2, 3, 70, 70), (5, 3, 1, 1), {}),
+    "N3_C16_40x40_k5_dil2_stride3": ((3, 16, 40, 41), (12, 8, 5, 4),
+                                     dict(stride=(3, 2), padding=(2, 3), dilation=2, groups=2)),
+    "N2_C32_33x33_depthwise": ((2, 32, 33, 33), (32, 1, 3, 3), dict(groups=32, padding="same")),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(LARGE_CASES))
+def test_large_multi_tile_shapes_match_numpy(case, dtype, n_threads):
+    """Several tiles/items per image: the tiled kernels agree with NumPy einsums."""
+    x_shape, w_shape, hyper = LARGE_CASES[case]
+    rng = np.random.default_rng(3)
+    x, w, b = randn(rng, x_shape), randn(rng, w_shape), randn(rng, (w_shape[0],))
+    y_np = np_conv2d(x, w, b, **hyper)
+    g = randn(rng, y_np.shape)
+    expected = (y_np, np_grad_input(g, w, x_shape, **hyper),
+                np_grad_weight(x, g, w_shape, **hyper), g.sum(axis=(0, 2, 3)))
+    _check_all_kernels(x, w, b, g, hyper, expected, dtype)
+
+
+@FEW
+@given(geo=conv_geometries(max_n=2, max_hw=9, max_k=4), seed=seeds,
+       with_bias=st.booleans())
+def test_numpy_helpers_agree_with_oracles(geo, seed, with_bias):
+    """Sanity check of the test's own vectorised implementation (used above)."""
+    x, w, b, g = _data(seed, geo)
+    b = b if with_bias else None
+    got = _numpy_all(x, w, b, g, _hyper(geo))
+    want = _oracle_all(x, w, b, g, _hyper(geo))
+    for a, e in zip(got, want):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# 3. adjoint identities of the kernels themselves
+# ---------------------------------------------------------------------------
+
+@SETTINGS
+@given(geo=conv_geometries(min_n=1), seed=seeds)
+def test_adjoint_identities(n_threads, geo, seed):
+    """<conv2d(x, w), g> == <x, grad_input(g, w)> == <w, grad_weight(x, g)> (float64)."""
+    x, w, _, g = _data(seed, geo)
+    hyper = _hyper(geo)
+    y = fastconv.conv2d(x, w, **hyper)
+    dx = fastconv.conv2d_grad_input(g, w, geo.x_shape, **hyper)
+    dw = fastconv.conv2d_grad_weight(x, g, geo.w_shape, **hyper)
+    lhs = np.vdot(y, g)
+    via_x = np.vdot(x, dx)
+    via_w = np.vdot(w, dw)
+    # scale: the sum of absolute products, immune to cancellation
+    scale = max(1.0, float(np.vdot(np.abs(ref.conv2d(np.abs(x), np.abs(w), **hyper)),
+                                   np.abs(g))))
+    assert abs(lhs - via_x) <= 1e-10 * scale, (lhs, via_x, scale)
+    assert abs(lhs - via_w) <= 1e-10 * scale, (lhs, via_w, scale)
+
+
+# ---------------------------------------------------------------------------
+# 4. central finite differences
+# ---------------------------------------------------------------------------
+
+def _numgrad(f, a, eps=1e-6):
+    a = np.array(a, dtype=np.float64)
+    grad = np.zeros_like(a)
+    for i in range(a.size):
+        old = a.flat[i]
+        a.flat[i] = old + eps
+        fp = f(a)
+        a.flat[i] = old - eps
+        fm = f(a)
+        a.flat[i] = old
+        grad.flat[i] = (fp - fm) / (2 * eps)
+    return grad
+
+
+FD_CASES = {
+    "plain": ((2, 2, 5, 4), (3, 2, 3, 2), {}),
+    "stride2_pad1": ((1, 2, 6, 5), (2, 2, 3, 3), dict(stride=2, padding=1)),
+    "dilation2_pad_pair": ((1, 2, 6, 6), (2, 2, 2, 3), dict(dilation=2, padding=(1, 2))),
+    "groups2_stride2_dil2": ((2, 4, 7, 6), (4, 2, 2, 2),
+                             dict(groups=2, stride=2, dilation=2, padding=1)),
+    "same_even": ((1, 2, 4, 5), (2, 2, 2, 4), dict(padding="same")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FD_CASES))
+def test_gradients_match_finite_differences(case, n_threads):
+    """grad_input / grad_weight / grad_bias are the derivatives of E = <conv2d(x,w,b), g>."""
+    x_shape, w_shape, hyper = FD_CASES[case]
+    rng = np.random.default_rng(11)
+    x, w, b = randn(rng, x_shape), randn(rng, w_shape), randn(rng, (w_shape[0],))
+    g = randn(rng, fastconv.conv2d(x, w, b, **hyper).shape)
+
+    def energy(x_, w_, b_):
+        return float(np.sum(fastconv.conv2d(x_, w_, b_, **hyper) * g))
+
+    num_x = _numgrad(lambda a: energy(a, w, b), x)
+    num_w = _numgrad(lambda a: energy(x, a, b), w)
+    num_b = _numgrad(lambda a: energy(x, w, a), b)
+    np.testing.assert_allclose(fastconv.conv2d_grad_input(g, w, x_shape, **hyper), num_x,
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fastconv.conv2d_grad_weight(x, g, w_shape, **hyper), num_w,
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fastconv.conv2d_grad_bias(g), num_b, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# 5. SPEC.md worked example
+# ---------------------------------------------------------------------------
+
+SPEC_O = np.array([[0.51, 0.9, 0.88, 0.84, 0.05],
+                   [0.4, 0.62, 0.22, 0.59, 0.1],
+                   [0.11, 0.2, 0.74, 0.33, 0.14],
+                   [0.47, 0.01, 0.85, 0.7, 0.09],
+                   [0.76, 0.19, 0.72, 0.17, 0.57]])
+SPEC_DELTA = np.array([[0, 0, 0.0686, 0],
+                       [0, 0.0364, 0, 0],
+                       [0, 0.0467, 0, 0],
+                       [0, 0, 0, -0.0681]])
+SPEC_DW = np.array([[0.044606, 0.094061],
+                    [0.011262, 0.068288]])
+
+
+def test_spec_worked_filter_gradient(n_threads):
+    """SPEC.md's MSE example: dE/dw to 6 decimals through the kernel."""
+    dw = fastconv.conv2d_grad_weight(SPEC_O[None, None], SPEC_DELTA[None, None], (1, 1, 2, 2))
+    assert dw.dtype == np.float64 and dw.shape == (1, 1, 2, 2)
+    np.testing.assert_array_equal(np.round(dw[0, 0], 6), SPEC_DW)
+    dw32 = fastconv.conv2d_grad_weight(SPEC_O[None, None].astype(np.float32),
+                                       SPEC_DELTA[None, None].astype(np.float32), (1, 1, 2, 2))
+    assert dw32.dtype == np.float32
+    np.testing.assert_allclose(dw32[0, 0], SPEC_DW, atol=1e-6)
+
+
+def test_spec_docstring_example():
+    """The conv2d docstring example (2x2 box filter, stride 2)."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(fastconv.conv2d(x, np.ones((1, 1, 2, 2)), stride=2)[0, 0],
+                                  [[10.0, 18.0], [42.0, 50.0]])
+
+
+# ---------------------------------------------------------------------------
+# 6. awkward-but-valid inputs
+# ---------------------------------------------------------------------------
+
+def _fortran(a):
+    return np.asfortranarray(a)
+
+
+def _strided(a):
+    idx = (slice(None, None, 2),) * a.ndim
+    big = np.full(tuple(2 * s for s in a.shape), 1e30, dtype=a.dtype)
+    big[idx] = a
+    return big[idx]
+
+
+def _reversed(a):
+    idx = (slice(None, None, -1),) * a.ndim
+    return np.ascontiguousarray(a[idx])[idx]
+
+
+def _readonly(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def _big_endian(a):
+    return a.astype(a.dtype.newbyteorder(">"))
+
+
+def _transposed_view(a):
+    """Same values through a transposed-and-back (non-C, non-F) view."""
+    if a.ndim < 4:
+        return _fortran(a)
+    return np.ascontiguousarray(a.transpose(2, 0, 3, 1)).transpose(1, 3, 0, 2)
+
+
+LAYOUTS = {
+    "fortran": _fortran,
+    "strided_slice": _strided,
+    "negative_strides": _reversed,
+    "read_only": _readonly,
+    "big_endian": _big_endian,
+    "transposed_view": _transposed_view,
+    "combined": lambda a: _readonly(_big_endian(_fortran(_reversed(a)))),
+    "list": lambda a: a.tolist(),
+}
+
+AWKWARD_HYPER = dict(stride=2, padding=(1, 2), dilation=(1, 2), groups=2)
+
+
+def _awkward_data(dtype=np.float64):
+    rng = np.random.default_rng(5)
+    x = randn(rng, (2, 4, 7, 9), dtype)
+    w = randn(rng, (6, 2, 3, 2), dtype)
+    b = randn(rng, (6,), dtype)
+    g = randn(rng, fastconv.conv2d(x, w, **AWKWARD_HYPER).shape, dtype)
+    return x, w, b, g
+
+
+def _run_kernel(kernel, x, w, b, g, x_shape, w_shape):
+    if kernel == "conv2d":
+        return fastconv.conv2d(x, w, b, **AWKWARD_HYPER)
+    if kernel == "conv2d_grad_input":
+        return fastconv.conv2d_grad_input(g, w, x_shape, **AWKWARD_HYPER)
+    if kernel == "conv2d_grad_weight":
+        return fastconv.conv2d_grad_weight(x, g, w_shape, **AWKWARD_HYPER)
+    return fastconv.conv2d_grad_bias(g)
+
+
+KERNELS = ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_awkward_layouts_give_identical_results(kernel, layout, dtype, n_threads):
+    """Fortran order, strided/negative-stride views, read-only, big-endian, transposed
+    views and lists give bit-for-bit the contiguous result as a new C array."""
+    x, w, b, g = _awkward_data(dtype)
+    expected = _run_kernel(kernel, x, w, b, g, x.shape, w.shape)
+    make = LAYOUTS[layout]
+    ax, aw, ab, ag = make(x), make(w), make(b), make(g)
+    for a, orig in ((ax, x), (aw, w), (ab, b), (ag, g)):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, orig)     # same values, other layout
+    out = _run_kernel(kernel, ax, aw, ab, ag, x.shape, w.shape)
+    expected_dtype = np.float64 if layout == "list" else dtype
+    _check_new_array(out, expected_dtype, expected.shape,
+                     *[a for a in (ax, aw, ab, ag) if isinstance(a, np.ndarray)])
+    if layout == "list" and dtype == np.float32:
+        # lists become float64: compare with the float64 computation
+        expected = _run_kernel(kernel, x.astype(np.float64), w.astype(np.float64),
+                               b.astype(np.float64), g.astype(np.float64), x.shape, w.shape)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_inputs_are_not_modified(n_threads):
+    """The kernels never write into their arguments."""
+    x, w, b, g = _awkward_data()
+    copies = [a.copy() for a in (x, w, b, g)]
+    for kernel in KERNELS:
+        _run_kernel(kernel, x, w, b, g, x.shape, w.shape)
+    for a, c in zip((x, w, b, g), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+def _cast(dtype_x, dtype_w, dtype_b, dtype_g):
+    x, w, b, g = _awkward_data()
+    # integer-valued data so every dtype holds it exactly
+    x, w, b, g = (np.round(a * 3) for a in (x, w, b, g))
+    def cast(a, dtype):
+        if np.dtype(dtype).kind in "iu":
+            return np.abs(a).astype(np.int64).astype(dtype)
+        return a.astype(dtype)
+
+    return cast(x, dtype_x), cast(w, dtype_w), cast(b, dtype_b), cast(g, dtype_g)
+
+
+PROMOTIONS = {
+    # name: (dtypes of x, w, b, grad_out; result dtype; compute dtype)
+    "int64": ((np.int64,) * 4, np.float64, np.float64),
+    "int32": ((np.int32,) * 4, np.float64, np.float64),
+    "uint8_int16": ((np.uint8, np.int16, np.int8, np.int16), np.float64, np.float64),
+    "bool": ((np.bool_,) * 4, np.float64, np.float64),
+    "float16": ((np.float16,) * 4, np.float16, np.float32),
+    "float32_float64": ((np.float32, np.float64, np.float32, np.float64), np.float64, np.float64),
+    "float64_float32": ((np.float64, np.float32, np.float64, np.float32), np.float64, np.float64),
+    "int_float32": ((np.int64, np.float32, np.float32, np.int64), np.float64, np.float64),
+    "float16_float32": ((np.float16, np.float32, np.float16, np.float32), np.float32, np.float32),
+}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("case", sorted(PROMOTIONS))
+def test_dtype_promotion(case, kernel, n_threads):
+    """ints/bools -> float64; float16 computed in float32, returned float16; mixed
+    float32/float64 -> float64.  Values equal the computation in the compute dtype."""
+    in_dtypes, result_dtype, compute_dtype = PROMOTIONS[case]
+    x, w, b, g = _cast(*in_dtypes)
+    if kernel == "conv2d":
+        relevant = (x, w, b)
+    elif kernel == "conv2d_grad_input":
+        relevant = (g, w)
+    elif kernel == "conv2d_grad_weight":
+        relevant = (x, g)
+    else:
+        relevant = (g,)
+    kinds = [np.float64 if a.dtype.kind in "iub" else a.dtype for a in relevant]
+    result_dtype = np.result_type(*kinds)
+    compute_dtype = np.float32 if result_dtype == np.float16 else result_dtype
+    out = _run_kernel(kernel, x, w, b, g, x.shape, w.shape)
+    _check_new_array(out, result_dtype, out.shape, x, w, b, g)
+    expected = _run_kernel(kernel, *(a.astype(compute_dtype) for a in (x, w, b, g)),
+                           x.shape, w.shape).astype(result_dtype)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_dtype_promotion_table_is_exercised():
+    """The PROMOTIONS table above matches what conv2d itself returns."""
+    for case, (in_dtypes, result_dtype, _) in PROMOTIONS.items():
+        x, w, b, _ = _cast(*in_dtypes)
+        assert fastconv.conv2d(x, w, b, **AWKWARD_HYPER).dtype == result_dtype, case
+
+
+def test_float16_is_computed_in_float32():
+    """float16 results equal the float32 computation rounded once to float16 (no
+    float16 accumulation), and are close to the float64 truth."""
+    rng = np.random.default_rng(2)
+    x = randn(rng, (2, 8, 10, 10), np.float16)
+    w = randn(rng, (4, 8, 3, 3), np.float16)
+    y = fastconv.conv2d(x, w, padding=1)
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(
+        y, fastconv.conv2d(x.astype(np.float32), w.astype(np.float32), padding=1)
+        .astype(np.float16))
+    truth = ref.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    np.testing.assert_allclose(y.astype(np.float64), truth, rtol=2e-3,
+                               atol=2e-3 * np.abs(truth).max())
+
+
+# ---------------------------------------------------------------------------
+# 7. NaN / Inf propagation
+# ---------------------------------------------------------------------------
+
+def _assert_same_nonfinite(actual, expected, dtype):
+    """NaN/±Inf at exactly the oracle's positions; finite values close."""
+    actual = np.asarray(actual)
+    assert actual.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(actual), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(actual), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    assert finite.any()
+    assert_close(np.where(finite, actual, 0).astype(dtype), np.where(finite, expected, 0),
+                 dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("hyper", [dict(padding=1), dict(stride=2, dilation=2, groups=2),
+                                   dict(padding="same")],
+                         ids=["pad1", "stride2_dil2_groups2", "same"])
+def test_nonfinite_values_propagate_locally(hyper, bad, dtype, n_threads):
+    """A NaN/Inf in x (or grad_out) poisons only the outputs whose windows touch it."""
+    rng = np.random.default_rng(13)
+    x = randn(rng, (2, 4, 9, 8))
+    w = np.abs(randn(rng, (4, 4 // hyper.get("groups", 1), 3, 3))) + 0.1   # no sign flips
+    g = np.abs(randn(rng, ref.conv2d(x, w, **hyper).shape)) + 0.1
+    x[1, 2, 4, 4] = bad    # an even position: reached by every geometry below
+    g[0, 1, 1, 1] = bad
+    y_ref = ref.conv2d(x, w, **hyper)
+    assert np.isfinite(y_ref).any() and not np.isfinite(y_ref).all()
+    _assert_same_nonfinite(fastconv.conv2d(x.astype(dtype), w.astype(dtype), **hyper),
+                           y_ref, dtype)
+    _assert_same_nonfinite(
+        fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), x.shape, **hyper),
+        ref.conv2d_grad_input(g, w, x.shape, **hyper), dtype)
+    # bias gradient: only the channel holding the bad value
+    db = fastconv.conv2d_grad_bias(g.astype(dtype))
+    _assert_same_nonfinite(db, ref.conv2d_grad_bias(g), dtype)
+    # filter gradient: NaN/Inf in x only (clean grad_out)
+    g_clean = np.abs(randn(rng, g.shape)) + 0.1
+    _assert_same_nonfinite(
+        fastconv.conv2d_grad_weight(x.astype(dtype), g_clean.astype(dtype), w.shape, **hyper),
+        ref.conv2d_grad_weight(x, g_clean, w.shape, **hyper), dtype)
+
+
+def test_nan_in_weight_poisons_its_output_channel_only(n_threads):
+    """A NaN weight tap makes exactly its own output channel NaN (all positions,
+    padding included since 0 * NaN = NaN)."""
+    rng = np.random.default_rng(4)
+    x = randn(rng, (2, 3, 6, 6))
+    w = randn(rng, (4, 3, 3, 3))
+    w[2, 1, 0, 0] = np.nan
+    y = fastconv.conv2d(x, w, padding=1)
+    y_ref = ref.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    assert np.isnan(y[:, 2]).all()
+    assert not np.isnan(np.delete(y, 2, axis=1)).any()
+
+
+# ---------------------------------------------------------------------------
+# 8. PyTorch
+# ---------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
+@FEW
+@given(geo=conv_geometries(), seed=seeds, with_bias=st.booleans())
+def test_matches_torch_forward_and_autograd(n_threads, geo, seed, with_bias):
+    """conv2d and its three gradients equal torch.nn.functional.conv2d + autograd."""
+    torch = pytest.importorskip("torch")
+    x, w, b, g = _data(seed, geo)
+    hyper = _hyper(geo)
+    for dtype, tdtype in ((np.float64, torch.float64), (np.float32, torch.float32)):
+        tx = torch.tensor(x.astype(dtype), dtype=tdtype, requires_grad=True)
+        tw = torch.tensor(w.astype(dtype), dtype=tdtype, requires_grad=True)
+        tb = torch.tensor(b.astype(dtype), dtype=tdtype, requires_grad=True) \
+            if with_bias else None
+        ty = torch.nn.functional.conv2d(tx, tw, tb, **hyper)
+        ty.backward(torch.tensor(g.astype(dtype), dtype=tdtype))
+        x_, w_, g_ = x.astype(dtype), w.astype(dtype), g.astype(dtype)
+        b_ = b.astype(dtype) if with_bias else None
+        as64 = lambda t: t.detach().numpy().astype(np.float64)  # noqa: E731
+        assert_close(fastconv.conv2d(x_, w_, b_, **hyper), as64(ty), dtype)
+        assert_close(fastconv.conv2d_grad_input(g_, w_, x.shape, **hyper), as64(tx.grad), dtype)
+        assert_close(fastconv.conv2d_grad_weight(x_, g_, w.shape, **hyper), as64(tw.grad),
+                     dtype)
+        if with_bias:
+            assert_close(fastconv.conv2d_grad_bias(g_), as64(tb.grad), dtype)
+
+
+def test_matches_torch_on_a_large_layer(n_threads):
+    """A realistic layer (N=4, 32->48 channels, 28x28, stride 2) against torch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    x, w, b = randn(rng, (4, 32, 28, 28)), randn(rng, (48, 16, 3, 3)), randn(rng, (48,))
+    hyper = dict(stride=2, padding=1, groups=2)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, **hyper)
+    g = randn(rng, tuple(ty.shape))
+    ty.backward(torch.tensor(g))
+    assert_close(fastconv.conv2d(x, w, b, **hyper), ty.detach().numpy())
+    assert_close(fastconv.conv2d_grad_input(g, w, x.shape, **hyper), tx.grad.numpy())
+    assert_close(fastconv.conv2d_grad_weight(x, g, w.shape, **hyper), tw.grad.numpy())
+    assert_close(fastconv.conv2d_grad_bias(g), tb.grad.numpy())
+
+
+# ---------------------------------------------------------------------------
+# 9. determinism across thread counts
+# ---------------------------------------------------------------------------
+
+DETERMINISM_CASES = {
+    "k3_pad1": ((8, 16, 24, 24), (16, 16, 3, 3), dict(padding=1)),
+    "k3_stride2_groups2": ((8, 16, 25, 23), (24, 8, 3, 3), dict(stride=2, padding=1, groups=2)),
+    "1x1_direct": ((8, 16, 24, 24), (16, 16, 1, 1), {}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(DETERMINISM_CASES))
+def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype):
+    """All four kernels give the same bits whatever the thread count."""
+    x_shape, w_shape, hyper = DETERMINISM_CASES[case]
+    rng = np.random.default_rng(21)
+    x, w, b = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype), randn(rng, (w_shape[0],),
+                                                                           dtype)
+    g = randn(rng, np_conv2d(x, w, **hyper).shape, dtype) * 100
+    results = {}
+    try:
+        for threads in (1, 2, 3):
+            fastconv.set_num_threads(threads)
+            results[threads] = [
+                fastconv.conv2d(x, w, b, **hyper),
+                fastconv.conv2d_grad_input(g, w, x_shape, **hyper),
+                fastconv.conv2d_grad_weight(x, g, w_shape, **hyper),
+                fastconv.conv2d_grad_bias(g),
+            ]
+    finally:
+        fastconv.set_num_threads(None)
+    for threads in (2, 3):
+        for name, a, c in zip(KERNELS, results[1], results[threads]):
+            assert a.dtype == np.dtype(dtype)
+            assert np.array_equal(a, c), f"{name}: 1 vs {threads} threads differ"
+
+
+def test_repeated_calls_are_bitwise_identical(n_threads):
+    """Calling the same kernel twice gives the same bits (no uninitialised workspace)."""
+    rng = np.random.default_rng(22)
+    x, w = randn(rng, (4, 6, 19, 17)), randn(rng, (6, 3, 3, 2))
+    hyper = dict(stride=(2, 3), padding=2, groups=2)
+    g = randn(rng, np_conv2d(x, w, **hyper).shape)
+    for f in (lambda: fastconv.conv2d(x, w, **hyper),
+              lambda: fastconv.conv2d_grad_input(g, w, x.shape, **hyper),
+              lambda: fastconv.conv2d_grad_weight(x, g, w.shape, **hyper)):
+        assert np.array_equal(f(), f())
+
+
+# ---------------------------------------------------------------------------
+# 10. the built-in GEMM fallback
+# ---------------------------------------------------------------------------
+
+BUILTIN_BLAS_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import fastconv
+    from fastconv import reference as ref
+    from fastconv._blas import blas_info
+
+    assert blas_info()["name"] == "builtin", blas_info()
+    cases = [
+        ((2, 3, 7, 6), (4, 3, 3, 2), dict(padding=1)),
+        ((2, 4, 9, 8), (6, 2, 3, 3), dict(stride=2, padding=(1, 2), dilation=(2, 1), groups=2)),
+        ((1, 3, 5, 5), (2, 3, 1, 1), {}),
+        ((2, 2, 6, 7), (3, 2, 2, 4), dict(padding="same")),
+    ]
+    rng = np.random.default_rng(0)
+    for threads in (1, 2):
+        fastconv.set_num_threads(threads)
+        for x_shape, w_shape, hyper in cases:
+            x = rng.standard_normal(x_shape)
+            w = rng.standard_normal(w_shape)
+            b = rng.standard_normal(w_shape[0])
+            y = ref.conv2d(x, w, b, **hyper)
+            g = rng.standard_normal(y.shape)
+            for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+                pairs = [
+                    (fastconv.conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype),
+                                     **hyper), y),
+                    (fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), x_shape,
+                                                **hyper),
+                     ref.conv2d_grad_input(g, w, x_shape, **hyper)),
+                    (fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape,
+                                                 **hyper),
+                     ref.conv2d_grad_weight(x, g, w_shape, **hyper)),
+                    (fastconv.conv2d_grad_bias(g.astype(dtype)), ref.conv2d_grad_bias(g)),
+                ]
+                for i, (got, want) in enumerate(pairs):
+                    assert got.dtype == dtype, (i, got.dtype)
+                    scale = max(1.0, float(np.abs(want).max()))
+                    err = float(np.abs(got.astype(np.float64) - want).max())
+                    assert err <= tol * scale, (x_shape, w_shape, hyper, dtype, i, err)
+    print("builtin ok")
+""")
+
+
+def test_builtin_blas_fallback_matches_oracle():
+    """FASTCONV_BLAS=builtin selects the portable GEMM, which gives correct results."""
+    proc = subprocess.run([sys.executable, "-c", BUILTIN_BLAS_SCRIPT],
+                          env={**os.environ, "FASTCONV_BLAS": "builtin"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "builtin ok" in proc.stdout

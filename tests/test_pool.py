@@ -1,0 +1,1057 @@
+"""Tests of fastconv's pooling functions (max_pool2d, max_pool2d_grad, avg_pool2d,
+avg_pool2d_grad).
+
+The NumPy oracles in ``fastconv.reference`` are the specification; PyTorch (when it is
+importable) is a second, independent check.  Sections:
+
+1. oracle agreement on hypothesis-drawn geometries (both dtypes, 1 and 2 threads);
+2. named edge cases (empty batch, kernel = input, ceil_mode rules, inf/NaN, a large plane);
+3. max_pool2d_grad index handling (dtypes, out-of-range and malformed indices);
+4. central finite differences of both gradients;
+5. awkward-but-valid inputs (layouts, byte order, dtypes, lists);
+6. PyTorch agreement (values, indices, autograd gradients);
+7. determinism across thread counts;
+8. regressions (ceil_mode with a kernel larger than the padded input).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.lib.stride_tricks import sliding_window_view
+
+import fastconv
+from fastconv import reference as ref
+from helpers import DTYPES, assert_close, randn
+
+HYP = settings(max_examples=60, deadline=None, database=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture])
+HYP_TORCH = settings(max_examples=40, deadline=None, database=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+def distinct(rng, shape, dtype=np.float64, step=0.25):
+    """Pairwise-distinct values (a shuffled arithmetic progression), exact in float32,
+    with gaps of ``step`` so that small perturbations never change an argmax."""
+    size = int(np.prod(shape))
+    vals = (rng.permutation(size) - size // 2) * step
+    return vals.reshape(shape).astype(dtype)
+
+
+def many_ties(rng, shape, dtype=np.float64):
+    """Values in {0, 1, 2}: nearly every window holds tied maxima."""
+    return rng.integers(0, 3, size=shape).astype(dtype)
+
+
+@st.composite
+def pool_geometries(draw, min_n=0, max_n=3):
+    """A valid pooling problem: input shape plus keyword arguments.
+
+    Kernel 1..5 (rectangular too), stride None/1..5 (int or pair), padding 0..k//2 per
+    dim, ceil_mode.  H, W in 1..12 but at least the kernel minus the padding, so the
+    kernel fits the padded input (see ``test_ceil_mode_kernel_larger_than_padded_input``
+    for the other case).
+    """
+    kh = draw(st.integers(1, 5))
+    kw = draw(st.one_of(st.just(kh), st.integers(1, 5)))
+    ph = draw(st.integers(0, kh // 2))
+    pw = draw(st.integers(0, kw // 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 12))
+    w = draw(st.integers(max(1, kw - 2 * pw), 12))
+    n = draw(st.integers(min_n, max_n))
+    c = draw(st.integers(1, 4))
+    if kh == kw and draw(st.booleans()):
+        kernel_size = kh
+    else:
+        kernel_size = (kh, kw)
+    stride = draw(st.one_of(st.none(), st.integers(1, 5),
+                            st.tuples(st.integers(1, 5), st.integers(1, 5))))
+    padding = ph if ph == pw and draw(st.booleans()) else (ph, pw)
+    ceil_mode = draw(st.booleans())
+    kwargs = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                  ceil_mode=ceil_mode)
+    return (n, c, h, w), kwargs
+
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+def _torch_pool_kwargs(kw):
+    out = dict(kw)
+    out["stride"] = kw["stride"] if kw["stride"] is not None else kw["kernel_size"]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# 1. agreement with the oracles on drawn geometries
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP
+@given(geo=pool_geometries(), seed=seeds)
+def test_max_pool2d_matches_oracle_distinct_values(n_threads, dtype, geo, seed):
+    """Values and int64 indices equal the oracle's exactly on distinct inputs."""
+    shape, kw = geo
+    x = distinct(np.random.default_rng(seed), shape, dtype)
+    y, idx = fastconv.max_pool2d(x, **kw)
+    y_ref, idx_ref = ref.max_pool2d(x, **kw)
+    assert y.dtype == np.dtype(dtype) and idx.dtype == np.int64
+    assert y.shape == y_ref.shape and idx.shape == idx_ref.shape
+    assert_close(y, y_ref, dtype)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP
+@given(geo=pool_geometries(), seed=seeds)
+def test_max_pool2d_ties_pick_first_maximum(n_threads, dtype, geo, seed):
+    """With many tied maxima the index is the first maximum in row-major window order."""
+    shape, kw = geo
+    x = many_ties(np.random.default_rng(seed), shape, dtype)
+    y, idx = fastconv.max_pool2d(x, **kw)
+    y_ref, idx_ref = ref.max_pool2d(x, **kw)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP
+@given(geo=pool_geometries(), seed=seeds, ties=st.booleans())
+def test_max_pool2d_grad_matches_oracle(n_threads, dtype, geo, seed, ties):
+    """The gradient routed through the forward indices equals the oracle's."""
+    shape, kw = geo
+    rng = np.random.default_rng(seed)
+    x = many_ties(rng, shape, dtype) if ties else distinct(rng, shape, dtype)
+    _, idx = fastconv.max_pool2d(x, **kw)
+    g = randn(rng, idx.shape, dtype)
+    dx = fastconv.max_pool2d_grad(g, idx, shape)
+    dx_ref = ref.max_pool2d_grad(g, idx, shape)
+    assert dx.shape == shape and dx.dtype == np.dtype(dtype)
+    assert_close(dx, dx_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP
+@given(geo=pool_geometries(), seed=seeds, include=st.booleans())
+def test_avg_pool2d_matches_oracle(n_threads, dtype, geo, seed, include):
+    """Window means (both count_include_pad modes) equal the oracle's."""
+    shape, kw = geo
+    x = randn(np.random.default_rng(seed), shape, dtype)
+    y = fastconv.avg_pool2d(x, count_include_pad=include, **kw)
+    y_ref = ref.avg_pool2d(x, count_include_pad=include, **kw)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, y_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP
+@given(geo=pool_geometries(), seed=seeds, include=st.booleans())
+def test_avg_pool2d_grad_matches_oracle(n_threads, dtype, geo, seed, include):
+    """The spread gradient (both count_include_pad modes) equals the oracle's."""
+    shape, kw = geo
+    rng = np.random.default_rng(seed)
+    out_shape = ref.avg_pool2d(np.zeros(shape), **kw).shape
+    g = randn(rng, out_shape, dtype)
+    dx = fastconv.avg_pool2d_grad(g, shape, count_include_pad=include, **kw)
+    dx_ref = ref.avg_pool2d_grad(g, shape, count_include_pad=include, **kw)
+    assert dx.shape == shape and dx.dtype == np.dtype(dtype)
+    assert_close(dx, dx_ref, dtype)
+
+
+# ---------------------------------------------------------------------------
+# 2. named edge cases
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_batch_zero_gives_empty_outputs_of_right_shape(n_threads, ceil_mode):
+    """N = 0: every function returns empty arrays of the right shape and dtype."""
+    x = np.zeros((0, 3, 7, 6), dtype=np.float32)
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=ceil_mode)
+    out_shape = ref.avg_pool2d(x, **kw).shape
+    assert out_shape[0] == 0 and out_shape[1] == 3
+    y, idx = fastconv.max_pool2d(x, **kw)
+    assert y.shape == out_shape and idx.shape == out_shape
+    assert y.dtype == np.float32 and idx.dtype == np.int64
+    a = fastconv.avg_pool2d(x, **kw)
+    assert a.shape == out_shape and a.dtype == np.float32
+    g = np.zeros(out_shape, dtype=np.float32)
+    dx = fastconv.max_pool2d_grad(g, idx, x.shape)
+    assert dx.shape == x.shape and dx.dtype == np.float32
+    dx = fastconv.avg_pool2d_grad(g, x.shape, **kw)
+    assert dx.shape == x.shape and dx.dtype == np.float32
+
+
+def test_kernel_equal_to_input_is_global_pooling(n_threads, rng):
+    """A kernel covering the whole plane gives one output: the global max / mean."""
+    x = randn(rng, (2, 3, 5, 7))
+    y, idx = fastconv.max_pool2d(x, (5, 7))
+    assert y.shape == idx.shape == (2, 3, 1, 1)
+    planes = x.reshape(2, 3, -1)
+    np.testing.assert_array_equal(y[..., 0, 0], planes.max(-1))
+    np.testing.assert_array_equal(idx[..., 0, 0], planes.argmax(-1))
+    a = fastconv.avg_pool2d(x, (5, 7))
+    assert_close(a[..., 0, 0], planes.mean(-1), np.float64)
+    g = randn(rng, (2, 3, 1, 1))
+    dx = fastconv.avg_pool2d_grad(g, x.shape, (5, 7))
+    assert_close(dx, np.broadcast_to(g / 35.0, x.shape), np.float64)
+
+
+def test_ceil_mode_drops_window_starting_in_right_padding(n_threads):
+    """H=5, k=3, s=3, p=1, ceil_mode: ceil((5+2-3)/3)+1 = 3, but the third window
+    would start at 6-1 = 5 >= H, i.e. inside the right padding, so PyTorch drops it."""
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    y, idx = fastconv.max_pool2d(x, 3, stride=3, padding=1, ceil_mode=True)
+    assert y.shape == (1, 1, 2, 2)
+    # windows rows [-1, 2) -> {0, 1} and [2, 5) -> {2, 3, 4}
+    np.testing.assert_array_equal(y[0, 0], [[6.0, 9.0], [21.0, 24.0]])
+    np.testing.assert_array_equal(idx[0, 0], [[6, 9], [21, 24]])
+    for include in (True, False):
+        a = fastconv.avg_pool2d(x, 3, stride=3, padding=1, ceil_mode=True,
+                                count_include_pad=include)
+        assert a.shape == (1, 1, 2, 2)
+        assert_close(a, ref.avg_pool2d(x, 3, stride=3, padding=1, ceil_mode=True,
+                                       count_include_pad=include), np.float64)
+    # the unclipped count: 4 windows in the padded 7x7 would need out = 3
+    assert fastconv.max_pool2d(x, 3, stride=3, padding=1, ceil_mode=False)[0].shape == \
+        (1, 1, 2, 2)
+
+
+def test_ceil_mode_drop_rule_h6_k2_s4_p1(n_threads):
+    """H=6, k=2, s=4, p=1, ceil_mode: ceil(6/4)+1 = 3, but the third window starts at
+    8-1 = 7 >= H so only 2 outputs remain (rows {0} and {3, 4})."""
+    x = np.arange(36.0).reshape(1, 1, 6, 6)
+    for ceil_mode in (False, True):
+        y, idx = fastconv.max_pool2d(x, 2, stride=4, padding=1, ceil_mode=ceil_mode)
+        assert y.shape == (1, 1, 2, 2)
+        np.testing.assert_array_equal(y[0, 0], [[0.0, 4.0], [24.0, 28.0]])
+        np.testing.assert_array_equal(idx[0, 0], [[0, 4], [24, 28]])
+        a = fastconv.avg_pool2d(x, 2, stride=4, padding=1, ceil_mode=ceil_mode,
+                                count_include_pad=True)
+        # divisor 4 everywhere (padding counts)
+        np.testing.assert_allclose(a[0, 0], [[0 / 4, (3 + 4) / 4],
+                                             [(18 + 24) / 4, (21 + 22 + 27 + 28) / 4]])
+        a = fastconv.avg_pool2d(x, 2, stride=4, padding=1, ceil_mode=ceil_mode,
+                                count_include_pad=False)
+        np.testing.assert_allclose(a[0, 0], [[0.0, 3.5], [21.0, 24.5]])
+        g = np.ones((1, 1, 2, 2))
+        dx = fastconv.avg_pool2d_grad(g, x.shape, 2, stride=4, padding=1,
+                                      ceil_mode=ceil_mode)
+        assert_close(dx, ref.avg_pool2d_grad(g, x.shape, 2, stride=4, padding=1,
+                                             ceil_mode=ceil_mode), np.float64)
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_ceil_mode_last_window_divisor_clipped(n_threads, include):
+    """H=W=5, k=2, s=2, ceil_mode: 3 outputs per dim; the last window [4, 6) hangs past
+    H + pad = 5, so even with count_include_pad its divisor counts only 1 row/column."""
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    a = fastconv.avg_pool2d(x, 2, stride=2, ceil_mode=True, count_include_pad=include)
+    assert a.shape == (1, 1, 3, 3)
+    p = x[0, 0]
+    expected = np.array([
+        [p[0:2, 0:2].mean(), p[0:2, 2:4].mean(), p[0:2, 4].mean()],
+        [p[2:4, 0:2].mean(), p[2:4, 2:4].mean(), p[2:4, 4].mean()],
+        [p[4, 0:2].mean(), p[4, 2:4].mean(), p[4, 4]],
+    ])
+    assert_close(a[0, 0], expected, np.float64)
+    g = np.ones((1, 1, 3, 3))
+    dx = fastconv.avg_pool2d_grad(g, x.shape, 2, stride=2, ceil_mode=True,
+                                  count_include_pad=include)
+    # every input element is in exactly one window; its share is 1/divisor
+    exp_dx = np.full((5, 5), 0.25)
+    exp_dx[4, :4] = exp_dx[:4, 4] = 0.5
+    exp_dx[4, 4] = 1.0
+    assert_close(dx[0, 0], exp_dx, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ceil_mode_with_padding_divisor_counts_padding_not_overhang(n_threads, dtype):
+    """H=6, k=3, s=2, p=1, ceil_mode, count_include_pad: the last window [5, 8) is
+    clipped at H + pad = 7: its divisor counts the padding row but not the overhang."""
+    x = np.arange(36, dtype=dtype).reshape(1, 1, 6, 6)
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    for include in (True, False):
+        a = fastconv.avg_pool2d(x, count_include_pad=include, **kw)
+        assert_close(a, ref.avg_pool2d(x, count_include_pad=include, **kw), dtype)
+    a = fastconv.avg_pool2d(x, count_include_pad=True, **kw)
+    # bottom-right window: rows {5, pad}, cols {5, pad} -> divisor 2*2 = 4
+    assert a.shape == (1, 1, 4, 4)
+    assert_close(a[0, 0, 3, 3], np.float64(35.0 / 4), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_windows_of_only_minus_inf(n_threads, dtype):
+    """A window holding only -inf returns -inf and the index of its first in-bounds
+    element (padding included: padding is -inf too but never an index)."""
+    x = np.full((1, 2, 4, 4), -np.inf, dtype=dtype)
+    x[0, 1, 3, 3] = 1.0
+    for padding in (0, 1):
+        y, idx = fastconv.max_pool2d(x, 2, stride=2, padding=padding)
+        y_ref, idx_ref = ref.max_pool2d(x, 2, stride=2, padding=padding)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(idx, idx_ref)
+        assert np.all(np.isneginf(y[0, 0]))
+    y, idx = fastconv.max_pool2d(x, 2, stride=2)
+    np.testing.assert_array_equal(idx[0, 0], [[0, 2], [8, 10]])
+    y, idx = fastconv.max_pool2d(x, 3, stride=2, padding=1)
+    # windows start at -1 -> first in-bounds element is row/col 0
+    np.testing.assert_array_equal(idx[0, 0], [[0, 1], [4, 5]])
+    np.testing.assert_array_equal(idx[0, 1], [[0, 1], [4, 15]])
+    g = np.ones(idx.shape, dtype=dtype)
+    dx = fastconv.max_pool2d_grad(g, idx, x.shape)
+    assert_close(dx, ref.max_pool2d_grad(g, idx, x.shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_in_window_gives_nan_and_index_of_last_nan(n_threads, dtype):
+    """PyTorch's rule ``val > maxval or isnan(val)``: any NaN makes the output NaN and
+    the reported index is that of the LAST NaN in row-major window order."""
+    x = np.zeros((1, 1, 4, 4), dtype=dtype)
+    x[0, 0, 0, 0] = 5.0          # window (0, 0): a number before and after the NaNs
+    x[0, 0, 0, 1] = np.nan
+    x[0, 0, 1, 0] = np.nan
+    x[0, 0, 1, 1] = 7.0
+    x[0, 0, 2, 3] = np.nan       # window (1, 1): single NaN, then a larger number
+    x[0, 0, 3, 2] = np.inf
+    x[0, 0, 0, 2] = 3.0          # window (0, 1): no NaN
+    y, idx = fastconv.max_pool2d(x, 2)
+    y_ref, idx_ref = ref.max_pool2d(x, 2)
+    np.testing.assert_array_equal(y, y_ref)        # equal_nan by default for NaN
+    np.testing.assert_array_equal(idx, idx_ref)
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 4
+    assert np.isnan(y[0, 0, 1, 1]) and idx[0, 0, 1, 1] == 11
+    assert y[0, 0, 0, 1] == 3.0 and idx[0, 0, 0, 1] == 2
+    assert y[0, 0, 1, 0] == 0.0 and idx[0, 0, 1, 0] == 8
+    # overlapping windows: the NaN propagates to every window containing it
+    y3, idx3 = fastconv.max_pool2d(x, 3, stride=1, padding=1)
+    y3_ref, idx3_ref = ref.max_pool2d(x, 3, stride=1, padding=1)
+    np.testing.assert_array_equal(y3, y3_ref)
+    np.testing.assert_array_equal(idx3, idx3_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_propagates_through_avg_pool(n_threads, dtype):
+    """A NaN makes the mean of every window containing it NaN, and nothing else."""
+    x = np.ones((1, 1, 5, 5), dtype=dtype)
+    x[0, 0, 2, 2] = np.nan
+    a = fastconv.avg_pool2d(x, 2, stride=2, ceil_mode=True)
+    a_ref = ref.avg_pool2d(x, 2, stride=2, ceil_mode=True)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(a_ref))
+    assert np.isnan(a[0, 0, 1, 1]) and np.isnan(a).sum() == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plus_inf_wins_and_first_inf_is_reported(n_threads, dtype):
+    """+inf beats every finite number; tied +infs report the first one."""
+    x = np.zeros((1, 1, 3, 3), dtype=dtype)
+    x[0, 0, 1, 2] = np.inf
+    x[0, 0, 2, 0] = np.inf
+    x[0, 0, 0, 0] = 1e30 if dtype == np.float32 else 1e300
+    y, idx = fastconv.max_pool2d(x, 3)
+    assert y[0, 0, 0, 0] == np.inf and idx[0, 0, 0, 0] == 5
+    y, idx = fastconv.max_pool2d(x, 2, stride=1)
+    y_ref, idx_ref = ref.max_pool2d(x, 2, stride=1)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    a = fastconv.avg_pool2d(x, 3)
+    assert a[0, 0, 0, 0] == np.inf
+
+
+def _pool_out(size, k, s, p, ceil_mode):
+    num = size + 2 * p - k
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _windows(x, k, s, p, pad_value, ceil_mode=False):
+    """All pooling windows as a (N, C, Ho, Wo, kh, kw) view of the padded input
+    (extra bottom/right padding for ceil_mode overhang)."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    ho, wo = _pool_out(h, kh, sh, ph, ceil_mode), _pool_out(w, kw, sw, pw, ceil_mode)
+    extra_h = max(0, (ho - 1) * sh + kh - (h + 2 * ph))
+    extra_w = max(0, (wo - 1) * sw + kw - (w + 2 * pw))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)),
+                constant_values=pad_value)
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    return win[:, :, ::sh, ::sw][:, :, :ho, :wo]
+
+
+def _numpy_max_pool(x, k, s, p, ceil_mode=False):
+    """Vectorized max pooling with first-maximum indices (no NaN support)."""
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    win = _windows(x, k, s, p, -np.inf, ceil_mode)
+    n, c, ho, wo = win.shape[:4]
+    flat = win.reshape(n, c, ho, wo, kh * kw)
+    a = flat.argmax(-1)
+    y = np.take_along_axis(flat, a[..., None], -1)[..., 0]
+    rows = np.arange(ho)[:, None] * sh - ph + a // kw
+    cols = np.arange(wo)[None, :] * sw - pw + a % kw
+    return y, rows * x.shape[3] + cols
+
+
+def _numpy_avg_pool(x, k, s, p, include):
+    """Vectorized average pooling (floor mode: windows never pass H + pad)."""
+    (kh, kw) = k
+    total = _windows(x, k, s, p, 0.0).sum(axis=(-1, -2))
+    if include:
+        return total / (kh * kw)
+    count = _windows(np.ones_like(x), k, s, p, 0.0).sum(axis=(-1, -2))
+    return total / count
+
+
+def _numpy_avg_pool_grad(g, shape, k, s, p, include):
+    n, c, h, w = shape
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    ho, wo = g.shape[2:]
+    if include:
+        share = g / (kh * kw)
+    else:
+        share = g / _windows(np.ones(shape), k, s, p, 0.0).sum(axis=(-1, -2))
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    for u in range(kh):
+        for v in range(kw):
+            dxp[:, :, u:u + sh * (ho - 1) + 1:sh, v:v + sw * (wo - 1) + 1:sw] += share
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+def _numpy_max_pool_grad(g, idx, shape):
+    n, c, h, w = shape
+    dx = np.zeros((n * c, h * w))
+    rows = np.repeat(np.arange(n * c), idx[0, 0].size)
+    np.add.at(dx, (rows, idx.reshape(-1)), g.reshape(-1))
+    return dx.reshape(shape)
+
+
+LARGE_CASES = [
+    pytest.param((2, 2), (2, 2), (0, 0), False, id="2x2s2"),
+    pytest.param((3, 3), (2, 2), (0, 0), False, id="3x3s2"),
+    pytest.param((3, 3), (2, 2), (1, 1), False, id="3x3s2p1"),
+    pytest.param((3, 3), (2, 2), (0, 0), True, id="3x3s2ceil"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k, s, p, ceil_mode", LARGE_CASES)
+def test_large_plane_max_pool_against_vectorized_numpy(n_threads, rng, dtype, k, s, p,
+                                                       ceil_mode):
+    """4x8x56x56 max pooling and its gradient against a sliding-window NumPy version."""
+    x = randn(rng, (4, 8, 56, 56), dtype)
+    y, idx = fastconv.max_pool2d(x, k, stride=s, padding=p, ceil_mode=ceil_mode)
+    y_np, idx_np = _numpy_max_pool(x, k, s, p, ceil_mode)
+    assert y.shape == y_np.shape
+    np.testing.assert_array_equal(y, y_np)
+    np.testing.assert_array_equal(idx, idx_np)
+    g = randn(rng, y.shape, dtype)
+    dx = fastconv.max_pool2d_grad(g, idx, x.shape)
+    assert_close(dx, _numpy_max_pool_grad(g.astype(np.float64), idx_np, x.shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("include", [True, False])
+@pytest.mark.parametrize("k, s, p, ceil_mode", LARGE_CASES[:3])
+def test_large_plane_avg_pool_against_vectorized_numpy(n_threads, rng, dtype, k, s, p,
+                                                       ceil_mode, include):
+    """4x8x56x56 average pooling and its gradient against a sliding-window NumPy version."""
+    x = randn(rng, (4, 8, 56, 56), dtype)
+    y = fastconv.avg_pool2d(x, k, stride=s, padding=p, count_include_pad=include)
+    assert_close(y, _numpy_avg_pool(x.astype(np.float64), k, s, p, include), dtype)
+    g = randn(rng, y.shape, dtype)
+    dx = fastconv.avg_pool2d_grad(g, x.shape, k, stride=s, padding=p,
+                                  count_include_pad=include)
+    assert_close(dx, _numpy_avg_pool_grad(g.astype(np.float64), x.shape, k, s, p, include),
+                 dtype)
+
+
+# ---------------------------------------------------------------------------
+# 3. max_pool2d_grad: indices
+# ---------------------------------------------------------------------------
+
+def test_max_pool2d_grad_routes_to_indices(n_threads):
+    """Each grad_out element lands at its flat index in its own plane."""
+    shape = (2, 2, 3, 4)
+    g = np.arange(1.0, 1 + 2 * 2 * 2).reshape(2, 2, 1, 2)
+    idx = np.array([[[[0, 11]], [[5, 5]]], [[[7, 3]], [[11, 0]]]])
+    dx = fastconv.max_pool2d_grad(g, idx, shape)
+    expected = np.zeros((2, 2, 12))
+    expected[0, 0, 0] = 1
+    expected[0, 0, 11] = 2
+    expected[0, 1, 5] = 3 + 4          # same index twice accumulates
+    expected[1, 0, 7] = 5
+    expected[1, 0, 3] = 6
+    expected[1, 1, 11] = 7
+    expected[1, 1, 0] = 8
+    np.testing.assert_array_equal(dx, expected.reshape(shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_grad_accumulates_over_overlapping_windows(n_threads, dtype):
+    """3x3 stride 1: a single dominant element wins every window containing it, and
+    its gradient is the sum of those windows' grad_out."""
+    x = np.zeros((1, 1, 5, 5), dtype=dtype)
+    x[0, 0, 2, 2] = 10.0
+    y, idx = fastconv.max_pool2d(x, 3, stride=1)
+    assert np.all(idx == 12) and np.all(y == 10.0)
+    g = np.arange(1, 10, dtype=dtype).reshape(1, 1, 3, 3)
+    dx = fastconv.max_pool2d_grad(g, idx, x.shape)
+    expected = np.zeros((1, 1, 5, 5))
+    expected[0, 0, 2, 2] = 45.0
+    np.testing.assert_array_equal(dx, expected)
+    # with padding, windows overlap at the border too
+    y, idx = fastconv.max_pool2d(x, 3, stride=1, padding=1)
+    g = np.ones(idx.shape, dtype=dtype)
+    dx = fastconv.max_pool2d_grad(g, idx, x.shape)
+    assert_close(dx, ref.max_pool2d_grad(g, idx, x.shape), dtype)
+    assert dx.sum() == g.sum()
+
+
+INDEX_CONVERSIONS = [
+    pytest.param(lambda i: i.astype(np.int32), id="int32"),
+    pytest.param(lambda i: i.astype(np.int16), id="int16"),
+    pytest.param(lambda i: i.astype(np.uint8), id="uint8"),
+    pytest.param(lambda i: i.astype(np.uint16), id="uint16"),
+    pytest.param(lambda i: i.astype(np.uint32), id="uint32"),
+    pytest.param(lambda i: i.astype(np.uint64), id="uint64"),
+    pytest.param(lambda i: i.astype(">i8"), id="big-endian-int64"),
+    pytest.param(lambda i: i.tolist(), id="list"),
+    pytest.param(np.asfortranarray, id="fortran"),
+    pytest.param(lambda i: i[::-1, :, ::-1].copy()[::-1, :, ::-1], id="negative-strides"),
+]
+
+
+@pytest.mark.parametrize("convert", INDEX_CONVERSIONS)
+def test_max_pool2d_grad_accepts_any_integer_indices(n_threads, rng, convert):
+    """Indices as int32 / unsigned / big-endian arrays, lists or odd layouts give the
+    same gradient as the int64 indices max_pool2d returns."""
+    x = distinct(rng, (2, 3, 6, 7))
+    _, idx = fastconv.max_pool2d(x, 3, stride=1, padding=1)
+    assert idx.max() < 200
+    g = randn(rng, idx.shape)
+    expected = fastconv.max_pool2d_grad(g, idx, x.shape)
+    np.testing.assert_array_equal(expected, ref.max_pool2d_grad(g, idx, x.shape))
+    dx = fastconv.max_pool2d_grad(g, convert(idx), x.shape)
+    np.testing.assert_array_equal(dx, expected)
+
+
+BAD_INDEX_VALUES = [
+    pytest.param(np.int64, -1, id="minus-one"),
+    pytest.param(np.int64, 42, id="equal-to-H*W"),
+    pytest.param(np.int64, 43, id="H*W+1"),
+    pytest.param(np.int64, 42 * 5, id="next-plane"),
+    pytest.param(np.int64, 2**40, id="huge"),
+    pytest.param(np.int64, np.iinfo(np.int64).max, id="int64-max"),
+    pytest.param(np.int64, np.iinfo(np.int64).min, id="int64-min"),
+    pytest.param(np.int32, -7, id="int32-negative"),
+    pytest.param(np.uint8, 200, id="uint8-too-large"),
+    pytest.param(np.uint64, 2**63, id="uint64-2**63"),
+    pytest.param(np.uint64, 2**64 - 1, id="uint64-max"),
+    pytest.param(np.uint64, 2**64 - 42, id="uint64-wraps-to-minus-42"),
+    pytest.param(np.uint32, 2**32 - 1, id="uint32-max"),
+    pytest.param(">u8", 2**63 + 5, id="big-endian-uint64-above-int64-max"),
+    pytest.param(">i8", -3, id="big-endian-int64-negative"),
+]
+
+
+@pytest.mark.parametrize("dtype, bad", BAD_INDEX_VALUES)
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_max_pool2d_grad_rejects_out_of_range_indices(n_threads, rng, dtype, bad, where):
+    """An index outside [0, H*W) raises ValueError naming `indices`; the process survives
+    and a following valid call still gives the right answer."""
+    shape = (2, 3, 6, 7)                # H*W = 42
+    x = distinct(rng, shape)
+    _, idx = fastconv.max_pool2d(x, 2, stride=2)
+    g = randn(rng, idx.shape)
+    bad_idx = idx.astype(dtype)
+    pos = (0, 0, 0, 0) if where == "first" else (1, 2, 2, 2)
+    bad_idx[pos] = bad
+    with pytest.raises(ValueError, match="indices"):
+        fastconv.max_pool2d_grad(g, bad_idx, shape)
+    dx = fastconv.max_pool2d_grad(g, idx, shape)
+    np.testing.assert_array_equal(dx, ref.max_pool2d_grad(g, idx, shape))
+
+
+def test_max_pool2d_grad_all_indices_out_of_range(n_threads, rng):
+    """Every index out of range (both signs, in every plane) still only raises."""
+    shape = (3, 4, 5, 5)
+    g = randn(rng, (3, 4, 3, 3))
+    for fill in (-(2**62), 25, 2**62, -1):
+        idx = np.full(g.shape, fill, dtype=np.int64)
+        with pytest.raises(ValueError, match="indices"):
+            fastconv.max_pool2d_grad(g, idx, shape)
+    idx = np.zeros(g.shape, dtype=np.int64)
+    np.testing.assert_array_equal(fastconv.max_pool2d_grad(g, idx, shape),
+                                  ref.max_pool2d_grad(g, idx, shape))
+
+
+def test_max_pool2d_grad_into_empty_plane_raises(n_threads):
+    """A non-empty grad_out cannot point into an input plane of size 0."""
+    g = np.ones((1, 1, 1, 1))
+    idx = np.zeros((1, 1, 1, 1), dtype=np.int64)
+    for shape in [(1, 1, 0, 0), (1, 1, 0, 3), (1, 1, 4, 0)]:
+        with pytest.raises(ValueError, match="indices"):
+            fastconv.max_pool2d_grad(g, idx, shape)
+
+
+@pytest.mark.parametrize("bad_shape", [(1, 2, 3, 3), (1, 2, 2, 4), (2, 1, 3, 4), (2, 2, 12),
+                                       (24,), (1, 2, 2, 3, 4)])
+def test_max_pool2d_grad_rejects_wrong_index_shape(bad_shape):
+    """indices must have grad_out's shape exactly (no broadcasting or reshaping)."""
+    g = np.ones((2, 2, 3, 4))
+    idx = np.zeros(bad_shape, dtype=np.int64)
+    with pytest.raises(ValueError, match="indices"):
+        fastconv.max_pool2d_grad(g, idx, (2, 2, 6, 8))
+
+
+def test_max_pool2d_grad_rejects_mismatched_input_shape():
+    """input_shape must agree with grad_out on N and C."""
+    g = np.ones((2, 2, 3, 4))
+    idx = np.zeros(g.shape, dtype=np.int64)
+    for shape in [(2, 3, 6, 8), (1, 2, 6, 8)]:
+        with pytest.raises(ValueError):
+            fastconv.max_pool2d_grad(g, idx, shape)
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda s: np.zeros(s, dtype=np.float64), id="float64"),
+    pytest.param(lambda s: np.zeros(s, dtype=np.float32), id="float32"),
+    pytest.param(lambda s: np.zeros(s, dtype=np.float16), id="float16"),
+    pytest.param(lambda s: np.zeros(s).tolist(), id="float-list"),
+    pytest.param(lambda s: np.zeros(s, dtype=complex), id="complex"),
+])
+def test_max_pool2d_grad_rejects_float_indices(make):
+    """Non-integer indices raise TypeError (even when the values are whole numbers)."""
+    g = np.ones((1, 1, 2, 2))
+    with pytest.raises(TypeError):
+        fastconv.max_pool2d_grad(g, make(g.shape), (1, 1, 4, 4))
+
+
+# ---------------------------------------------------------------------------
+# 4. finite differences
+# ---------------------------------------------------------------------------
+
+def _numgrad(f, a, eps):
+    a = np.array(a, dtype=np.float64)
+    grad = np.zeros_like(a)
+    for i in range(a.size):
+        old = a.flat[i]
+        a.flat[i] = old + eps
+        fp = f(a)
+        a.flat[i] = old - eps
+        fm = f(a)
+        a.flat[i] = old
+        grad.flat[i] = (fp - fm) / (2 * eps)
+    return grad
+
+
+FD_CASES = [
+    pytest.param((1, 2, 5, 4), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                 id="k3s2p1-ceil"),
+    pytest.param((2, 1, 4, 5), dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1)),
+                 id="k2x3-s1x2-p1"),
+    pytest.param((1, 1, 5, 5), dict(kernel_size=2, stride=2, ceil_mode=True),
+                 id="k2s2-ceil-clipped"),
+    pytest.param((1, 2, 4, 4), dict(kernel_size=3, stride=1), id="k3s1-overlap"),
+    pytest.param((1, 1, 6, 3), dict(kernel_size=(4, 2), stride=(3, 1), padding=(2, 1),
+                                    ceil_mode=True), id="k4x2-s3x1-p2x1-ceil"),
+    pytest.param((1, 1, 7, 7), dict(kernel_size=2, stride=3), id="k2s3-gaps"),
+]
+
+
+@pytest.mark.parametrize("include", [True, False])
+@pytest.mark.parametrize("shape, kw", FD_CASES)
+def test_avg_pool2d_grad_finite_differences(n_threads, rng, shape, kw, include):
+    """avg_pool2d_grad is the derivative of <avg_pool2d(x), g> (float64 central FD)."""
+    x = randn(rng, shape)
+    g = randn(rng, fastconv.avg_pool2d(x, count_include_pad=include, **kw).shape)
+
+    def loss(a):
+        return float(np.sum(fastconv.avg_pool2d(a, count_include_pad=include, **kw) * g))
+
+    num = _numgrad(loss, x, 1e-6)
+    dx = fastconv.avg_pool2d_grad(g, shape, count_include_pad=include, **kw)
+    np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("shape, kw", FD_CASES)
+def test_max_pool2d_grad_finite_differences(n_threads, rng, shape, kw):
+    """max_pool2d_grad is the derivative of <max_pool2d(x), g> on distinct inputs
+    (gaps of 0.25 >> eps, so the argmax is stable under the perturbation)."""
+    x = distinct(rng, shape)
+    y, idx = fastconv.max_pool2d(x, **kw)
+    g = randn(rng, y.shape)
+
+    def loss(a):
+        return float(np.sum(fastconv.max_pool2d(a, **kw)[0] * g))
+
+    num = _numgrad(loss, x, 1e-4)
+    dx = fastconv.max_pool2d_grad(g, idx, shape)
+    np.testing.assert_allclose(dx, num, rtol=1e-8, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# 5. awkward but valid inputs
+# ---------------------------------------------------------------------------
+
+def _variants(base):
+    """(name, awkward array-like equal to ``base``, dtype fastconv computes in,
+    dtype of the result).  ``base`` is a float64/float32 C-contiguous array."""
+    dt = base.dtype
+    big = np.zeros(base.shape[:2] + (2 * base.shape[2], 3 * base.shape[3]), dtype=dt)
+    big[:, :, ::2, ::3] = base
+    rev = base[::-1, :, ::-1, ::-1].copy()
+    ro = base.copy()
+    ro.flags.writeable = False
+    return [
+        ("fortran", np.asfortranarray(base), dt, dt),
+        ("strided", big[:, :, ::2, ::3], dt, dt),
+        ("negative-strides", rev[::-1, :, ::-1, ::-1], dt, dt),
+        ("channels-last", base.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2), dt, dt),
+        ("read-only", ro, dt, dt),
+        ("big-endian", base.astype(dt.newbyteorder(">")), dt, dt),
+        ("big-endian-fortran", np.asfortranarray(base.astype(dt.newbyteorder(">"))), dt, dt),
+        ("list", base.tolist(), np.float64, np.float64),
+    ]
+
+
+VARIANT_NAMES = [v[0] for v in _variants(np.zeros((1, 1, 1, 1)))]
+
+
+def _check_new_result(out, source, dtype):
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.dtype(dtype)
+    assert out.flags.c_contiguous and out.flags.writeable
+    if isinstance(source, np.ndarray):
+        assert not np.shares_memory(out, source)
+
+
+def _get_variant(base, name):
+    return next(v for v in _variants(base) if v[0] == name)[1:]
+
+
+POOL_KW = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_awkward_inputs_forward(n_threads, rng, dtype, name):
+    """Fortran, strided, negative-stride, read-only, big-endian and list inputs give the
+    same numbers as the C-contiguous array; results are new C-contiguous arrays."""
+    base = distinct(rng, (2, 3, 7, 8), dtype)
+    arr, compute, result = _get_variant(base, name)
+    before = np.array(arr, copy=True)
+    contig = np.ascontiguousarray(base, dtype=compute)
+
+    y, idx = fastconv.max_pool2d(arr, **POOL_KW)
+    y0, idx0 = fastconv.max_pool2d(contig, **POOL_KW)
+    _check_new_result(y, arr, result)
+    _check_new_result(idx, arr, np.int64)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(idx, idx0)
+
+    for include in (True, False):
+        a = fastconv.avg_pool2d(arr, count_include_pad=include, **POOL_KW)
+        _check_new_result(a, arr, result)
+        np.testing.assert_array_equal(
+            a, fastconv.avg_pool2d(contig, count_include_pad=include, **POOL_KW))
+    np.testing.assert_array_equal(np.asarray(arr), before)   # input untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_awkward_grad_out(n_threads, rng, dtype, name):
+    """Awkward grad_out arrays give the same gradients as the C-contiguous one."""
+    shape = (2, 3, 7, 8)
+    x = distinct(rng, shape, dtype)
+    _, idx = fastconv.max_pool2d(x, **POOL_KW)
+    base = randn(rng, idx.shape, dtype)
+    g, compute, result = _get_variant(base, name)
+    contig = np.ascontiguousarray(base, dtype=compute)
+
+    dx = fastconv.max_pool2d_grad(g, idx, shape)
+    _check_new_result(dx, g, result)
+    np.testing.assert_array_equal(dx, fastconv.max_pool2d_grad(contig, idx, shape))
+    for include in (True, False):
+        dx = fastconv.avg_pool2d_grad(g, shape, count_include_pad=include, **POOL_KW)
+        _check_new_result(dx, g, result)
+        np.testing.assert_array_equal(
+            dx, fastconv.avg_pool2d_grad(contig, shape, count_include_pad=include, **POOL_KW))
+
+
+@pytest.mark.parametrize("int_dtype", [np.int8, np.int32, np.int64, np.uint16, np.bool_])
+def test_integer_and_bool_inputs_compute_in_float64(n_threads, rng, int_dtype):
+    """Integer and boolean inputs give float64 results equal to the float64 path."""
+    x = rng.integers(0, 100, size=(2, 2, 6, 5)).astype(int_dtype)
+    xf = x.astype(np.float64)
+    y, idx = fastconv.max_pool2d(x, **POOL_KW)
+    y0, idx0 = fastconv.max_pool2d(xf, **POOL_KW)
+    _check_new_result(y, x, np.float64)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(idx, idx0)
+    a = fastconv.avg_pool2d(x, **POOL_KW)
+    _check_new_result(a, x, np.float64)
+    np.testing.assert_array_equal(a, fastconv.avg_pool2d(xf, **POOL_KW))
+    assert_close(a, ref.avg_pool2d(x, **POOL_KW), np.float64)
+    gi = rng.integers(-3, 4, size=y.shape)
+    dx = fastconv.max_pool2d_grad(gi, idx, x.shape)
+    _check_new_result(dx, gi, np.float64)
+    np.testing.assert_array_equal(dx, fastconv.max_pool2d_grad(gi.astype(float), idx,
+                                                                x.shape))
+    dx = fastconv.avg_pool2d_grad(gi, x.shape, **POOL_KW)
+    _check_new_result(dx, gi, np.float64)
+    np.testing.assert_array_equal(dx, fastconv.avg_pool2d_grad(gi.astype(float), x.shape,
+                                                               **POOL_KW))
+
+
+def test_float16_inputs_give_float16_results(n_threads, rng):
+    """float16 is computed in float32 and returned as float16."""
+    x = randn(rng, (2, 3, 7, 8), np.float16)
+    x32 = x.astype(np.float32)
+    y, idx = fastconv.max_pool2d(x, **POOL_KW)
+    assert y.dtype == np.float16 and idx.dtype == np.int64
+    y32, idx32 = fastconv.max_pool2d(x32, **POOL_KW)
+    np.testing.assert_array_equal(y, y32.astype(np.float16))
+    np.testing.assert_array_equal(idx, idx32)
+    y_ref, idx_ref = ref.max_pool2d(x, **POOL_KW)
+    np.testing.assert_array_equal(y, y_ref)
+    a = fastconv.avg_pool2d(x, **POOL_KW)
+    assert a.dtype == np.float16
+    np.testing.assert_array_equal(a, fastconv.avg_pool2d(x32, **POOL_KW).astype(np.float16))
+    g = randn(rng, y.shape, np.float16)
+    g32 = g.astype(np.float32)
+    dx = fastconv.max_pool2d_grad(g, idx, x.shape)
+    assert dx.dtype == np.float16 and dx.flags.c_contiguous
+    np.testing.assert_array_equal(
+        dx, fastconv.max_pool2d_grad(g32, idx, x.shape).astype(np.float16))
+    dx = fastconv.avg_pool2d_grad(g, x.shape, **POOL_KW)
+    assert dx.dtype == np.float16 and dx.flags.c_contiguous
+    np.testing.assert_array_equal(
+        dx, fastconv.avg_pool2d_grad(g32, x.shape, **POOL_KW).astype(np.float16))
+
+
+def test_nested_list_input_matches_array(n_threads, rng):
+    """Plain nested Python lists are accepted (as float64)."""
+    x = distinct(rng, (1, 2, 4, 5))
+    y, idx = fastconv.max_pool2d(x.tolist(), 2, stride=1)
+    y0, idx0 = fastconv.max_pool2d(x, 2, stride=1)
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(idx, idx0)
+    g = randn(rng, y.shape)
+    np.testing.assert_array_equal(
+        fastconv.max_pool2d_grad(g.tolist(), idx.tolist(), list(x.shape)),
+        fastconv.max_pool2d_grad(g, idx, x.shape))
+    np.testing.assert_array_equal(
+        fastconv.avg_pool2d_grad(g.tolist(), list(x.shape), 2, stride=1),
+        fastconv.avg_pool2d_grad(g, x.shape, 2, stride=1))
+
+
+def test_stride_none_equals_kernel_size(n_threads, rng):
+    """stride=None defaults to the kernel size (rectangular kernel)."""
+    x = randn(rng, (1, 2, 9, 10))
+    for f in (lambda **k: fastconv.max_pool2d(x, (3, 2), **k)[0],
+              lambda **k: fastconv.max_pool2d(x, (3, 2), **k)[1],
+              lambda **k: fastconv.avg_pool2d(x, (3, 2), **k)):
+        np.testing.assert_array_equal(f(stride=None), f(stride=(3, 2)))
+        np.testing.assert_array_equal(f(), f(stride=(3, 2)))
+
+
+# ---------------------------------------------------------------------------
+# 6. PyTorch
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP_TORCH
+@given(geo=pool_geometries(min_n=1), seed=seeds)
+def test_max_pool2d_matches_torch(n_threads, dtype, geo, seed):
+    """Values, indices and the autograd gradient equal PyTorch's."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    shape, kw = geo
+    rng = np.random.default_rng(seed)
+    x = distinct(rng, shape, dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    yt, it = F.max_pool2d(xt, return_indices=True, **_torch_pool_kwargs(kw))
+    y, idx = fastconv.max_pool2d(x, **kw)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+    g = randn(rng, y.shape, dtype)
+    yt.backward(torch.tensor(g))
+    dx = fastconv.max_pool2d_grad(g, idx, shape)
+    assert_close(dx, xt.grad.numpy().astype(np.float64), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP_TORCH
+@given(geo=pool_geometries(min_n=1), seed=seeds)
+def test_max_pool2d_ties_match_torch(n_threads, dtype, geo, seed):
+    """On heavily tied inputs the chosen index is PyTorch's."""
+    torch = pytest.importorskip("torch")
+    shape, kw = geo
+    x = many_ties(np.random.default_rng(seed), shape, dtype)
+    yt, it = torch.nn.functional.max_pool2d(torch.tensor(x), return_indices=True,
+                                            **_torch_pool_kwargs(kw))
+    y, idx = fastconv.max_pool2d(x, **kw)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP_TORCH
+@given(geo=pool_geometries(min_n=1), seed=seeds, include=st.booleans())
+def test_avg_pool2d_matches_torch(n_threads, dtype, geo, seed, include):
+    """Values and the autograd gradient equal PyTorch's (both count_include_pad)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    shape, kw = geo
+    rng = np.random.default_rng(seed)
+    x = randn(rng, shape, dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = F.avg_pool2d(xt, count_include_pad=include, **_torch_pool_kwargs(kw))
+    y = fastconv.avg_pool2d(x, count_include_pad=include, **kw)
+    assert_close(y, yt.detach().numpy().astype(np.float64), dtype)
+    g = randn(rng, y.shape, dtype)
+    yt.backward(torch.tensor(g))
+    dx = fastconv.avg_pool2d_grad(g, shape, count_include_pad=include, **kw)
+    assert_close(dx, xt.grad.numpy().astype(np.float64), dtype)
+
+
+def test_nan_rule_matches_torch(n_threads):
+    """PyTorch's CPU kernel also reports the last NaN of a window."""
+    torch = pytest.importorskip("torch")
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan
+    x[0, 0, 1, 1] = 7.0
+    x[0, 0, 3, 3] = np.nan
+    x[0, 0, 2, 2] = np.inf
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1)):
+        yt, it = torch.nn.functional.max_pool2d(torch.tensor(x), return_indices=True, **kw)
+        y, idx = fastconv.max_pool2d(x, **kw)
+        np.testing.assert_array_equal(y, yt.numpy())
+        np.testing.assert_array_equal(idx, it.numpy())
+
+
+# ---------------------------------------------------------------------------
+# 7. determinism across thread counts
+# ---------------------------------------------------------------------------
+
+def _all_four(x, g_max, g_avg, kw):
+    y, idx = fastconv.max_pool2d(x, **kw)
+    a = fastconv.avg_pool2d(x, count_include_pad=False, **kw)
+    dmax = fastconv.max_pool2d_grad(g_max, idx, x.shape)
+    davg = fastconv.avg_pool2d_grad(g_avg, x.shape, count_include_pad=False, **kw)
+    return y, idx, a, dmax, davg
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=1, padding=1),
+                                dict(kernel_size=(3, 4), stride=(2, 1), padding=(1, 2),
+                                     ceil_mode=True)], ids=["3x3s1p1", "3x4-ceil"])
+def test_thread_count_does_not_change_results(rng, dtype, kw):
+    """1, 2 and 3 threads give bitwise identical results for all four functions."""
+    x = many_ties(rng, (3, 5, 37, 41), dtype) + randn(rng, (3, 5, 37, 41), dtype) * 0.01
+    out_shape = ref.avg_pool2d(np.zeros((1, 1, 37, 41)), **kw).shape[2:]
+    g_max = randn(rng, (3, 5) + out_shape, dtype)
+    g_avg = randn(rng, (3, 5) + out_shape, dtype)
+    results = {}
+    try:
+        for t in (1, 2, 3):
+            fastconv.set_num_threads(t)
+            results[t] = _all_four(x, g_max, g_avg, kw)
+    finally:
+        fastconv.set_num_threads(None)
+    for t in (2, 3):
+        for a, b in zip(results[1], results[t]):
+            assert a.dtype == b.dtype
+            assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# 8. argument checks
+# ---------------------------------------------------------------------------
+
+def test_padding_larger_than_half_kernel_raises():
+    """padding > kernel_size // 2 is refused, as in PyTorch and the oracle."""
+    x = np.zeros((1, 1, 6, 6))
+    with pytest.raises(ValueError):
+        fastconv.max_pool2d(x, 3, padding=2)
+    with pytest.raises(ValueError):
+        fastconv.avg_pool2d(x, (4, 2), padding=(1, 2))
+    with pytest.raises(ValueError):
+        fastconv.avg_pool2d_grad(np.zeros((1, 1, 2, 2)), x.shape, 3, padding=2)
+
+
+def test_kernel_larger_than_input_raises_in_floor_mode():
+    """Without ceil_mode a kernel larger than the padded input gives no output."""
+    x = np.zeros((1, 1, 2, 2))
+    with pytest.raises(ValueError):
+        ref.max_pool2d(x, 5, stride=2, padding=1)
+    with pytest.raises(ValueError):
+        fastconv.max_pool2d(x, 5, stride=2, padding=1)
+    with pytest.raises(ValueError):
+        fastconv.avg_pool2d(x, 5, stride=2, padding=1)
+
+
+def test_avg_pool2d_grad_rejects_wrong_grad_out_shape():
+    """grad_out must have the output shape the geometry gives."""
+    with pytest.raises(ValueError, match="grad_out"):
+        fastconv.avg_pool2d_grad(np.zeros((1, 1, 2, 2)), (1, 1, 6, 6), 2)
+
+
+# ---------------------------------------------------------------------------
+# 9. known bugs
+# ---------------------------------------------------------------------------
+
+CEIL_KERNEL_TOO_BIG = [
+    # (input shape, kwargs): H + 2p < k, but in ceil_mode PyTorch and the oracle give
+    # one window (it starts inside the leading padding).
+    ((1, 1, 2, 2), dict(kernel_size=5, stride=2, padding=1, ceil_mode=True)),
+    ((1, 2, 1, 6), dict(kernel_size=(4, 2), stride=(3, 2), padding=(1, 0),
+                        ceil_mode=True)),
+    ((2, 1, 3, 3), dict(kernel_size=5, stride=4, padding=0, ceil_mode=True)),
+]
+
+
+@pytest.mark.parametrize("func", ["max_pool2d", "avg_pool2d", "avg_pool2d_grad"])
+@pytest.mark.parametrize("shape, kw", CEIL_KERNEL_TOO_BIG)
+def test_ceil_mode_kernel_larger_than_padded_input(rng, func, shape, kw):
+    """Regression: in ceil_mode a kernel slightly larger than the padded input still
+    gives one window (PyTorch floors (H+2p-k+s-1)/s); it used to be rejected."""
+    x = distinct(rng, shape)
+    if func == "max_pool2d":
+        y_ref, idx_ref = ref.max_pool2d(x, **kw)
+        y, idx = fastconv.max_pool2d(x, **kw)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(idx, idx_ref)
+    elif func == "avg_pool2d":
+        for include in (True, False):
+            assert_close(fastconv.avg_pool2d(x, count_include_pad=include, **kw),
+                         ref.avg_pool2d(x, count_include_pad=include, **kw), np.float64)
+    else:
+        g = randn(rng, ref.avg_pool2d(x, **kw).shape)
+        for include in (True, False):
+            assert_close(fastconv.avg_pool2d_grad(g, shape, count_include_pad=include, **kw),
+                         ref.avg_pool2d_grad(g, shape, count_include_pad=include, **kw),
+                         np.float64)
+
+
+def test_ceil_mode_kernel_larger_than_padded_input_oracle_agrees_with_torch(rng):
+    """Guard for the test above: the oracle's answer really is PyTorch's."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for shape, kw in CEIL_KERNEL_TOO_BIG:
+        x = distinct(rng, shape)
+        yt, it = F.max_pool2d(torch.tensor(x), return_indices=True, **kw)
+        y_ref, idx_ref = ref.max_pool2d(x, **kw)
+        np.testing.assert_array_equal(y_ref, yt.numpy())
+        np.testing.assert_array_equal(idx_ref, it.numpy())
+        for include in (True, False):
+            at = F.avg_pool2d(torch.tensor(x), count_include_pad=include, **kw)
+            assert_close(ref.avg_pool2d(x, count_include_pad=include, **kw),
+                         at.numpy(), np.float64)
