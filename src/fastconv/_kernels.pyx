@@ -380,11 +380,16 @@ def _phases_1d(Py_ssize_t size, Py_ssize_t pad, Py_ssize_t k, Py_ssize_t stride,
     input rows (spaced by ``stride``) the phase covers.
     """
     phases = []
-    for r in range(stride):
-        taps = [u for u in range(k) if (u * dil) % stride == r]
+    by_residue = {}
+    for u in range(k):
+        by_residue.setdefault((u * dil) % stride, []).append(u)
+    # residues without taps get no gradient: only visit those with taps
+    # (the stride itself may be astronomically large)
+    for r in sorted(by_residue):
+        taps = by_residue[r]
         q0 = -((r - pad) // stride)                  # ceil((pad - r) / stride)
         q1 = (pad + size - 1 - r) // stride
-        if not taps or q1 < q0:
+        if q1 < q0:
             continue
         offsets = [q0 - (u * dil - r) // stride for u in taps]
         phases.append((taps, offsets, q0 * stride + r - pad, q1 - q0 + 1))
@@ -643,7 +648,8 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
         return
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t pl, p, q, i, j, divisor
+    cdef Py_ssize_t pl, p, q, i, j
+    cdef double divisor
     cdef Window wh, ww
     cdef floating acc
     cdef const floating* src
@@ -658,11 +664,12 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                     for i in range(wh.start, wh.stop):
                         for j in range(ww.start, ww.stop):
                             acc = acc + src[i * in_w + j]
+                    # in double: the padded area of a huge window overflows int64
                     if count_include_pad:
-                        divisor = wh.padded * ww.padded
+                        divisor = <double>wh.padded * <double>ww.padded
                     else:
-                        divisor = (wh.stop - wh.start) * (ww.stop - ww.start)
-                    yp[(pl * out_h + p) * out_w + q] = acc / divisor
+                        divisor = <double>(wh.stop - wh.start) * <double>(ww.stop - ww.start)
+                    yp[(pl * out_h + p) * out_w + q] = <floating>(acc / divisor)
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
@@ -680,7 +687,8 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
         return
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
-    cdef Py_ssize_t pl, p, q, i, j, divisor
+    cdef Py_ssize_t pl, p, q, i, j
+    cdef double divisor
     cdef Window wh, ww
     cdef floating share
     cdef floating* dst
@@ -691,11 +699,12 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                 wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
                 for q in range(out_w):
                     ww = _avg_window(q, k_w, stride_w, pad_w, in_w)
+                    # in double: the padded area of a huge window overflows int64
                     if count_include_pad:
-                        divisor = wh.padded * ww.padded
+                        divisor = <double>wh.padded * <double>ww.padded
                     else:
-                        divisor = (wh.stop - wh.start) * (ww.stop - ww.start)
-                    share = gp[(pl * out_h + p) * out_w + q] / divisor
+                        divisor = <double>(wh.stop - wh.start) * <double>(ww.stop - ww.start)
+                    share = <floating>(gp[(pl * out_h + p) * out_w + q] / divisor)
                     for i in range(wh.start, wh.stop):
                         for j in range(ww.start, ww.stop):
                             dst[i * in_w + j] += share

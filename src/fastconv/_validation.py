@@ -56,17 +56,30 @@ def contiguous(arr, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _integer(value, name, fn):
+def _scalar(value):
+    """Unwrap a 0-d NumPy array into its Python scalar."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def _integer(value, name, fn, what="an integer"):
+    value = _scalar(value)
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be an integer, got {value!r}")
+        raise TypeError(f"{fn}: {name} must be {what}, got {value!r}")
     try:
         out = operator.index(value)
     except TypeError:
-        raise TypeError(f"{fn}: {name} must be an integer or a pair of integers, "
+        raise TypeError(f"{fn}: {name} must be {what}, "
                         f"got {type(value).__name__} {value!r}") from None
     if abs(out) >= MAX_BYTES:
         raise ValueError(f"{fn}: {name}={out} is too large")
     return out
+
+
+def _sequence(value):
+    """True for the containers accepted as pairs and shapes (ordered ones)."""
+    return isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim >= 1)
 
 
 def int_value(value, name, fn, minimum):
@@ -78,26 +91,25 @@ def int_value(value, name, fn, minimum):
 
 
 def int_pair(value, name, fn, minimum):
-    """An int or a length-2 sequence of ints, each >= ``minimum``."""
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{fn}: {name} must be an integer or a pair of integers, got {value!r}")
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if hasattr(value, "__len__"):
+    """An int or a length-2 tuple/list/array of ints, each >= ``minimum``."""
+    what = "an integer or a pair of integers"
+    value = _scalar(value)
+    if _sequence(value):
         items = list(value)
         if len(items) != 2:
-            raise ValueError(f"{fn}: {name} must be an integer or a pair of integers, "
-                             f"got {len(items)} values {tuple(value)!r}")
+            raise ValueError(f"{fn}: {name} must be {what}, "
+                             f"got {len(items)} values {tuple(items)!r}")
     else:
         items = [value, value]
-    pair = tuple(_integer(v, name, fn) for v in items)
+    pair = tuple(_integer(v, name, fn, what) for v in items)
     if min(pair) < minimum:
         raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value!r}")
     return pair
 
 
 def boolean(value, name, fn):
-    """True/False (also NumPy bools and the integers 0 and 1)."""
+    """True/False (also NumPy bools, 0-d bool arrays and the integers 0 and 1)."""
+    value = _scalar(value)
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)) and value in (0, 1):
@@ -107,12 +119,12 @@ def boolean(value, name, fn):
 
 def shape4(value, name, fn):
     """A 4-tuple of non-negative ints (an ``input_shape``/``weight_shape``)."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+    if not _sequence(value):
         raise TypeError(f"{fn}: {name} must be a sequence of 4 integers, got {value!r}")
     items = list(value)
     if len(items) != 4:
         raise ValueError(f"{fn}: {name} must have 4 entries, got {tuple(items)!r}")
-    shape = tuple(_integer(v, name, fn) for v in items)
+    shape = tuple(_integer(v, name, fn, "a sequence of 4 integers") for v in items)
     if min(shape) < 0:
         raise ValueError(f"{fn}: {name} must not have negative entries, got {shape}")
     return shape
@@ -125,6 +137,7 @@ def conv_padding(padding, kernel, dilation, stride, fn):
     pads ``dilation*(k-1)`` in total per axis, the extra row/column of an
     odd total going to the bottom/right.
     """
+    padding = _scalar(padding)
     if isinstance(padding, str):
         mode = padding.lower()
         if mode == "valid":

@@ -435,8 +435,11 @@ def max_pool2d_grad(grad_out, indices, input_shape):
         if idx.dtype == np.uint64 and idx.size and idx.max() > np.iinfo(np.int64).max:
             raise ValueError(f"{fn}: indices: every index must lie in [0, H*W) of its "
                              "input plane")
-        _kernels.max_pool2d_backward(contiguous(grad_out, compute),
-                                     contiguous(idx, np.int64), dx, get_num_threads())
+        try:
+            _kernels.max_pool2d_backward(contiguous(grad_out, compute),
+                                         contiguous(idx, np.int64), dx, get_num_threads())
+        except ValueError as exc:  # an out-of-range index, found (not written) by the kernel
+            raise ValueError(f"{fn}: {exc} (input_shape {input_shape})") from None
     return _finish(dx, result)
 
 
