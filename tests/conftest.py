@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv import _threads
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def n_threads(request):
-    """Run the test with fastconv pinned to 1, then 2 threads."""
+def n_threads(request, monkeypatch):
+    """Run the test with fastconv pinned to 1, then 2 threads -- even for the
+    tiny shapes that would otherwise run serially (see threads_for)."""
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)
     fastconv.set_num_threads(request.param)
     yield request.param
     fastconv.set_num_threads(None)

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv
+from fastconv import _threads
 from fastconv import reference as ref
 from helpers import DTYPES, assert_close, randn
 
@@ -902,8 +903,9 @@ DETERMINISM_CASES = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("case", sorted(DETERMINISM_CASES))
-def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype):
+def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype, monkeypatch):
     """All four kernels give the same bits whatever the thread count."""
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)   # small cases too run threaded
     x_shape, w_shape, hyper = DETERMINISM_CASES[case]
     rng = np.random.default_rng(21)
     x, w, b = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype), randn(rng, (w_shape[0],),

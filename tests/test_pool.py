@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 import fastconv
+from fastconv import _threads
 from fastconv import reference as ref
 from helpers import DTYPES, assert_close, randn
 
@@ -953,8 +954,9 @@ def _all_four(x, g_max, g_avg, kw):
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=1, padding=1),
                                 dict(kernel_size=(3, 4), stride=(2, 1), padding=(1, 2),
                                      ceil_mode=True)], ids=["3x3s1p1", "3x4-ceil"])
-def test_thread_count_does_not_change_results(rng, dtype, kw):
+def test_thread_count_does_not_change_results(rng, dtype, kw, monkeypatch):
     """1, 2 and 3 threads give bitwise identical results for all four functions."""
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)   # small cases too run threaded
     x = many_ties(rng, (3, 5, 37, 41), dtype) + randn(rng, (3, 5, 37, 41), dtype) * 0.01
     out_shape = ref.avg_pool2d(np.zeros((1, 1, 37, 41)), **kw).shape[2:]
     g_max = randn(rng, (3, 5) + out_shape, dtype)

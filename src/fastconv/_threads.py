@@ -61,3 +61,15 @@ def get_num_threads():
     if _requested is not None:
         return _requested
     return max(1, openmp_max_threads())
+
+
+# Below this much work (multiply-adds or elements touched) a kernel runs on
+# one thread: waking a second one costs more than it saves, and on a busy
+# machine a descheduled helper thread can stall a tiny call for a whole time
+# slice.  Results do not depend on the choice (the work split is by shape).
+SMALL_WORK = 1 << 17
+
+
+def threads_for(work):
+    """Thread count for a kernel call doing about ``work`` units of work."""
+    return 1 if work < SMALL_WORK else get_num_threads()

@@ -18,7 +18,7 @@ from collections import namedtuple
 import numpy as np
 
 from fastconv import _kernels
-from fastconv._threads import get_num_threads
+from fastconv._threads import threads_for
 from fastconv._validation import (
     as_array,
     boolean,
@@ -85,9 +85,13 @@ def _conv_geometry(fn, x_shape, w_shape, stride, padding, dilation, groups,
     return _ConvGeometry(stride, dilation, top, bottom, left, right, groups, out_h, out_w)
 
 
-def _kernel_args(geo):
+def _kernel_args(geo, macs):
     return (geo.stride[0], geo.stride[1], geo.pad_top, geo.pad_left,
-            geo.dilation[0], geo.dilation[1], geo.groups, get_num_threads())
+            geo.dilation[0], geo.dilation[1], geo.groups, threads_for(macs))
+
+
+def _conv_macs(n, c_out, geo, w_shape):
+    return n * c_out * geo.out_h * geo.out_w * w_shape[1] * w_shape[2] * w_shape[3]
 
 
 def _check_workspace(fn, w_shape, dtype):
@@ -173,7 +177,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         return _finish(out, result)
     b = contiguous(bias, compute) if bias is not None else np.empty(0, dtype=compute)
     _kernels.conv2d_forward(contiguous(x, compute), contiguous(weight, compute), b,
-                            bias is not None, out, *_kernel_args(geo))
+                            bias is not None, out,
+                            *_kernel_args(geo, _conv_macs(x.shape[0], weight.shape[0], geo,
+                                                          weight.shape)))
     return _finish(out, result)
 
 
@@ -233,7 +239,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     dx = np.zeros(input_shape, dtype=compute)
     if dx.size and grad_out.size and weight.size:
         _kernels.conv2d_grad_input(contiguous(grad_out, compute), contiguous(weight, compute),
-                                   dx, *_kernel_args(geo))
+                                   dx, *_kernel_args(geo, grad_out.size * weight[0].size))
     return _finish(dx, result)
 
 
@@ -287,7 +293,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
         dw[...] = 0
         return _finish(dw, result)
     _kernels.conv2d_grad_weight(contiguous(x, compute), contiguous(grad_out, compute), dw,
-                                *_kernel_args(geo))
+                                *_kernel_args(geo, grad_out.size * dw[0].size))
     return _finish(dw, result)
 
 
@@ -311,7 +317,8 @@ def conv2d_grad_bias(grad_out):
     compute, result = dtypes(grad_out)
     db = np.zeros(grad_out.shape[1], dtype=compute)
     if grad_out.size:
-        _kernels.conv2d_grad_bias(contiguous(grad_out, compute), db, get_num_threads())
+        _kernels.conv2d_grad_bias(contiguous(grad_out, compute), db,
+                                  threads_for(grad_out.size))
     return _finish(db, result)
 
 
@@ -381,7 +388,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     indices = np.empty(out_shape, dtype=np.int64)
     if y.size:
         _kernels.max_pool2d_forward(contiguous(x, compute), y, indices, *_pool_args(geo),
-                                    get_num_threads())
+                                    threads_for(y.size * geo.kernel[0] * geo.kernel[1]))
     return _finish(y, result), indices
 
 
@@ -437,7 +444,8 @@ def max_pool2d_grad(grad_out, indices, input_shape):
                              "input plane")
         try:
             _kernels.max_pool2d_backward(contiguous(grad_out, compute),
-                                         contiguous(idx, np.int64), dx, get_num_threads())
+                                         contiguous(idx, np.int64), dx,
+                                         threads_for(grad_out.size))
         except ValueError as exc:  # an out-of-range index, found (not written) by the kernel
             raise ValueError(f"{fn}: {exc} (input_shape {input_shape})") from None
     return _finish(dx, result)
@@ -473,7 +481,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     y = np.empty(out_shape, dtype=compute)
     if y.size:
         _kernels.avg_pool2d_forward(contiguous(x, compute), y, *_pool_args(geo), include,
-                                    get_num_threads())
+                                    threads_for(y.size * geo.kernel[0] * geo.kernel[1]))
     return _finish(y, result)
 
 
@@ -510,5 +518,6 @@ def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
     dx = np.zeros(input_shape, dtype=compute)
     if grad_out.size:
         _kernels.avg_pool2d_backward(contiguous(grad_out, compute), dx, *_pool_args(geo),
-                                     include, get_num_threads())
+                                     include,
+                                     threads_for(grad_out.size * geo.kernel[0] * geo.kernel[1]))
     return _finish(dx, result)
