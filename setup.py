@@ -84,6 +84,11 @@ def _extensions():
         base_cflags = ["-O0", "-g3", "-fno-omit-frame-pointer"]
     else:
         base_cflags = ["-O3"]
+    if sys.platform != "win32":
+        # Offsets computed from hyper-parameters near the 2**62 limit the
+        # Python layer allows may wrap in intermediate products before the
+        # final (in-range) index; make that defined behaviour.
+        base_cflags.append("-fwrapv")
     common = dict(
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
@@ -98,8 +103,11 @@ def _extensions():
     return cythonize(
         exts,
         compiler_directives=COMPILER_DIRECTIVES,
-        compile_time_env={"FASTCONV_DEBUG": DEBUG},
         include_path=["src"],
+        # Generated C lives in build/, one folder per mode: cythonize only
+        # compares timestamps, so a release .c would otherwise be reused by
+        # a debug build (and the other way round) with the wrong directives.
+        build_dir=os.path.join("build", "cython-debug" if DEBUG else "cython"),
     )
 
 

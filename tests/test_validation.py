@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
+from fastconv import reference
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -590,8 +591,20 @@ def test_malformed_hyper_parameters(fn, arg):
     for value, exc in MALFORMED:
         if arg == "padding" and fn in CONV_FNS and isinstance(value, str):
             exc = ValueError  # a string is a padding *mode* for conv; "11" is not one
+        if arg == "stride" and fn in POOL_FNS and isinstance(value, (tuple, list)) and not value:
+            continue          # an empty pool stride means kernel_size, as in PyTorch
         with pytest.raises(exc, match=rf"\b{arg}\b"):
             hyper_call(fn, arg, value)
+
+
+@pytest.mark.parametrize("empty", [(), []], ids=["tuple", "list"])
+def test_empty_pool_stride_means_kernel_size(empty):
+    x = np.arange(2 * 3 * 7 * 6, dtype=np.float64).reshape(2, 3, 7, 6)
+    y, idx = fc.max_pool2d(x, (3, 2), empty)
+    y_ref, idx_ref = fc.max_pool2d(x, (3, 2), None)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    np.testing.assert_array_equal(fc.avg_pool2d(x, 3, empty), fc.avg_pool2d(x, 3))
 
 
 @pytest.mark.parametrize("fn, arg", HYPER_CALLS, ids=[f"{f}-{a}" for f, a in HYPER_CALLS])
@@ -1002,3 +1015,16 @@ def test_junk_hyper_parameters_never_crash(case):
     for arr in (out if isinstance(out, tuple) else (out,)):
         assert isinstance(arr, np.ndarray)
         assert arr.flags.c_contiguous
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 0, 4), (2, 3, 4, 0)])
+def test_pool_empty_plane_is_refused(shape):
+    """A window must hold one real element: empty planes are refused (as in
+    PyTorch, and by the oracle), even where padding would make windows."""
+    x = np.zeros(shape)
+    for call in (lambda: fc.max_pool2d(x, 2, 1, 1),
+                 lambda: fc.avg_pool2d(x, 2, 1, 1, count_include_pad=False),
+                 lambda: fc.avg_pool2d_grad(np.zeros(shape[:2] + (1, 1)), shape, 2, 1, 1),
+                 lambda: reference.max_pool2d(x, 2, 1, 1)):
+        with pytest.raises(ValueError, match=r"empty"):
+            call()

@@ -5,9 +5,15 @@ CPU dispatch) but expose no C API for it.  At import time this module looks
 the library up in the running process with :mod:`ctypes`, takes the
 addresses of ``cblas_sgemm``/``cblas_dgemm`` (in whichever of the usual
 symbol spellings and integer widths the library uses) and checks them on a
-tiny product before trusting them.  If nothing usable is found -- or
-``FASTCONV_BLAS=builtin`` is set -- a portable built-in GEMM is used, so
-fastconv's only runtime dependency stays NumPy.
+tiny product before trusting them.  Only OpenBLAS is adopted (its integer
+width is read from its configuration string, and it can be pinned to one
+thread).  If none is found -- or ``FASTCONV_BLAS=builtin`` is set -- a
+portable built-in GEMM is used, so fastconv's only runtime dependency stays
+NumPy.
+
+While a kernel runs, OpenBLAS's thread count is process-wide 1 (restored
+afterwards): NumPy BLAS calls made meanwhile from other Python threads run
+single-threaded.
 """
 
 import ctypes
@@ -46,7 +52,8 @@ cdef get_threads_t _get_threads = NULL
 cdef int _serial_depth = 0
 cdef int _saved_threads = 1
 
-_info = {"name": "builtin", "path": None, "int_bits": None, "thread_control": False}
+_info = {"name": "builtin", "path": None, "int_bits": None, "thread_control": False,
+         "config": None}
 
 
 # --- the entry point the kernels use ----------------------------------------
@@ -168,15 +175,14 @@ cdef void blas_serial_exit():
 
 # --- finding NumPy's BLAS ----------------------------------------------------
 
-# (gemm prefix, gemm suffix, thread-function names, 64-bit integers)
+# (prefix, suffix, 64-bit integers) of the OpenBLAS symbol spellings:
+# scipy-openblas64 (NumPy >= 2 wheels), scipy-openblas32, a system
+# libopenblas64_ and a plain system libopenblas.
 _SPELLINGS = (
-    ("scipy_cblas_", "64_", ("scipy_openblas_set_num_threads64_",
-                             "scipy_openblas_get_num_threads64_"), True),
-    ("scipy_cblas_", "", ("scipy_openblas_set_num_threads",
-                          "scipy_openblas_get_num_threads"), False),
-    ("cblas_", "64_", ("openblas_set_num_threads64_",
-                       "openblas_get_num_threads64_"), True),
-    ("cblas_", "", ("openblas_set_num_threads", "openblas_get_num_threads"), False),
+    ("scipy_", "64_", True),
+    ("scipy_", "", False),
+    ("", "64_", True),
+    ("", "", False),
 )
 
 
@@ -189,7 +195,7 @@ def _candidate_libraries():
     for folder in (os.path.join(os.path.dirname(pkg), "numpy.libs"),
                    os.path.join(pkg, ".dylibs"), pkg):
         for path in sorted(glob.glob(os.path.join(folder, "*"))):
-            if "blas" in os.path.basename(path).lower() and path not in seen:
+            if "openblas" in os.path.basename(path).lower() and path not in seen:
                 seen.append(path)
     if sys.platform.startswith("linux"):
         # A NumPy linked against a system BLAS: look at what is mapped.
@@ -199,7 +205,7 @@ def _candidate_libraries():
                     fields = line.split()
                     path = fields[5] if len(fields) >= 6 else ""
                     name = os.path.basename(path).lower()
-                    if ("blas" in name or "mkl_rt" in name) and path not in seen:
+                    if "openblas" in name and path not in seen:
                         seen.append(path)
         except OSError:
             pass
@@ -237,29 +243,51 @@ def _address(lib, name):
         return None
 
 
+def _openblas_config(lib, prefix, suffix):
+    """OpenBLAS's configuration string, or None if this is not OpenBLAS."""
+    try:
+        get_config = getattr(lib, prefix + "openblas_get_config" + suffix)
+    except AttributeError:
+        return None
+    get_config.restype = ctypes.c_char_p
+    get_config.argtypes = []
+    config = get_config()
+    return config.decode("ascii", "replace") if config else None
+
+
 cdef bint _try_library(str path):
+    """Adopt the OpenBLAS at ``path`` if its gemm passes the self-test.
+
+    Only OpenBLAS is used: its configuration string says whether its
+    integers are 64-bit (a wrong guess would pass garbage sizes to gemm),
+    and it can be pinned to one thread inside fastconv's parallel regions,
+    which keeps results independent of the thread count.  Anything else
+    falls back to the built-in GEMM.
+    """
     global _sgemm, _dgemm, _int64, _set_threads, _get_threads
     try:
         lib = ctypes.CDLL(path)
     except OSError:
         return False
-    for prefix, suffix, thread_names, int64 in _SPELLINGS:
-        s_addr = _address(lib, prefix + "sgemm" + suffix)
-        d_addr = _address(lib, prefix + "dgemm" + suffix)
-        if not s_addr or not d_addr:
+    for prefix, suffix, int64 in _SPELLINGS:
+        config = _openblas_config(lib, prefix, suffix)
+        if config is None or ("USE64BITINT" in config) != int64:
+            continue
+        s_addr = _address(lib, prefix + "cblas_sgemm" + suffix)
+        d_addr = _address(lib, prefix + "cblas_dgemm" + suffix)
+        set_addr = _address(lib, prefix + "openblas_set_num_threads" + suffix)
+        get_addr = _address(lib, prefix + "openblas_get_num_threads" + suffix)
+        if not (s_addr and d_addr and set_addr and get_addr):
             continue
         _sgemm = <void*><size_t>s_addr
         _dgemm = <void*><size_t>d_addr
         _int64 = int64
         if _self_test():
-            set_addr = _address(lib, thread_names[0])
-            get_addr = _address(lib, thread_names[1])
-            if set_addr and get_addr:
-                _set_threads = <set_threads_t><size_t>set_addr
-                _get_threads = <get_threads_t><size_t>get_addr
+            _set_threads = <set_threads_t><size_t>set_addr
+            _get_threads = <get_threads_t><size_t>get_addr
             _info.update(name=os.path.basename(path), path=path,
-                         int_bits=64 if int64 else 32,
-                         thread_control=bool(set_addr and get_addr))
+                         int_bits=64 if int64 else 32, thread_control=True,
+                         config=config.strip())
             return True
         _sgemm = NULL
         _dgemm = NULL
@@ -281,8 +309,9 @@ def blas_info():
     -------
     dict
         ``name`` (library file or ``"builtin"``), ``path``, ``int_bits``
-        (32 or 64, None for the built-in) and ``thread_control`` (whether
-        fastconv can pin it to one thread inside its parallel regions).
+        (32 or 64, None for the built-in), ``thread_control`` (whether
+        fastconv pins it to one thread inside its parallel regions) and
+        ``config`` (OpenBLAS's own configuration string).
     """
     return dict(_info)
 

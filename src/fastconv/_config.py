@@ -25,6 +25,7 @@ def config():
         "blas_path": blas["path"],
         "blas_int_bits": blas["int_bits"],
         "blas_thread_control": blas["thread_control"],
+        "blas_config": blas["config"],
     }
 
 

@@ -433,8 +433,10 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
     i = 0
     for taps_u, offs_u, x_i0, count_i in rows:
         for taps_v, offs_v, x_j0, count_j in cols:
-            # Rotated, in/out-swapped filters of this phase, one matrix per
-            # group: Wp[g, c, (o, iu, iv)] = w[g*og + o, c, taps_u[iu], taps_v[iv]]
+            # In/out-swapped filters of this phase, one matrix per group:
+            # Wp[g, c, (o, iu, iv)] = w[g*og + o, c, taps_u[iu], taps_v[iv]].
+            # The 180-degree rotation lives in the dY offsets, which run
+            # backwards as the tap index grows (see _phases_1d).
             sub = w[:, :, taps_u, :][:, :, :, taps_v]
             sub = sub.reshape(groups, og, cg, len(taps_u), len(taps_v))
             packed.append(np.ascontiguousarray(sub.transpose(0, 2, 1, 3, 4)).ravel())
@@ -447,7 +449,10 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
             max_k = max(max_k, k_phase)
             pos_total += count_i * count_j
             i += 1
-    cdef Py_ssize_t tile = _tile_size(max_k, pos_total, n_img * groups, sizeof(floating))
+    # stride > 1: the GEMM result (cg x tile) waits in the workspace for the scatter
+    cdef bint scatter = stride_h != 1 or stride_w != 1
+    cdef Py_ssize_t tile = _tile_size(max_k + (cg if scatter else 0), pos_total,
+                                      n_img * groups, sizeof(floating))
     items = []
     for i in range(n_phases):
         n_pos = ph_meta[i, 5] * ph_meta[i, 7]
@@ -457,13 +462,12 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t[:, ::1] tiles = np.array(items, dtype=np.intp).reshape(-1, 3)
     cdef Py_ssize_t[::1] r_off = np.array(row_offsets, dtype=np.intp)
     cdef Py_ssize_t[::1] c_off = np.array(col_offsets, dtype=np.intp)
-    packed_w = np.concatenate(packed).astype(np.asarray(weight).dtype, copy=False)
+    packed_w = np.concatenate(packed)
     cdef const floating[::1] wpack = packed_w
     cdef Py_ssize_t n_tile_items = tiles.shape[0]
     cdef Py_ssize_t n_items = n_img * groups * n_tile_items
     # stride 1: one phase that covers the whole plane in order -> GEMM
     # straight into grad_in; otherwise GEMM into a workspace and scatter.
-    cdef bint scatter = stride_h != 1 or stride_w != 1
     cdef bint direct = (kh == 1 and kw == 1 and not scatter
                         and pad_top == 0 and pad_left == 0)
     cdef const floating* gp = &grad_out[0, 0, 0, 0]

@@ -14,6 +14,8 @@ import operator
 from fastconv._openmp import openmp_enabled, openmp_max_threads
 
 _requested = None
+# an OpenMP thread count is a C int; no machine has more cores than this
+MAX_THREADS = 1 << 16
 
 
 def set_num_threads(n):
@@ -42,8 +44,8 @@ def set_num_threads(n):
         value = operator.index(n)
     except TypeError:
         raise TypeError(f"n must be a positive integer, got {type(n).__name__} {n!r}") from None
-    if value < 1:
-        raise ValueError(f"n must be >= 1, got {value}")
+    if not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"n must be between 1 and {MAX_THREADS}, got {value}")
     _requested = value
 
 

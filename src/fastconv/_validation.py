@@ -10,8 +10,10 @@ import operator
 
 import numpy as np
 
-# Sizes beyond this are refused before any allocation: they would overflow the
-# kernels' 64-bit index arithmetic (byte offsets included) long before memory.
+# Array sizes (in bytes) and hyper-parameters from this magnitude on are
+# refused before any allocation: the kernels' 64-bit byte offsets of every
+# array element then stay exact.  (Intermediate products of hyper-parameters
+# near this bound may wrap, but the positions they index are exact.)
 MAX_BYTES = 2**62
 
 

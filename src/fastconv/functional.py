@@ -94,10 +94,6 @@ def _conv_macs(n, c_out, geo, w_shape):
     return n * c_out * geo.out_h * geo.out_w * w_shape[1] * w_shape[2] * w_shape[3]
 
 
-def _check_workspace(fn, w_shape, dtype):
-    # A thread's patch workspace holds at least one patch column of
-    # C_in/groups*kh*kw elements (the kernels cap the tile at 16 MiB above that).
-    check_alloc((w_shape[1] * w_shape[2] * w_shape[3], 1), dtype, "a patch column", fn)
 
 
 def _finish(out, result_dtype):
@@ -167,12 +163,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     compute, result = dtypes(*arrays)
     out_shape = (x.shape[0], weight.shape[0], geo.out_h, geo.out_w)
     check_alloc(out_shape, compute, "the output", fn)
-    _check_workspace(fn, weight.shape, compute)
     out = np.empty(out_shape, dtype=compute)
     if out.size == 0:
         return _finish(out, result)
     if x.size == 0 or weight.size == 0:
-        # no input channels: only the bias remains
+        # no input channels or an empty plane: the padded input is all
+        # zeros, so only the bias remains
         out[...] = 0 if bias is None else contiguous(bias, compute)[:, None, None]
         return _finish(out, result)
     b = contiguous(bias, compute) if bias is not None else np.empty(0, dtype=compute)
@@ -235,7 +231,6 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
                     f"{weight.shape}")
     compute, result = dtypes(grad_out, weight)
     check_alloc(input_shape, compute, "input_shape", fn)
-    _check_workspace(fn, (0, weight.shape[0], weight.shape[2], weight.shape[3]), compute)
     dx = np.zeros(input_shape, dtype=compute)
     if dx.size and grad_out.size and weight.size:
         _kernels.conv2d_grad_input(contiguous(grad_out, compute), contiguous(weight, compute),
@@ -285,7 +280,6 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     _check_grad_out(fn, grad_out, expected, f"x {x.shape} with weight_shape {weight_shape}")
     compute, result = dtypes(x, grad_out)
     check_alloc(weight_shape, compute, "weight_shape", fn)
-    _check_workspace(fn, weight_shape, compute)
     dw = np.empty(weight_shape, dtype=compute)
     if dw.size == 0:
         return _finish(dw, result)
@@ -329,13 +323,19 @@ _PoolGeometry = namedtuple("_PoolGeometry", "kernel stride padding out_h out_w")
 
 def _pool_geometry(fn, x_shape, kernel_size, stride, padding, ceil_mode, x_name="x"):
     kernel = int_pair(kernel_size, "kernel_size", fn, 1)
-    stride = kernel if stride is None else int_pair(stride, "stride", fn, 1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = kernel         # PyTorch: an empty stride means kernel_size
+    else:
+        stride = int_pair(stride, "stride", fn, 1)
     padding = int_pair(padding, "padding", fn, 0)
     ceil_mode = boolean(ceil_mode, "ceil_mode", fn)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{fn}: padding {padding} must be at most half of kernel_size "
                          f"{kernel}")
     h, w = x_shape[2], x_shape[3]
+    if h == 0 or w == 0:
+        raise ValueError(f"{fn}: the input planes of {x_name} {tuple(x_shape)} are empty; "
+                         "a pooling window needs at least one real element")
     out_h = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
     out_w = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
     if out_h < 1 or out_w < 1:

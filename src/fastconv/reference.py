@@ -131,6 +131,9 @@ def _pool_geometry(input_shape, kernel_size, stride, padding, ceil_mode):
     else:
         sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
+    if H == 0 or W == 0:
+        # a window must hold at least one real element (PyTorch refuses too)
+        raise ValueError("input planes must not be empty, got %dx%d" % (H, W))
     if kh <= 0 or kw <= 0:
         raise ValueError("kernel_size must be positive")
     if sh <= 0 or sw <= 0:
