@@ -20,3 +20,12 @@ def n_threads(request, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(params=["gather", "scatter"])
+def grad_input_method(request, monkeypatch):
+    """Force each of the two evaluations of the input gradient in turn (the
+    API picks one by a cost model, so small test shapes would see only one)."""
+    from fastconv import functional
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", request.param)
+    return request.param

@@ -276,7 +276,7 @@ def test_conv2d_matches_oracle(n_threads, geo, seed, with_bias):
 
 @SETTINGS
 @given(geo=conv_geometries(), seed=seeds)
-def test_conv2d_grad_input_matches_oracle(n_threads, geo, seed):
+def test_conv2d_grad_input_matches_oracle(n_threads, grad_input_method, geo, seed):
     """Input gradient equals ``reference.conv2d_grad_input`` (stride remainders zero)."""
     _, w, _, g = _data(seed, geo)
     expected = ref.conv2d_grad_input(g, w, geo.x_shape, **_hyper(geo))
@@ -350,7 +350,7 @@ EDGE_CASES = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("case", sorted(EDGE_CASES))
-def test_named_edge_case_matches_oracle(case, dtype, n_threads):
+def test_named_edge_case_matches_oracle(case, dtype, n_threads, grad_input_method):
     """Hand-picked geometries: empty batch, kernel == (padded) input, huge padding,
     stride > kernel, dilation filling the input, 1x1 fast paths, 'same', groups."""
     x_shape, w_shape, hyper = EDGE_CASES[case]
@@ -478,7 +478,7 @@ def test_numpy_helpers_agree_with_oracles(geo, seed, with_bias):
 
 @SETTINGS
 @given(geo=conv_geometries(min_n=1), seed=seeds)
-def test_adjoint_identities(n_threads, geo, seed):
+def test_adjoint_identities(n_threads, grad_input_method, geo, seed):
     """<conv2d(x, w), g> == <x, grad_input(g, w)> == <w, grad_weight(x, g)> (float64)."""
     x, w, _, g = _data(seed, geo)
     hyper = _hyper(geo)
@@ -903,7 +903,8 @@ DETERMINISM_CASES = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("case", sorted(DETERMINISM_CASES))
-def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype, monkeypatch):
+def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype, monkeypatch,
+                                                           grad_input_method):
     """All four kernels give the same bits whatever the thread count."""
     monkeypatch.setattr(_threads, "SMALL_WORK", 0)   # small cases too run threaded
     x_shape, w_shape, hyper = DETERMINISM_CASES[case]

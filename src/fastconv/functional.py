@@ -179,6 +179,46 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _finish(out, result)
 
 
+# Tests set this to "gather" or "scatter" to force one input-gradient order.
+_FORCE_GRAD_INPUT_METHOD = None
+
+
+def _grad_input_method(n, c_in, h, w, w_shape, geo):
+    """Pick the cheaper of the two evaluations of the input gradient.
+
+    Both compute the full correlation of the dilated, padded sensitivity map
+    with the rotated filters (SPEC.md).  "gather" (the phase-split
+    correlation, one dot product per input position) multiplies the zero
+    border of the full correlation; "scatter" (each sensitivity into its
+    window, i.e. W^T @ dY then col2im) skips every zero but runs its GEMM
+    with only C_out/groups as the inner dimension.  The model: multiply-adds
+    divided by a GEMM efficiency that grows with the GEMM's short side, plus
+    a cost per element packed or scattered.  Shape-only, so the choice (and
+    the result's bits) never depends on the thread count.
+    """
+    if _FORCE_GRAD_INPUT_METHOD is not None:
+        return _FORCE_GRAD_INPUT_METHOD
+    c_out, cg, kh, kw = w_shape
+    g = geo.groups
+    og = c_out // g
+    sh, sw = geo.stride
+    if (kh, kw, sh, sw, geo.pad_top, geo.pad_left) == (1, 1, 1, 1, 0, 0):
+        return "gather"                       # plain GEMM, nothing to pack
+    taps = kh * kw
+    out_pos = geo.out_h * geo.out_w
+
+    def eff(short_side):
+        return short_side / (short_side + 16.0)
+
+    gather_taps = n * g * og * h * w * taps / (sh * sw)   # packed dY elements
+    gather = gather_taps * cg / eff(cg) + 4.0 * gather_taps
+    if sh * sw > 1:
+        gather *= 1.3     # measured: the per-phase GEMMs and the strided write-back
+    scatter_cols = n * g * cg * taps * out_pos            # col2im elements
+    scatter = scatter_cols * og / eff(og) + 4.0 * scatter_cols
+    return "scatter" if scatter < 0.9 * gather else "gather"
+
+
 def _check_grad_out(fn, grad_out, expected, how):
     if grad_out.shape != expected:
         raise ValueError(f"{fn}: grad_out has shape {grad_out.shape} but {how} gives an "
@@ -233,8 +273,11 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     check_alloc(input_shape, compute, "input_shape", fn)
     dx = np.zeros(input_shape, dtype=compute)
     if dx.size and grad_out.size and weight.size:
-        _kernels.conv2d_grad_input(contiguous(grad_out, compute), contiguous(weight, compute),
-                                   dx, *_kernel_args(geo, grad_out.size * weight[0].size))
+        method = _grad_input_method(*input_shape, weight.shape, geo)
+        kernel = (_kernels.conv2d_grad_input if method == "gather"
+                  else _kernels.conv2d_grad_input_scatter)
+        kernel(contiguous(grad_out, compute), contiguous(weight, compute), dx,
+               *_kernel_args(geo, grad_out.size * weight[0].size))
     return _finish(dx, result)
 
 
