@@ -678,6 +678,259 @@ def conv2d_grad_input_scatter(const floating[:, :, :, ::1] grad_out,
     _raise_for_status(status)
 
 
+# --- depthwise convolution (C_in/groups == 1): direct loops -----------------
+#
+# With one input channel per group the GEMMs degenerate to single rows, so
+# these kernels work on whole planes instead: for each tap, an axpy of a
+# shifted input row into an output row (contiguous, hence vectorized, when
+# the stride is 1).  Output channel o reads input channel o // (C_out/groups).
+
+cdef struct Span:
+    Py_ssize_t lo
+    Py_ssize_t hi
+
+
+cdef inline Span _tap_range(Py_ssize_t co, Py_ssize_t step, Py_ssize_t size,
+                            Py_ssize_t grid) noexcept nogil:
+    """Grid columns q in [lo, hi) with 0 <= q*step + co < size.  Returned by
+    value so that callers inside prange keep it thread-private."""
+    cdef Span span
+    if step == 1:       # no divisions on the common path (this runs per tap and row)
+        span.lo = min(grid, max(0, -co))
+        span.hi = max(span.lo, min(grid, size - co))
+    else:
+        span.lo = min(grid, max(0, _ceil_div(-co, step)))
+        span.hi = max(span.lo, min(grid, _floor_div(size - 1 - co, step) + 1))
+    return span
+
+
+cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t b_step,
+                        Py_ssize_t n) noexcept nogil:
+    """``sum(a[i] * b[i*b_step])`` with four interleaved accumulators (a
+    fixed order the compiler can vectorize), returned in float64."""
+    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t i, head = n - n % 4
+    if b_step == 1:
+        for i in range(0, head, 4):
+            s0 = s0 + a[i] * b[i]
+            s1 = s1 + a[i + 1] * b[i + 1]
+            s2 = s2 + a[i + 2] * b[i + 2]
+            s3 = s3 + a[i + 3] * b[i + 3]
+    else:
+        for i in range(0, head, 4):
+            s0 = s0 + a[i] * b[i * b_step]
+            s1 = s1 + a[i + 1] * b[(i + 1) * b_step]
+            s2 = s2 + a[i + 2] * b[(i + 2) * b_step]
+            s3 = s3 + a[i + 3] * b[(i + 3) * b_step]
+    for i in range(head, n):
+        s0 = s0 + a[i] * b[i * b_step]
+    return (<double>s0 + <double>s1) + (<double>s2 + <double>s3)
+
+
+cdef inline void _row_3x3(floating* drow, const floating* top, Py_ssize_t in_w,
+                          Py_ssize_t row_step, Py_ssize_t dil_w, Py_ssize_t pad_left,
+                          Py_ssize_t out_w, const floating* w, floating b0) noexcept nogil:
+    """One output row of a 3x3, column-stride-1 depthwise tap sum whose three
+    input rows (``top``, ``top + row_step``, ``top + 2*row_step``) all exist.
+
+    Interior columns take all nine taps in one vectorizable expression;
+    border columns skip the taps that fall in the zero padding.  Either way
+    each output is ``b0`` plus the taps in row-major order, exactly as the
+    generic loop sums them.
+    """
+    cdef const floating* r0 = top - pad_left
+    cdef const floating* r1 = top + row_step - pad_left
+    cdef const floating* r2 = top + 2 * row_step - pad_left
+    cdef Py_ssize_t d1 = dil_w, d2 = 2 * dil_w
+    cdef Py_ssize_t lo = min(out_w, max(0, pad_left))             # q - pad_left >= 0
+    cdef Py_ssize_t hi = max(lo, min(out_w, in_w - d2 + pad_left))  # q + d2 - pad_left < in_w
+    cdef Py_ssize_t q
+    cdef floating acc
+    for q in range(lo, hi):
+        acc = b0 + w[0] * r0[q]
+        acc = acc + w[1] * r0[q + d1]
+        acc = acc + w[2] * r0[q + d2]
+        acc = acc + w[3] * r1[q]
+        acc = acc + w[4] * r1[q + d1]
+        acc = acc + w[5] * r1[q + d2]
+        acc = acc + w[6] * r2[q]
+        acc = acc + w[7] * r2[q + d1]
+        acc = acc + w[8] * r2[q + d2]
+        drow[q] = acc
+    for q in range(lo):
+        drow[q] = _border_3x3(q, top, in_w, row_step, dil_w, pad_left, w, b0)
+    for q in range(hi, out_w):
+        drow[q] = _border_3x3(q, top, in_w, row_step, dil_w, pad_left, w, b0)
+
+
+cdef inline floating _border_3x3(Py_ssize_t q, const floating* top, Py_ssize_t in_w,
+                                 Py_ssize_t row_step, Py_ssize_t dil_w, Py_ssize_t pad_left,
+                                 const floating* w, floating b0) noexcept nogil:
+    cdef Py_ssize_t u, v, col
+    cdef floating acc = b0
+    for u in range(3):
+        for v in range(3):
+            col = q + v * dil_w - pad_left
+            if 0 <= col < in_w:
+                acc = acc + w[u * 3 + v] * top[u * row_step + col]
+    return acc
+
+
+def depthwise_forward(const floating[:, :, :, ::1] x,
+                      const floating[:, :, :, ::1] weight,
+                      const floating[::1] bias,
+                      bint has_bias,
+                      floating[:, :, :, ::1] out,
+                      Py_ssize_t stride_h, Py_ssize_t stride_w,
+                      Py_ssize_t pad_top, Py_ssize_t pad_left,
+                      Py_ssize_t dil_h, Py_ssize_t dil_w,
+                      Py_ssize_t groups, int n_threads):
+    """``conv2d_forward`` for C_in/groups == 1; one work item per output plane,
+    each output summed as bias + taps in row-major order."""
+    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
+    if n_img == 0 or out_plane == 0 or c_out == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef const floating* bp = &bias[0] if has_bias else NULL
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, o, p, u, v, q, ii, co
+    cdef Span cols
+    cdef const floating* src
+    cdef const floating* srow
+    cdef floating* drow
+    cdef floating wv, b0
+    with nogil:
+        for item in prange(n_img * c_out, schedule="static", num_threads=n_threads):
+            n = item // c_out
+            o = item % c_out
+            src = xp + (n * c_in + o // og) * in_plane
+            b0 = bp[o] if has_bias else 0
+            for p in range(out_h):
+                drow = yp + item * out_plane + p * out_w
+                ii = p * stride_h - pad_top
+                if (kh == 3 and kw == 3 and stride_w == 1 and ii >= 0
+                        and ii + 2 * dil_h < in_h):
+                    _row_3x3(drow, src + ii * in_w, in_w, dil_h * in_w, dil_w, pad_left,
+                             out_w, wp + o * 9, b0)
+                    continue
+                for q in range(out_w):
+                    drow[q] = b0
+                for u in range(kh):
+                    ii = p * stride_h + u * dil_h - pad_top
+                    if ii < 0 or ii >= in_h:
+                        continue
+                    srow = src + ii * in_w
+                    for v in range(kw):
+                        wv = wp[(o * kh + u) * kw + v]
+                        co = v * dil_w - pad_left
+                        cols = _tap_range(co, stride_w, in_w, out_w)
+                        if stride_w == 1:
+                            for q in range(cols.lo, cols.hi):
+                                drow[q] += wv * srow[q + co]
+                        else:
+                            for q in range(cols.lo, cols.hi):
+                                drow[q] += wv * srow[q * stride_w + co]
+
+
+def depthwise_grad_input(const floating[:, :, :, ::1] grad_out,
+                         const floating[:, :, :, ::1] weight,
+                         floating[:, :, :, ::1] grad_in,
+                         Py_ssize_t stride_h, Py_ssize_t stride_w,
+                         Py_ssize_t pad_top, Py_ssize_t pad_left,
+                         Py_ssize_t dil_h, Py_ssize_t dil_w,
+                         Py_ssize_t groups, int n_threads):
+    """Input gradient for C_in/groups == 1: each sensitivity times the
+    rotated filter, added into its window (the scatter evaluation of the
+    textbook correlation).  One item per input plane (zero-filled on
+    entry), summed in a fixed order."""
+    cdef Py_ssize_t n_img = grad_in.shape[0], c_in = grad_in.shape[1]
+    cdef Py_ssize_t in_h = grad_in.shape[2], in_w = grad_in.shape[3]
+    cdef Py_ssize_t c_out = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
+    if n_img == 0 or out_plane == 0 or c_out == 0:
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, c, j, o, p, u, v, q, ii, co
+    cdef Span cols
+    cdef const floating* grow
+    cdef floating* drow
+    cdef floating wv
+    with nogil:
+        for item in prange(n_img * c_in, schedule="static", num_threads=n_threads):
+            n = item // c_in
+            c = item % c_in
+            for j in range(og):
+                o = c * og + j
+                for p in range(out_h):
+                    grow = gp + (n * c_out + o) * out_plane + p * out_w
+                    for u in range(kh):
+                        ii = p * stride_h + u * dil_h - pad_top
+                        if ii < 0 or ii >= in_h:
+                            continue
+                        drow = dxp + item * in_plane + ii * in_w
+                        for v in range(kw):
+                            wv = wp[(o * kh + u) * kw + v]
+                            co = v * dil_w - pad_left
+                            cols = _tap_range(co, stride_w, in_w, out_w)
+                            if stride_w == 1:
+                                for q in range(cols.lo, cols.hi):
+                                    drow[q + co] += wv * grow[q]
+                            else:
+                                for q in range(cols.lo, cols.hi):
+                                    drow[q * stride_w + co] += wv * grow[q]
+
+
+def depthwise_grad_weight(const floating[:, :, :, ::1] x,
+                          const floating[:, :, :, ::1] grad_out,
+                          floating[:, :, :, ::1] grad_weight,
+                          Py_ssize_t stride_h, Py_ssize_t stride_w,
+                          Py_ssize_t pad_top, Py_ssize_t pad_left,
+                          Py_ssize_t dil_h, Py_ssize_t dil_w,
+                          Py_ssize_t groups, int n_threads):
+    """Filter gradient for C_in/groups == 1: one item per output channel,
+    each tap a float64 dot product over images and positions in order."""
+    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
+    cdef Py_ssize_t kw = grad_weight.shape[3], taps = kh * kw
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
+    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
+    cdef Py_ssize_t o, n, p, u, v, q, ii, co
+    cdef Span cols
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* grow
+    cdef const floating* srow
+    cdef double acc
+    with nogil:
+        for o in prange(c_out, schedule="static", num_threads=n_threads):
+            for u in range(kh):
+                for v in range(kw):
+                    co = v * dil_w - pad_left
+                    cols = _tap_range(co, stride_w, in_w, out_w)
+                    acc = 0
+                    for n in range(n_img):
+                        for p in range(out_h):
+                            ii = p * stride_h + u * dil_h - pad_top
+                            if ii < 0 or ii >= in_h:
+                                continue
+                            grow = gp + (n * c_out + o) * out_plane + p * out_w
+                            srow = xp + (n * c_in + o // og) * in_plane + ii * in_w
+                            acc = acc + _dot(grow + cols.lo, srow + cols.lo * stride_w + co,
+                                             stride_w, cols.hi - cols.lo)
+                    dwp[o * taps + u * kw + v] = <floating>acc
+
+
 # --- max pooling -------------------------------------------------------------
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x,

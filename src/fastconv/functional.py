@@ -172,11 +172,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         out[...] = 0 if bias is None else contiguous(bias, compute)[:, None, None]
         return _finish(out, result)
     b = contiguous(bias, compute) if bias is not None else np.empty(0, dtype=compute)
-    _kernels.conv2d_forward(contiguous(x, compute), contiguous(weight, compute), b,
-                            bias is not None, out,
-                            *_kernel_args(geo, _conv_macs(x.shape[0], weight.shape[0], geo,
-                                                          weight.shape)))
+    kernel = _kernels.depthwise_forward if _depthwise(weight.shape, geo) else _kernels.conv2d_forward
+    kernel(contiguous(x, compute), contiguous(weight, compute), b, bias is not None, out,
+           *_kernel_args(geo, _conv_macs(x.shape[0], weight.shape[0], geo, weight.shape)))
     return _finish(out, result)
+
+
+def _depthwise(w_shape, geo):
+    """One input channel per group (depthwise, any channel multiplier): the
+    GEMMs would be single rows, so direct per-plane loops are used."""
+    return w_shape[1] == 1 and geo.groups > 1
 
 
 # Tests set this to "gather" or "scatter" to force one input-gradient order.
@@ -273,11 +278,28 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     check_alloc(input_shape, compute, "input_shape", fn)
     dx = np.zeros(input_shape, dtype=compute)
     if dx.size and grad_out.size and weight.size:
-        method = _grad_input_method(*input_shape, weight.shape, geo)
-        kernel = (_kernels.conv2d_grad_input if method == "gather"
-                  else _kernels.conv2d_grad_input_scatter)
-        kernel(contiguous(grad_out, compute), contiguous(weight, compute), dx,
-               *_kernel_args(geo, grad_out.size * weight[0].size))
+        g, w = contiguous(grad_out, compute), contiguous(weight, compute)
+        threads = threads_for(grad_out.size * weight[0].size)
+        if _depthwise(weight.shape, geo) and geo.stride == (1, 1) \
+                and weight.shape[0] == geo.groups:
+            # The textbook form literally: correlate dY, zero-padded by
+            # dilation*(k-1) (less the forward padding: the crop), with the
+            # 180-degree-rotated filters -- a depthwise forward pass.
+            _, _, kh, kw = weight.shape
+            dh, dw = geo.dilation
+            _kernels.depthwise_forward(g, np.ascontiguousarray(w[:, :, ::-1, ::-1]),
+                                       np.empty(0, dtype=compute), False, dx, 1, 1,
+                                       dh * (kh - 1) - geo.pad_top,
+                                       dw * (kw - 1) - geo.pad_left, dh, dw, geo.groups,
+                                       threads)
+            return _finish(dx, result)
+        if _depthwise(weight.shape, geo):
+            kernel = _kernels.depthwise_grad_input
+        elif _grad_input_method(*input_shape, weight.shape, geo) == "gather":
+            kernel = _kernels.conv2d_grad_input
+        else:
+            kernel = _kernels.conv2d_grad_input_scatter
+        kernel(g, w, dx, *_kernel_args(geo, grad_out.size * weight[0].size))
     return _finish(dx, result)
 
 
@@ -329,8 +351,10 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     if x.size == 0 or grad_out.size == 0:
         dw[...] = 0
         return _finish(dw, result)
-    _kernels.conv2d_grad_weight(contiguous(x, compute), contiguous(grad_out, compute), dw,
-                                *_kernel_args(geo, grad_out.size * dw[0].size))
+    kernel = (_kernels.depthwise_grad_weight if _depthwise(weight_shape, geo)
+              else _kernels.conv2d_grad_weight)
+    kernel(contiguous(x, compute), contiguous(grad_out, compute), dw,
+           *_kernel_args(geo, grad_out.size * dw[0].size))
     return _finish(dw, result)
 
 
