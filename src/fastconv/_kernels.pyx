@@ -776,6 +776,17 @@ cdef inline floating _border_3x3(Py_ssize_t q, const floating* top, Py_ssize_t i
     return acc
 
 
+cdef inline Span _useful_taps(Py_ssize_t k, Py_ssize_t pad, Py_ssize_t stride,
+                              Py_ssize_t size, Py_ssize_t grid) noexcept nogil:
+    """Window columns v in [lo, hi) that reach the input (v - pad + q*stride
+    in [0, size)) for at least one output column q in [0, grid): loops over
+    taps stay bounded by the input even for astronomically wide kernels."""
+    cdef Span span
+    span.lo = max(0, pad - (grid - 1) * stride)
+    span.hi = max(span.lo, min(k, size + pad))
+    return span
+
+
 def depthwise_forward(const floating[:, :, :, ::1] x,
                       const floating[:, :, :, ::1] weight,
                       const floating[::1] bias,
@@ -944,6 +955,14 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     Padding acts as -inf.  The first maximum in row-major window order
     wins; a NaN wins over any number (and a later NaN over an earlier one),
     exactly as PyTorch's CPU kernel decides.
+
+    A whole output row is updated per window tap (vectorizable, branch-free
+    selects).  The winner is remembered as its tap's row base
+    ``i*W + v - pad_w`` (the same for every column, so the select blends a
+    constant) held in the value's own type so that value and tap blend in
+    the same lanes; the flat index is that base plus ``q*stride_w``.  The
+    base is exact while the plane has fewer than 2**24 (float32) / 2**53
+    (float64) elements; larger planes take the element-by-element loop.
     """
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
@@ -953,7 +972,82 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &out[0, 0, 0, 0]
     cdef int64_t* ip = &indices[0, 0, 0, 0]
+    cdef Py_ssize_t exact = (1 << 24) if floating is float else (1 << 53)
+    cdef Py_ssize_t pl, p, q, i, v, co, hs, h0, h1, ws
+    cdef Span cols
+    cdef bint take
+    cdef floating val, base, cur, cur_idx
+    cdef const floating* src
+    cdef const floating* srow
+    cdef floating* best
+    cdef floating* best_idx = NULL
+    cdef int64_t* irow
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
+    if in_h * in_w + k_w > exact:
+        _max_pool_elementwise(xp, yp, ip, planes, in_h, in_w, out_h, out_w,
+                              k_h, k_w, stride_h, stride_w, pad_h, pad_w, n_threads)
+        return
+    with nogil, parallel(num_threads=n_threads):
+        best_idx = <floating*>malloc(out_w * sizeof(floating))
+        if best_idx == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for pl in prange(planes, schedule="static"):
+            if best_idx != NULL:
+                src = xp + pl * in_h * in_w
+                for p in range(out_h):
+                    hs = p * stride_h - pad_h
+                    h0 = max(hs, 0)
+                    h1 = min(hs + k_h, in_h)
+                    best = yp + (pl * out_h + p) * out_w
+                    irow = ip + (pl * out_h + p) * out_w
+                    for q in range(out_w):
+                        # PyTorch starts from -inf at the first in-plane element
+                        ws = q * stride_w - pad_w
+                        best[q] = -INFINITY
+                        best_idx[q] = <floating>(h0 * in_w + max(ws, 0) - q * stride_w)
+                    for i in range(h0, h1):
+                        srow = src + i * in_w
+                        for v in range(taps.lo, taps.hi):
+                            co = v - pad_w
+                            cols = _tap_range(co, stride_w, in_w, out_w)
+                            base = <floating>(i * in_w + co)
+                            # branch-free select (operands loaded first so
+                            # the compiler if-converts and vectorizes it): an
+                            # "if" mispredicts on random data every other time
+                            if stride_w == 1:
+                                for q in range(cols.lo, cols.hi):
+                                    val = srow[q + co]
+                                    cur = best[q]
+                                    cur_idx = best_idx[q]
+                                    take = (val > cur) | (val != val)
+                                    best[q] = val if take else cur
+                                    best_idx[q] = base if take else cur_idx
+                            else:
+                                for q in range(cols.lo, cols.hi):
+                                    val = srow[q * stride_w + co]
+                                    cur = best[q]
+                                    cur_idx = best_idx[q]
+                                    take = (val > cur) | (val != val)
+                                    best[q] = val if take else cur
+                                    best_idx[q] = base if take else cur_idx
+                    for q in range(out_w):
+                        irow[q] = <int64_t>best_idx[q] + q * stride_w
+        free(best_idx)
+    _raise_for_status(status)
+
+
+cdef void _max_pool_elementwise(const floating* xp, floating* yp, int64_t* ip,
+                                Py_ssize_t planes, Py_ssize_t in_h, Py_ssize_t in_w,
+                                Py_ssize_t out_h, Py_ssize_t out_w,
+                                Py_ssize_t k_h, Py_ssize_t k_w,
+                                Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                Py_ssize_t pad_h, Py_ssize_t pad_w, int n_threads) noexcept:
+    """Max pooling one window at a time, with a 64-bit index: for planes too
+    large for the row-wise kernel's in-lane index."""
     cdef Py_ssize_t pl, p, q, i, j, h0, h1, w0, w1, best_idx
+    cdef bint take
     cdef floating best, v
     cdef const floating* src
     with nogil:
@@ -972,9 +1066,9 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                     for i in range(h0, h1):
                         for j in range(w0, w1):
                             v = src[i * in_w + j]
-                            if v > best or v != v:
-                                best = v
-                                best_idx = i * in_w + j
+                            take = (v > best) | (v != v)
+                            best = v if take else best
+                            best_idx = i * in_w + j if take else best_idx
                     yp[(pl * out_h + p) * out_w + q] = best
                     ip[(pl * out_h + p) * out_w + q] = best_idx
 
@@ -1032,42 +1126,70 @@ cdef inline Window _avg_window(Py_ssize_t o, Py_ssize_t k, Py_ssize_t stride,
     return win
 
 
+def _avg_col_divisors(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t size,
+                      Py_ssize_t grid, bint count_include_pad):
+    """Column factor of each output column's divisor (float64; see Window)."""
+    out = np.empty(grid, dtype=np.float64)
+    cdef double[::1] f = out
+    cdef Py_ssize_t q
+    cdef Window w
+    for q in range(grid):
+        w = _avg_window(q, k, stride, pad, size)
+        f[q] = <double>w.padded if count_include_pad else <double>(w.stop - w.start)
+    return out
+
+
 def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                        floating[:, :, :, ::1] out,
                        Py_ssize_t k_h, Py_ssize_t k_w,
                        Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_h, Py_ssize_t pad_w,
                        bint count_include_pad, int n_threads):
-    """Window means; the divisor follows PyTorch (see ``Window``)."""
+    """Window means; the divisor follows PyTorch (see ``Window``).
+
+    Each output row is accumulated tap by tap (a vectorizable loop over the
+    row); every output still sums its window in row-major order.  Divisors
+    are products of a row and a column factor, in float64 (the padded area
+    of a huge window overflows int64).
+    """
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
     if planes == 0 or out_h * out_w == 0:
         return
+    cdef const double[::1] col_div = _avg_col_divisors(k_w, stride_w, pad_w, in_w, out_w,
+                                                       count_include_pad)
+    cdef const double* cdiv = &col_div[0]
+    cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t pl, p, q, i, j
-    cdef double divisor
-    cdef Window wh, ww
-    cdef floating acc
-    cdef const floating* src
+    cdef Py_ssize_t pl, p, q, i, v, co
+    cdef double row_div
+    cdef Window wh
+    cdef Span cols
+    cdef const floating* srow
+    cdef floating* acc
     with nogil:
         for pl in prange(planes, schedule="static", num_threads=n_threads):
-            src = xp + pl * in_h * in_w
             for p in range(out_h):
                 wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
+                row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
+                acc = yp + (pl * out_h + p) * out_w
                 for q in range(out_w):
-                    ww = _avg_window(q, k_w, stride_w, pad_w, in_w)
-                    acc = 0
-                    for i in range(wh.start, wh.stop):
-                        for j in range(ww.start, ww.stop):
-                            acc = acc + src[i * in_w + j]
-                    # in double: the padded area of a huge window overflows int64
-                    if count_include_pad:
-                        divisor = <double>wh.padded * <double>ww.padded
-                    else:
-                        divisor = <double>(wh.stop - wh.start) * <double>(ww.stop - ww.start)
-                    yp[(pl * out_h + p) * out_w + q] = <floating>(acc / divisor)
+                    acc[q] = 0
+                for i in range(wh.start, wh.stop):
+                    srow = xp + (pl * in_h + i) * in_w
+                    for v in range(taps.lo, taps.hi):
+                        co = v - pad_w
+                        cols = _tap_range(co, stride_w, in_w, out_w)
+                        if stride_w == 1:
+                            for q in range(cols.lo, cols.hi):
+                                acc[q] = acc[q] + srow[q + co]
+                        else:
+                            for q in range(cols.lo, cols.hi):
+                                acc[q] = acc[q] + srow[q * stride_w + co]
+                for q in range(out_w):
+                    acc[q] = <floating>(acc[q] / (row_div * cdiv[q]))
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
@@ -1076,33 +1198,55 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         Py_ssize_t stride_h, Py_ssize_t stride_w,
                         Py_ssize_t pad_h, Py_ssize_t pad_w,
                         bint count_include_pad, int n_threads):
-    """Spread each ``grad_out`` element evenly over its window (``grad_in``
-    zero-filled; one work item per plane, fixed summation order)."""
+    """Spread each ``grad_out`` element evenly over its window.
+
+    ``grad_in`` is zero-filled on entry.  One work item per plane; within
+    it, output row by output row, each tap adds a whole row of shares
+    (vectorizable), so the summation order is fixed.
+    """
     cdef Py_ssize_t planes = grad_out.shape[0] * grad_out.shape[1]
     cdef Py_ssize_t in_h = grad_in.shape[2], in_w = grad_in.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
     if planes == 0 or out_h * out_w == 0:
         return
+    cdef const double[::1] col_div = _avg_col_divisors(k_w, stride_w, pad_w, in_w, out_w,
+                                                       count_include_pad)
+    cdef const double* cdiv = &col_div[0]
+    cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
-    cdef Py_ssize_t pl, p, q, i, j
-    cdef double divisor
-    cdef Window wh, ww
-    cdef floating share
-    cdef floating* dst
-    with nogil:
-        for pl in prange(planes, schedule="static", num_threads=n_threads):
-            dst = dxp + pl * in_h * in_w
-            for p in range(out_h):
-                wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
-                for q in range(out_w):
-                    ww = _avg_window(q, k_w, stride_w, pad_w, in_w)
-                    # in double: the padded area of a huge window overflows int64
-                    if count_include_pad:
-                        divisor = <double>wh.padded * <double>ww.padded
-                    else:
-                        divisor = <double>(wh.stop - wh.start) * <double>(ww.stop - ww.start)
-                    share = <floating>(gp[(pl * out_h + p) * out_w + q] / divisor)
+    cdef Py_ssize_t pl, p, q, i, v, co
+    cdef double row_div
+    cdef Window wh
+    cdef Span cols
+    cdef const floating* grow
+    cdef floating* drow
+    cdef floating* share = NULL
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil, parallel(num_threads=n_threads):
+        share = <floating*>malloc(out_w * sizeof(floating))
+        if share == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for pl in prange(planes, schedule="static"):
+            if share != NULL:
+                for p in range(out_h):
+                    wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
+                    row_div = (<double>wh.padded if count_include_pad
+                               else <double>(wh.stop - wh.start))
+                    grow = gp + (pl * out_h + p) * out_w
+                    for q in range(out_w):
+                        share[q] = <floating>(grow[q] / (row_div * cdiv[q]))
                     for i in range(wh.start, wh.stop):
-                        for j in range(ww.start, ww.stop):
-                            dst[i * in_w + j] += share
+                        drow = dxp + (pl * in_h + i) * in_w
+                        for v in range(taps.lo, taps.hi):
+                            co = v - pad_w
+                            cols = _tap_range(co, stride_w, in_w, out_w)
+                            if stride_w == 1:
+                                for q in range(cols.lo, cols.hi):
+                                    drow[q + co] += share[q]
+                            else:
+                                for q in range(cols.lo, cols.hi):
+                                    drow[q * stride_w + co] += share[q]
+        free(share)
+    _raise_for_status(status)
