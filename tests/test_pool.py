@@ -1057,3 +1057,34 @@ def test_ceil_mode_kernel_larger_than_padded_input_oracle_agrees_with_torch(rng)
             at = F.avg_pool2d(torch.tensor(x), count_include_pad=include, **kw)
             assert_close(ref.avg_pool2d(x, count_include_pad=include, **kw),
                          at.numpy(), np.float64)
+
+
+@pytest.fixture
+def elementwise_max_pool():
+    """Force the element-wise max-pool loop (normally only for planes whose
+    flat indices a float32 lane cannot hold exactly, > 2**24 elements)."""
+    from fastconv import _kernels
+    _kernels._tuning(rowwise_max_plane=0)
+    yield
+    _kernels._tuning(rowwise_max_plane=-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_elementwise_max_pool_matches_oracle(elementwise_max_pool, dtype, data):
+    """The fallback for huge planes follows the same rules (ties, NaN, -inf)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    k = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    s = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    p = (data.draw(st.integers(0, k[0] // 2)), data.draw(st.integers(0, k[1] // 2)))
+    shape = (2, 3, data.draw(st.integers(k[0], 9)), data.draw(st.integers(k[1], 9)))
+    x = rng.integers(-2, 3, size=shape).astype(np.float64)
+    x[rng.random(shape) < 0.05] = np.nan
+    x[rng.random(shape) < 0.05] = -np.inf
+    ceil = data.draw(st.booleans())
+    y_ref, i_ref = ref.max_pool2d(x, k, s, p, ceil)
+    y, i = fastconv.max_pool2d(x.astype(dtype), k, s, p, ceil)
+    np.testing.assert_array_equal(y, y_ref.astype(dtype))
+    np.testing.assert_array_equal(i, i_ref)

@@ -58,9 +58,18 @@ cdef Py_ssize_t MAX_SLOTS = 8
 cdef Py_ssize_t SLOT_BYTES_BUDGET = 64 * 1024 * 1024
 
 
-def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None):
-    """Read (and optionally set) the tiling parameters; for benchmarks."""
-    global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS
+# Planes with more elements than this take the element-wise max-pool loop
+# (-1: whatever the row-wise kernel's in-lane index can hold exactly).
+cdef Py_ssize_t ROWWISE_MAX_PLANE = -1
+
+
+def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
+            rowwise_max_plane=None):
+    """Read (and optionally set) the tiling parameters; for benchmarks and
+    for tests that force a code path."""
+    global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE
+    if rowwise_max_plane is not None:
+        ROWWISE_MAX_PLANE = rowwise_max_plane
     if tile_bytes is not None:
         TILE_BYTES = tile_bytes
     if min_tile is not None:
@@ -70,7 +79,7 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None):
     if min_items is not None:
         MIN_ITEMS = min_items
     return dict(tile_bytes=TILE_BYTES, min_tile=MIN_TILE, max_tile=MAX_TILE,
-                min_items=MIN_ITEMS)
+                min_items=MIN_ITEMS, rowwise_max_plane=ROWWISE_MAX_PLANE)
 
 
 def _raise_for_status(int status):
@@ -985,6 +994,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
+    if ROWWISE_MAX_PLANE >= 0:
+        exact = min(exact, ROWWISE_MAX_PLANE)
     if in_h * in_w + k_w > exact:
         _max_pool_elementwise(xp, yp, ip, planes, in_h, in_w, out_h, out_w,
                               k_h, k_w, stride_h, stride_w, pad_h, pad_w, n_threads)
