@@ -510,3 +510,23 @@ def test_results_are_fresh_on_every_call():
     assert not np.shares_memory(p, x)
     m, i = fastconv.max_pool2d(x, 1)
     assert not np.shares_memory(m, x) and not np.shares_memory(m, i)
+
+
+def test_threadpoolctl_limits_fastconv():
+    """threadpoolctl's OpenMP limit reaches fastconv's default thread count
+    (fastconv asks omp_get_max_threads() when no count was set)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not _openmp_enabled():
+        pytest.skip("built without OpenMP")
+    fastconv.set_num_threads(None)
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert fastconv.get_num_threads() == 1
+        x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
+        w = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
+        y1 = fastconv.conv2d(x, w)
+    np.testing.assert_array_equal(y1, fastconv.conv2d(x, w))
+
+
+def _openmp_enabled():
+    from fastconv._openmp import openmp_enabled
+    return openmp_enabled()

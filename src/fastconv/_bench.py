@@ -278,7 +278,24 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
                              **{f"{k}_s": v for k, v in t.items()}))
             out(_row(case.name, dtype, "fwd+bwd", t, None))
     _summary(rows, out)
+    if any(c.name == "big" for c in conv_cases):
+        for dtype in dtypes:
+            gemm = square_gemm_gflops(dtype, repeat)
+            big = [r for r in rows if r["case"] == "big" and r["dtype"] == dtype
+                   and r["direction"] == "fwd"]
+            if big:
+                out(f"big {dtype} forward: {big[0]['gflops']:.1f} GFLOP/s = "
+                    f"{100 * big[0]['gflops'] / gemm:.0f}% of a 2048^3 GEMM through the "
+                    f"same BLAS ({gemm:.1f} GFLOP/s, NumPy matmul, same run)")
     return rows
+
+
+def square_gemm_gflops(dtype, repeat=5, n=2048):
+    """GFLOP/s of an n^3 product through NumPy's BLAS (its own threads)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n)).astype(dtype)
+    b = rng.random((n, n)).astype(dtype)
+    return 2 * n**3 / best_time(lambda: a @ b, repeat) / 1e9
 
 
 def _fmt_ms(t):
