@@ -1023,3 +1023,39 @@ def test_builtin_blas_fallback_matches_oracle():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "builtin ok" in proc.stdout
+
+
+@pytest.fixture
+def bounded_depthwise():
+    """Force the depthwise forward's bounds-checked loop (normally only used
+    when the zero-padded copy of a plane would be too large)."""
+    from fastconv import _kernels
+    _kernels._tuning(depthwise_max_padded=0)
+    yield
+    _kernels._tuning(depthwise_max_padded=-1)
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_depthwise_bounded_path_matches_oracle(bounded_depthwise, data):
+    """Depthwise forward (and the stride-1 input gradient built on it) without
+    the padded copy agree with the oracles."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    c = data.draw(st.integers(1, 3))
+    mult = data.draw(st.integers(1, 2))
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    stride = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    dil = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    pad = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
+    h = data.draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 9))
+    w_ = data.draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), 9))
+    x = rng.standard_normal((2, c, h, w_))
+    w = rng.standard_normal((c * mult, 1, kh, kw))
+    b = rng.standard_normal(c * mult)
+    hyper = dict(stride=stride, padding=pad, dilation=dil, groups=c)
+    y = fastconv.conv2d(x, w, b, **hyper)
+    assert_close(y, ref.conv2d(x, w, b, **hyper), np.float64)
+    g = rng.standard_normal(y.shape)
+    assert_close(fastconv.conv2d_grad_input(g, w, x.shape, **hyper),
+                 ref.conv2d_grad_input(g, w, x.shape, **hyper), np.float64)

@@ -61,13 +61,18 @@ cdef Py_ssize_t SLOT_BYTES_BUDGET = 64 * 1024 * 1024
 # Planes with more elements than this take the element-wise max-pool loop
 # (-1: whatever the row-wise kernel's in-lane index can hold exactly).
 cdef Py_ssize_t ROWWISE_MAX_PLANE = -1
+# Depthwise planes are copied into a zero-padded buffer unless it would
+# exceed this many elements (-1: 4x the input plane + 4096).
+cdef Py_ssize_t DEPTHWISE_MAX_PADDED = -1
 
 
 def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
-            rowwise_max_plane=None):
+            rowwise_max_plane=None, depthwise_max_padded=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
-    global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE
+    global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
+    if depthwise_max_padded is not None:
+        DEPTHWISE_MAX_PADDED = depthwise_max_padded
     if rowwise_max_plane is not None:
         ROWWISE_MAX_PLANE = rowwise_max_plane
     if tile_bytes is not None:
@@ -79,7 +84,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     if min_items is not None:
         MIN_ITEMS = min_items
     return dict(tile_bytes=TILE_BYTES, min_tile=MIN_TILE, max_tile=MAX_TILE,
-                min_items=MIN_ITEMS, rowwise_max_plane=ROWWISE_MAX_PLANE)
+                min_items=MIN_ITEMS, rowwise_max_plane=ROWWISE_MAX_PLANE,
+                depthwise_max_padded=DEPTHWISE_MAX_PADDED)
 
 
 def _raise_for_status(int status):
@@ -796,6 +802,25 @@ cdef inline Span _useful_taps(Py_ssize_t k, Py_ssize_t pad, Py_ssize_t stride,
     return span
 
 
+cdef void _pad_plane(const floating* src, Py_ssize_t in_h, Py_ssize_t in_w,
+                     Py_ssize_t pad_top, Py_ssize_t pad_left,
+                     floating* dst, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """dst (rows x cols) = src placed at (pad_top, pad_left), zeros elsewhere
+    (negative paddings crop)."""
+    cdef Py_ssize_t r, i, c0, c1
+    c0 = min(cols, max(0, pad_left))                  # first column holding input
+    c1 = max(c0, min(cols, in_w + pad_left))          # one past the last
+    for r in range(rows):
+        i = r - pad_top
+        if i < 0 or i >= in_h or c1 == c0:
+            memset(dst + r * cols, 0, cols * sizeof(floating))
+            continue
+        memset(dst + r * cols, 0, c0 * sizeof(floating))
+        memcpy(dst + r * cols + c0, src + i * in_w + (c0 - pad_left),
+               (c1 - c0) * sizeof(floating))
+        memset(dst + r * cols + c1, 0, (cols - c1) * sizeof(floating))
+
+
 def depthwise_forward(const floating[:, :, :, ::1] x,
                       const floating[:, :, :, ::1] weight,
                       const floating[::1] bias,
@@ -805,8 +830,105 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
                       Py_ssize_t pad_top, Py_ssize_t pad_left,
                       Py_ssize_t dil_h, Py_ssize_t dil_w,
                       Py_ssize_t groups, int n_threads):
-    """``conv2d_forward`` for C_in/groups == 1; one work item per output plane,
-    each output summed as bias + taps in row-major order."""
+    """``conv2d_forward`` for C_in/groups == 1 (any channel multiplier).
+
+    One work item per output plane.  Its input plane is first copied into a
+    zero-padded per-thread buffer, so the tap loops need no border tests:
+    each output row is ``bias + sum_{u, v} w[u, v] * row_u[q*sw + v*dw]``
+    in row-major tap order (3x3 kernels with column stride 1: all nine taps
+    in one vectorizable expression).  Paddings too large to materialize
+    take the bounds-checked loop instead.
+    """
+    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
+    if n_img == 0 or out_plane == 0 or c_out == 0:
+        return
+    # the padded plane covers exactly the rows/columns some tap reaches
+    cdef Py_ssize_t rows = (out_h - 1) * stride_h + (kh - 1) * dil_h + 1
+    cdef Py_ssize_t cols = (out_w - 1) * stride_w + (kw - 1) * dil_w + 1
+    cdef Py_ssize_t limit = (4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0
+                             else DEPTHWISE_MAX_PADDED)
+    if rows * cols > limit:
+        _depthwise_forward_bounded(x, weight, bias, has_bias, out, stride_h, stride_w,
+                                   pad_top, pad_left, dil_h, dil_w, groups, n_threads)
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef const floating* bp = &bias[0] if has_bias else NULL
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, o, c, p, u, v, q
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* r2
+    cdef const floating* row
+    cdef const floating* w
+    cdef floating* drow
+    cdef floating* padded = NULL
+    cdef floating wv, b0, acc
+    cdef Py_ssize_t d1 = dil_w, d2 = 2 * dil_w
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil, parallel(num_threads=n_threads):
+        padded = <floating*>malloc(rows * cols * sizeof(floating))
+        if padded == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for item in prange(n_img * c_out, schedule="static"):
+            if padded != NULL:
+                n = item // c_out
+                o = item % c_out
+                c = n * c_in + o // og
+                _pad_plane(xp + c * in_plane, in_h, in_w, pad_top, pad_left,
+                           padded, rows, cols)
+                b0 = bp[o] if has_bias else 0
+                w = wp + o * kh * kw
+                for p in range(out_h):
+                    drow = yp + item * out_plane + p * out_w
+                    if kh == 3 and kw == 3 and stride_w == 1:
+                        r0 = padded + (p * stride_h) * cols
+                        r1 = r0 + dil_h * cols
+                        r2 = r1 + dil_h * cols
+                        for q in range(out_w):
+                            acc = b0 + w[0] * r0[q]
+                            acc = acc + w[1] * r0[q + d1]
+                            acc = acc + w[2] * r0[q + d2]
+                            acc = acc + w[3] * r1[q]
+                            acc = acc + w[4] * r1[q + d1]
+                            acc = acc + w[5] * r1[q + d2]
+                            acc = acc + w[6] * r2[q]
+                            acc = acc + w[7] * r2[q + d1]
+                            acc = acc + w[8] * r2[q + d2]
+                            drow[q] = acc
+                        continue
+                    for q in range(out_w):
+                        drow[q] = b0
+                    for u in range(kh):
+                        row = padded + (p * stride_h + u * dil_h) * cols
+                        for v in range(kw):
+                            wv = w[u * kw + v]
+                            if stride_w == 1:
+                                for q in range(out_w):
+                                    drow[q] += wv * row[q + v * dil_w]
+                            else:
+                                for q in range(out_w):
+                                    drow[q] += wv * row[q * stride_w + v * dil_w]
+        free(padded)
+    _raise_for_status(status)
+
+
+def _depthwise_forward_bounded(const floating[:, :, :, ::1] x,
+                      const floating[:, :, :, ::1] weight,
+                      const floating[::1] bias,
+                      bint has_bias,
+                      floating[:, :, :, ::1] out,
+                      Py_ssize_t stride_h, Py_ssize_t stride_w,
+                      Py_ssize_t pad_top, Py_ssize_t pad_left,
+                      Py_ssize_t dil_h, Py_ssize_t dil_w,
+                      Py_ssize_t groups, int n_threads):
+    """``depthwise_forward`` without a padded copy: every tap checks the
+    borders.  For paddings too large to materialize."""
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t c_out = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
     cdef Py_ssize_t og = c_out // groups
