@@ -29,3 +29,19 @@ def assert_close(actual, expected, dtype=None):
 
 def randn(rng, shape, dtype=np.float64):
     return rng.standard_normal(shape).astype(dtype)
+
+
+def numgrad(f, a, eps=1e-6):
+    """Central finite-difference gradient of the scalar function ``f`` at ``a``
+    (float64), one coordinate at a time."""
+    a = np.array(a, dtype=np.float64)
+    grad = np.zeros_like(a)
+    for i in range(a.size):
+        old = a.flat[i]
+        a.flat[i] = old + eps
+        fp = f(a)
+        a.flat[i] = old - eps
+        fm = f(a)
+        a.flat[i] = old
+        grad.flat[i] = (fp - fm) / (2 * eps)
+    return grad

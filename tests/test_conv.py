@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _threads
 from fastconv import reference as ref
-from helpers import DTYPES, assert_close, randn
+from helpers import DTYPES, assert_close, numgrad, randn
 
 # Modest budgets: the oracles are slow Python loops.  ``database=None``: no
 # example database is saved (falsifying examples are printed in full); the
@@ -499,18 +499,6 @@ def test_adjoint_identities(n_threads, grad_input_method, geo, seed):
 # 4. central finite differences
 # ---------------------------------------------------------------------------
 
-def _numgrad(f, a, eps=1e-6):
-    a = np.array(a, dtype=np.float64)
-    grad = np.zeros_like(a)
-    for i in range(a.size):
-        old = a.flat[i]
-        a.flat[i] = old + eps
-        fp = f(a)
-        a.flat[i] = old - eps
-        fm = f(a)
-        a.flat[i] = old
-        grad.flat[i] = (fp - fm) / (2 * eps)
-    return grad
 
 
 FD_CASES = {
@@ -534,9 +522,9 @@ def test_gradients_match_finite_differences(case, n_threads):
     def energy(x_, w_, b_):
         return float(np.sum(fastconv.conv2d(x_, w_, b_, **hyper) * g))
 
-    num_x = _numgrad(lambda a: energy(a, w, b), x)
-    num_w = _numgrad(lambda a: energy(x, a, b), w)
-    num_b = _numgrad(lambda a: energy(x, w, a), b)
+    num_x = numgrad(lambda a: energy(a, w, b), x)
+    num_w = numgrad(lambda a: energy(x, a, b), w)
+    num_b = numgrad(lambda a: energy(x, w, a), b)
     np.testing.assert_allclose(fastconv.conv2d_grad_input(g, w, x_shape, **hyper), num_x,
                                rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(fastconv.conv2d_grad_weight(x, g, w_shape, **hyper), num_w,

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 import fastconv
 from fastconv import _threads
 from fastconv import reference as ref
-from helpers import DTYPES, assert_close, randn
+from helpers import DTYPES, assert_close, numgrad, randn
 
 HYP = settings(max_examples=60, deadline=None, database=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -637,18 +637,6 @@ def test_max_pool2d_grad_rejects_float_indices(make):
 # 4. finite differences
 # ---------------------------------------------------------------------------
 
-def _numgrad(f, a, eps):
-    a = np.array(a, dtype=np.float64)
-    grad = np.zeros_like(a)
-    for i in range(a.size):
-        old = a.flat[i]
-        a.flat[i] = old + eps
-        fp = f(a)
-        a.flat[i] = old - eps
-        fm = f(a)
-        a.flat[i] = old
-        grad.flat[i] = (fp - fm) / (2 * eps)
-    return grad
 
 
 FD_CASES = [
@@ -675,7 +663,7 @@ def test_avg_pool2d_grad_finite_differences(n_threads, rng, shape, kw, include):
     def loss(a):
         return float(np.sum(fastconv.avg_pool2d(a, count_include_pad=include, **kw) * g))
 
-    num = _numgrad(loss, x, 1e-6)
+    num = numgrad(loss, x, 1e-6)
     dx = fastconv.avg_pool2d_grad(g, shape, count_include_pad=include, **kw)
     np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-8)
 
@@ -691,7 +679,7 @@ def test_max_pool2d_grad_finite_differences(n_threads, rng, shape, kw):
     def loss(a):
         return float(np.sum(fastconv.max_pool2d(a, **kw)[0] * g))
 
-    num = _numgrad(loss, x, 1e-4)
+    num = numgrad(loss, x, 1e-4)
     dx = fastconv.max_pool2d_grad(g, idx, shape)
     np.testing.assert_allclose(dx, num, rtol=1e-8, atol=1e-9)
 

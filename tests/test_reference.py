@@ -10,25 +10,13 @@ import numpy as np
 import pytest
 
 from fastconv import reference as ref
+from helpers import numgrad
 
 
 def _rng(seed=0):
     return np.random.default_rng(seed)
 
 
-def _numgrad(f, a, eps=1e-6):
-    """Central finite-difference gradient of the scalar function ``f`` at ``a``."""
-    a = np.array(a, dtype=np.float64)
-    grad = np.zeros_like(a)
-    for i in range(a.size):
-        old = a.flat[i]
-        a.flat[i] = old + eps
-        fp = f(a)
-        a.flat[i] = old - eps
-        fm = f(a)
-        a.flat[i] = old
-        grad.flat[i] = (fp - fm) / (2 * eps)
-    return grad
 
 
 # ---------------------------------------------------------------------------
@@ -165,9 +153,9 @@ def test_conv_gradients_finite_differences(xs, ws, stride, padding, dilation, gr
     dw = ref.conv2d_grad_weight(x, g, w.shape, **kw)
     db = ref.conv2d_grad_bias(g)
     assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
-    np.testing.assert_allclose(dx, _numgrad(loss_x, x), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(dw, _numgrad(loss_w, w), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(db, _numgrad(loss_b, b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, numgrad(loss_x, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dw, numgrad(loss_w, w), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(db, numgrad(loss_b, b), rtol=1e-6, atol=1e-7)
 
 
 ADJOINT_CASES = [
@@ -246,7 +234,7 @@ def test_avg_pool_gradient_finite_differences(xs, k, s, p, ceil, count_include_p
     y = ref.avg_pool2d(x, k, **kw)
     g = rng.standard_normal(y.shape)
     dx = ref.avg_pool2d_grad(g, x.shape, k, **kw)
-    num = _numgrad(lambda a: np.sum(ref.avg_pool2d(a, k, **kw) * g), x)
+    num = numgrad(lambda a: np.sum(ref.avg_pool2d(a, k, **kw) * g), x)
     np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-7)
     # linear map: adjoint identity too
     assert abs(np.sum(y * g) - np.sum(x * dx)) <= 1e-12 * np.sum(np.abs(y * g))
@@ -260,7 +248,7 @@ def test_max_pool_gradient_finite_differences(xs, k, s, p, ceil):
     y, idx = ref.max_pool2d(x, k, stride=s, padding=p, ceil_mode=ceil)
     g = rng.standard_normal(y.shape)
     dx = ref.max_pool2d_grad(g, idx, x.shape)
-    num = _numgrad(lambda a: np.sum(ref.max_pool2d(a, k, stride=s, padding=p,
+    num = numgrad(lambda a: np.sum(ref.max_pool2d(a, k, stride=s, padding=p,
                                                    ceil_mode=ceil)[0] * g), x, eps=1e-3)
     np.testing.assert_allclose(dx, num, rtol=1e-9, atol=1e-9)
     # indices point at the values
