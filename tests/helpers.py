@@ -21,7 +21,9 @@ def assert_close(actual, expected, dtype=None):
         assert actual.dtype == dtype, (actual.dtype, dtype)
     rtol = RTOL.get(dtype, 1e-10)
     assert np.array_equal(np.isnan(actual), np.isnan(expected)), "NaN positions differ"
-    finite = ~np.isnan(expected)
+    infinite = np.isinf(expected)
+    assert np.array_equal(actual[infinite], expected[infinite]), "infinities differ"
+    finite = np.isfinite(expected)
     scale = max(1.0, float(np.max(np.abs(expected[finite]), initial=0.0)))
     err = float(np.max(np.abs(actual[finite].astype(np.float64) - expected[finite]), initial=0.0))
     assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:.0e} * {scale:.3e}"

@@ -1047,3 +1047,20 @@ def test_depthwise_bounded_path_matches_oracle(bounded_depthwise, data):
     g = rng.standard_normal(y.shape)
     assert_close(fastconv.conv2d_grad_input(g, w, x.shape, **hyper),
                  ref.conv2d_grad_input(g, w, x.shape, **hyper), np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_depthwise_grad_weight_non_finite_input(dtype, bad):
+    """The depthwise filter gradient sums a whole padded plane per tap, which is
+    exact only for finite inputs (0 * inf = NaN); planes holding inf/NaN must
+    fall back to real columns only and still match the oracle."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 4, 9, 8))
+    x[1, 2, 4, 0] = bad               # a column that the zero tails would meet
+    x[0, 1, 0, 7] = bad
+    g = rng.standard_normal((2, 4, 9, 8))
+    hyper = dict(padding=1, groups=4)
+    expected = ref.conv2d_grad_weight(x, g, (4, 1, 3, 3), **hyper)
+    dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), (4, 1, 3, 3), **hyper)
+    assert_close(dw, expected, dtype)

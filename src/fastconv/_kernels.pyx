@@ -719,27 +719,43 @@ cdef inline Span _tap_range(Py_ssize_t co, Py_ssize_t step, Py_ssize_t size,
     return span
 
 
+cdef inline Span _useful_taps(Py_ssize_t k, Py_ssize_t pad, Py_ssize_t stride,
+                              Py_ssize_t size, Py_ssize_t grid) noexcept nogil:
+    """Window columns v in [lo, hi) that reach the input (v - pad + q*stride
+    in [0, size)) for at least one output column q in [0, grid): loops over
+    taps stay bounded by the input even for astronomically wide kernels."""
+    cdef Span span
+    span.lo = max(0, pad - (grid - 1) * stride)
+    span.hi = max(span.lo, min(k, size + pad))
+    return span
+
+
+cdef enum:
+    LANES = 16      # independent partial sums: enough to hide FP add latency
+
+
 cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t b_step,
                         Py_ssize_t n) noexcept nogil:
-    """``sum(a[i] * b[i*b_step])`` with four interleaved accumulators (a
-    fixed order the compiler can vectorize), returned in float64."""
-    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0
-    cdef Py_ssize_t i, head = n - n % 4
+    """``sum(a[i] * b[i*b_step])`` with LANES interleaved partial sums (a
+    fixed order that the compiler vectorizes), finished in float64."""
+    cdef floating lanes[LANES]
+    cdef Py_ssize_t i, j, head = n - n % LANES
+    cdef double total = 0
+    for j in range(LANES):
+        lanes[j] = 0
     if b_step == 1:
-        for i in range(0, head, 4):
-            s0 = s0 + a[i] * b[i]
-            s1 = s1 + a[i + 1] * b[i + 1]
-            s2 = s2 + a[i + 2] * b[i + 2]
-            s3 = s3 + a[i + 3] * b[i + 3]
+        for i in range(0, head, 16):    # 16 == LANES (a literal step: Cython needs its sign)
+            for j in range(LANES):
+                lanes[j] = lanes[j] + a[i + j] * b[i + j]
     else:
-        for i in range(0, head, 4):
-            s0 = s0 + a[i] * b[i * b_step]
-            s1 = s1 + a[i + 1] * b[(i + 1) * b_step]
-            s2 = s2 + a[i + 2] * b[(i + 2) * b_step]
-            s3 = s3 + a[i + 3] * b[(i + 3) * b_step]
+        for i in range(0, head, 16):    # 16 == LANES (a literal step: Cython needs its sign)
+            for j in range(LANES):
+                lanes[j] = lanes[j] + a[i + j] * b[(i + j) * b_step]
     for i in range(head, n):
-        s0 = s0 + a[i] * b[i * b_step]
-    return (<double>s0 + <double>s1) + (<double>s2 + <double>s3)
+        lanes[0] = lanes[0] + a[i] * b[i * b_step]
+    for j in range(LANES):
+        total = total + lanes[j]
+    return total
 
 
 cdef inline void _row_3x3(floating* drow, const floating* top, Py_ssize_t in_w,
@@ -789,17 +805,6 @@ cdef inline floating _border_3x3(Py_ssize_t q, const floating* top, Py_ssize_t i
             if 0 <= col < in_w:
                 acc = acc + w[u * 3 + v] * top[u * row_step + col]
     return acc
-
-
-cdef inline Span _useful_taps(Py_ssize_t k, Py_ssize_t pad, Py_ssize_t stride,
-                              Py_ssize_t size, Py_ssize_t grid) noexcept nogil:
-    """Window columns v in [lo, hi) that reach the input (v - pad + q*stride
-    in [0, size)) for at least one output column q in [0, grid): loops over
-    taps stay bounded by the input even for astronomically wide kernels."""
-    cdef Span span
-    span.lo = max(0, pad - (grid - 1) * stride)
-    span.hi = max(span.lo, min(k, size + pad))
-    return span
 
 
 cdef void _pad_plane(const floating* src, Py_ssize_t in_h, Py_ssize_t in_w,
@@ -1038,8 +1043,105 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
                           Py_ssize_t pad_top, Py_ssize_t pad_left,
                           Py_ssize_t dil_h, Py_ssize_t dil_w,
                           Py_ssize_t groups, int n_threads):
-    """Filter gradient for C_in/groups == 1: one item per output channel,
-    each tap a float64 dot product over images and positions in order."""
+    """Filter gradient for C_in/groups == 1: one item per output channel.
+
+    Rows are short (often 28 or 56), so a dot product per (tap, row) is
+    mostly loop overhead.  With stride 1, each plane is copied into a
+    zero-padded buffer of row pitch ``P = Wo + (kw-1)*dw`` and ``dY`` into
+    one of the same pitch with zero tails; a tap's gradient is then ONE dot
+    product over the whole plane, the tails contributing exact zeros.  That
+    holds only for finite inputs (0 * inf is NaN), so a plane holding an
+    inf or NaN is summed row by row instead, over real columns only.  Each
+    tap's per-image dots are added in float64 in image order.
+    """
+    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
+    cdef Py_ssize_t kw = grad_weight.shape[3], taps = kh * kw
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
+    cdef Py_ssize_t rows = (out_h - 1) + (kh - 1) * dil_h + 1
+    cdef Py_ssize_t pitch = (out_w - 1) + (kw - 1) * dil_w + 1
+    cdef Py_ssize_t limit = (4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0
+                             else DEPTHWISE_MAX_PADDED)
+    if stride_h != 1 or stride_w != 1 or rows * pitch > limit:
+        _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w, pad_top,
+                                    pad_left, dil_h, dil_w, groups, n_threads)
+        return
+    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef Py_ssize_t o, n, p, u, v, t, length = (out_h - 1) * pitch + out_w
+    cdef floating* work = NULL
+    cdef floating* xpad
+    cdef floating* gpad
+    cdef double* acc
+    cdef const floating* xt
+    cdef bint finite
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil, parallel(num_threads=n_threads):
+        # per thread: padded x plane | padded dY plane | float64 tap sums
+        work = <floating*>malloc((rows + out_h) * pitch * sizeof(floating)
+                                 + taps * sizeof(double))
+        if work == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for o in prange(c_out, schedule="static"):
+            if work != NULL:
+                xpad = work
+                gpad = work + rows * pitch
+                acc = <double*>(work + (rows + out_h) * pitch)
+                for t in range(taps):
+                    acc[t] = 0
+                for n in range(n_img):
+                    _pad_plane(xp + (n * c_in + o // og) * in_plane, in_h, in_w,
+                               pad_top, pad_left, xpad, rows, pitch)
+                    _pad_plane(gp + (n * c_out + o) * out_plane, out_h, out_w, 0, 0,
+                               gpad, out_h, pitch)
+                    finite = _all_finite(xpad, rows * pitch)
+                    for u in range(kh):
+                        for v in range(kw):
+                            xt = xpad + u * dil_h * pitch + v * dil_w
+                            if finite:
+                                acc[u * kw + v] += _dot(gpad, xt, 1, length)
+                            else:
+                                for p in range(out_h):
+                                    acc[u * kw + v] += _dot(gpad + p * pitch, xt + p * pitch,
+                                                            1, out_w)
+                for t in range(taps):
+                    dwp[o * taps + t] = <floating>acc[t]
+        free(work)
+    _raise_for_status(status)
+
+
+cdef inline bint _all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
+    """True if no element is inf or NaN: x - x is 0 for finite x and NaN
+    otherwise, summed in LANES partial sums (vectorized, no branches)."""
+    cdef floating lanes[LANES]
+    cdef Py_ssize_t i, j, head = n - n % LANES
+    cdef floating total = 0
+    for j in range(LANES):
+        lanes[j] = 0
+    for i in range(0, head, 16):    # 16 == LANES (a literal step: Cython needs its sign)
+        for j in range(LANES):
+            lanes[j] = lanes[j] + (a[i + j] - a[i + j])
+    for i in range(head, n):
+        total = total + (a[i] - a[i])
+    for j in range(LANES):
+        total = total + lanes[j]
+    return total == 0
+
+
+def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
+                          const floating[:, :, :, ::1] grad_out,
+                          floating[:, :, :, ::1] grad_weight,
+                          Py_ssize_t stride_h, Py_ssize_t stride_w,
+                          Py_ssize_t pad_top, Py_ssize_t pad_left,
+                          Py_ssize_t dil_h, Py_ssize_t dil_w,
+                          Py_ssize_t groups, int n_threads):
+    """``depthwise_grad_weight`` one row at a time: one item per output
+    channel, each tap a float64 sum of per-row dot products over images and
+    rows in order.  For strides > 1 and paddings too large to copy."""
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
     cdef Py_ssize_t kw = grad_weight.shape[3], taps = kh * kw
