@@ -2,6 +2,20 @@
 
 import numpy as np
 
+# SPEC.md's worked filter-gradient example: input o, sensitivity map delta and
+# the expected 2x2 filter gradient (to 6 decimals).
+SPEC_O = np.array([[0.51, 0.9, 0.88, 0.84, 0.05],
+                   [0.4, 0.62, 0.22, 0.59, 0.1],
+                   [0.11, 0.2, 0.74, 0.33, 0.14],
+                   [0.47, 0.01, 0.85, 0.7, 0.09],
+                   [0.76, 0.19, 0.72, 0.17, 0.57]])
+SPEC_DELTA = np.array([[0, 0, 0.0686, 0],
+                       [0, 0.0364, 0, 0],
+                       [0, 0.0467, 0, 0],
+                       [0, 0, 0, -0.0681]])
+SPEC_DW = np.array([[0.044606, 0.094061],
+                    [0.011262, 0.068288]])
+
 # Relative tolerances the kernels must meet against the float64 oracles.
 RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 DTYPES = [np.float32, np.float64]

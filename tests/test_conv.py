@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _threads
 from fastconv import reference as ref
-from helpers import DTYPES, assert_close, numgrad, randn
+from helpers import DTYPES, SPEC_DELTA, SPEC_DW, SPEC_O, assert_close, numgrad, randn
 
 # Modest budgets: the oracles are slow Python loops.  ``database=None``: no
 # example database is saved (falsifying examples are printed in full); the
@@ -536,17 +536,6 @@ def test_gradients_match_finite_differences(case, n_threads):
 # 5. SPEC.md worked example
 # ---------------------------------------------------------------------------
 
-SPEC_O = np.array([[0.51, 0.9, 0.88, 0.84, 0.05],
-                   [0.4, 0.62, 0.22, 0.59, 0.1],
-                   [0.11, 0.2, 0.74, 0.33, 0.14],
-                   [0.47, 0.01, 0.85, 0.7, 0.09],
-                   [0.76, 0.19, 0.72, 0.17, 0.57]])
-SPEC_DELTA = np.array([[0, 0, 0.0686, 0],
-                       [0, 0.0364, 0, 0],
-                       [0, 0.0467, 0, 0],
-                       [0, 0, 0, -0.0681]])
-SPEC_DW = np.array([[0.044606, 0.094061],
-                    [0.011262, 0.068288]])
 
 
 def test_spec_worked_filter_gradient(n_threads):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastconv import reference as ref
-from helpers import numgrad
+from helpers import SPEC_DELTA, SPEC_DW, SPEC_O, numgrad
 
 
 def _rng(seed=0):
@@ -23,17 +23,6 @@ def _rng(seed=0):
 # 1. SPEC.md worked example
 # ---------------------------------------------------------------------------
 
-SPEC_O = np.array([[0.51, 0.9, 0.88, 0.84, 0.05],
-                   [0.4, 0.62, 0.22, 0.59, 0.1],
-                   [0.11, 0.2, 0.74, 0.33, 0.14],
-                   [0.47, 0.01, 0.85, 0.7, 0.09],
-                   [0.76, 0.19, 0.72, 0.17, 0.57]])
-SPEC_DELTA = np.array([[0, 0, 0.0686, 0],
-                       [0, 0.0364, 0, 0],
-                       [0, 0.0467, 0, 0],
-                       [0, 0, 0, -0.0681]])
-SPEC_DW = np.array([[0.044606, 0.094061],
-                    [0.011262, 0.068288]])
 
 
 def test_spec_worked_filter_gradient():
