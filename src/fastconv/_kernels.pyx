@@ -1149,7 +1149,7 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
     cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
     cdef floating* dwp = &grad_weight[0, 0, 0, 0]
-    cdef Py_ssize_t o, n, p, u, v, q, ii, co
+    cdef Py_ssize_t o, n, p, u, v, ii, co
     cdef Span cols
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
