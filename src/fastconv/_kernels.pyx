@@ -1072,7 +1072,7 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef Py_ssize_t o, n, p, u, v, t, length = (out_h - 1) * pitch + out_w
-    cdef floating* work = NULL
+    cdef double* work = NULL
     cdef floating* xpad
     cdef floating* gpad
     cdef double* acc
@@ -1081,16 +1081,17 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
-        # per thread: padded x plane | padded dY plane | float64 tap sums
-        work = <floating*>malloc((rows + out_h) * pitch * sizeof(floating)
-                                 + taps * sizeof(double))
+        # per thread: float64 tap sums | padded x plane | padded dY plane
+        # (the doubles first, where malloc's alignment holds)
+        work = <double*>malloc(taps * sizeof(double)
+                               + (rows + out_h) * pitch * sizeof(floating))
         if work == NULL:
             status_p[0] = STATUS_NO_MEMORY
         for o in prange(c_out, schedule="static"):
             if work != NULL:
-                xpad = work
-                gpad = work + rows * pitch
-                acc = <double*>(work + (rows + out_h) * pitch)
+                acc = work
+                xpad = <floating*>(work + taps)
+                gpad = xpad + rows * pitch
                 for t in range(taps):
                     acc[t] = 0
                 for n in range(n_img):
