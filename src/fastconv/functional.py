@@ -279,7 +279,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     dx = np.zeros(input_shape, dtype=compute)
     if dx.size and grad_out.size and weight.size:
         g, w = contiguous(grad_out, compute), contiguous(weight, compute)
-        threads = threads_for(grad_out.size * weight[0].size)
+        args = _kernel_args(geo, grad_out.size * weight[0].size)
         if _depthwise(weight.shape, geo) and geo.stride == (1, 1) \
                 and weight.shape[0] == geo.groups:
             # The textbook form literally: correlate dY, zero-padded by
@@ -291,7 +291,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
                                        np.empty(0, dtype=compute), False, dx, 1, 1,
                                        dh * (kh - 1) - geo.pad_top,
                                        dw * (kw - 1) - geo.pad_left, dh, dw, geo.groups,
-                                       threads)
+                                       args[-1])
             return _finish(dx, result)
         if _depthwise(weight.shape, geo):
             kernel = _kernels.depthwise_grad_input
@@ -299,7 +299,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
             kernel = _kernels.conv2d_grad_input
         else:
             kernel = _kernels.conv2d_grad_input_scatter
-        kernel(g, w, dx, *_kernel_args(geo, grad_out.size * weight[0].size))
+        kernel(g, w, dx, *args)
     return _finish(dx, result)
 
 
