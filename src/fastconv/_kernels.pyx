@@ -137,9 +137,8 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
     ``(qi, qj) = divmod(p0 + l, grid_w)``, and zero where that falls outside
     the ``src_h x src_w`` plane (the zero padding of the textbook).
     """
-    cdef Py_ssize_t c, iu, iv, l, qi, qj, seg, ii, co, lo, hi, a, b, t
+    cdef Py_ssize_t c, iu, iv, l, qi, qj, seg, ii, co, lo, hi, a, b, t, base
     cdef Py_ssize_t plane = src_h * src_w
-    cdef const floating* srow
     cdef floating* d
     for c in range(n_ch):
         for iu in range(n_u):
@@ -162,12 +161,15 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
                         b = max(min(hi, qj + seg), a)       # one past the last
                         if a > qj:
                             memset(d + l, 0, (a - qj) * sizeof(floating))
-                        srow = src + c * plane + ii * src_w + co
+                        # integer offsets: no pointer is formed outside the plane
+                        base = c * plane + ii * src_w + co
                         if step_j == 1:
-                            memcpy(d + l + (a - qj), srow + a, (b - a) * sizeof(floating))
+                            if b > a:
+                                memcpy(d + l + (a - qj), src + base + a,
+                                       (b - a) * sizeof(floating))
                         else:
                             for t in range(a, b):
-                                d[l + t - qj] = srow[t * step_j]
+                                d[l + t - qj] = src[base + t * step_j]
                         if qj + seg > b:
                             memset(d + l + (b - qj), 0, (qj + seg - b) * sizeof(floating))
                     l += seg
@@ -188,9 +190,8 @@ cdef void _unpack_add_patches(const floating* src, Py_ssize_t n_ch,
     for every in-plane target, in row-major order of (row, l), so the sums
     always happen in the same order.
     """
-    cdef Py_ssize_t c, iu, iv, l, qi, qj, seg, ii, co, lo, hi, a, b, t
+    cdef Py_ssize_t c, iu, iv, l, qi, qj, seg, ii, co, lo, hi, a, b, t, base
     cdef Py_ssize_t plane = dst_h * dst_w
-    cdef floating* drow
     cdef const floating* s
     for c in range(n_ch):
         for iu in range(n_u):
@@ -208,13 +209,13 @@ cdef void _unpack_add_patches(const floating* src, Py_ssize_t n_ch,
                     if 0 <= ii < dst_h and hi > lo:
                         a = min(max(lo, qj), qj + seg)
                         b = max(min(hi, qj + seg), a)
-                        drow = dst + c * plane + ii * dst_w + co
+                        base = c * plane + ii * dst_w + co   # integer offsets, as above
                         if step_j == 1:
                             for t in range(a, b):
-                                drow[t] += s[l + t - qj]
+                                dst[base + t] += s[l + t - qj]
                         else:
                             for t in range(a, b):
-                                drow[t * step_j] += s[l + t - qj]
+                                dst[base + t * step_j] += s[l + t - qj]
                     l += seg
                     qi += 1
                     qj = 0
@@ -807,6 +808,12 @@ cdef inline floating _border_3x3(Py_ssize_t q, const floating* top, Py_ssize_t i
     return acc
 
 
+def _padded_extent(out, stride, k, dil):
+    """Rows (or columns) of input some tap reaches: (out-1)*stride +
+    (k-1)*dil + 1, as a Python integer (cannot wrap)."""
+    return (int(out) - 1) * int(stride) + (int(k) - 1) * int(dil) + 1
+
+
 cdef void _pad_plane(const floating* src, Py_ssize_t in_h, Py_ssize_t in_w,
                      Py_ssize_t pad_top, Py_ssize_t pad_left,
                      floating* dst, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
@@ -851,12 +858,12 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
     if n_img == 0 or out_plane == 0 or c_out == 0:
         return
-    # the padded plane covers exactly the rows/columns some tap reaches
-    cdef Py_ssize_t rows = (out_h - 1) * stride_h + (kh - 1) * dil_h + 1
-    cdef Py_ssize_t cols = (out_w - 1) * stride_w + (kw - 1) * dil_w + 1
-    cdef Py_ssize_t limit = (4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0
-                             else DEPTHWISE_MAX_PADDED)
-    if rows * cols > limit:
+    # the padded plane covers exactly the rows/columns some tap reaches; its
+    # size is checked in Python integers (hyper-parameters near 2**62 would
+    # wrap a C product)
+    limit = 4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
+    if (_padded_extent(out_h, stride_h, kh, dil_h) * _padded_extent(out_w, stride_w, kw, dil_w)
+            > limit):
         _depthwise_forward_bounded(x, weight, bias, has_bias, out, stride_h, stride_w,
                                    pad_top, pad_left, dil_h, dil_w, groups, n_threads)
         return
@@ -873,6 +880,8 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
     cdef floating* drow
     cdef floating* padded = NULL
     cdef floating wv, b0, acc
+    cdef Py_ssize_t rows = _padded_extent(out_h, stride_h, kh, dil_h)
+    cdef Py_ssize_t cols = _padded_extent(out_w, stride_w, kw, dil_w)
     cdef Py_ssize_t d1 = dil_w, d2 = 2 * dil_w
     cdef int status = STATUS_OK
     cdef int* status_p = &status
@@ -1060,14 +1069,14 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t og = c_out // groups
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
     cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
-    cdef Py_ssize_t rows = (out_h - 1) + (kh - 1) * dil_h + 1
-    cdef Py_ssize_t pitch = (out_w - 1) + (kw - 1) * dil_w + 1
-    cdef Py_ssize_t limit = (4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0
-                             else DEPTHWISE_MAX_PADDED)
-    if stride_h != 1 or stride_w != 1 or rows * pitch > limit:
+    limit = 4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
+    if (stride_h != 1 or stride_w != 1 or
+            _padded_extent(out_h, 1, kh, dil_h) * _padded_extent(out_w, 1, kw, dil_w) > limit):
         _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w, pad_top,
                                     pad_left, dil_h, dil_w, groups, n_threads)
         return
+    cdef Py_ssize_t rows = _padded_extent(out_h, 1, kh, dil_h)
+    cdef Py_ssize_t pitch = _padded_extent(out_w, 1, kw, dil_w)
     cdef floating* dwp = &grad_weight[0, 0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
@@ -1171,8 +1180,9 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
                                 continue
                             grow = gp + (n * c_out + o) * out_plane + p * out_w
                             srow = xp + (n * c_in + o // og) * in_plane + ii * in_w
-                            acc = acc + _dot(grow + cols.lo, srow + cols.lo * stride_w + co,
-                                             stride_w, cols.hi - cols.lo)
+                            if cols.hi > cols.lo:
+                                acc = acc + _dot(grow + cols.lo, srow + cols.lo * stride_w + co,
+                                                 stride_w, cols.hi - cols.lo)
                     dwp[o * taps + u * kw + v] = <floating>acc
 
 

@@ -172,8 +172,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         out[...] = 0 if bias is None else contiguous(bias, compute)[:, None, None]
         return _finish(out, result)
     b = contiguous(bias, compute) if bias is not None else np.empty(0, dtype=compute)
-    kernel = _kernels.depthwise_forward if _depthwise(weight.shape, geo) else _kernels.conv2d_forward
-    kernel(contiguous(x, compute), contiguous(weight, compute), b, bias is not None, out,
+    w = contiguous(weight, compute)
+    # The direct depthwise loops skip zero padding; a non-finite weight times
+    # that padding is NaN in the textbook sum, so such weights take the GEMM.
+    depthwise = _depthwise(weight.shape, geo) and np.isfinite(w).all()
+    kernel = _kernels.depthwise_forward if depthwise else _kernels.conv2d_forward
+    kernel(contiguous(x, compute), w, b, bias is not None, out,
            *_kernel_args(geo, _conv_macs(x.shape[0], weight.shape[0], geo, weight.shape)))
     return _finish(out, result)
 
@@ -280,7 +284,12 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     if dx.size and grad_out.size and weight.size:
         g, w = contiguous(grad_out, compute), contiguous(weight, compute)
         args = _kernel_args(geo, grad_out.size * weight[0].size)
-        if _depthwise(weight.shape, geo) and geo.stride == (1, 1) \
+        # Only the gather order multiplies the zero border of the full
+        # correlation, as the textbook does; with an inf/NaN weight that is
+        # visible (0 * inf = NaN), so such weights always take it.
+        if not np.isfinite(w).all():
+            kernel = _kernels.conv2d_grad_input
+        elif _depthwise(weight.shape, geo) and geo.stride == (1, 1) \
                 and weight.shape[0] == geo.groups:
             # The textbook form literally: correlate dY, zero-padded by
             # dilation*(k-1) (less the forward padding: the crop), with the
@@ -293,7 +302,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
                                        dw * (kw - 1) - geo.pad_left, dh, dw, geo.groups,
                                        args[-1])
             return _finish(dx, result)
-        if _depthwise(weight.shape, geo):
+        elif _depthwise(weight.shape, geo):
             kernel = _kernels.depthwise_grad_input
         elif _grad_input_method(*input_shape, weight.shape, geo) == "gather":
             kernel = _kernels.conv2d_grad_input
@@ -351,9 +360,12 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     if x.size == 0 or grad_out.size == 0:
         dw[...] = 0
         return _finish(dw, result)
-    kernel = (_kernels.depthwise_grad_weight if _depthwise(weight_shape, geo)
-              else _kernels.conv2d_grad_weight)
-    kernel(contiguous(x, compute), contiguous(grad_out, compute), dw,
+    g = contiguous(grad_out, compute)
+    # The direct depthwise loops skip zero padding (see conv2d): a
+    # non-finite sensitivity takes the GEMM, which multiplies it as written.
+    depthwise = _depthwise(weight_shape, geo) and np.isfinite(g).all()
+    kernel = _kernels.depthwise_grad_weight if depthwise else _kernels.conv2d_grad_weight
+    kernel(contiguous(x, compute), g, dw,
            *_kernel_args(geo, grad_out.size * dw[0].size))
     return _finish(dw, result)
 
