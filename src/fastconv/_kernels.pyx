@@ -817,20 +817,19 @@ def _padded_extent(out, stride, k, dil):
 cdef void _pad_plane(const floating* src, Py_ssize_t in_h, Py_ssize_t in_w,
                      Py_ssize_t pad_top, Py_ssize_t pad_left,
                      floating* dst, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
-    """dst (rows x cols) = src placed at (pad_top, pad_left), zeros elsewhere
-    (negative paddings crop)."""
+    """Copy src into the interior of dst (rows x cols) at (pad_top,
+    pad_left); negative paddings crop.  Only the interior is written: the
+    caller zeroes dst once, and since every plane of a call has the same
+    geometry, its border stays zero from plane to plane."""
     cdef Py_ssize_t r, i, c0, c1
     c0 = min(cols, max(0, pad_left))                  # first column holding input
     c1 = max(c0, min(cols, in_w + pad_left))          # one past the last
-    for r in range(rows):
+    if c1 == c0:
+        return
+    for r in range(max(0, pad_top), min(rows, in_h + pad_top)):
         i = r - pad_top
-        if i < 0 or i >= in_h or c1 == c0:
-            memset(dst + r * cols, 0, cols * sizeof(floating))
-            continue
-        memset(dst + r * cols, 0, c0 * sizeof(floating))
         memcpy(dst + r * cols + c0, src + i * in_w + (c0 - pad_left),
                (c1 - c0) * sizeof(floating))
-        memset(dst + r * cols + c1, 0, (cols - c1) * sizeof(floating))
 
 
 def depthwise_forward(const floating[:, :, :, ::1] x,
@@ -889,6 +888,8 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
         padded = <floating*>malloc(rows * cols * sizeof(floating))
         if padded == NULL:
             status_p[0] = STATUS_NO_MEMORY
+        else:
+            memset(padded, 0, rows * cols * sizeof(floating))   # the border, once
         for item in prange(n_img * c_out, schedule="static"):
             if padded != NULL:
                 n = item // c_out
@@ -1096,6 +1097,8 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
                                + (rows + out_h) * pitch * sizeof(floating))
         if work == NULL:
             status_p[0] = STATUS_NO_MEMORY
+        else:       # the planes' zero borders and dY's zero tails, once
+            memset(work + taps, 0, (rows + out_h) * pitch * sizeof(floating))
         for o in prange(c_out, schedule="static"):
             if work != NULL:
                 acc = work
