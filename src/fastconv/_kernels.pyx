@@ -759,55 +759,6 @@ cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t b_step,
     return total
 
 
-cdef inline void _row_3x3(floating* drow, const floating* top, Py_ssize_t in_w,
-                          Py_ssize_t row_step, Py_ssize_t dil_w, Py_ssize_t pad_left,
-                          Py_ssize_t out_w, const floating* w, floating b0) noexcept nogil:
-    """One output row of a 3x3, column-stride-1 depthwise tap sum whose three
-    input rows (``top``, ``top + row_step``, ``top + 2*row_step``) all exist.
-
-    Interior columns take all nine taps in one vectorizable expression;
-    border columns skip the taps that fall in the zero padding.  Either way
-    each output is ``b0`` plus the taps in row-major order, exactly as the
-    generic loop sums them.
-    """
-    cdef const floating* r0 = top - pad_left
-    cdef const floating* r1 = top + row_step - pad_left
-    cdef const floating* r2 = top + 2 * row_step - pad_left
-    cdef Py_ssize_t d1 = dil_w, d2 = 2 * dil_w
-    cdef Py_ssize_t lo = min(out_w, max(0, pad_left))             # q - pad_left >= 0
-    cdef Py_ssize_t hi = max(lo, min(out_w, in_w - d2 + pad_left))  # q + d2 - pad_left < in_w
-    cdef Py_ssize_t q
-    cdef floating acc
-    for q in range(lo, hi):
-        acc = b0 + w[0] * r0[q]
-        acc = acc + w[1] * r0[q + d1]
-        acc = acc + w[2] * r0[q + d2]
-        acc = acc + w[3] * r1[q]
-        acc = acc + w[4] * r1[q + d1]
-        acc = acc + w[5] * r1[q + d2]
-        acc = acc + w[6] * r2[q]
-        acc = acc + w[7] * r2[q + d1]
-        acc = acc + w[8] * r2[q + d2]
-        drow[q] = acc
-    for q in range(lo):
-        drow[q] = _border_3x3(q, top, in_w, row_step, dil_w, pad_left, w, b0)
-    for q in range(hi, out_w):
-        drow[q] = _border_3x3(q, top, in_w, row_step, dil_w, pad_left, w, b0)
-
-
-cdef inline floating _border_3x3(Py_ssize_t q, const floating* top, Py_ssize_t in_w,
-                                 Py_ssize_t row_step, Py_ssize_t dil_w, Py_ssize_t pad_left,
-                                 const floating* w, floating b0) noexcept nogil:
-    cdef Py_ssize_t u, v, col
-    cdef floating acc = b0
-    for u in range(3):
-        for v in range(3):
-            col = q + v * dil_w - pad_left
-            if 0 <= col < in_w:
-                acc = acc + w[u * 3 + v] * top[u * row_step + col]
-    return acc
-
-
 def _padded_extent(out, stride, k, dil):
     """Rows (or columns) of input some tap reaches: (out-1)*stride +
     (k-1)*dil + 1, as a Python integer (cannot wrap)."""
@@ -861,8 +812,9 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
     # size is checked in Python integers (hyper-parameters near 2**62 would
     # wrap a C product)
     limit = 4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
-    if (_padded_extent(out_h, stride_h, kh, dil_h) * _padded_extent(out_w, stride_w, kw, dil_w)
-            > limit):
+    n_rows = _padded_extent(out_h, stride_h, kh, dil_h)
+    n_cols = _padded_extent(out_w, stride_w, kw, dil_w)
+    if n_rows * n_cols > limit:
         _depthwise_forward_bounded(x, weight, bias, has_bias, out, stride_h, stride_w,
                                    pad_top, pad_left, dil_h, dil_w, groups, n_threads)
         return
@@ -879,8 +831,8 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
     cdef floating* drow
     cdef floating* padded = NULL
     cdef floating wv, b0, acc
-    cdef Py_ssize_t rows = _padded_extent(out_h, stride_h, kh, dil_h)
-    cdef Py_ssize_t cols = _padded_extent(out_w, stride_w, kw, dil_w)
+    cdef Py_ssize_t rows = n_rows
+    cdef Py_ssize_t cols = n_cols
     cdef Py_ssize_t d1 = dil_w, d2 = 2 * dil_w
     cdef int status = STATUS_OK
     cdef int* status_p = &status
@@ -969,12 +921,6 @@ def _depthwise_forward_bounded(const floating[:, :, :, ::1] x,
             b0 = bp[o] if has_bias else 0
             for p in range(out_h):
                 drow = yp + item * out_plane + p * out_w
-                ii = p * stride_h - pad_top
-                if (kh == 3 and kw == 3 and stride_w == 1 and ii >= 0
-                        and ii + 2 * dil_h < in_h):
-                    _row_3x3(drow, src + ii * in_w, in_w, dil_h * in_w, dil_w, pad_left,
-                             out_w, wp + o * 9, b0)
-                    continue
                 for q in range(out_w):
                     drow[q] = b0
                 for u in range(kh):
@@ -1071,13 +1017,14 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
     cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
     limit = 4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
-    if (stride_h != 1 or stride_w != 1 or
-            _padded_extent(out_h, 1, kh, dil_h) * _padded_extent(out_w, 1, kw, dil_w) > limit):
+    n_rows = _padded_extent(out_h, 1, kh, dil_h)
+    n_pitch = _padded_extent(out_w, 1, kw, dil_w)
+    if stride_h != 1 or stride_w != 1 or n_rows * n_pitch > limit:
         _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w, pad_top,
                                     pad_left, dil_h, dil_w, groups, n_threads)
         return
-    cdef Py_ssize_t rows = _padded_extent(out_h, 1, kh, dil_h)
-    cdef Py_ssize_t pitch = _padded_extent(out_w, 1, kw, dil_w)
+    cdef Py_ssize_t rows = n_rows
+    cdef Py_ssize_t pitch = n_pitch
     cdef floating* dwp = &grad_weight[0, 0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
