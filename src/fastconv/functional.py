@@ -86,14 +86,9 @@ def _conv_geometry(fn, x_shape, w_shape, stride, padding, dilation, groups,
 
 
 def _kernel_args(geo, macs):
+    # macs: multiply-adds of the call (output size x one filter's size)
     return (geo.stride[0], geo.stride[1], geo.pad_top, geo.pad_left,
             geo.dilation[0], geo.dilation[1], geo.groups, threads_for(macs))
-
-
-def _conv_macs(n, c_out, geo, w_shape):
-    return n * c_out * geo.out_h * geo.out_w * w_shape[1] * w_shape[2] * w_shape[3]
-
-
 
 
 def _finish(out, result_dtype):
@@ -178,7 +173,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     depthwise = _depthwise(weight.shape, geo) and np.isfinite(w).all()
     kernel = _kernels.depthwise_forward if depthwise else _kernels.conv2d_forward
     kernel(contiguous(x, compute), w, b, bias is not None, out,
-           *_kernel_args(geo, _conv_macs(x.shape[0], weight.shape[0], geo, weight.shape)))
+           *_kernel_args(geo, out.size * weight[0].size))
     return _finish(out, result)
 
 
