@@ -4,7 +4,8 @@ avg_pool2d_grad).
 The NumPy oracles in ``fastconv.reference`` are the specification; PyTorch (when it is
 importable) is a second, independent check.  Sections:
 
-1. oracle agreement on hypothesis-drawn geometries (both dtypes, 1 and 2 threads);
+1. oracle agreement on hypothesis-drawn geometries (both dtypes, 1 and 2 threads),
+   with the stride-2 row loops and the general loops each checked;
 2. named edge cases (empty batch, kernel = input, ceil_mode rules, inf/NaN, a large plane);
 3. max_pool2d_grad index handling (dtypes, out-of-range and malformed indices);
 4. central finite differences of both gradients;
@@ -162,6 +163,94 @@ def test_avg_pool2d_grad_matches_oracle(n_threads, dtype, geo, seed, include):
     dx_ref = ref.avg_pool2d_grad(g, shape, count_include_pad=include, **kw)
     assert dx.shape == shape and dx.dtype == np.dtype(dtype)
     assert_close(dx, dx_ref, dtype)
+
+
+@pytest.fixture(params=["stride2_loops", "general_loops"])
+def pool_loops(request):
+    """Run with the dedicated stride-2, 2/3-tap row loops on, then off (the
+    general per-tap loops), so both evaluations meet the oracle."""
+    from fastconv import _kernels
+    _kernels._tuning(pool_fast_paths=request.param == "stride2_loops")
+    yield request.param
+    _kernels._tuning(pool_fast_paths=True)
+
+
+@st.composite
+def stride2_geometries(draw):
+    """Pooling problems that the stride-2 row loops serve: kernel width 2 or 3,
+    stride width 2, any height geometry, padding and ceil_mode; widths up to 40
+    so that rows have inner columns, edge columns and vector remainders."""
+    kw = draw(st.sampled_from([2, 3]))
+    kh = draw(st.integers(1, 4))
+    pw = draw(st.integers(0, kw // 2))
+    ph = draw(st.integers(0, kh // 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 9))
+    w = draw(st.integers(max(1, kw - 2 * pw), 40))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w)
+    kwargs = dict(kernel_size=(kh, kw), stride=(draw(st.integers(1, 3)), 2),
+                  padding=(ph, pw), ceil_mode=draw(st.booleans()))
+    return shape, kwargs
+
+
+def special_values(rng, shape, dtype):
+    """Small integers (ties everywhere) sprinkled with NaN, -inf and +inf."""
+    x = rng.integers(-2, 3, size=shape).astype(np.float64)
+    x[rng.random(shape) < 0.04] = np.nan
+    x[rng.random(shape) < 0.04] = -np.inf
+    x[rng.random(shape) < 0.02] = np.inf
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP
+@given(geo=stride2_geometries(), seed=seeds, special=st.booleans())
+def test_stride2_max_pool_matches_oracle(pool_loops, n_threads, dtype, geo, seed, special):
+    """Values and indices equal the oracle's bit for bit (ties, NaN, inf)."""
+    shape, kw = geo
+    rng = np.random.default_rng(seed)
+    x = special_values(rng, shape, dtype) if special else distinct(rng, shape, dtype)
+    y, idx = fastconv.max_pool2d(x, **kw)
+    y_ref, idx_ref = ref.max_pool2d(x, **kw)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    g = randn(rng, idx.shape, dtype)
+    assert_close(fastconv.max_pool2d_grad(g, idx, shape), ref.max_pool2d_grad(g, idx, shape),
+                 dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@HYP
+@given(geo=stride2_geometries(), seed=seeds, include=st.booleans())
+def test_stride2_avg_pool_matches_oracle(pool_loops, n_threads, dtype, geo, seed, include):
+    """Means and spread gradients (both count_include_pad modes) equal the oracle's."""
+    shape, kw = geo
+    rng = np.random.default_rng(seed)
+    x = randn(rng, shape, dtype)
+    y = fastconv.avg_pool2d(x, count_include_pad=include, **kw)
+    assert_close(y, ref.avg_pool2d(x, count_include_pad=include, **kw), dtype)
+    g = randn(rng, y.shape, dtype)
+    assert_close(fastconv.avg_pool2d_grad(g, shape, count_include_pad=include, **kw),
+                 ref.avg_pool2d_grad(g, shape, count_include_pad=include, **kw), dtype)
+
+
+def test_stride2_loops_agree_bitwise_with_general_loops(rng):
+    """Both evaluations sum and compare in window order: identical bits."""
+    from fastconv import _kernels
+    x = randn(rng, (2, 3, 17, 23), np.float32)
+    results = []
+    for fast in (True, False):
+        _kernels._tuning(pool_fast_paths=fast)
+        try:
+            out = []
+            for k, p in ((2, 0), (3, 1), (3, 0), (2, 1)):
+                y, idx = fastconv.max_pool2d(x, k, 2, p, ceil_mode=True)
+                a = fastconv.avg_pool2d(x, k, 2, p, ceil_mode=True)
+                out += [y, idx, a, fastconv.avg_pool2d_grad(a, x.shape, k, 2, p, True)]
+            results.append(out)
+        finally:
+            _kernels._tuning(pool_fast_paths=True)
+    for fast, general in zip(*results):
+        np.testing.assert_array_equal(fast, general)
 
 
 # ---------------------------------------------------------------------------

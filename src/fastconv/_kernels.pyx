@@ -28,7 +28,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -64,13 +64,19 @@ cdef Py_ssize_t ROWWISE_MAX_PLANE = -1
 # Depthwise planes are copied into a zero-padded buffer unless it would
 # exceed this many elements (-1: 4x the input plane + 4096).
 cdef Py_ssize_t DEPTHWISE_MAX_PADDED = -1
+# Pooling with stride 2 and 2- or 3-wide windows takes dedicated loops
+# (tests switch them off to check the general loops against them).
+cdef bint POOL_FAST_PATHS = True
 
 
 def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
-            rowwise_max_plane=None, depthwise_max_padded=None):
+            rowwise_max_plane=None, depthwise_max_padded=None, pool_fast_paths=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
+    global POOL_FAST_PATHS
+    if pool_fast_paths is not None:
+        POOL_FAST_PATHS = pool_fast_paths
     if depthwise_max_padded is not None:
         DEPTHWISE_MAX_PADDED = depthwise_max_padded
     if rowwise_max_plane is not None:
@@ -85,7 +91,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
         MIN_ITEMS = min_items
     return dict(tile_bytes=TILE_BYTES, min_tile=MIN_TILE, max_tile=MAX_TILE,
                 min_items=MIN_ITEMS, rowwise_max_plane=ROWWISE_MAX_PLANE,
-                depthwise_max_padded=DEPTHWISE_MAX_PADDED)
+                depthwise_max_padded=DEPTHWISE_MAX_PADDED,
+                pool_fast_paths=POOL_FAST_PATHS)
 
 
 def _raise_for_status(int status):
@@ -1136,6 +1143,80 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
                     dwp[o * taps + u * kw + v] = <floating>acc
 
 
+cdef inline Span _inner_columns(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad,
+                                Py_ssize_t size, Py_ssize_t grid) noexcept nogil:
+    """Grid columns q in [lo, hi) whose whole window [q*stride - pad, +k)
+    lies inside [0, size)."""
+    cdef Span span
+    span.lo = min(grid, _ceil_div(pad, stride))
+    span.hi = max(span.lo, min(grid, _floor_div(size - k + pad, stride) + 1))
+    return span
+
+
+cdef inline void _max_taps_stride2(const floating* srow, Py_ssize_t pad,
+                                   floating* best, floating* best_idx,
+                                   Py_ssize_t lo, Py_ssize_t hi, floating base,
+                                   Py_ssize_t k) noexcept nogil:
+    """One input row's taps (k = 2 or 3, stride 2) folded into the running
+    maxima of inner columns [lo, hi), tap by tap in window order; the
+    winner's index is kept as its tap's row base (see max_pool2d_forward)."""
+    cdef Py_ssize_t q
+    cdef floating cur, cur_idx, val
+    cdef bint take
+    cdef floating base1 = base + 1
+    cdef floating base2 = base + 2
+    if k == 2:
+        for q in range(lo, hi):
+            cur = best[q]
+            cur_idx = best_idx[q]
+            val = srow[2 * q - pad]
+            take = (val > cur) | (val != val)
+            cur = val if take else cur
+            cur_idx = base if take else cur_idx
+            val = srow[2 * q - pad + 1]
+            take = (val > cur) | (val != val)
+            best[q] = val if take else cur
+            best_idx[q] = base1 if take else cur_idx
+    else:
+        for q in range(lo, hi):
+            cur = best[q]
+            cur_idx = best_idx[q]
+            val = srow[2 * q - pad]
+            take = (val > cur) | (val != val)
+            cur = val if take else cur
+            cur_idx = base if take else cur_idx
+            val = srow[2 * q - pad + 1]
+            take = (val > cur) | (val != val)
+            cur = val if take else cur
+            cur_idx = base1 if take else cur_idx
+            val = srow[2 * q - pad + 2]
+            take = (val > cur) | (val != val)
+            best[q] = val if take else cur
+            best_idx[q] = base2 if take else cur_idx
+
+
+cdef inline void _max_window(const floating* src, Py_ssize_t in_w,
+                             Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t ws, Py_ssize_t k_w,
+                             floating* out, int64_t* out_idx) noexcept nogil:
+    """Maximum and flat index of one window: rows [h0, h1), columns
+    [ws, ws + k_w) clipped to the row, scanned in window order."""
+    cdef Py_ssize_t i, j, idx
+    cdef Py_ssize_t w0 = max(ws, 0)
+    cdef Py_ssize_t w1 = min(ws + k_w, in_w)
+    cdef floating best = -INFINITY
+    cdef floating v
+    cdef bint take
+    idx = h0 * in_w + w0
+    for i in range(h0, h1):
+        for j in range(w0, w1):
+            v = src[i * in_w + j]
+            take = (v > best) | (v != v)
+            best = v if take else best
+            idx = i * in_w + j if take else idx
+    out[0] = best
+    out_idx[0] = idx
+
+
 # --- max pooling -------------------------------------------------------------
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x,
@@ -1155,7 +1236,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     ``i*W + v - pad_w`` (the same for every column, so the select blends a
     constant) held in the value's own type so that value and tap blend in
     the same lanes; the flat index is that base plus ``q*stride_w``.  The
-    base is exact while the plane has fewer than 2**24 (float32) / 2**53
+    base is exact while the plane has fewer than 2**24 (float32) / 2**31
     (float64) elements; larger planes take the element-by-element loop.
     """
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
@@ -1166,7 +1247,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &out[0, 0, 0, 0]
     cdef int64_t* ip = &indices[0, 0, 0, 0]
-    cdef Py_ssize_t exact = (1 << 24) if floating is float else (1 << 53)
+    # (through int32: SIMD converts float to int32, not to int64)
+    cdef Py_ssize_t exact = (1 << 24) if floating is float else (1 << 31) - 1
     cdef Py_ssize_t pl, p, q, i, v, co, hs, h0, h1, ws
     cdef Span cols
     cdef bint take
@@ -1179,6 +1261,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
+    cdef bint pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
+    cdef Span inner = _inner_columns(k_w, 2, pad_w, in_w, out_w)
     if ROWWISE_MAX_PLANE >= 0:
         exact = min(exact, ROWWISE_MAX_PLANE)
     if in_h * in_w + k_w > exact:
@@ -1198,6 +1282,27 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                     h1 = min(hs + k_h, in_h)
                     best = yp + (pl * out_h + p) * out_w
                     irow = ip + (pl * out_h + p) * out_w
+                    if pairs:
+                        # stride 2, 2 or 3 taps: columns whose window lies
+                        # inside the row take every tap in one pass (loads
+                        # in interleaved pairs); the few edge columns scan
+                        # their clipped window
+                        for q in range(inner.lo, inner.hi):
+                            best[q] = -INFINITY
+                            best_idx[q] = <floating>(h0 * in_w - pad_w)
+                        for i in range(h0, h1):
+                            _max_taps_stride2(src + i * in_w, pad_w, best, best_idx,
+                                              inner.lo, inner.hi,
+                                              <floating>(i * in_w - pad_w), k_w)
+                        for q in range(inner.lo, inner.hi):
+                            irow[q] = <int64_t><int32_t>best_idx[q] + 2 * q
+                        for q in range(inner.lo):
+                            _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
+                                        best + q, irow + q)
+                        for q in range(inner.hi, out_w):
+                            _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
+                                        best + q, irow + q)
+                        continue
                     for q in range(out_w):
                         # PyTorch starts from -inf at the first in-plane element
                         ws = q * stride_w - pad_w
@@ -1229,7 +1334,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                                     best[q] = val if take else cur
                                     best_idx[q] = base if take else cur_idx
                     for q in range(out_w):
-                        irow[q] = <int64_t>best_idx[q] + q * stride_w
+                        irow[q] = <int64_t><int32_t>best_idx[q] + q * stride_w
         free(best_idx)
     _raise_for_status(status)
 
@@ -1242,9 +1347,7 @@ cdef void _max_pool_elementwise(const floating* xp, floating* yp, int64_t* ip,
                                 Py_ssize_t pad_h, Py_ssize_t pad_w, int n_threads) noexcept:
     """Max pooling one window at a time, with a 64-bit index: for planes too
     large for the row-wise kernel's in-lane index."""
-    cdef Py_ssize_t pl, p, q, i, j, h0, h1, w0, w1, best_idx
-    cdef bint take
-    cdef floating best, v
+    cdef Py_ssize_t pl, p, q, h0, h1
     cdef const floating* src
     with nogil:
         for pl in prange(planes, schedule="static", num_threads=n_threads):
@@ -1254,19 +1357,9 @@ cdef void _max_pool_elementwise(const floating* xp, floating* yp, int64_t* ip,
                 h1 = min(h0 + k_h, in_h)
                 h0 = max(h0, 0)
                 for q in range(out_w):
-                    w0 = q * stride_w - pad_w
-                    w1 = min(w0 + k_w, in_w)
-                    w0 = max(w0, 0)
-                    best = -INFINITY
-                    best_idx = h0 * in_w + w0
-                    for i in range(h0, h1):
-                        for j in range(w0, w1):
-                            v = src[i * in_w + j]
-                            take = (v > best) | (v != v)
-                            best = v if take else best
-                            best_idx = i * in_w + j if take else best_idx
-                    yp[(pl * out_h + p) * out_w + q] = best
-                    ip[(pl * out_h + p) * out_w + q] = best_idx
+                    _max_window(src, in_w, h0, h1, q * stride_w - pad_w, k_w,
+                                yp + (pl * out_h + p) * out_w + q,
+                                ip + (pl * out_h + p) * out_w + q)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
@@ -1335,6 +1428,59 @@ def _avg_col_divisors(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_
     return out
 
 
+cdef inline void _sum_taps_stride2(const floating* srow, Py_ssize_t pad, floating* acc,
+                                   Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t k) noexcept nogil:
+    """Add one input row's taps (k = 2 or 3, stride 2), in window order, to
+    the running sums of inner columns [lo, hi)."""
+    cdef Py_ssize_t q
+    if k == 2:
+        for q in range(lo, hi):
+            acc[q] = (acc[q] + srow[2 * q - pad]) + srow[2 * q - pad + 1]
+    else:
+        for q in range(lo, hi):
+            acc[q] = ((acc[q] + srow[2 * q - pad]) + srow[2 * q - pad + 1]) + srow[2 * q - pad + 2]
+
+
+cdef inline floating _window_sum(const floating* src, Py_ssize_t in_w, Py_ssize_t h0,
+                                 Py_ssize_t h1, Py_ssize_t ws, Py_ssize_t k_w) noexcept nogil:
+    """Sum of one window (rows [h0, h1), columns [ws, ws + k_w) clipped to
+    the row) in window order."""
+    cdef Py_ssize_t i, j
+    cdef floating acc = 0
+    for i in range(h0, h1):
+        for j in range(max(ws, 0), min(ws + k_w, in_w)):
+            acc = acc + src[i * in_w + j]
+    return acc
+
+
+cdef inline void _spread_pairs_stride2(floating* drow, Py_ssize_t pad, const floating* share,
+                                       Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Add ``share[q]`` to taps 0 and 1 (stride 2) of columns [lo, hi) of one
+    input row; those never overlap, so the loop vectorizes."""
+    cdef Py_ssize_t q
+    for q in range(lo, hi):
+        drow[2 * q - pad] += share[q]
+        drow[2 * q - pad + 1] += share[q]
+
+
+cdef inline void _spread_third_tap_stride2(floating* drow, Py_ssize_t pad,
+                                           const floating* share,
+                                           Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Add ``share[q]`` to tap 2 (stride 2) of columns [lo, hi): the element
+    that is also tap 0 of column q+1."""
+    cdef Py_ssize_t q
+    for q in range(lo, hi):
+        drow[2 * q - pad + 2] += share[q]
+
+
+cdef inline void _window_spread(floating* drow, Py_ssize_t in_w, Py_ssize_t ws,
+                                Py_ssize_t k_w, floating share) noexcept nogil:
+    """Add ``share`` to columns [ws, ws + k_w) of one row, clipped to it."""
+    cdef Py_ssize_t j
+    for j in range(max(ws, 0), min(ws + k_w, in_w)):
+        drow[j] += share
+
+
 def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                        floating[:, :, :, ::1] out,
                        Py_ssize_t k_h, Py_ssize_t k_w,
@@ -1359,6 +1505,8 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &out[0, 0, 0, 0]
+    cdef bint pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
+    cdef Span inner = _inner_columns(k_w, 2, pad_w, in_w, out_w)
     cdef Py_ssize_t pl, p, q, i, v, co
     cdef double row_div
     cdef Window wh
@@ -1371,6 +1519,23 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                 wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
                 row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
                 acc = yp + (pl * out_h + p) * out_w
+                if pairs:
+                    # as in max_pool2d_forward: inner columns take every
+                    # tap in one pass, edge columns sum their clipped window
+                    for q in range(inner.lo, inner.hi):
+                        acc[q] = 0
+                    for i in range(wh.start, wh.stop):
+                        _sum_taps_stride2(xp + (pl * in_h + i) * in_w, pad_w, acc,
+                                          inner.lo, inner.hi, k_w)
+                    for q in range(inner.lo):
+                        acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
+                                             2 * q - pad_w, k_w)
+                    for q in range(inner.hi, out_w):
+                        acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
+                                             2 * q - pad_w, k_w)
+                    for q in range(out_w):
+                        acc[q] = <floating>(acc[q] / (row_div * cdiv[q]))
+                    continue
                 for q in range(out_w):
                     acc[q] = 0
                 for i in range(wh.start, wh.stop):
@@ -1411,6 +1576,8 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef bint pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
+    cdef Span inner = _inner_columns(k_w, 2, pad_w, in_w, out_w)
     cdef Py_ssize_t pl, p, q, i, v, co
     cdef double row_div
     cdef Window wh
@@ -1433,6 +1600,22 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                     grow = gp + (pl * out_h + p) * out_w
                     for q in range(out_w):
                         share[q] = <floating>(grow[q] / (row_div * cdiv[q]))
+                    if pairs:
+                        # Every element takes its shares in the general
+                        # loops' order (tap by tap, then column): with 3
+                        # taps, tap 2 of column q is tap 0 of column q+1,
+                        # which must come first.
+                        for i in range(wh.start, wh.stop):
+                            drow = dxp + (pl * in_h + i) * in_w
+                            _spread_pairs_stride2(drow, pad_w, share, inner.lo, inner.hi)
+                            for q in range(out_w - 1, inner.hi - 1, -1):
+                                _window_spread(drow, in_w, 2 * q - pad_w, k_w, share[q])
+                            if k_w == 3:
+                                _spread_third_tap_stride2(drow, pad_w, share,
+                                                          inner.lo, inner.hi)
+                            for q in range(inner.lo - 1, -1, -1):
+                                _window_spread(drow, in_w, 2 * q - pad_w, k_w, share[q])
+                        continue
                     for i in range(wh.start, wh.stop):
                         drow = dxp + (pl * in_h + i) * in_w
                         for v in range(taps.lo, taps.hi):
