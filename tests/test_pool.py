@@ -689,6 +689,17 @@ def test_max_pool2d_grad_into_empty_plane_raises(n_threads):
             fastconv.max_pool2d_grad(g, idx, shape)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_grad_of_empty_grad_out_is_zero(n_threads, dtype):
+    """No output elements: the gradient is all zeros (not uninitialized memory)."""
+    for _ in range(3):   # reuse freed (dirty) memory for the result
+        junk = np.full((3, 2, 9, 9), 7.0, dtype)
+        del junk
+        g = np.ones((3, 2, 0, 4), dtype)
+        dx = fastconv.max_pool2d_grad(g, np.zeros(g.shape, np.int64), (3, 2, 9, 9))
+        np.testing.assert_array_equal(dx, np.zeros((3, 2, 9, 9), dtype))
+
+
 @pytest.mark.parametrize("bad_shape", [(1, 2, 3, 3), (1, 2, 2, 4), (2, 1, 3, 4), (2, 2, 12),
                                        (24,), (1, 2, 2, 3, 4)])
 def test_max_pool2d_grad_rejects_wrong_index_shape(bad_shape):

@@ -1367,9 +1367,10 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         floating[:, :, :, ::1] grad_in, int n_threads):
     """Route each ``grad_out`` element to ``indices`` in its input plane.
 
-    ``grad_in`` must be zero-filled.  Each plane is one work item, summed
-    in a fixed order; an index outside ``[0, H*W)`` is never written and
-    makes the call raise ``ValueError``.
+    Each plane of ``grad_in`` is one work item: zero-filled here (by the
+    thread that then sums into it, while it is in that core's cache), then
+    summed in a fixed order; an index outside ``[0, H*W)`` is never written
+    and makes the call raise ``ValueError``.
     """
     cdef Py_ssize_t planes = grad_out.shape[0] * grad_out.shape[1]
     cdef Py_ssize_t out_size = grad_out.shape[2] * grad_out.shape[3]
@@ -1385,6 +1386,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef int* status_p = &status
     with nogil:
         for pl in prange(planes, schedule="static", num_threads=n_threads):
+            memset(dxp + pl * in_size, 0, in_size * sizeof(floating))
             for l in range(out_size):
                 idx = ip[pl * out_size + l]
                 if idx < 0 or idx >= in_size:
@@ -1561,9 +1563,10 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         bint count_include_pad, int n_threads):
     """Spread each ``grad_out`` element evenly over its window.
 
-    ``grad_in`` is zero-filled on entry.  One work item per plane; within
-    it, output row by output row, each tap adds a whole row of shares
-    (vectorizable), so the summation order is fixed.
+    One work item per plane, zero-filled here first (see
+    max_pool2d_backward); within it, output row by output row, each tap
+    adds a whole row of shares (vectorizable), so the summation order is
+    fixed.
     """
     cdef Py_ssize_t planes = grad_out.shape[0] * grad_out.shape[1]
     cdef Py_ssize_t in_h = grad_in.shape[2], in_w = grad_in.shape[3]
@@ -1592,6 +1595,7 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
         if share == NULL:
             status_p[0] = STATUS_NO_MEMORY
         for pl in prange(planes, schedule="static"):
+            memset(dxp + pl * in_h * in_w, 0, in_h * in_w * sizeof(floating))
             if share != NULL:
                 for p in range(out_h):
                     wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
