@@ -2,6 +2,8 @@
 
 The public functions follow PyTorch's NCHW semantics (see ``functional``);
 ``fastconv.reference`` holds the slow textbook loops they are tested against.
+``fastconv.layers`` (with ``fastconv.optim``) builds small trainable networks
+on the kernels; ``conv2d_cost`` and ``gradcheck`` count and check them.
 """
 
 from fastconv._version import __version__
@@ -18,6 +20,9 @@ from fastconv.functional import (
     max_pool2d_grad,
 )
 from fastconv import reference
+from fastconv.cost import conv2d_cost
+from fastconv._gradcheck import gradcheck
+from fastconv import layers, optim
 
 __all__ = [
     "__version__",
@@ -30,6 +35,10 @@ __all__ = [
     "avg_pool2d",
     "avg_pool2d_grad",
     "reference",
+    "conv2d_cost",
+    "gradcheck",
+    "layers",
+    "optim",
     "get_num_threads",
     "set_num_threads",
     "show_config",

@@ -1,5 +1,7 @@
-"""Command line: ``python -m fastconv [selfcheck|bench|config]``.
+"""Command line: ``python -m fastconv [demo|selfcheck|bench|config]``.
 
+* ``demo``: train a small CNN on scikit-learn's 8x8 digits (see
+  ``fastconv.demo``; ``python -m fastconv demo --help`` for its options).
 * ``selfcheck`` (default): show the configuration, check every kernel
   against its textbook oracle on a few small cases, and time a few layers
   against a plain NumPy im2col baseline (and PyTorch if installed).
@@ -70,10 +72,15 @@ def selfcheck(out=print):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        from fastconv import demo
+
+        return demo.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="selfcheck",
-                        choices=["selfcheck", "bench", "config"])
+                        choices=["demo", "selfcheck", "bench", "config"])
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for fastconv (and torch); default: get_num_threads()")
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",

@@ -1,0 +1,62 @@
+"""Tests of fastconv.gradcheck itself: it passes right backwards, catches wrong ones."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv.layers import Conv2D, Layer, Linear
+
+
+class _WrongLinear(Linear):
+    """A Linear whose weight gradient is off by 1 % (a subtle bug)."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads["weight"] = self.grads["weight"] * 1.01
+        return dx
+
+
+class _WrongSquare(Layer):
+    def forward(self, x):
+        self._x = x
+        return x ** 2
+
+    def backward(self, dout):
+        return dout * self._x        # should be 2 * x
+
+
+def test_functional_api_passes(rng):
+    x = rng.standard_normal((2, 3, 6, 5))
+    w = rng.standard_normal((4, 3, 3, 2))
+    geo = dict(stride=(2, 1), padding=1, dilation=(1, 2))
+
+    def backward(g, x, w):
+        return (fastconv.conv2d_grad_input(g, w, x.shape, **geo),
+                fastconv.conv2d_grad_weight(x, g, w.shape, **geo))
+
+    worst, errors = fastconv.gradcheck(lambda x, w: fastconv.conv2d(x, w, **geo), (x, w),
+                                       backward=backward, details=True)
+    assert worst < 1e-5 and set(errors) == {"input0", "input1"}
+
+
+def test_catches_wrong_gradients(rng):
+    assert fastconv.gradcheck(_WrongSquare(), rng.standard_normal(5)) > 0.3
+    errs = fastconv.gradcheck(_WrongLinear(3, 2, dtype=np.float64, rng=0),
+                              rng.standard_normal((4, 3)), details=True)[1]
+    assert errs["input0"] < 1e-6
+    assert errs["weight"] > 5e-3
+
+
+def test_max_elements_samples(rng):
+    layer = Conv2D(2, 2, 3, dtype=np.float64, rng=0)
+    worst = fastconv.gradcheck(layer, rng.standard_normal((1, 2, 5, 5)), max_elements=5)
+    assert worst < 1e-5
+
+
+def test_rejects_float32_parameters_and_bare_functions(rng):
+    with pytest.raises(TypeError, match="dtype=np.float64"):
+        fastconv.gradcheck(Linear(3, 2), rng.standard_normal((2, 3)))
+    with pytest.raises(TypeError, match="backward"):
+        fastconv.gradcheck(np.sin, rng.standard_normal(3))
+    with pytest.raises(TypeError, match="layer or a callable"):
+        fastconv.gradcheck(3, rng.standard_normal(3))
