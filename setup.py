@@ -11,10 +11,16 @@ Everything about *how* the kernels are compiled lives here, once:
 
 No host-specific flag (``-march=native``) is ever used: the wheels must run on
 any x86-64 / aarch64 machine.  The heavy lifting (GEMM) is done by the BLAS
-that NumPy ships, which has its own runtime CPU dispatch.
+that NumPy ships, which has its own runtime CPU dispatch.  The kernels get
+theirs by being compiled twice on x86-64: ``_kernels`` for the baseline
+(SSE2) and ``_kernels_avx2`` (the same source, ``include``d) with
+``-mavx2 -mfma``; ``fastconv._simd`` picks one at import from what the CPU
+and OS support.  ``-ffp-contract=off`` keeps every multiply and add
+separately rounded, so both builds return bitwise identical results.
 """
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -76,6 +82,13 @@ def _openmp_flags():
     return [], []
 
 
+def _x86_64():
+    """True when building for x86-64 (the only target with a SIMD variant)."""
+    target = (os.environ.get("_PYTHON_HOST_PLATFORM") or sysconfig.get_platform()).lower()
+    return target.endswith(("x86_64", "amd64")) or (
+        target == "linux" and platform.machine().lower() in ("x86_64", "amd64"))
+
+
 def _extensions():
     omp_cflags, omp_lflags = _openmp_flags()
     if sys.platform == "win32":
@@ -89,17 +102,24 @@ def _extensions():
         # Python layer allows may wrap in intermediate products before the
         # final (in-range) index; make that defined behaviour.
         base_cflags.append("-fwrapv")
+        # No fused multiply-adds the source did not ask for: the SIMD
+        # variants and the baseline must round identically.
+        base_cflags.append("-ffp-contract=off")
     common = dict(
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=base_cflags + omp_cflags,
         extra_link_args=omp_lflags,
     )
-    names = ["_openmp", "_blas", "_kernels"]
+    names = ["_openmp", "_blas", "_cpu", "_kernels"]
     exts = [
         Extension(f"fastconv.{name}", [f"src/fastconv/{name}.pyx"], **common)
         for name in names
     ]
+    if _x86_64() and sys.platform != "win32":
+        avx2 = dict(common, extra_compile_args=common["extra_compile_args"] + ["-mavx2", "-mfma"])
+        exts.append(Extension("fastconv._kernels_avx2", ["src/fastconv/_kernels_avx2.pyx"],
+                              **avx2))
     return cythonize(
         exts,
         compiler_directives=COMPILER_DIRECTIVES,

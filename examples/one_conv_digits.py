@@ -27,6 +27,7 @@ def main(epochs=10, seed=0, out=print):
     )
     out(str(model.summary((1, 1, 8, 8))))
     loss_fn, opt = SoftmaxCrossEntropy(), SGD(lr=0.1, momentum=0.9)
+    acc = accuracy(model, x_test, y_test)
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(x))
         for lo in range(0, len(x), 32):

@@ -1006,7 +1006,7 @@ def test_builtin_blas_fallback_matches_oracle():
 def bounded_depthwise():
     """Force the depthwise forward's bounds-checked loop (normally only used
     when the zero-padded copy of a plane would be too large)."""
-    from fastconv import _kernels
+    from fastconv._simd import kernels as _kernels
     _kernels._tuning(depthwise_max_padded=0)
     yield
     _kernels._tuning(depthwise_max_padded=-1)

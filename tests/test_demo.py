@@ -89,3 +89,22 @@ def test_one_conv_example():
     acc = runpy.run_path(str(script))["main"](epochs=2, out=lines.append)
     assert acc > 0.8
     assert "total params: 1,370" in lines[0]
+
+
+@pytest.mark.parametrize("args", [["--seed", "-1"], ["--lr", "inf"], ["--threads", "100000"],
+                                  ["--plot", "/nonexistent-folder/x.png"]])
+def test_demo_bad_arguments_are_usage_errors(args):
+    if args[0] == "--plot":
+        pytest.importorskip("matplotlib")
+    with pytest.raises(SystemExit) as info:
+        demo.main(args, stdout=io.StringIO(), stderr=io.StringIO())
+    assert info.value.code == 2
+
+
+def test_options_before_the_demo_command():
+    pytest.importorskip("sklearn")
+    proc = subprocess.run([sys.executable, "-m", "fastconv", "--threads", "1", "demo",
+                           "--epochs", "1", "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["threads"] == 1

@@ -60,3 +60,29 @@ def test_rejects_float32_parameters_and_bare_functions(rng):
         fastconv.gradcheck(np.sin, rng.standard_normal(3))
     with pytest.raises(TypeError, match="layer or a callable"):
         fastconv.gradcheck(3, rng.standard_normal(3))
+
+
+def test_nan_gradients_are_not_hidden(rng):
+    class NaNBias(Linear):
+        def backward(self, dout):
+            dx = super().backward(dout)
+            self.grads["bias"] = self.grads["bias"] * np.nan
+            return dx
+
+    assert np.isnan(fastconv.gradcheck(NaNBias(3, 2, dtype=np.float64, rng=0),
+                                       rng.standard_normal((4, 3))))
+
+
+def test_plain_function_needs_a_gradient_per_input(rng):
+    x, y = rng.standard_normal(3), rng.standard_normal(3)
+    with pytest.raises(ValueError, match="1 gradients for 2"):
+        fastconv.gradcheck(lambda a, b: a * b, (x, y), backward=lambda g, a, b: g * b)
+
+
+def test_stochastic_forward_is_refused(rng):
+    from fastconv.layers import Dropout
+
+    with pytest.raises(ValueError, match="eval"):
+        fastconv.gradcheck(Dropout(0.5, rng=0), rng.standard_normal((4, 4)))
+    with pytest.raises(TypeError, match="dtype=np.float64"):
+        fastconv.gradcheck(Linear(3, 2), rng.standard_normal((2, 3)), params=False)

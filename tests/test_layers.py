@@ -6,7 +6,8 @@
 3. the SPEC's graph-node worked example (apples and oranges);
 4. Sequential: params/grads views, save/load round trip, PyTorch state dicts;
 5. optimizers against PyTorch's update rules, and a short training run;
-6. bad arguments.
+6. bad arguments;
+7. regressions found in review (masked logits, soft targets, input aliasing, dtypes).
 """
 
 import math
@@ -388,7 +389,7 @@ def test_short_training_run_lowers_the_loss_deterministically():
     (lambda: Linear(3, 0), ValueError, "out_features"),
     (lambda: MaxPool2D(2, padding=2), ValueError, "padding"),
     (lambda: AvgPool2D(0), ValueError, "kernel_size"),
-    (lambda: Dropout(1.0), ValueError, "p must"),
+    (lambda: Dropout(1.5), ValueError, "p must"),
     (lambda: SGD(lr=-1), ValueError, "lr"),
     (lambda: Adam(beta1=1.0), ValueError, "beta1"),
 ])
@@ -398,7 +399,7 @@ def test_bad_constructor_arguments(make, exc, match):
 
 
 def test_bad_inputs_name_the_shapes(rng):
-    with pytest.raises(ValueError, match=r"Linear: input must have shape \(N, 5\)"):
+    with pytest.raises(ValueError, match=r"Linear: input must have shape \(\.\.\., 5\)"):
         Linear(5, 2).forward(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="C=3"):
         Conv2D(2, 4, 3).forward(np.zeros((1, 3, 5, 5)))
@@ -413,3 +414,119 @@ def test_bad_inputs_name_the_shapes(rng):
         Conv2D(1, 1, 1).backward(np.zeros((1, 1, 1, 1)))
     with pytest.raises(TypeError, match="not a layer"):
         Sequential(ReLU(), 3)
+
+
+# ---------------------------------------------------------------------------
+# 7. regressions (from review)
+# ---------------------------------------------------------------------------
+
+def test_cross_entropy_with_masked_logits_matches_torch():
+    torch = pytest.importorskip("torch")
+    z = np.array([[0.0, 1.0, -np.inf], [2.0, -np.inf, 0.5]])
+    labels = np.array([1, 0])
+    loss_fn = SoftmaxCrossEntropy()
+    loss = loss_fn.forward(z, labels)
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.tensor(labels))
+    tl.backward()
+    assert loss == pytest.approx(tl.item(), rel=1e-14)
+    np.testing.assert_allclose(loss_fn.backward(), tz.grad.numpy(), rtol=1e-14, atol=1e-300)
+
+
+def test_cross_entropy_soft_targets_not_summing_to_one(rng):
+    torch = pytest.importorskip("torch")
+    z, t = rng.standard_normal((3, 4)), rng.random((3, 4))
+    loss_fn = SoftmaxCrossEntropy()
+    loss = loss_fn.forward(z, t)
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.tensor(t))
+    tl.backward()
+    assert loss == pytest.approx(tl.item(), rel=1e-13)
+    np.testing.assert_allclose(loss_fn.backward(), tz.grad.numpy(), rtol=1e-12)
+    assert fastconv.gradcheck(SoftmaxCrossEntropy(), (z, t)) < GRAD_TOL
+
+
+def test_cross_entropy_empty_batch_is_nan_like_torch():
+    assert math.isnan(SoftmaxCrossEntropy().forward(np.zeros((0, 3)), np.zeros(0, np.int64)))
+
+
+def test_layers_keep_their_own_copy_of_the_input(rng):
+    """Overwriting the caller's batch buffer between forward and backward
+    must not change the gradients."""
+    for layer, shape in [(Linear(3, 2, dtype=np.float64, rng=0), (4, 3)),
+                         (Conv2D(1, 2, 2, dtype=np.float64, rng=0), (2, 1, 3, 3))]:
+        x = rng.standard_normal(shape)
+        g = np.ones(layer.forward(x).shape)
+        layer.backward(g)
+        expected = layer.grads["weight"].copy()
+        layer.forward(x)
+        x[...] = 5
+        layer.backward(g)
+        np.testing.assert_array_equal(layer.grads["weight"], expected)
+    mul, a = Mul(), np.ones(3)
+    mul.forward(a, np.full(3, 2.0))
+    a[...] = 7
+    np.testing.assert_array_equal(mul.backward(np.ones(3))[1], np.ones(3))
+
+
+def test_integer_inputs_compute_in_float():
+    loss = MSELoss()
+    assert loss.forward(np.array([1], np.uint8), np.array([3], np.uint8)) == 4.0
+    np.testing.assert_array_equal(loss.backward(), [-4.0])
+    assert Dropout(0.5, rng=0).forward(np.array([1, 2, 3])).dtype == np.float64
+
+
+def test_dtypes_are_kept(rng):
+    y32 = rng.standard_normal((2, 3)).astype(np.float32)
+    for layer in (Sigmoid(), Tanh(), ReLU()):
+        layer.forward(y32)
+        assert layer.backward(np.ones((2, 3))).dtype == np.float32
+    loss = MSELoss()
+    loss.forward(y32, np.zeros((2, 3)))
+    assert loss.backward().dtype == np.float32
+    assert np.isnan(ReLU().forward(np.array([np.nan, -1.0, 2.0]))[0])
+
+
+def test_linear_takes_leading_batch_dimensions(rng):
+    torch = pytest.importorskip("torch")
+    lin = Linear(4, 3, dtype=np.float64, rng=0)
+    x = rng.standard_normal((2, 5, 4))
+    tlin = torch.nn.Linear(4, 3).double()
+    with torch.no_grad():
+        tlin.weight.copy_(torch.tensor(lin.params["weight"]))
+        tlin.bias.copy_(torch.tensor(lin.params["bias"]))
+    np.testing.assert_allclose(lin.forward(x), tlin(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-13)
+    assert fastconv.gradcheck(lin, x) < GRAD_TOL
+
+
+def test_sequential_rejects_a_layer_used_twice():
+    relu = ReLU()
+    with pytest.raises(ValueError, match="appears twice"):
+        Sequential(relu, Flatten(), relu)
+
+
+def test_failed_load_changes_nothing():
+    net = _small_net()
+    before = net.state_dict()
+    bad = {k: np.zeros_like(v) for k, v in before.items()}
+    bad["4.bias"] = np.zeros(7)
+    with pytest.raises(ValueError):
+        net.load_state_dict(bad)
+    for key, value in before.items():
+        np.testing.assert_array_equal(net.params[key], value)
+    with pytest.raises(KeyError):
+        net.params["00.weight"]
+
+
+def test_summary_checks_linear_input():
+    net = Sequential(Flatten(), Linear(10, 2, rng=0))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 10\)"):
+        net.summary((1, 3, 2, 2))
+
+
+def test_dropout_p_one_zeroes_everything(rng):
+    drop = Dropout(1.0, rng=0)
+    x = rng.standard_normal((3, 4))
+    assert np.all(drop.forward(x) == 0)
+    assert np.all(drop.backward(np.ones((3, 4))) == 0)

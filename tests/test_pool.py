@@ -169,7 +169,7 @@ def test_avg_pool2d_grad_matches_oracle(n_threads, dtype, geo, seed, include):
 def pool_loops(request):
     """Run with the dedicated stride-2, 2/3-tap row loops on, then off (the
     general per-tap loops), so both evaluations meet the oracle."""
-    from fastconv import _kernels
+    from fastconv._simd import kernels as _kernels
     _kernels._tuning(pool_fast_paths=request.param == "stride2_loops")
     yield request.param
     _kernels._tuning(pool_fast_paths=True)
@@ -235,7 +235,7 @@ def test_stride2_avg_pool_matches_oracle(pool_loops, n_threads, dtype, geo, seed
 
 def test_stride2_loops_agree_bitwise_with_general_loops(rng):
     """Both evaluations sum and compare in window order: identical bits."""
-    from fastconv import _kernels
+    from fastconv._simd import kernels as _kernels
     x = randn(rng, (2, 3, 17, 23), np.float32)
     results = []
     for fast in (True, False):
@@ -1151,7 +1151,7 @@ def test_ceil_mode_kernel_larger_than_padded_input_oracle_agrees_with_torch(rng)
 def elementwise_max_pool():
     """Force the element-wise max-pool loop (normally only for planes whose
     flat indices a float32 lane cannot hold exactly, > 2**24 elements)."""
-    from fastconv import _kernels
+    from fastconv._simd import kernels as _kernels
     _kernels._tuning(rowwise_max_plane=0)
     yield
     _kernels._tuning(rowwise_max_plane=-1)

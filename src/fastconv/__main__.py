@@ -73,10 +73,11 @@ def selfcheck(out=print):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"]:
+    if "demo" in argv:      # the demo has its own options (demo --help)
         from fastconv import demo
 
-        return demo.main(argv[1:])
+        at = argv.index("demo")
+        return demo.main(argv[:at] + argv[at + 1:])
     parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="selfcheck",

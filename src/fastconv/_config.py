@@ -7,6 +7,7 @@ import numpy as np
 
 from fastconv._blas import blas_info
 from fastconv._openmp import openmp_enabled
+from fastconv import _simd
 from fastconv._threads import get_num_threads
 from fastconv._version import __version__
 
@@ -20,6 +21,8 @@ def config():
         "numpy": np.__version__,
         "platform": platform.platform(),
         "openmp": openmp_enabled(),
+        "simd": _simd.level,
+        "simd_available": ", ".join(_simd.available()),
         "threads": get_num_threads(),
         "blas": blas["name"],
         "blas_path": blas["path"],

@@ -91,12 +91,13 @@ def gradcheck(fn_or_layer, inputs, *, backward=None, eps=1e-6, atol=1e-10, seed=
           for x in _as_tuple(inputs)]
     checked = [i for i, x in enumerate(xs) if x.dtype == np.float64]
     param_items = []
-    if layer is not None and params:
+    if layer is not None:
         for name, p in layer.params.items():
-            if p.dtype != np.float64:
+            if p.dtype != np.float64:    # the layer would compute in float32 anyway
                 raise TypeError(f"gradcheck: parameter {name} is {p.dtype}; build the layer "
                                 "with dtype=np.float64")
-            param_items.append((name, p))
+            if params:
+                param_items.append((name, p))
 
     out = forward(*xs)
     scalar = np.ndim(out) == 0
@@ -106,12 +107,17 @@ def gradcheck(fn_or_layer, inputs, *, backward=None, eps=1e-6, atol=1e-10, seed=
         value = forward(*xs)
         return float(value) if scalar else float(np.sum(np.asarray(value) * g))
 
+    first = objective()
+    if objective() != first:
+        raise ValueError("gradcheck: forward gives different results for the same input "
+                         "(a Dropout in training mode? call .eval() first)")
+
     if layer is not None:
         grads = layer.backward() if scalar else layer.backward(g)
     else:
         grads = backward(g, *xs)
     grads = _as_tuple(grads)
-    if len(grads) == 1:
+    if len(grads) == 1 and layer is not None:
         checked = checked[:1]   # one gradient: the first input's (a loss's prediction)
     analytic = {}
     for k, i in enumerate(checked):
@@ -141,5 +147,6 @@ def gradcheck(fn_or_layer, inputs, *, backward=None, eps=1e-6, atol=1e-10, seed=
             flat[j] = old
             numeric[k] = (plus - minus) / (2 * eps)
         errors[name] = _rel_errors(analytic[name].reshape(-1)[idx], numeric, atol)
-    worst = max(errors.values(), default=0.0)
+    # np.max, not max(): a NaN error must not hide behind a smaller one
+    worst = float(np.max(list(errors.values()))) if errors else 0.0
     return (worst, errors) if details else worst

@@ -12,6 +12,7 @@ so a run is repeatable.
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -183,10 +184,17 @@ def _plot(history, path):
 def _positive(kind):
     def parse(text):
         value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not (value > 0 and np.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return value
     return parse
+
+
+def _seed(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def main(argv=None, stdout=None, stderr=None):
@@ -201,7 +209,7 @@ def main(argv=None, stdout=None, stderr=None):
     parser.add_argument("--epochs", type=_positive(int), default=15)
     parser.add_argument("--batch-size", type=_positive(int), default=32)
     parser.add_argument("--lr", type=_positive(float), default=0.005, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_seed, default=0,
                         help="seed of the split, the weights and the batch order")
     parser.add_argument("--threads", type=_positive(int), default=None,
                         help="fastconv threads (default: get_num_threads())")
@@ -216,8 +224,14 @@ def main(argv=None, stdout=None, stderr=None):
         except ImportError:
             stderr.write("fastconv demo: --plot needs matplotlib (pip install matplotlib)\n")
             return 2
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            parser.error(f"--plot: folder {folder} does not exist")
     if args.threads is not None:
-        fastconv.set_num_threads(args.threads)
+        try:
+            fastconv.set_num_threads(args.threads)
+        except ValueError as exc:
+            parser.error(f"--threads: {exc}")
     try:
         train_data, test_data = load_digits_split(seed=args.seed)
     except ModuleNotFoundError as exc:

@@ -17,7 +17,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from fastconv import _kernels
+from fastconv._simd import kernels as _kernels
 from fastconv._threads import threads_for
 from fastconv._validation import (
     as_array,

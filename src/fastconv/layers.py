@@ -52,6 +52,18 @@ def _rng(rng):
     return np.random.default_rng(rng)
 
 
+def _as_float(x):
+    """``x`` as an array; integers and booleans become float64."""
+    x = np.asarray(x)
+    return x.astype(np.float64) if x.dtype.kind not in "fc" else x
+
+
+def _snapshot(x, dtype=None):
+    """A private copy of an input that backward will need, so that a caller
+    reusing (overwriting) its batch buffer cannot corrupt the gradients."""
+    return np.array(x, dtype=dtype, copy=True)
+
+
 def _float_dtype(dtype, name):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -186,8 +198,7 @@ class Conv2D(Layer):
                     groups=self.groups)
 
     def forward(self, x):
-        x = np.asarray(x, dtype=self.dtype)
-        self._x = x
+        self._x = x = _snapshot(x, self.dtype)
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), **self._geometry())
 
     def backward(self, dout):
@@ -285,21 +296,19 @@ class ReLU(Layer):
     def forward(self, x):
         x = np.asarray(x)
         self._mask = x > 0
-        return np.where(self._mask, x, 0).astype(x.dtype, copy=False)
+        self._dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+        return np.maximum(x, 0)          # NaN stays NaN, as in PyTorch
 
     def backward(self, dout):
         mask = self._cached("_mask")
-        dout = np.asarray(dout)
-        return np.where(mask, dout, 0).astype(dout.dtype, copy=False)
+        return np.where(mask, dout, 0).astype(self._dtype, copy=False)
 
 
 class Sigmoid(Layer):
     """``1 / (1 + exp(-x))``; backward ``dout * y * (1 - y)``."""
 
     def forward(self, x):
-        x = np.asarray(x)
-        if x.dtype.kind != "f":
-            x = x.astype(np.float64)
+        x = _as_float(x)
         # exp of a non-positive argument only: no overflow warnings
         e = np.exp(-np.abs(x))
         self._y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
@@ -307,23 +316,24 @@ class Sigmoid(Layer):
 
     def backward(self, dout):
         y = self._cached("_y")
-        return dout * y * (1 - y)
+        return (dout * y * (1 - y)).astype(y.dtype, copy=False)
 
 
 class Tanh(Layer):
     """``tanh(x)``; backward ``dout * (1 - y**2)``."""
 
     def forward(self, x):
-        self._y = np.tanh(x)
+        self._y = np.tanh(_as_float(x))
         return self._y
 
     def backward(self, dout):
         y = self._cached("_y")
-        return dout * (1 - y * y)
+        return (dout * (1 - y * y)).astype(y.dtype, copy=False)
 
 
 class Linear(Layer):
-    """Affine layer ``y = x @ weight.T + bias`` (PyTorch's ``nn.Linear``).
+    """Affine layer ``y = x @ weight.T + bias`` (PyTorch's ``nn.Linear``):
+    inputs of shape ``(..., in_features)``.
 
     Parameters
     ----------
@@ -359,28 +369,35 @@ class Linear(Layer):
             self.params["bias"] = np.zeros(self.out_features, dtype=self.dtype)
         self._x = None
 
+    def _check(self, shape):
+        if len(shape) < 1 or shape[-1] != self.in_features:
+            raise ValueError(f"Linear: input must have shape (..., {self.in_features}), got "
+                             f"{tuple(shape)} (put a Flatten before it)")
+
     def forward(self, x):
-        x = np.asarray(x, dtype=self.dtype)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"Linear: input must have shape (N, {self.in_features}), got "
-                             f"{x.shape} (put a Flatten before it)")
-        self._x = x
-        y = x @ self.params["weight"].T
+        x = np.asarray(x)
+        self._check(x.shape)
+        self._shape = x.shape
+        # (..., in) -> (M, in): leading dimensions are a batch, as in PyTorch
+        self._x = x2 = _snapshot(x.reshape(-1, self.in_features), self.dtype)
+        y = x2 @ self.params["weight"].T
         if "bias" in self.params:
             y += self.params["bias"]
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dout):
         x = self._cached("_x")
-        dout = np.asarray(dout, dtype=self.dtype)
+        dout = np.asarray(dout, dtype=self.dtype).reshape(-1, self.out_features)
         self.grads["weight"] = dout.T @ x
         if "bias" in self.params:
             self.grads["bias"] = dout.sum(axis=0)
-        return dout @ self.params["weight"]
+        return (dout @ self.params["weight"]).reshape(self._shape)
 
     def describe(self, input_shape):
-        return (input_shape[0], self.out_features), (
-            int(input_shape[0]) * self.in_features * self.out_features)
+        self._check(input_shape)
+        rows = int(np.prod(input_shape[:-1], dtype=object))
+        return tuple(input_shape[:-1]) + (self.out_features,), (
+            rows * self.in_features * self.out_features)
 
     def __repr__(self):
         return (f"Linear({self.in_features}, {self.out_features}, "
@@ -408,26 +425,29 @@ class Dropout(Layer):
 
     Parameters
     ----------
-    p : float in [0, 1), default 0.5
+    p : float in [0, 1], default 0.5
     rng : None, int or numpy.random.Generator
     """
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must lie in [0, 1), got {p}")
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must lie in [0, 1], got {p}")
         self.p = float(p)
         self._rng = _rng(rng)
         self._mask = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = _as_float(x)
         if not self.training or self.p == 0:
             self._mask = None
             return x
-        keep = self._rng.random(x.shape) >= self.p
-        self._mask = keep / (1 - self.p)
-        return (x * self._mask).astype(x.dtype, copy=False)
+        if self.p == 1:
+            self._mask = np.zeros(x.shape, dtype=x.dtype)
+        else:
+            keep = self._rng.random(x.shape) >= self.p
+            self._mask = (keep / (1 - self.p)).astype(x.dtype)
+        return x * self._mask
 
     def backward(self, dout):
         if self._mask is None:
@@ -442,38 +462,45 @@ class SoftmaxCrossEntropy(Layer):
     """Softmax followed by the mean cross-entropy over the batch.
 
     ``forward(logits, labels)`` takes logits ``(N, K)`` and labels as class
-    indices ``(N,)`` or one-hot / probability rows ``(N, K)``, and returns the
-    mean loss (a Python float).  ``backward(dout=1.0)`` returns
-    ``dout * (softmax(logits) - onehot) / N``.
+    indices ``(N,)`` or target rows ``(N, K)`` (one-hot or probabilities, as
+    PyTorch's ``cross_entropy``), and returns the mean loss (a Python float;
+    NaN for an empty batch, as PyTorch).  ``backward(dout=1.0)`` returns
+    ``dout * (softmax(logits) * sum(t) - t) / N``, i.e.
+    ``(softmax - onehot) / N`` for class labels.  Logits of ``-inf`` mask
+    their class.
     """
 
     def forward(self, logits, labels):
-        z = np.asarray(logits)
+        z = _as_float(logits)
         if z.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropy: logits must have shape (N, K), "
                              f"got {z.shape}")
         t = np.asarray(labels)
+        n = z.shape[0]
+        shifted = z - z.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         if t.ndim == 1:
-            if t.shape[0] != z.shape[0] or t.dtype.kind not in "iu":
+            if t.shape[0] != n or t.dtype.kind not in "iu":
                 raise ValueError(f"SoftmaxCrossEntropy: labels must be integer classes of "
-                                 f"shape ({z.shape[0]},) or rows of shape {z.shape}, got "
+                                 f"shape ({n},) or rows of shape {z.shape}, got "
                                  f"{t.dtype} {t.shape}")
             if t.size and (t.min() < 0 or t.max() >= z.shape[1]):
                 raise ValueError(f"SoftmaxCrossEntropy: labels must lie in [0, {z.shape[1]})")
-            onehot = np.zeros(z.shape, dtype=z.dtype)
-            onehot[np.arange(z.shape[0]), t] = 1
+            target = np.zeros(z.shape, dtype=z.dtype)
+            target[np.arange(n), t] = 1
+            # gather, not onehot * log_p: a masked (-inf) logit elsewhere
+            # would give 0 * -inf = NaN
+            total = -log_p[np.arange(n), t].sum()
         elif t.shape == z.shape:
-            onehot = t.astype(z.dtype, copy=False)
+            target = t.astype(z.dtype, copy=False)
+            total = -np.where(target != 0, target * log_p, 0).sum()
         else:
             raise ValueError(f"SoftmaxCrossEntropy: labels of shape {t.shape} do not match "
                              f"logits of shape {z.shape}")
-        shifted = z - z.max(axis=1, keepdims=True)
-        log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        log_p = shifted - log_sum
         self._p = np.exp(log_p)
-        self._t = onehot
-        n = max(z.shape[0], 1)
-        return float(-(onehot * log_p).sum() / n)
+        self._t = target
+        # PyTorch: the mean over an empty batch is NaN
+        return float(total / n) if n else float("nan")
 
     @property
     def probabilities(self):
@@ -482,7 +509,11 @@ class SoftmaxCrossEntropy(Layer):
 
     def backward(self, dout=1.0):
         p = self._cached("_p")
-        return (dout * (p - self._t) / max(p.shape[0], 1)).astype(p.dtype, copy=False)
+        t = self._t
+        # d/dz of -sum(t * log softmax(z)) is p * sum(t) - t (sum(t) = 1 for
+        # class labels and probability rows)
+        grad = p * t.sum(axis=1, keepdims=True) - t
+        return (dout * grad / max(p.shape[0], 1)).astype(p.dtype, copy=False)
 
 
 class MSELoss(Layer):
@@ -490,13 +521,13 @@ class MSELoss(Layer):
     ``nn.MSELoss``); ``backward(dout=1.0)`` gives ``2 (pred - target) / size``."""
 
     def forward(self, pred, target):
-        pred = np.asarray(pred)
+        pred = _as_float(pred)
         target = np.asarray(target)
         if pred.shape != target.shape:
             raise ValueError(f"MSELoss: pred {pred.shape} and target {target.shape} must have "
                              "the same shape")
-        self._diff = pred - target
-        return float(np.mean(self._diff ** 2)) if pred.size else 0.0
+        self._diff = (pred - target.astype(np.float64)).astype(pred.dtype, copy=False)
+        return float(np.mean(self._diff.astype(np.float64) ** 2)) if pred.size else float("nan")
 
     def backward(self, dout=1.0):
         diff = self._cached("_diff")
@@ -508,7 +539,8 @@ class Mul(Layer):
     (dout*y, dout*x)``."""
 
     def forward(self, x, y):
-        self._x, self._y = x, y
+        self._x = _snapshot(x) if isinstance(x, np.ndarray) else x
+        self._y = _snapshot(y) if isinstance(y, np.ndarray) else y
         return x * y
 
     def backward(self, dout):
@@ -543,6 +575,11 @@ class Sequential(Layer):
         for i, layer in enumerate(layers):
             if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
                 raise TypeError(f"Sequential: item {i} ({layer!r}) is not a layer")
+            if any(layer is other for other in layers[:i]):
+                # its cached input and gradients would be overwritten by the
+                # second use; share weights by loading them instead
+                raise ValueError(f"Sequential: item {i} ({layer!r}) appears twice; "
+                                 "use a separate layer object per position")
         self.layers = list(layers)
         self.params = _PrefixedDict(self.layers, "params")
         self.grads = _PrefixedDict(self.layers, "grads")
@@ -603,6 +640,7 @@ class Sequential(Layer):
         if strict and (missing or unexpected):
             raise KeyError(f"Sequential.load_state_dict: missing keys {missing}, "
                            f"unexpected keys {unexpected}")
+        updates = []
         for key, target in own.items():
             if key not in state:
                 continue
@@ -610,6 +648,8 @@ class Sequential(Layer):
             if value.shape != target.shape:
                 raise ValueError(f"Sequential.load_state_dict: {key} has shape {value.shape}, "
                                  f"the model expects {target.shape}")
+            updates.append((target, value))
+        for target, value in updates:       # all checked first: all or nothing
             target[...] = value
         return self
 
@@ -642,7 +682,7 @@ class _PrefixedDict(Mapping):
 
     def __getitem__(self, key):
         index, _, name = str(key).partition(".")
-        if index.isdigit() and int(index) < len(self._layers):
+        if index.isdigit() and str(int(index)) == index and int(index) < len(self._layers):
             values = getattr(self._layers[int(index)], self._attr, {})
             if name in values:
                 return values[name]

@@ -3,7 +3,7 @@
 ``update(params, grads)`` changes every array in ``params`` in place from
 the array under the same key in ``grads`` (the textbook's interface);
 ``step(model)`` is ``update(model.params, model.grads)``.  State (momentum,
-Adam moments) is kept per key.
+Adam moments) is kept per key, so use one optimizer per model.
 """
 
 import numpy as np
@@ -46,7 +46,7 @@ class SGD(_Optimizer):
     """
 
     def __init__(self, lr=0.01, momentum=0.0, weight_decay=0.0):
-        _check_hyper("SGD", lr=(lr, 0, np.inf), momentum=(momentum, 0, 1),
+        _check_hyper("SGD", lr=(lr, 0, np.inf), momentum=(momentum, 0, np.inf),
                      weight_decay=(weight_decay, 0, np.inf))
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.velocity = {}

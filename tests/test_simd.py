@@ -1,0 +1,81 @@
+"""Runtime SIMD dispatch (fastconv._simd): the baseline and AVX2 builds of the
+kernels must return bitwise identical results, and FASTCONV_SIMD must choose."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _simd, functional
+
+needs_avx2 = pytest.mark.skipif("avx2" not in _simd.available(),
+                                reason="no AVX2 build or no AVX2/FMA on this CPU")
+
+
+def _all_results(rng, dtype):
+    x = rng.standard_normal((2, 6, 13, 11)).astype(dtype)
+    out = []
+    for w_shape, kw in [((4, 3, 3, 3), dict(stride=2, padding=1, groups=2)),
+                        ((6, 1, 3, 3), dict(padding=1, groups=6)),          # depthwise
+                        ((6, 1, 5, 3), dict(stride=(2, 1), dilation=2, groups=6)),
+                        ((5, 6, 1, 1), dict()),
+                        ((3, 6, 4, 2), dict(padding="same"))]:
+        w = rng.standard_normal(w_shape).astype(dtype)
+        b = rng.standard_normal(w_shape[0]).astype(dtype)
+        y = fastconv.conv2d(x, w, b, **kw)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        for method in ("gather", "scatter"):
+            functional._FORCE_GRAD_INPUT_METHOD = method
+            out.append(fastconv.conv2d_grad_input(g, w, x.shape, **kw))
+        functional._FORCE_GRAD_INPUT_METHOD = None
+        out += [y, fastconv.conv2d_grad_weight(x, g, w.shape, **kw), fastconv.conv2d_grad_bias(g)]
+    for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 3, 1)]:
+        y, idx = fastconv.max_pool2d(x, k, s, p, ceil_mode=True)
+        a = fastconv.avg_pool2d(x, k, s, p, ceil_mode=True)
+        out += [y, idx, fastconv.max_pool2d_grad(y, idx, x.shape), a,
+                fastconv.avg_pool2d_grad(a, x.shape, k, s, p, True)]
+    return out
+
+
+@needs_avx2
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_baseline_and_avx2_builds_agree_bitwise(monkeypatch, dtype):
+    from fastconv import _kernels, _kernels_avx2
+
+    results = []
+    for module in (_kernels, _kernels_avx2):
+        monkeypatch.setattr(functional, "_kernels", module)
+        results.append(_all_results(np.random.default_rng(3), dtype))
+    for base, avx2 in zip(*results):
+        np.testing.assert_array_equal(base, avx2)
+
+
+def _level_in_subprocess(value):
+    code = "from fastconv import _simd; print(_simd.level)"
+    env = dict(__import__("os").environ, FASTCONV_SIMD=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_environment_forces_the_baseline():
+    proc = _level_in_subprocess("baseline")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "baseline"
+
+
+def test_auto_picks_the_best_available():
+    proc = _level_in_subprocess("auto")
+    assert proc.stdout.strip() == _simd.available()[-1]
+
+
+def test_bad_value_is_refused():
+    proc = _level_in_subprocess("avx9000")
+    assert proc.returncode != 0
+    assert "FASTCONV_SIMD must be auto, baseline or avx2" in proc.stderr
+
+
+def test_show_config_reports_the_level(capsys):
+    fastconv.show_config()
+    assert f"simd: {_simd.level}" in capsys.readouterr().out
