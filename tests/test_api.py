@@ -530,3 +530,19 @@ def test_threadpoolctl_limits_fastconv():
 def _openmp_enabled():
     from fastconv._openmp import openmp_enabled
     return openmp_enabled()
+
+
+def test_bench_markdown_table_lists_fwd_bwd_rows():
+    from fastconv import _bench
+
+    rows = [dict(case="lenet1", dtype="float32", direction="fwd", gflops=10.0,
+                 fastconv_s=1e-3, numpy_s=2e-3),
+            dict(case="lenet1", dtype="float32", direction="fwd+bwd", gflops=20.0,
+                 fastconv_s=2e-3, numpy_s=4e-3, torch_s=3e-3),
+            dict(case="max2x2s2", dtype="float64", direction="fwd+bwd", gflops=None,
+                 fastconv_s=1e-3, numpy_s=5e-3)]
+    lines = _bench.markdown_table(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == ("| lenet1 | float32 | fwd+bwd | 2.000 | 20.0 | 4.000 | 3.000 | 2.00x "
+                        "| 1.50x |")
+    assert lines[3].endswith("| 5.00x | - |")

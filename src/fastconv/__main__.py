@@ -87,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
                         help="bench: dtypes to run (default both)")
     parser.add_argument("--repeat", type=int, default=5, help="bench: timing repeats")
+    parser.add_argument("--markdown", action="store_true",
+                        help="bench: also print the fwd+bwd rows as a Markdown table")
     args = parser.parse_args(argv)
     if args.threads is not None:
         fastconv.set_num_threads(args.threads)
@@ -97,7 +99,9 @@ def main(argv=None):
         from fastconv import _bench
 
         dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
-        _bench.run_suite(dtypes=dtypes, threads=args.threads, repeat=args.repeat)
+        rows = _bench.run_suite(dtypes=dtypes, threads=args.threads, repeat=args.repeat)
+        if args.markdown:
+            print("\n" + _bench.markdown_table(rows))
         return 0
     return selfcheck()
 

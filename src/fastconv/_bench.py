@@ -290,6 +290,24 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
     return rows
 
 
+def markdown_table(rows):
+    """The rows of :func:`run_suite` as a Markdown table (fwd+bwd rows and the
+    big layer's forward), as quoted in the README."""
+    lines = ["| case | dtype | pass | fastconv ms | GFLOP/s | NumPy im2col ms | PyTorch ms "
+             "| vs NumPy | vs PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["direction"] != "fwd+bwd" and r["case"] != "big":
+            continue
+        f = r["fastconv_s"]
+        cells = [r["case"], r["dtype"], r["direction"], _fmt_ms(f),
+                 f"{r['gflops']:.1f}" if r["gflops"] is not None else "-",
+                 _fmt_ms(r.get("numpy_s")), _fmt_ms(r.get("torch_s")),
+                 f"{r['numpy_s'] / f:.2f}x" if "numpy_s" in r else "-",
+                 f"{r['torch_s'] / f:.2f}x" if "torch_s" in r else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def square_gemm_gflops(dtype, repeat=5, n=2048):
     """GFLOP/s of an n^3 product through NumPy's BLAS (its own threads)."""
     rng = np.random.default_rng(0)
