@@ -31,3 +31,11 @@ if "/site-packages/" not in fastconv.__file__:
     sys.exit("check.sh: fastconv was not imported from the installed wheel")
 PY
 "$repo/.venv-wheel/bin/python" -m pytest "$repo/tests" -p no:cacheprovider
+
+# 4. the C-level API from a downstream Cython extension: the same venv plus
+#    Cython builds examples/cimport against the installed wheel's .pxd.
+"$repo/.venv-wheel/bin/pip" install -q Cython setuptools
+cp -r "$repo/examples/cimport" "$outside/cimport"
+cd "$outside/cimport"
+"$repo/.venv-wheel/bin/python" setup.py -q build_ext --inplace
+"$repo/.venv-wheel/bin/python" run.py

@@ -546,3 +546,15 @@ def test_bench_markdown_table_lists_fwd_bwd_rows():
     assert lines[2] == ("| lenet1 | float32 | fwd+bwd | 2.000 | 20.0 | 4.000 | 3.000 | 2.00x "
                         "| 1.50x |")
     assert lines[3].endswith("| 5.00x | - |")
+
+
+def test_type_stubs_cover_the_public_api():
+    """``__init__.pyi`` (shipped with py.typed) declares every public name."""
+    from pathlib import Path
+
+    pkg = Path(fastconv.__file__).parent
+    assert (pkg / "py.typed").exists()
+    stub = (pkg / "__init__.pyi").read_text()
+    for name in fastconv.__all__:
+        assert (f"def {name}(" in stub or f"import {name} as {name}" in stub
+                or f"{name}: " in stub), name

@@ -11,7 +11,7 @@ CPUs without AVX2).
 
 import os
 
-from fastconv import _kernels as _baseline
+import fastconv._kernels as _baseline
 from fastconv._cpu import has_avx2_fma
 
 __all__ = ["kernels", "level", "available"]
