@@ -158,6 +158,11 @@ def test_show_config_prints_version_openmp_threads_blas(capsys):
     assert lines.get("openmp") in {"True", "False"}, out
     assert lines.get("threads") == str(fastconv.get_num_threads()), out
     assert lines.get("blas"), out
+    assert lines.get("compiler") and lines["compiler"] != "unknown", out
+    assert lines.get("openmp_runtime"), out
+    if lines.get("openmp") == "True" and sys.platform.startswith("linux"):
+        assert "OpenMP" in lines["openmp_runtime"] and "gomp" in lines["openmp_runtime"], out
+    assert lines.get("simd") in {"baseline", "avx2"}, out
 
 
 def test_show_config_reports_set_threads(capsys):

@@ -6,10 +6,34 @@ import sys
 import numpy as np
 
 from fastconv._blas import blas_info
-from fastconv._openmp import openmp_enabled
+from fastconv._cpu import compiler
+from fastconv._openmp import openmp_enabled, openmp_spec
 from fastconv import _simd
 from fastconv._threads import get_num_threads
 from fastconv._version import __version__
+
+
+_SPEC_NAMES = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 201511: "4.5",
+               201811: "5.0", 202011: "5.1", 202111: "5.2"}
+
+
+def openmp_runtime():
+    """The OpenMP spec the kernels target and the runtime library loaded in
+    this process (found in /proc/self/maps on Linux)."""
+    if not openmp_enabled():
+        return "none (serial build)"
+    spec = _SPEC_NAMES.get(openmp_spec(), str(openmp_spec()))
+    library = "library not identified"
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if path.rsplit("/", 1)[-1].startswith(("libgomp", "libomp", "libiomp")):
+                    library = path
+                    break
+    except OSError:
+        pass
+    return f"OpenMP {spec}, {library}"
 
 
 def config():
@@ -20,7 +44,9 @@ def config():
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "platform": platform.platform(),
+        "compiler": compiler(),
         "openmp": openmp_enabled(),
+        "openmp_runtime": openmp_runtime(),
         "simd": _simd.level,
         "simd_available": ", ".join(_simd.available()),
         "threads": get_num_threads(),
@@ -33,7 +59,8 @@ def config():
 
 
 def show_config(file=None):
-    """Print the version, OpenMP and BLAS in use, and the thread count.
+    """Print the version, compiler, OpenMP runtime, BLAS, SIMD level and
+    thread count.
 
     Parameters
     ----------

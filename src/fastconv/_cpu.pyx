@@ -15,6 +15,26 @@ cdef extern from *:
     int fastconv_cpu_has_avx2_fma() nogil
 
 
+cdef extern from *:
+    """
+    #if defined(__clang__)
+    #define FASTCONV_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define FASTCONV_COMPILER "gcc " __VERSION__
+    #elif defined(_MSC_VER)
+    #define FASTCONV_COMPILER "msvc " Py_STRINGIFY(_MSC_VER)
+    #else
+    #define FASTCONV_COMPILER "unknown"
+    #endif
+    """
+    const char* FASTCONV_COMPILER
+
+
+def compiler():
+    """The C compiler (and version) the extensions were built with."""
+    return FASTCONV_COMPILER.decode("ascii", "replace")
+
+
 def has_avx2_fma():
     """Return True if this CPU and OS can run AVX2 and FMA instructions."""
     return bool(fastconv_cpu_has_avx2_fma())

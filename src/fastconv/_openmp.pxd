@@ -9,12 +9,15 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     #define FASTCONV_HAVE_OPENMP 1
+    #define FASTCONV_OPENMP_SPEC _OPENMP
     #else
     #define FASTCONV_HAVE_OPENMP 0
+    #define FASTCONV_OPENMP_SPEC 0
     static inline int omp_get_max_threads(void) { return 1; }
     static inline int omp_get_thread_num(void) { return 0; }
     #endif
     """
     bint FASTCONV_HAVE_OPENMP
+    long FASTCONV_OPENMP_SPEC       # the _OPENMP date (201511 = OpenMP 4.5), 0 if none
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil

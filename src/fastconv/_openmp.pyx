@@ -13,3 +13,10 @@ def openmp_max_threads():
     OpenMP API (which is how threadpoolctl controls OpenMP libraries).
     """
     return omp_get_max_threads()
+
+
+
+def openmp_spec():
+    """The ``_OPENMP`` date the kernels were compiled against (201511 means
+    OpenMP 4.5); 0 for a serial build."""
+    return FASTCONV_OPENMP_SPEC
