@@ -352,7 +352,7 @@ def test_concurrent_calls_match_serial_calls(threads, restore_threads):
         jobs.append((x, w, b))
     serial = [_all_functions(*job) for job in jobs]
     for _ in range(3):
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=8) as pool:   # 8 Python threads at once
             concurrent = list(pool.map(lambda job: _all_functions(*job), jobs))
         for got, expected in zip(concurrent, serial):
             for a, b in zip(got, expected):
@@ -563,3 +563,19 @@ def test_type_stubs_cover_the_public_api():
     for name in fastconv.__all__:
         assert (f"def {name}(" in stub or f"import {name} as {name}" in stub
                 or f"{name}: " in stub), name
+
+
+def test_float32_with_bool_or_small_int_arrays_stays_float32():
+    """Fuzz finding: a bool bias made the result float64 while the oracle (NumPy
+    promotion of the arrays as given) keeps float32."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 3)).astype(np.float32)
+    w = rng.standard_normal((1, 3, 1, 4)).astype(np.float32)[..., ::-1]
+    for b in (np.array([True]), np.array([3], np.int8)):
+        kw = dict(stride=(2, 2), dilation=(2, 2), padding=2)
+        y = fastconv.conv2d(x, w, b, **kw)
+        expected = fastconv.reference.conv2d(x, w, b, **kw)
+        assert y.dtype == expected.dtype == np.float32
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    assert fastconv.conv2d(x, w.astype(np.int64), padding=2).dtype == np.float64   # as NumPy
+    assert fastconv.conv2d(x.astype(np.int32), w.astype(np.int32), padding=2).dtype == np.float64

@@ -699,24 +699,26 @@ PROMOTIONS = {
     "float32_float64": ((np.float32, np.float64, np.float32, np.float64), np.float64),
     "float64_float32": ((np.float64, np.float32, np.float64, np.float32), np.float64),
     "int_float32": ((np.int64, np.float32, np.float32, np.int64), np.float64),
-    "int_float16": ((np.int8, np.float16, np.float16, np.int8), np.float64),
+    "int_float16": ((np.int8, np.float16, np.float16, np.int8), np.float16),   # as NumPy
     "float16_float32": ((np.float16, np.float32, np.float16, np.float32), np.float32),
 }
 
 
 def _promoted(*arrays):
-    """The documented rule: ints/bools count as float64, then NumPy promotion;
-    float16 results are computed in float32.  Returns (result, compute) dtypes."""
-    result = np.result_type(*[np.float64 if a.dtype.kind in "iub" else a.dtype
-                              for a in arrays])
+    """The documented rule (the oracles'): NumPy promotion of the arrays as
+    given, float64 if that is not floating (ints/bools only); float16 results
+    are computed in float32.  Returns (result, compute) dtypes."""
+    result = np.result_type(*arrays)
+    if result.kind != "f":
+        result = np.dtype(np.float64)
     return result, (np.dtype(np.float32) if result == np.float16 else result)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("case", sorted(PROMOTIONS))
 def test_dtype_promotion(case, kernel, n_threads):
-    """ints/bools -> float64; float16 computed in float32, returned float16; mixed
-    float32/float64 -> float64.  Values equal the computation in the compute dtype."""
+    """ints/bools alone -> float64; float16 computed in float32, returned float16;
+    mixed dtypes promote as NumPy (float32/float64 -> float64, int8/float16 -> float16).  Values equal the computation in the compute dtype."""
     x, w, b, g = _cast(*PROMOTIONS[case][0])
     if kernel == "conv2d":
         relevant = (x, w, b)

@@ -44,11 +44,16 @@ def check_ndim(arr, ndim, name, fn, layout):
 def dtypes(*arrays):
     """(compute dtype, result dtype) for a set of input arrays.
 
-    Integers and booleans become float64; otherwise NumPy's promotion rules
-    apply.  float16 is computed in float32 and the result cast back.
+    NumPy's promotion rules apply to the arrays as given; a result that is
+    not floating (integers and booleans only) becomes float64.  float16 is
+    computed in float32 and the result cast back.
     """
-    kinds = [np.float64 if a.dtype.kind in "iub" else a.dtype for a in arrays]
-    result = np.result_type(*kinds)
+    # NumPy's promotion of the arrays as given (as fastconv.reference does):
+    # float32 with a bool or int8 array stays float32, float32 with int64
+    # becomes float64; all-integer or all-boolean inputs give float64.
+    result = np.result_type(*arrays)
+    if result.kind not in "f":
+        result = np.dtype(np.float64)
     compute = np.float32 if result == np.float16 else result
     return np.dtype(compute), np.dtype(result)
 
