@@ -4,7 +4,10 @@
    processes (``OMP_NUM_THREADS=1`` against ``=2`` and ``=3``);
 2. resident memory stays flat over thousands of calls of every kernel;
 3. float32 results stay within 1e-5 (relative to the largest magnitude) of
-   float64 on every case of the speed suite.
+   float64 on every case of the speed suite;
+4. a kernel whose workspace allocation fails raises MemoryError (and works
+   again afterwards);
+5. the fuzz target runs clean on a small budget.
 
 Thread safety and GIL release are in test_api.py; hostile sizes and bad
 input in test_validation.py; NaN/inf rules in test_conv.py / test_pool.py.
@@ -163,3 +166,53 @@ def test_fuzz_target_runs_clean_on_a_small_budget():
     rng = np.random.default_rng(12345)
     for _ in range(3000):
         fuzz["check"](rng.bytes(int(rng.integers(0, 96))))
+
+
+def _kernel_calls(rng):
+    from fastconv import functional
+
+    x = rng.standard_normal((2, 4, 11, 10))
+    w = rng.standard_normal((6, 2, 3, 3))
+    wd = rng.standard_normal((4, 1, 3, 3))
+    g = rng.standard_normal((2, 6, 6, 5))
+    gd = rng.standard_normal((2, 4, 11, 10))
+
+    def grad_input(method):
+        def call():
+            functional._FORCE_GRAD_INPUT_METHOD = method
+            try:
+                return fastconv.conv2d_grad_input(g, w, x.shape, stride=2, padding=1, groups=2)
+            finally:
+                functional._FORCE_GRAD_INPUT_METHOD = None
+        return call
+
+    return {
+        "conv2d": lambda: fastconv.conv2d(x, w, stride=2, padding=1, groups=2),
+        "grad_weight": lambda: fastconv.conv2d_grad_weight(x, g, w.shape, stride=2, padding=1,
+                                                           groups=2),
+        "grad_input_gather": grad_input("gather"),
+        "grad_input_scatter": grad_input("scatter"),
+        "depthwise": lambda: fastconv.conv2d(x, wd, padding=1, groups=4),
+        "depthwise_grad_weight": lambda: fastconv.conv2d_grad_weight(x, gd, wd.shape, padding=1,
+                                                                     groups=4),
+        "max_pool2d": lambda: fastconv.max_pool2d(x, 3, 2, 1),
+        "avg_pool2d_grad": lambda: fastconv.avg_pool2d_grad(g[:, :4], (2, 4, 11, 10), 3, 2, 1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_kernel_calls(np.random.default_rng(0))))
+def test_failed_workspace_allocation_is_a_memory_error(name, n_threads):
+    calls = _kernel_calls(np.random.default_rng(4))
+    expected = calls[name]()
+    from fastconv._simd import kernels
+
+    kernels._tuning(fail_allocations=True)
+    try:
+        with pytest.raises(MemoryError):
+            calls[name]()
+    finally:
+        kernels._tuning(fail_allocations=False)
+    got = calls[name]()             # and the kernel works again afterwards
+    for a, b in zip(got if isinstance(got, tuple) else (got,),
+                    expected if isinstance(expected, tuple) else (expected,)):
+        np.testing.assert_array_equal(a, b)

@@ -67,14 +67,27 @@ cdef Py_ssize_t DEPTHWISE_MAX_PADDED = -1
 # Pooling with stride 2 and 2- or 3-wide windows takes dedicated loops
 # (tests switch them off to check the general loops against them).
 cdef bint POOL_FAST_PATHS = True
+# Test hook: make every kernel workspace allocation fail (see _workspace).
+cdef bint FAIL_ALLOCATIONS = False
+
+
+cdef inline void* _workspace(size_t nbytes) noexcept nogil:
+    """malloc for kernel workspace; NULL (reported as MemoryError by the entry
+    point) when it fails -- or always, while the FAIL_ALLOCATIONS hook is set."""
+    if FAIL_ALLOCATIONS:
+        return NULL
+    return malloc(nbytes)
 
 
 def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
-            rowwise_max_plane=None, depthwise_max_padded=None, pool_fast_paths=None):
+            rowwise_max_plane=None, depthwise_max_padded=None, pool_fast_paths=None,
+            fail_allocations=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
-    global POOL_FAST_PATHS
+    global POOL_FAST_PATHS, FAIL_ALLOCATIONS
+    if fail_allocations is not None:
+        FAIL_ALLOCATIONS = fail_allocations
     if pool_fast_paths is not None:
         POOL_FAST_PATHS = pool_fast_paths
     if depthwise_max_padded is not None:
@@ -92,7 +105,7 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     return dict(tile_bytes=TILE_BYTES, min_tile=MIN_TILE, max_tile=MAX_TILE,
                 min_items=MIN_ITEMS, rowwise_max_plane=ROWWISE_MAX_PLANE,
                 depthwise_max_padded=DEPTHWISE_MAX_PADDED,
-                pool_fast_paths=POOL_FAST_PATHS)
+                pool_fast_paths=POOL_FAST_PATHS, fail_allocations=FAIL_ALLOCATIONS)
 
 
 def _raise_for_status(int status):
@@ -279,7 +292,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
         with nogil, parallel(num_threads=n_threads):
             work = NULL
             if not direct:
-                work = <floating*>malloc(k_dim * tile * sizeof(floating))
+                work = <floating*>_workspace(k_dim * tile * sizeof(floating))
                 if work == NULL:
                     status_p[0] = STATUS_NO_MEMORY
             for item in prange(n_items, schedule="static"):
@@ -355,7 +368,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef floating* partial = dwp
     if n_slots > 1:
-        partial = <floating*>malloc(n_slots * w_size * sizeof(floating))
+        partial = <floating*>_workspace(n_slots * w_size * sizeof(floating))
         if partial == NULL:
             raise MemoryError("fastconv: could not allocate filter-gradient partial sums")
     cdef Py_ssize_t unit, g, s, r, r0, r1, n, t, p0, count
@@ -370,7 +383,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
         with nogil, parallel(num_threads=n_threads):
             work = NULL
             if not direct:
-                work = <floating*>malloc(k_dim * tile * sizeof(floating))
+                work = <floating*>_workspace(k_dim * tile * sizeof(floating))
                 if work == NULL:
                     status_p[0] = STATUS_NO_MEMORY
             for unit in prange(n_units, schedule="static"):
@@ -575,7 +588,7 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
         with nogil, parallel(num_threads=n_threads):
             work = NULL
             if work_size > 0:
-                work = <floating*>malloc(work_size * sizeof(floating))
+                work = <floating*>_workspace(work_size * sizeof(floating))
                 if work == NULL:
                     status_p[0] = STATUS_NO_MEMORY
             for item in prange(n_items, schedule="static"):
@@ -673,7 +686,7 @@ def conv2d_grad_input_scatter(const floating[:, :, :, ::1] grad_out,
     blas_serial_enter()
     try:
         with nogil, parallel(num_threads=n_threads):
-            work = <floating*>malloc(block * taps * tile * sizeof(floating))
+            work = <floating*>_workspace(block * taps * tile * sizeof(floating))
             if work == NULL:
                 status_p[0] = STATUS_NO_MEMORY
             for item in prange(n_items, schedule="static"):
@@ -844,7 +857,7 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
-        padded = <floating*>malloc(rows * cols * sizeof(floating))
+        padded = <floating*>_workspace(rows * cols * sizeof(floating))
         if padded == NULL:
             status_p[0] = STATUS_NO_MEMORY
         else:
@@ -1047,7 +1060,7 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     with nogil, parallel(num_threads=n_threads):
         # per thread: float64 tap sums | padded x plane | padded dY plane
         # (the doubles first, where malloc's alignment holds)
-        work = <double*>malloc(taps * sizeof(double)
+        work = <double*>_workspace(taps * sizeof(double)
                                + (rows + out_h) * pitch * sizeof(floating))
         if work == NULL:
             status_p[0] = STATUS_NO_MEMORY
@@ -1270,7 +1283,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                               k_h, k_w, stride_h, stride_w, pad_h, pad_w, n_threads)
         return
     with nogil, parallel(num_threads=n_threads):
-        best_idx = <floating*>malloc(out_w * sizeof(floating))
+        best_idx = <floating*>_workspace(out_w * sizeof(floating))
         if best_idx == NULL:
             status_p[0] = STATUS_NO_MEMORY
         for pl in prange(planes, schedule="static"):
@@ -1591,7 +1604,7 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
-        share = <floating*>malloc(out_w * sizeof(floating))
+        share = <floating*>_workspace(out_w * sizeof(floating))
         if share == NULL:
             status_p[0] = STATUS_NO_MEMORY
         for pl in prange(planes, schedule="static"):
