@@ -132,8 +132,12 @@ def test_keyword_and_positional_calls_agree():
 
 def test_version_matches_metadata():
     assert isinstance(fastconv.__version__, str)
-    assert fastconv.__version__ == importlib.metadata.version("fastconv")
     assert fastconv.__version__[0].isdigit()
+    try:
+        installed = importlib.metadata.version("fastconv")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("fastconv is not installed (an in-place build run with PYTHONPATH=src)")
+    assert fastconv.__version__ == installed
 
 
 def _config_lines(text):

@@ -87,6 +87,8 @@ def _rss_bytes():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="AddressSanitizer keeps freed memory in quarantine")
 def test_memory_stays_flat_over_thousands_of_calls():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 4, 12, 12)).astype(np.float32)

@@ -20,6 +20,7 @@ from fastconv.functional import (
     max_pool2d_grad,
 )
 from fastconv import reference
+from fastconv.signal import convolve2d, correlate2d
 from fastconv.cost import conv2d_cost
 from fastconv._gradcheck import gradcheck
 from fastconv import layers, optim
@@ -35,6 +36,8 @@ __all__ = [
     "avg_pool2d",
     "avg_pool2d_grad",
     "reference",
+    "correlate2d",
+    "convolve2d",
     "conv2d_cost",
     "gradcheck",
     "layers",

@@ -100,6 +100,8 @@ def main(argv=None):
 
         dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
         rows = _bench.run_suite(dtypes=dtypes, threads=args.threads, repeat=args.repeat)
+        print("\ncorrelate2d(image, kernel, 'same') against scipy.signal:")
+        _bench.run_signal_suite(dtypes=dtypes, repeat=args.repeat)
         if args.markdown:
             print("\n" + _bench.markdown_table(rows))
         return 0

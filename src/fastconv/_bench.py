@@ -210,6 +210,54 @@ def torch_pool(case, x):
 POOL_IMPLS = {"fastconv": fastconv_pool, "numpy": numpy_pool, "torch": torch_pool}
 
 
+# --- single-channel correlation (fastconv.correlate2d vs scipy.signal) --------
+
+SignalCase = namedtuple("SignalCase", "name size k")
+
+SIGNAL_SUITE = [
+    SignalCase("corr256k3", 256, 3),
+    SignalCase("corr512k5", 512, 5),
+    SignalCase("corr1024k3", 1024, 3),
+    SignalCase("corr1024k7", 1024, 7),
+]
+
+
+def signal_arrays(case, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((case.size, case.size)).astype(dtype),
+            rng.standard_normal((case.k, case.k)).astype(dtype))
+
+
+def signal_impl(name, a, b):
+    """``correlate2d(a, b, 'same')`` by fastconv or SciPy (None if missing)."""
+    if name == "fastconv":
+        return lambda: fastconv.correlate2d(a, b, "same")
+    try:
+        from scipy import signal
+    except ImportError:
+        return None
+    return lambda: signal.correlate2d(a, b, "same")
+
+
+def run_signal_suite(dtypes=("float32", "float64"), repeat=5, out=print):
+    """Time correlate2d against SciPy on the SIGNAL_SUITE; returns row dicts."""
+    rows = []
+    out(f"{'case':<12}{'dtype':<9}{'fastconv ms':>12}{'GFLOP/s':>9}{'scipy ms':>10}"
+        f"{'vs scipy':>10}")
+    for dtype in dtypes:
+        for case in SIGNAL_SUITE:
+            a, b = signal_arrays(case, np.dtype(dtype))
+            t = {name: best_time(fn, repeat) for name in ("fastconv", "scipy")
+                 if (fn := signal_impl(name, a, b)) is not None}
+            gflops = 2 * case.size ** 2 * case.k ** 2 / t["fastconv"] / 1e9
+            rows.append(dict(case=case.name, dtype=dtype, gflops=gflops,
+                             **{f"{k}_s": v for k, v in t.items()}))
+            ratio = f"{t['scipy'] / t['fastconv']:.2f}x" if "scipy" in t else "-"
+            out(f"{case.name:<12}{dtype:<9}{_fmt_ms(t['fastconv']):>12}{gflops:>9.1f}"
+                f"{_fmt_ms(t.get('scipy')):>10}{ratio:>10}")
+    return rows
+
+
 # --- timing and the table ---------------------------------------------------
 
 def best_time(fn, repeat=5, min_time=0.05):

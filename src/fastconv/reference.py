@@ -28,6 +28,8 @@ __all__ = [
     "max_pool2d_grad",
     "avg_pool2d",
     "avg_pool2d_grad",
+    "correlate2d",
+    "convolve2d",
 ]
 
 
@@ -615,3 +617,82 @@ def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
                         continue
                     dx[n, c, hs:he, ws:we] += delta[n, c, p, q] / divisor
     return dx.astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# single-channel correlation and convolution (scipy.signal semantics)
+# ---------------------------------------------------------------------------
+
+def _full_correlation(a, b):
+    """``full[i, j] = sum_{k,l} a[i + k - (M2-1), j + l - (N2-1)] * b[k, l]``,
+    zero outside ``a``: the textbook loop over every output and every tap."""
+    M1, N1 = a.shape
+    M2, N2 = b.shape
+    out = np.zeros((M1 + M2 - 1, N1 + N2 - 1), dtype=np.float64)
+    for i in range(M1 + M2 - 1):
+        for j in range(N1 + N2 - 1):
+            total = 0.0
+            for k in range(M2):
+                for m in range(N2):
+                    r, c = i + k - (M2 - 1), j + m - (N2 - 1)
+                    if 0 <= r < M1 and 0 <= c < N1:
+                        total += a[r, c] * b[k, m]
+            out[i, j] = total
+    return out
+
+
+def _crop(full, mode, a_shape, b_shape, start):
+    """The 'valid' / 'same' window of a 'full' result; ``start`` gives the
+    'same' offset of each axis from the kernel size."""
+    if mode == "full":
+        return full
+    if mode == "valid":
+        rows, cols = a_shape[0] - b_shape[0] + 1, a_shape[1] - b_shape[1] + 1
+        return full[b_shape[0] - 1:b_shape[0] - 1 + rows, b_shape[1] - 1:b_shape[1] - 1 + cols]
+    r0, c0 = start(b_shape[0]), start(b_shape[1])
+    return full[r0:r0 + a_shape[0], c0:c0 + a_shape[1]]
+
+
+def _signal_inputs(in1, in2, mode):
+    a, b = np.asarray(in1), np.asarray(in2)
+    if a.ndim != 2 or b.ndim != 2 or a.size == 0 or b.size == 0:
+        raise ValueError("in1 and in2 must be non-empty 2-D arrays")
+    if mode not in ("full", "valid", "same"):
+        raise ValueError("mode must be 'full', 'valid' or 'same'")
+    swap = False
+    if mode == "valid":
+        a_ge = a.shape[0] >= b.shape[0] and a.shape[1] >= b.shape[1]
+        b_ge = b.shape[0] >= a.shape[0] and b.shape[1] >= a.shape[1]
+        if not (a_ge or b_ge):
+            raise ValueError("in 'valid' mode one input must be at least as large as the "
+                             "other in every dimension")
+        swap = not a_ge
+    return a, b, swap, _out_dtype(a, b)
+
+
+def correlate2d(in1, in2, mode="full"):
+    """``scipy.signal.correlate2d(in1, in2, mode)`` with zero fill.
+
+    'full': every overlap; 'valid': windows inside ``in1`` (if ``in2`` is the
+    larger array in every dimension, SciPy swaps the inputs and reverses the
+    result); 'same': the shape of ``in1``, the 'full' result from offset
+    ``M2 // 2`` (likewise for columns).
+    """
+    a, b, swap, dtype = _signal_inputs(in1, in2, mode)
+    if swap:
+        full = _full_correlation(b.astype(np.float64), a.astype(np.float64))
+        return _crop(full, mode, b.shape, a.shape, None)[::-1, ::-1].astype(dtype)
+    full = _full_correlation(a.astype(np.float64), b.astype(np.float64))
+    return _crop(full, mode, a.shape, b.shape, lambda m: m // 2).astype(dtype)
+
+
+def convolve2d(in1, in2, mode="full"):
+    """``scipy.signal.convolve2d(in1, in2, mode)`` with zero fill: the
+    correlation with ``in2`` rotated by 180°.  'same' takes the 'full' result
+    from offset ``(M2 - 1) // 2``; in 'valid' mode a larger ``in2`` trades
+    places with ``in1`` (the convolution is commutative)."""
+    a, b, swap, dtype = _signal_inputs(in1, in2, mode)
+    if swap:
+        a, b = b, a
+    full = _full_correlation(a.astype(np.float64), b[::-1, ::-1].astype(np.float64))
+    return _crop(full, mode, a.shape, b.shape, lambda m: (m - 1) // 2).astype(dtype)
