@@ -86,3 +86,12 @@ def test_stochastic_forward_is_refused(rng):
         fastconv.gradcheck(Dropout(0.5, rng=0), rng.standard_normal((4, 4)))
     with pytest.raises(TypeError, match="dtype=np.float64"):
         fastconv.gradcheck(Linear(3, 2), rng.standard_normal((2, 3)), params=False)
+
+
+def test_nan_output_is_not_mistaken_for_a_random_forward():
+    """A deterministic forward whose output holds a NaN is checked, not refused
+    as stochastic (NaN != NaN); its NaN gradient error is reported."""
+    from fastconv.layers import ReLU
+
+    x = np.array([1.0, np.nan, -2.0, 3.0])
+    assert np.isnan(fastconv.gradcheck(ReLU(), x))
