@@ -92,10 +92,16 @@ def _positive_int(value, what, name):
     return int(value)
 
 
+def _pool_output_shape(name, input_shape, kernel_size, stride, padding, ceil_mode):
+    """``(N, C, Ho, Wo)`` of a pooling layer (checked as the functions check)."""
+    geo = F._pool_geometry(name, tuple(input_shape), kernel_size, stride, padding, ceil_mode)
+    return tuple(input_shape[:2]) + (geo.out_h, geo.out_w)
+
+
 def _check_pool(name, kernel_size, stride, padding, ceil_mode):
     """Check pooling hyper-parameters on a plane the kernel just fits."""
     kh, kw = int_pair(kernel_size, "kernel_size", name, 1)
-    F._pool_geometry(name, (1, 1, kh, kw), kernel_size, stride, padding, ceil_mode)
+    _pool_output_shape(name, (1, 1, kh, kw), kernel_size, stride, padding, ceil_mode)
 
 
 class Layer:
@@ -246,10 +252,8 @@ class MaxPool2D(Layer):
         return F.max_pool2d_grad(dout, self._cached("_indices"), self._shape)
 
     def describe(self, input_shape):
-        geo = F._pool_geometry("MaxPool2D", tuple(input_shape), self.kernel_size, self.stride,
-                               self.padding, self.ceil_mode)
-        out = tuple(input_shape[:2]) + (geo.out_h, geo.out_w)
-        return out, 0
+        return _pool_output_shape("MaxPool2D", input_shape, self.kernel_size, self.stride,
+                                  self.padding, self.ceil_mode), 0
 
     def __repr__(self):
         return (f"MaxPool2D(kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -280,9 +284,8 @@ class AvgPool2D(Layer):
         return F.avg_pool2d_grad(dout, self._cached("_shape"), *self._args())
 
     def describe(self, input_shape):
-        geo = F._pool_geometry("AvgPool2D", tuple(input_shape), self.kernel_size, self.stride,
-                               self.padding, self.ceil_mode)
-        return tuple(input_shape[:2]) + (geo.out_h, geo.out_w), 0
+        return _pool_output_shape("AvgPool2D", input_shape, self.kernel_size, self.stride,
+                                  self.padding, self.ceil_mode), 0
 
     def __repr__(self):
         return (f"AvgPool2D(kernel_size={self.kernel_size}, stride={self.stride}, "
