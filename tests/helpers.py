@@ -61,3 +61,37 @@ def numgrad(f, a, eps=1e-6):
         a.flat[i] = old
         grad.flat[i] = (fp - fm) / (2 * eps)
     return grad
+
+
+def every_kernel_output(rng, dtype):
+    """Outputs of every kernel path on one random problem: grouped, depthwise,
+    strided-dilated depthwise, 1x1 and 'same' convolutions (both input-gradient
+    evaluations), and max/avg pools through the stride-2 and the general loops.
+    Used to compare builds, thread counts and processes bit for bit."""
+    import fastconv
+    from fastconv import functional
+
+    out = []
+    x = rng.standard_normal((3, 8, 17, 13)).astype(dtype)
+    for w_shape, kw in [((12, 4, 3, 3), dict(stride=2, padding=1, groups=2)),
+                        ((8, 1, 3, 3), dict(padding=1, groups=8)),
+                        ((8, 1, 5, 3), dict(stride=(2, 1), dilation=2, groups=8)),
+                        ((6, 8, 1, 1), {}),
+                        ((4, 8, 5, 2), dict(dilation=(2, 1), padding="same"))]:
+        w = rng.standard_normal(w_shape).astype(dtype)
+        b = rng.standard_normal(w_shape[0]).astype(dtype)
+        y = fastconv.conv2d(x, w, b, **kw)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        try:
+            for method in ("gather", "scatter"):
+                functional._FORCE_GRAD_INPUT_METHOD = method
+                out.append(fastconv.conv2d_grad_input(g, w, x.shape, **kw))
+        finally:
+            functional._FORCE_GRAD_INPUT_METHOD = None
+        out += [y, fastconv.conv2d_grad_weight(x, g, w.shape, **kw), fastconv.conv2d_grad_bias(g)]
+    for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 3, 1), (4, 3, 2)]:
+        m, idx = fastconv.max_pool2d(x, k, s, p, ceil_mode=True)
+        a = fastconv.avg_pool2d(x, k, s, p, ceil_mode=True)
+        out += [m, idx, fastconv.max_pool2d_grad(np.sin(m), idx, x.shape), a,
+                fastconv.avg_pool2d_grad(np.sin(a), x.shape, k, s, p, True)]
+    return out

@@ -25,46 +25,27 @@ import fastconv
 from fastconv import _bench
 from fastconv._openmp import openmp_enabled
 
-# Every kernel (both input-gradient evaluations, depthwise, the stride-2 pool
-# loops and the general ones) on data big enough to be split across threads.
+# Every kernel path (helpers.every_kernel_output), hashed, in a fresh process.
 _DIGEST_SCRIPT = r"""
 import hashlib, sys
 import numpy as np
 import fastconv
-from fastconv import _threads, functional
+from fastconv import _threads
+sys.path.insert(0, sys.argv[1])
+from helpers import every_kernel_output
 _threads.SMALL_WORK = 0          # even small calls use every thread
-rng = np.random.default_rng(2024)
 digest = hashlib.sha256()
-def add(*arrays):
-    for a in arrays:
-        digest.update(np.ascontiguousarray(a).tobytes())
 for dtype in (np.float32, np.float64):
-    x = rng.standard_normal((5, 8, 23, 19)).astype(dtype)
-    for w_shape, kw in [((12, 4, 3, 3), dict(stride=2, padding=1, groups=2)),
-                        ((8, 1, 3, 3), dict(padding=1, groups=8)),
-                        ((6, 8, 1, 1), {}),
-                        ((4, 8, 5, 2), dict(dilation=(2, 1), padding="same"))]:
-        w = rng.standard_normal(w_shape).astype(dtype)
-        b = rng.standard_normal(w_shape[0]).astype(dtype)
-        y = fastconv.conv2d(x, w, b, **kw)
-        g = rng.standard_normal(y.shape).astype(dtype)
-        for method in ("gather", "scatter"):
-            functional._FORCE_GRAD_INPUT_METHOD = method
-            add(fastconv.conv2d_grad_input(g, w, x.shape, **kw))
-        functional._FORCE_GRAD_INPUT_METHOD = None
-        add(y, fastconv.conv2d_grad_weight(x, g, w.shape, **kw), fastconv.conv2d_grad_bias(g))
-    for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (4, 3, 2)]:
-        m, idx = fastconv.max_pool2d(x, k, s, p, ceil_mode=True)
-        a = fastconv.avg_pool2d(x, k, s, p, ceil_mode=True)
-        add(m, idx, fastconv.max_pool2d_grad(np.sin(m), idx, x.shape), a,
-            fastconv.avg_pool2d_grad(np.sin(a), x.shape, k, s, p, True))
+    for a in every_kernel_output(np.random.default_rng(2024), dtype):
+        digest.update(np.ascontiguousarray(a).tobytes())
 print(fastconv.get_num_threads(), digest.hexdigest())
 """
 
 
 def _digest(**env):
     full = dict(os.environ, **env)
-    proc = subprocess.run([sys.executable, "-c", _DIGEST_SCRIPT], env=full,
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", _DIGEST_SCRIPT, tests_dir], env=full,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     threads, digest = proc.stdout.split()

@@ -9,34 +9,10 @@ import pytest
 
 import fastconv
 from fastconv import _simd, functional
+from helpers import every_kernel_output
 
 needs_avx2 = pytest.mark.skipif("avx2" not in _simd.available(),
                                 reason="no AVX2 build or no AVX2/FMA on this CPU")
-
-
-def _all_results(rng, dtype):
-    x = rng.standard_normal((2, 6, 13, 11)).astype(dtype)
-    out = []
-    for w_shape, kw in [((4, 3, 3, 3), dict(stride=2, padding=1, groups=2)),
-                        ((6, 1, 3, 3), dict(padding=1, groups=6)),          # depthwise
-                        ((6, 1, 5, 3), dict(stride=(2, 1), dilation=2, groups=6)),
-                        ((5, 6, 1, 1), dict()),
-                        ((3, 6, 4, 2), dict(padding="same"))]:
-        w = rng.standard_normal(w_shape).astype(dtype)
-        b = rng.standard_normal(w_shape[0]).astype(dtype)
-        y = fastconv.conv2d(x, w, b, **kw)
-        g = rng.standard_normal(y.shape).astype(dtype)
-        for method in ("gather", "scatter"):
-            functional._FORCE_GRAD_INPUT_METHOD = method
-            out.append(fastconv.conv2d_grad_input(g, w, x.shape, **kw))
-        functional._FORCE_GRAD_INPUT_METHOD = None
-        out += [y, fastconv.conv2d_grad_weight(x, g, w.shape, **kw), fastconv.conv2d_grad_bias(g)]
-    for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 3, 1)]:
-        y, idx = fastconv.max_pool2d(x, k, s, p, ceil_mode=True)
-        a = fastconv.avg_pool2d(x, k, s, p, ceil_mode=True)
-        out += [y, idx, fastconv.max_pool2d_grad(y, idx, x.shape), a,
-                fastconv.avg_pool2d_grad(a, x.shape, k, s, p, True)]
-    return out
 
 
 @needs_avx2
@@ -47,7 +23,7 @@ def test_baseline_and_avx2_builds_agree_bitwise(monkeypatch, dtype):
     results = []
     for module in (_kernels, _kernels_avx2):
         monkeypatch.setattr(functional, "_kernels", module)
-        results.append(_all_results(np.random.default_rng(3), dtype))
+        results.append(every_kernel_output(np.random.default_rng(3), dtype))
     for base, avx2 in zip(*results):
         np.testing.assert_array_equal(base, avx2)
 
