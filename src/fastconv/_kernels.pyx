@@ -28,7 +28,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -1166,46 +1166,86 @@ cdef inline Span _inner_columns(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad,
     return span
 
 
-cdef inline void _max_taps_stride2(const floating* srow, Py_ssize_t pad,
+cdef enum:
+    # Stride-2 fast paths run their vector loops over a row length rounded up
+    # to this many lanes (a whole number of AVX2 vectors of either type), so
+    # no scalar remainder loop runs; the extra lanes are scratch.
+    ROW_LANES = 8
+
+
+cdef inline Py_ssize_t _round_up_lanes(Py_ssize_t n) noexcept nogil:
+    return (n + ROW_LANES - 1) // ROW_LANES * ROW_LANES
+
+
+cdef inline void* _align64(void* p) noexcept nogil:
+    return <void*>((<uintptr_t>p + 63) & ~(<uintptr_t>63))
+
+
+cdef inline void _deinterleave(const floating* src, floating* even, floating* odd,
+                               Py_ssize_t n, bint extra_even) noexcept nogil:
+    """``even[t] = src[2t]``, ``odd[t] = src[2t + 1]`` for t < n (and
+    ``even[n]`` too when ``extra_even``): one pass that turns a stride-2
+    tap pattern into unit-stride loads."""
+    cdef Py_ssize_t t
+    for t in range(n):
+        even[t] = src[2 * t]
+        odd[t] = src[2 * t + 1]
+    if extra_even:
+        even[n] = src[2 * n]
+
+
+cdef inline void _max_taps_stride2(const floating* even, const floating* odd,
                                    floating* best, floating* best_idx,
-                                   Py_ssize_t lo, Py_ssize_t hi, floating base,
-                                   Py_ssize_t k) noexcept nogil:
-    """One input row's taps (k = 2 or 3, stride 2) folded into the running
-    maxima of inner columns [lo, hi), tap by tap in window order; the
-    winner's index is kept as its tap's row base (see max_pool2d_forward)."""
-    cdef Py_ssize_t q
+                                   Py_ssize_t n, floating base, Py_ssize_t k) noexcept nogil:
+    """One input row's taps (k = 2 or 3, stride 2), deinterleaved, folded
+    into the running maxima of n columns, tap by tap in window order (taps
+    0, 1, 2 of column t are even[t], odd[t], even[t + 1]); the winner's
+    index is kept as its tap's row base (see max_pool2d_forward)."""
+    cdef Py_ssize_t t
     cdef floating cur, cur_idx, val
     cdef bint take
     cdef floating base1 = base + 1
     cdef floating base2 = base + 2
     if k == 2:
-        for q in range(lo, hi):
-            cur = best[q]
-            cur_idx = best_idx[q]
-            val = srow[2 * q - pad]
+        for t in range(n):
+            cur = best[t]
+            cur_idx = best_idx[t]
+            val = even[t]
             take = (val > cur) | (val != val)
             cur = val if take else cur
             cur_idx = base if take else cur_idx
-            val = srow[2 * q - pad + 1]
+            val = odd[t]
             take = (val > cur) | (val != val)
-            best[q] = val if take else cur
-            best_idx[q] = base1 if take else cur_idx
+            best[t] = val if take else cur
+            best_idx[t] = base1 if take else cur_idx
     else:
-        for q in range(lo, hi):
-            cur = best[q]
-            cur_idx = best_idx[q]
-            val = srow[2 * q - pad]
+        for t in range(n):
+            cur = best[t]
+            cur_idx = best_idx[t]
+            val = even[t]
             take = (val > cur) | (val != val)
             cur = val if take else cur
             cur_idx = base if take else cur_idx
-            val = srow[2 * q - pad + 1]
+            val = odd[t]
             take = (val > cur) | (val != val)
             cur = val if take else cur
             cur_idx = base1 if take else cur_idx
-            val = srow[2 * q - pad + 2]
+            val = even[t + 1]
             take = (val > cur) | (val != val)
-            best[q] = val if take else cur
-            best_idx[q] = base2 if take else cur_idx
+            best[t] = val if take else cur
+            best_idx[t] = base2 if take else cur_idx
+
+
+cdef inline void _store_max_row(const floating* run, const floating* run_idx,
+                                floating* out, int64_t* out_idx, Py_ssize_t n,
+                                Py_ssize_t first_col) noexcept nogil:
+    """Copy n running maxima to the output row and turn their tap row bases
+    into flat indices (``base + 2*q`` for column q = first_col/2 + t)."""
+    cdef Py_ssize_t t
+    for t in range(n):
+        out[t] = run[t]
+    for t in range(n):
+        out_idx[t] = <int64_t>(<int32_t>run_idx[t] + <int32_t>(first_col + 2 * t))
 
 
 cdef inline void _max_window(const floating* src, Py_ssize_t in_w,
@@ -1276,6 +1316,13 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
     cdef bint pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
     cdef Span inner = _inner_columns(k_w, 2, pad_w, in_w, out_w)
+    cdef Py_ssize_t padded = _round_up_lanes(inner.hi - inner.lo) if pairs else 0
+    # scratch rows start on cache lines (split vector loads/stores are slow)
+    cdef Py_ssize_t span = (padded + 16) // 16 * 16
+    cdef floating* even
+    cdef floating* odd
+    cdef floating* run
+    cdef floating* run_idx
     if ROWWISE_MAX_PLANE >= 0:
         exact = min(exact, ROWWISE_MAX_PLANE)
     if in_h * in_w + k_w > exact:
@@ -1283,9 +1330,13 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                               k_h, k_w, stride_h, stride_w, pad_h, pad_w, n_threads)
         return
     with nogil, parallel(num_threads=n_threads):
-        best_idx = <floating*>_workspace(out_w * sizeof(floating))
+        # per thread: the row's index bases, and for the stride-2 path the
+        # deinterleaved taps and running maxima over the padded width
+        best_idx = <floating*>_workspace((out_w + 4 * span + 16) * sizeof(floating))
         if best_idx == NULL:
             status_p[0] = STATUS_NO_MEMORY
+        else:
+            memset(best_idx, 0, (out_w + 4 * span + 16) * sizeof(floating))
         for pl in prange(planes, schedule="static"):
             if best_idx != NULL:
                 src = xp + pl * in_h * in_w
@@ -1297,18 +1348,26 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                     irow = ip + (pl * out_h + p) * out_w
                     if pairs:
                         # stride 2, 2 or 3 taps: columns whose window lies
-                        # inside the row take every tap in one pass (loads
-                        # in interleaved pairs); the few edge columns scan
-                        # their clipped window
-                        for q in range(inner.lo, inner.hi):
-                            best[q] = -INFINITY
-                            best_idx[q] = <floating>(h0 * in_w - pad_w)
+                        # inside the row take every tap from deinterleaved
+                        # copies of the row (unit-stride vector loads) over
+                        # a whole number of vectors; the few edge columns
+                        # scan their clipped window
+                        even = <floating*>_align64(best_idx + out_w)
+                        odd = even + span
+                        run = odd + span
+                        run_idx = run + span
+                        for q in range(padded):
+                            run[q] = -INFINITY
+                            run_idx[q] = <floating>(h0 * in_w - pad_w)
                         for i in range(h0, h1):
-                            _max_taps_stride2(src + i * in_w, pad_w, best, best_idx,
-                                              inner.lo, inner.hi,
+                            if inner.hi == inner.lo:
+                                break       # (no tap to deinterleave)
+                            _deinterleave(src + i * in_w + 2 * inner.lo - pad_w, even, odd,
+                                          inner.hi - inner.lo, k_w == 3)
+                            _max_taps_stride2(even, odd, run, run_idx, padded,
                                               <floating>(i * in_w - pad_w), k_w)
-                        for q in range(inner.lo, inner.hi):
-                            irow[q] = <int64_t><int32_t>best_idx[q] + 2 * q
+                        _store_max_row(run, run_idx, best + inner.lo, irow + inner.lo,
+                                       inner.hi - inner.lo, 2 * inner.lo)
                         for q in range(inner.lo):
                             _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
                                         best + q, irow + q)
@@ -1430,6 +1489,11 @@ cdef inline Window _avg_window(Py_ssize_t o, Py_ssize_t k, Py_ssize_t stride,
     return win
 
 
+cdef inline bint _float_exact_divisors(Py_ssize_t k_h, Py_ssize_t k_w) noexcept nogil:
+    """Every divisor (at most k_h * k_w) is an integer exact in float32."""
+    return k_h <= (1 << 24) and k_w <= (1 << 24) and k_h * k_w <= (1 << 24)
+
+
 def _avg_col_divisors(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t size,
                       Py_ssize_t grid, bint count_include_pad):
     """Column factor of each output column's divisor (float64; see Window)."""
@@ -1441,6 +1505,24 @@ def _avg_col_divisors(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_
         w = _avg_window(q, k, stride, pad, size)
         f[q] = <double>w.padded if count_include_pad else <double>(w.stop - w.start)
     return out
+
+
+cdef inline void _divide_row(const floating* num, floating* out, Py_ssize_t n,
+                             double row_div, const double* cdiv,
+                             bint float_exact) noexcept nogil:
+    """``out[q] = num[q] / (row_div * cdiv[q])``, rounded once to the
+    output type.  For float32 with a divisor exact in float32 (below 2**24)
+    the division runs in float32: a quotient rounded to double and then to
+    float equals the one rounded straight to float (53 >= 2*24 + 2), so
+    the bits are the same and the vector division is twice as wide."""
+    cdef Py_ssize_t q
+    if floating is float:
+        if float_exact:
+            for q in range(n):
+                out[q] = num[q] / <float>(row_div * cdiv[q])
+            return
+    for q in range(n):
+        out[q] = <floating>(num[q] / (row_div * cdiv[q]))
 
 
 cdef inline void _sum_taps_stride2(const floating* srow, Py_ssize_t pad, floating* acc,
@@ -1520,6 +1602,7 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &out[0, 0, 0, 0]
+    cdef bint float_exact = _float_exact_divisors(k_h, k_w)
     cdef bint pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
     cdef Span inner = _inner_columns(k_w, 2, pad_w, in_w, out_w)
     cdef Py_ssize_t pl, p, q, i, v, co
@@ -1548,8 +1631,7 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                     for q in range(inner.hi, out_w):
                         acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
                                              2 * q - pad_w, k_w)
-                    for q in range(out_w):
-                        acc[q] = <floating>(acc[q] / (row_div * cdiv[q]))
+                    _divide_row(acc, acc, out_w, row_div, cdiv, float_exact)
                     continue
                 for q in range(out_w):
                     acc[q] = 0
@@ -1564,8 +1646,88 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                         else:
                             for q in range(cols.lo, cols.hi):
                                 acc[q] = acc[q] + srow[q * stride_w + co]
-                for q in range(out_w):
-                    acc[q] = <floating>(acc[q] / (row_div * cdiv[q]))
+                _divide_row(acc, acc, out_w, row_div, cdiv, float_exact)
+
+
+cdef struct AvgGeometry:
+    Py_ssize_t in_h, in_w, out_h, out_w
+    Py_ssize_t k_h, k_w, stride_h, stride_w, pad_h, pad_w
+    bint count_include_pad
+    bint pairs          # stride-2, 2- or 3-tap rows take the fast path
+    Span inner          # ... for these columns
+    Span taps           # taps that reach the input at all
+    bint float_exact    # every divisor is exact in float32 (see _divide_row)
+
+
+cdef void _avg_spread_row(const floating* grow, floating* hrow, floating* share,
+                          Py_ssize_t p, const AvgGeometry* geo,
+                          const double* cdiv) noexcept nogil:
+    """Spread output row p's shares over one input row's columns:
+    ``hrow[j] = sum of share[q]`` over the windows q that cover column j,
+    added tap by tap (then column), the same order on both paths."""
+    cdef Py_ssize_t q, v, co
+    cdef Span cols
+    cdef Window wh = _avg_window(p, geo.k_h, geo.stride_h, geo.pad_h, geo.in_h)
+    cdef double row_div = (<double>wh.padded if geo.count_include_pad
+                           else <double>(wh.stop - wh.start))
+    _divide_row(grow, share, geo.out_w, row_div, cdiv, geo.float_exact)
+    memset(hrow, 0, geo.in_w * sizeof(floating))
+    if geo.pairs:
+        # with 3 taps, tap 2 of column q is tap 0 of column q+1, which
+        # must come first
+        _spread_pairs_stride2(hrow, geo.pad_w, share, geo.inner.lo, geo.inner.hi)
+        for q in range(geo.out_w - 1, geo.inner.hi - 1, -1):
+            _window_spread(hrow, geo.in_w, 2 * q - geo.pad_w, geo.k_w, share[q])
+        if geo.k_w == 3:
+            _spread_third_tap_stride2(hrow, geo.pad_w, share, geo.inner.lo, geo.inner.hi)
+        for q in range(geo.inner.lo - 1, -1, -1):
+            _window_spread(hrow, geo.in_w, 2 * q - geo.pad_w, geo.k_w, share[q])
+        return
+    for v in range(geo.taps.lo, geo.taps.hi):
+        co = v - geo.pad_w
+        cols = _tap_range(co, geo.stride_w, geo.in_w, geo.out_w)
+        if geo.stride_w == 1:
+            for q in range(cols.lo, cols.hi):
+                hrow[q + co] += share[q]
+        else:
+            for q in range(cols.lo, cols.hi):
+                hrow[q * geo.stride_w + co] += share[q]
+
+
+cdef void _avg_backward_plane(const floating* g, floating* dx, floating* ring,
+                              Py_ssize_t ring_rows, floating* share,
+                              const AvgGeometry* geo, const double* cdiv) noexcept nogil:
+    """One plane of the average-pooling gradient, written once, row by row.
+
+    Separable: each output row's shares are spread over the columns once
+    (``_avg_spread_row``, kept in a ring of the rows still needed), and
+    input row i is the sum, in output-row order, of the spread rows of the
+    windows that cover it -- contiguous vector adds instead of k_h strided
+    scatters per output row, and no zero-fill pass over the plane.
+    """
+    cdef Py_ssize_t i, j, p, p_lo, p_hi
+    cdef Py_ssize_t in_w = geo.in_w
+    cdef Py_ssize_t built = 0           # spread rows [0, built) have been made
+    cdef floating* drow
+    cdef const floating* hrow
+    for i in range(geo.in_h):
+        drow = dx + i * in_w
+        p_lo = max(0, _ceil_div(i + geo.pad_h - geo.k_h + 1, geo.stride_h))
+        p_hi = min(geo.out_h - 1, _floor_div(i + geo.pad_h, geo.stride_h))
+        while built <= p_hi:
+            _avg_spread_row(g + built * geo.out_w, ring + (built % ring_rows) * in_w,
+                            share, built, geo, cdiv)
+            built += 1
+        if p_lo > p_hi:
+            memset(drow, 0, in_w * sizeof(floating))
+            continue
+        hrow = ring + (p_lo % ring_rows) * in_w
+        for j in range(in_w):
+            drow[j] = hrow[j]
+        for p in range(p_lo + 1, p_hi + 1):
+            hrow = ring + (p % ring_rows) * in_w
+            for j in range(in_w):
+                drow[j] = drow[j] + hrow[j]
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
@@ -1576,73 +1738,52 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         bint count_include_pad, int n_threads):
     """Spread each ``grad_out`` element evenly over its window.
 
-    One work item per plane, zero-filled here first (see
-    max_pool2d_backward); within it, output row by output row, each tap
-    adds a whole row of shares (vectorizable), so the summation order is
-    fixed.
+    One work item per plane (see ``_avg_backward_plane``); every element of
+    ``grad_in`` is written exactly once, its shares added in a fixed order.
+    Per-thread workspace: ceil(k_h / stride_h) spread rows of the input's
+    width and one row of shares.
     """
     cdef Py_ssize_t planes = grad_out.shape[0] * grad_out.shape[1]
-    cdef Py_ssize_t in_h = grad_in.shape[2], in_w = grad_in.shape[3]
-    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
-    if planes == 0 or out_h * out_w == 0:
+    cdef AvgGeometry geo
+    geo.in_h = grad_in.shape[2]
+    geo.in_w = grad_in.shape[3]
+    geo.out_h = grad_out.shape[2]
+    geo.out_w = grad_out.shape[3]
+    if planes == 0 or geo.in_h * geo.in_w == 0:
         return
-    cdef const double[::1] col_div = _avg_col_divisors(k_w, stride_w, pad_w, in_w, out_w,
-                                                       count_include_pad)
+    if geo.out_h * geo.out_w == 0:
+        with nogil:
+            memset(&grad_in[0, 0, 0, 0], 0,
+                   planes * geo.in_h * geo.in_w * sizeof(floating))
+        return
+    geo.k_h, geo.k_w = k_h, k_w
+    geo.stride_h, geo.stride_w = stride_h, stride_w
+    geo.pad_h, geo.pad_w = pad_h, pad_w
+    geo.count_include_pad = count_include_pad
+    geo.pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
+    geo.inner = _inner_columns(k_w, 2, pad_w, geo.in_w, geo.out_w)
+    geo.taps = _useful_taps(k_w, pad_w, stride_w, geo.in_w, geo.out_w)
+    geo.float_exact = _float_exact_divisors(k_h, k_w)
+    cdef const double[::1] col_div = _avg_col_divisors(k_w, stride_w, pad_w, geo.in_w,
+                                                       geo.out_w, count_include_pad)
     cdef const double* cdiv = &col_div[0]
-    cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
+    cdef Py_ssize_t ring_rows = min(_ceil_div(k_h, stride_h), geo.out_h)
+    cdef Py_ssize_t in_size = geo.in_h * geo.in_w
+    cdef Py_ssize_t out_size = geo.out_h * geo.out_w
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
-    cdef bint pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
-    cdef Span inner = _inner_columns(k_w, 2, pad_w, in_w, out_w)
-    cdef Py_ssize_t pl, p, q, i, v, co
-    cdef double row_div
-    cdef Window wh
-    cdef Span cols
-    cdef const floating* grow
-    cdef floating* drow
-    cdef floating* share = NULL
+    cdef const AvgGeometry* geo_p = &geo
+    cdef Py_ssize_t pl
+    cdef floating* ring = NULL
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
-        share = <floating*>_workspace(out_w * sizeof(floating))
-        if share == NULL:
+        ring = <floating*>_workspace((ring_rows * geo.in_w + geo.out_w) * sizeof(floating))
+        if ring == NULL:
             status_p[0] = STATUS_NO_MEMORY
         for pl in prange(planes, schedule="static"):
-            memset(dxp + pl * in_h * in_w, 0, in_h * in_w * sizeof(floating))
-            if share != NULL:
-                for p in range(out_h):
-                    wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
-                    row_div = (<double>wh.padded if count_include_pad
-                               else <double>(wh.stop - wh.start))
-                    grow = gp + (pl * out_h + p) * out_w
-                    for q in range(out_w):
-                        share[q] = <floating>(grow[q] / (row_div * cdiv[q]))
-                    if pairs:
-                        # Every element takes its shares in the general
-                        # loops' order (tap by tap, then column): with 3
-                        # taps, tap 2 of column q is tap 0 of column q+1,
-                        # which must come first.
-                        for i in range(wh.start, wh.stop):
-                            drow = dxp + (pl * in_h + i) * in_w
-                            _spread_pairs_stride2(drow, pad_w, share, inner.lo, inner.hi)
-                            for q in range(out_w - 1, inner.hi - 1, -1):
-                                _window_spread(drow, in_w, 2 * q - pad_w, k_w, share[q])
-                            if k_w == 3:
-                                _spread_third_tap_stride2(drow, pad_w, share,
-                                                          inner.lo, inner.hi)
-                            for q in range(inner.lo - 1, -1, -1):
-                                _window_spread(drow, in_w, 2 * q - pad_w, k_w, share[q])
-                        continue
-                    for i in range(wh.start, wh.stop):
-                        drow = dxp + (pl * in_h + i) * in_w
-                        for v in range(taps.lo, taps.hi):
-                            co = v - pad_w
-                            cols = _tap_range(co, stride_w, in_w, out_w)
-                            if stride_w == 1:
-                                for q in range(cols.lo, cols.hi):
-                                    drow[q + co] += share[q]
-                            else:
-                                for q in range(cols.lo, cols.hi):
-                                    drow[q * stride_w + co] += share[q]
-        free(share)
+            if ring != NULL:
+                _avg_backward_plane(gp + pl * out_size, dxp + pl * in_size, ring, ring_rows,
+                                    ring + ring_rows * geo_p.in_w, geo_p, cdiv)
+        free(ring)
     _raise_for_status(status)

@@ -590,7 +590,7 @@ def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
                     f"input_shape {input_shape} with kernel_size {geo.kernel}")
     compute, result = dtypes(grad_out)
     check_alloc(input_shape, compute, "input_shape", fn)
-    # the kernel zeroes each plane it fills (in parallel, cache-hot)
+    # the kernel writes every element once (in parallel, cache-hot)
     dx = np.empty(input_shape, dtype=compute) if grad_out.size else np.zeros(input_shape, compute)
     if grad_out.size:
         _kernels.avg_pool2d_backward(contiguous(grad_out, compute), dx, *_pool_args(geo),
