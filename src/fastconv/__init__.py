@@ -1,6 +1,7 @@
 """fastconv: fast, textbook-exact conv2d and pooling kernels for NumPy.
 
-The public functions follow PyTorch's NCHW semantics (see ``functional``);
+The public functions follow PyTorch's NCHW semantics, or channels last with
+``layout="NHWC"`` (see ``functional``);
 ``fastconv.reference`` holds the slow textbook loops they are tested against.
 ``fastconv.layers`` (with ``fastconv.optim``) builds small trainable networks
 on the kernels; ``conv2d_cost`` and ``gradcheck`` count and check them.

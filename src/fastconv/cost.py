@@ -30,7 +30,8 @@ class ConvCost:
     output_elements : int
         ``N·O·Ho·Wo``.
     output_shape : tuple of int
-        ``(N, O, Ho, Wo)``.
+        ``(N, O, Ho, Wo)`` (``(N, Ho, Wo, O)`` for a channels-last layer's
+        summary).
     input_elements : int
         ``N·C·H·W``.
     """
@@ -79,19 +80,27 @@ def conv2d_cost(input_shape, weight_shape, stride=1, padding=0, dilation=1, grou
     >>> c.macs, c.output_elements
     (5898240000, 2560000)
     """
-    fn = "conv2d_cost"
+    return _conv_cost(input_shape, weight_shape, stride, padding, dilation, groups, bias,
+                      "NCHW", "conv2d_cost")
+
+
+def _conv_cost(input_shape, weight_shape, stride, padding, dilation, groups, bias, layout,
+               fn):
+    """:func:`conv2d_cost` with both shapes (and the output shape) in ``layout``
+    (``"NHWC"``: ``(N, H, W, C)`` and ``(kh, kw, C/groups, O)``); the
+    layer summaries use it for channels-last :class:`~fastconv.layers.Conv2D`."""
     input_shape = shape4(input_shape, "input_shape", fn)
     weight_shape = shape4(weight_shape, "weight_shape", fn)
     bias = boolean(bias, "bias", fn)
     geo = F._conv_geometry(fn, input_shape, weight_shape, stride, padding, dilation, groups,
-                           x_name="input_shape", w_name="weight_shape")
-    n, c, h, w = input_shape
-    o, cg, kh, kw = weight_shape
+                           x_name="input_shape", w_name="weight_shape", layout=layout)
+    n, c, h, w = F._to_nchw(input_shape, layout)
+    o, cg, kh, kw = F._weight_to_oihw(weight_shape, layout)
     outputs = n * o * geo.out_h * geo.out_w
     return ConvCost(macs=outputs * cg * kh * kw,
                     params=o * cg * kh * kw + (o if bias else 0),
                     output_elements=outputs,
-                    output_shape=(n, o, geo.out_h, geo.out_w),
+                    output_shape=F._from_nchw((n, o, geo.out_h, geo.out_w), layout),
                     input_elements=n * c * h * w)
 
 

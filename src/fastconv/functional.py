@@ -6,6 +6,13 @@ Semantics follow PyTorch's ``torch.nn.functional.conv2d``, ``max_pool2d`` and
 unchanged.  ``fastconv.reference`` holds the textbook loop versions of the
 same eight functions; they are the specification these must match.
 
+Every function takes ``layout="NCHW"`` (the default) or ``layout="NHWC"``
+(channels last, the TensorFlow convention): arrays are then
+``(N, H, W, C)``, conv weights ``(kh, kw, C_in/groups, C_out)``, and
+``input_shape`` / ``weight_shape`` are given in that layout too.  Only the
+memory layout differs (max-pool indices are the flat in-plane ``h*W + w``
+in both); NHWC runs native channels-last kernels, not transposes.
+
 Dtypes: float32 and float64 are computed as they are; integers and booleans
 become float64; float16 is computed in float32 and returned as float16.
 Inputs of different dtypes are promoted as NumPy would.  Every result is a
@@ -48,40 +55,94 @@ __all__ = [
 _NCHW = "(N, C, H, W)"
 _OIHW = "(C_out, C_in/groups, kh, kw)"
 
+# How each 4-D argument reads in each layout (for messages): the input, the
+# conv weight, a conv output and a pooling output.
+_AXES = {
+    "NCHW": dict(x=_NCHW, w=_OIHW, y="(N, C_out, Ho, Wo)", pool="(N, C, Ho, Wo)"),
+    "NHWC": dict(x="(N, H, W, C)", w="(kh, kw, C_in/groups, C_out)", y="(N, Ho, Wo, C_out)",
+                 pool="(N, Ho, Wo, C)"),
+}
+
+
+def _check_layout(layout, fn):
+    """The layout string, checked: only the exact strings "NCHW" and "NHWC"
+    (the oracles' rule)."""
+    if not isinstance(layout, str) or layout not in _AXES:
+        raise ValueError(f"{fn}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout
+
+
+def _to_nchw(shape, layout):
+    """A 4-D array shape given in ``layout``, in ``(N, C, H, W)`` order."""
+    if layout == "NHWC":
+        n, h, w, c = shape
+        return (n, c, h, w)
+    return tuple(shape)
+
+
+def _from_nchw(shape, layout):
+    """An ``(N, C, H, W)``-ordered shape, in ``layout``'s order."""
+    if layout == "NHWC":
+        n, c, h, w = shape
+        return (n, h, w, c)
+    return tuple(shape)
+
+
+def _weight_to_oihw(shape, layout):
+    """A weight shape given in ``layout``, in ``(C_out, C_in/groups, kh, kw)`` order."""
+    if layout == "NHWC":
+        kh, kw, cg, o = shape
+        return (o, cg, kh, kw)
+    return tuple(shape)
+
+
+def _layout_note(layout, **names):
+    """What the shapes in a message mean, for the non-default layout: e.g.
+    `` (layout NHWC: x is (N, H, W, C))``; empty for NCHW (whose messages
+    are unchanged)."""
+    if layout == "NCHW":
+        return ""
+    parts = ", ".join(f"{name} is {_AXES[layout][kind]}" for name, kind in names.items())
+    return f" (layout {layout}: {parts})"
+
 # Normalized convolution geometry shared by forward and both gradients.
 _ConvGeometry = namedtuple(
     "_ConvGeometry", "stride dilation pad_top pad_bottom pad_left pad_right groups out_h out_w")
 
 
 def _conv_geometry(fn, x_shape, w_shape, stride, padding, dilation, groups,
-                   x_name="x", w_name="weight"):
-    """Check that an input shape and a weight shape make a valid conv2d."""
+                   x_name="x", w_name="weight", layout="NCHW"):
+    """Check that an input shape and a weight shape make a valid conv2d.
+
+    Both shapes are given in ``layout``; messages show them as given."""
     groups = int_value(groups, "groups", fn, 1)
     stride = int_pair(stride, "stride", fn, 1)
     dilation = int_pair(dilation, "dilation", fn, 1)
-    n, c, h, w = x_shape
-    c_out, cg, kh, kw = w_shape
+    x_given, w_given = tuple(x_shape), tuple(w_shape)
+    n, c, h, w = _to_nchw(x_given, layout)
+    c_out, cg, kh, kw = _weight_to_oihw(w_given, layout)
+    note = _layout_note(layout, **{x_name: "x", w_name: "w"})
     if kh < 1 or kw < 1:
-        raise ValueError(f"{fn}: {w_name} {tuple(w_shape)} must have a kernel of at least "
-                         "1x1 (layout " + _OIHW + ")")
+        raise ValueError(f"{fn}: {w_name} {w_given} must have a kernel of at least "
+                         f"1x1 (layout {_AXES[layout]['w']})")
     if c % groups:
         raise ValueError(f"{fn}: groups={groups} must divide the input channels C={c} "
-                         f"of {x_name} {tuple(x_shape)}")
+                         f"of {x_name} {x_given}{note}")
     if c_out % groups:
         raise ValueError(f"{fn}: groups={groups} must divide the output channels "
-                         f"C_out={c_out} of {w_name} {tuple(w_shape)}")
+                         f"C_out={c_out} of {w_name} {w_given}{note}")
     if cg * groups != c:
-        raise ValueError(f"{fn}: {w_name} {tuple(w_shape)} expects C_in/groups={cg}, i.e. "
+        raise ValueError(f"{fn}: {w_name} {w_given} expects C_in/groups={cg}, i.e. "
                          f"{cg * groups} input channels with groups={groups}, but "
-                         f"{x_name} {tuple(x_shape)} has C={c}")
+                         f"{x_name} {x_given} has C={c}{note}")
     top, bottom, left, right = conv_padding(padding, (kh, kw), dilation, stride, fn)
     out_h = conv_output_size(h, top, bottom, kh, stride[0], dilation[0])
     out_w = conv_output_size(w, left, right, kw, stride[1], dilation[1])
     if out_h < 1 or out_w < 1:
         eff = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
         raise ValueError(f"{fn}: the (dilated) kernel {eff[0]}x{eff[1]} of {w_name} "
-                         f"{tuple(w_shape)} is larger than the padded input "
-                         f"{h + top + bottom}x{w + left + right} of {x_name} {tuple(x_shape)}")
+                         f"{w_given} is larger than the padded input "
+                         f"{h + top + bottom}x{w + left + right} of {x_name} {x_given}{note}")
     return _ConvGeometry(stride, dilation, top, bottom, left, right, groups, out_h, out_w)
 
 
@@ -95,18 +156,20 @@ def _finish(out, result_dtype):
     return out if out.dtype == result_dtype else out.astype(result_dtype)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     ``y[n, o, p, q] = b[o] + sum_{c, u, v} w[o, c, u, v] *
-    x_pad[n, g(o)*C/groups + c, p*sh + u*dh, q*sw + v*dw]``.
+    x_pad[n, g(o)*C/groups + c, p*sh + u*dh, q*sw + v*dw]``; in NHWC the same
+    sum reads ``y[n, p, q, o] = b[o] + sum_{c, u, v} w[u, v, c, o] *
+    x_pad[n, p*sh + u*dh, q*sw + v*dw, g(o)*C/groups + c]``.
 
     Parameters
     ----------
-    x : array_like, shape (N, C_in, H, W)
+    x : array_like, shape (N, C_in, H, W), or (N, H, W, C_in) for NHWC
         Input batch.
     weight : array_like, shape (C_out, C_in/groups, kh, kw)
-        Filters.
+        Filters; ``(kh, kw, C_in/groups, C_out)`` for NHWC.
     bias : array_like, shape (C_out,), optional
         Added to every output position of each channel.
     stride : int or (int, int), default 1
@@ -119,10 +182,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     groups : int, default 1
         Input and output channels are split into this many groups, each
         convolved separately (``groups == C_in`` is depthwise).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of `x`, `weight` and the result.
 
     Returns
     -------
-    y : ndarray, shape (N, C_out, Ho, Wo)
+    y : ndarray, shape (N, C_out, Ho, Wo), or (N, Ho, Wo, C_out) for NHWC
         ``Ho = (H + pad_top + pad_bottom - dh*(kh-1) - 1) // sh + 1``, likewise
         ``Wo``.
 
@@ -132,7 +197,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         Non-numeric arrays or non-integer hyper-parameters.
     ValueError
         Wrong ranks, channel/group mismatches, out-of-range hyper-parameters,
-        a kernel larger than the padded input, or sizes too large to address.
+        a kernel larger than the padded input, sizes too large to address, or
+        a `layout` other than 'NCHW' and 'NHWC'.
 
     Examples
     --------
@@ -141,22 +207,32 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     >>> fastconv.conv2d(x, np.ones((1, 1, 2, 2)), stride=2)[0, 0]
     array([[10., 18.],
            [42., 50.]])
+    >>> fastconv.conv2d(x.reshape(1, 4, 4, 1), np.ones((2, 2, 1, 1)), stride=2,
+    ...                 layout="NHWC")[0, :, :, 0]
+    array([[10., 18.],
+           [42., 50.]])
     """
     fn = "conv2d"
+    layout = _check_layout(layout, fn)
+    axes = _AXES[layout]
+    nhwc = layout == "NHWC"
     x = as_array(x, "x", fn)
     weight = as_array(weight, "weight", fn)
-    check_ndim(x, 4, "x", fn, _NCHW)
-    check_ndim(weight, 4, "weight", fn, _OIHW)
+    check_ndim(x, 4, "x", fn, axes["x"])
+    check_ndim(weight, 4, "weight", fn, axes["w"])
+    c_out = weight.shape[3] if nhwc else weight.shape[0]
     arrays = [x, weight]
     if bias is not None:
         bias = as_array(bias, "bias", fn)
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"{fn}: bias must have shape (C_out,) = ({weight.shape[0]},) "
-                             f"for weight {weight.shape}, got {bias.shape}")
+        if bias.shape != (c_out,):
+            raise ValueError(f"{fn}: bias must have shape (C_out,) = ({c_out},) "
+                             f"for weight {weight.shape}, got {bias.shape}"
+                             + _layout_note(layout, weight="w"))
         arrays.append(bias)
-    geo = _conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
+    geo = _conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups,
+                         layout=layout)
     compute, result = dtypes(*arrays)
-    out_shape = (x.shape[0], weight.shape[0], geo.out_h, geo.out_w)
+    out_shape = _from_nchw((x.shape[0], c_out, geo.out_h, geo.out_w), layout)
     check_alloc(out_shape, compute, "the output", fn)
     out = np.empty(out_shape, dtype=compute)
     if out.size == 0:
@@ -164,16 +240,24 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if x.size == 0 or weight.size == 0:
         # no input channels or an empty plane: the padded input is all
         # zeros, so only the bias remains
-        out[...] = 0 if bias is None else contiguous(bias, compute)[:, None, None]
+        if bias is None:
+            out[...] = 0
+        else:
+            b = contiguous(bias, compute)
+            out[...] = b if nhwc else b[:, None, None]
         return _finish(out, result)
     b = contiguous(bias, compute) if bias is not None else np.empty(0, dtype=compute)
     w = contiguous(weight, compute)
+    args = _kernel_args(geo, out.size * (weight.size // c_out))
     # The direct depthwise loops skip zero padding; a non-finite weight times
     # that padding is NaN in the textbook sum, so such weights take the GEMM.
-    depthwise = _depthwise(weight.shape, geo) and np.isfinite(w).all()
-    kernel = _kernels.depthwise_forward if depthwise else _kernels.conv2d_forward
-    kernel(contiguous(x, compute), w, b, bias is not None, out,
-           *_kernel_args(geo, out.size * weight[0].size))
+    if nhwc:
+        depthwise = _depthwise_nhwc(weight.shape, x.shape[3], geo) and np.isfinite(w).all()
+        kernel = _kernels.depthwise_forward_nhwc if depthwise else _kernels.conv2d_forward_nhwc
+    else:
+        depthwise = _depthwise(weight.shape, geo) and np.isfinite(w).all()
+        kernel = _kernels.depthwise_forward if depthwise else _kernels.conv2d_forward
+    kernel(contiguous(x, compute), w, b, bias is not None, out, *args)
     return _finish(out, result)
 
 
@@ -181,6 +265,13 @@ def _depthwise(w_shape, geo):
     """One input channel per group (depthwise, any channel multiplier): the
     GEMMs would be single rows, so direct per-plane loops are used."""
     return w_shape[1] == 1 and geo.groups > 1
+
+
+def _depthwise_nhwc(w_shape, c_in, geo):
+    """The NHWC direct loops: depthwise with channel multiplier 1 only
+    (weight ``(kh, kw, 1, C)`` with ``groups == C_in == C_out > 1``); other
+    grouped convolutions take the GEMM kernels."""
+    return w_shape[2] == 1 and geo.groups > 1 and geo.groups == c_in == w_shape[3]
 
 
 # Tests set this to "gather" or "scatter" to force one input-gradient order.
@@ -223,14 +314,14 @@ def _grad_input_method(n, c_in, h, w, w_shape, geo):
     return "scatter" if scatter < 0.9 * gather else "gather"
 
 
-def _check_grad_out(fn, grad_out, expected, how):
+def _check_grad_out(fn, grad_out, expected, how, note=""):
     if grad_out.shape != expected:
         raise ValueError(f"{fn}: grad_out has shape {grad_out.shape} but {how} gives an "
-                         f"output of shape {expected}")
+                         f"output of shape {expected}{note}")
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,
-                      groups=1):
+                      groups=1, layout="NCHW"):
     """Gradient of :func:`conv2d` with respect to its input.
 
     Computed as the textbook derives it: the sensitivity map ``grad_out`` is
@@ -242,14 +333,18 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
 
     Parameters
     ----------
-    grad_out : array_like, shape (N, C_out, Ho, Wo)
+    grad_out : array_like, shape (N, C_out, Ho, Wo), or (N, Ho, Wo, C_out) for NHWC
         Sensitivity map ``dE/dy``.
     weight : array_like, shape (C_out, C_in/groups, kh, kw)
+        ``(kh, kw, C_in/groups, C_out)`` for NHWC.
     input_shape : sequence of 4 ints
-        ``(N, C_in, H, W)`` of the forward input (needed because several
-        input sizes give the same output size when the stride is > 1).
+        ``(N, C_in, H, W)`` of the forward input, ``(N, H, W, C_in)`` for
+        NHWC (needed because several input sizes give the same output size
+        when the stride is > 1).
     stride, padding, dilation, groups
         As in :func:`conv2d`.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of `grad_out`, `weight`, `input_shape` and the result.
 
     Returns
     -------
@@ -263,69 +358,89 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
         that `input_shape` and the hyper-parameters give.
     """
     fn = "conv2d_grad_input"
+    layout = _check_layout(layout, fn)
+    axes = _AXES[layout]
     grad_out = as_array(grad_out, "grad_out", fn)
     weight = as_array(weight, "weight", fn)
-    check_ndim(grad_out, 4, "grad_out", fn, "(N, C_out, Ho, Wo)")
-    check_ndim(weight, 4, "weight", fn, _OIHW)
+    check_ndim(grad_out, 4, "grad_out", fn, axes["y"])
+    check_ndim(weight, 4, "weight", fn, axes["w"])
     input_shape = shape4(input_shape, "input_shape", fn)
     geo = _conv_geometry(fn, input_shape, weight.shape, stride, padding, dilation, groups,
-                         x_name="input_shape")
-    expected = (input_shape[0], weight.shape[0], geo.out_h, geo.out_w)
+                         x_name="input_shape", layout=layout)
+    c_out = _weight_to_oihw(weight.shape, layout)[0]
+    expected = _from_nchw((input_shape[0], c_out, geo.out_h, geo.out_w), layout)
     _check_grad_out(fn, grad_out, expected, f"input_shape {input_shape} with weight "
-                    f"{weight.shape}")
+                    f"{weight.shape}", _layout_note(layout, grad_out="y", input_shape="x",
+                                                    weight="w"))
     compute, result = dtypes(grad_out, weight)
     check_alloc(input_shape, compute, "input_shape", fn)
     dx = np.zeros(input_shape, dtype=compute)
-    if dx.size and grad_out.size and weight.size:
-        g, w = contiguous(grad_out, compute), contiguous(weight, compute)
-        args = _kernel_args(geo, grad_out.size * weight[0].size)
-        # Only the gather order multiplies the zero border of the full
-        # correlation, as the textbook does; with an inf/NaN weight that is
-        # visible (0 * inf = NaN), so such weights always take it.
-        if not np.isfinite(w).all():
-            kernel = _kernels.conv2d_grad_input
-        elif _depthwise(weight.shape, geo) and geo.stride == (1, 1) \
-                and weight.shape[0] == geo.groups:
-            # The textbook form literally: correlate dY, zero-padded by
-            # dilation*(k-1) (less the forward padding: the crop), with the
-            # 180-degree-rotated filters -- a depthwise forward pass.
-            _, _, kh, kw = weight.shape
-            dh, dw = geo.dilation
-            _kernels.depthwise_forward(g, np.ascontiguousarray(w[:, :, ::-1, ::-1]),
-                                       np.empty(0, dtype=compute), False, dx, 1, 1,
-                                       dh * (kh - 1) - geo.pad_top,
-                                       dw * (kw - 1) - geo.pad_left, dh, dw, geo.groups,
-                                       args[-1])
-            return _finish(dx, result)
-        elif _depthwise(weight.shape, geo):
-            kernel = _kernels.depthwise_grad_input
-        elif _grad_input_method(*input_shape, weight.shape, geo) == "gather":
-            kernel = _kernels.conv2d_grad_input
+    if not (dx.size and grad_out.size and weight.size):
+        return _finish(dx, result)
+    g, w = contiguous(grad_out, compute), contiguous(weight, compute)
+    args = _kernel_args(geo, grad_out.size * (weight.size // c_out))
+    if layout == "NHWC":
+        # As below: the direct depthwise loops skip the zero border of the
+        # full correlation, so an inf/NaN weight takes the GEMM kernel.
+        if _depthwise_nhwc(weight.shape, input_shape[3], geo) and np.isfinite(w).all():
+            kernel = _kernels.depthwise_grad_input_nhwc
         else:
-            kernel = _kernels.conv2d_grad_input_scatter
+            kernel = _kernels.conv2d_grad_input_nhwc
         kernel(g, w, dx, *args)
+        return _finish(dx, result)
+    # Only the gather order multiplies the zero border of the full
+    # correlation, as the textbook does; with an inf/NaN weight that is
+    # visible (0 * inf = NaN), so such weights always take it.
+    if not np.isfinite(w).all():
+        kernel = _kernels.conv2d_grad_input
+    elif _depthwise(weight.shape, geo) and geo.stride == (1, 1) \
+            and weight.shape[0] == geo.groups:
+        # The textbook form literally: correlate dY, zero-padded by
+        # dilation*(k-1) (less the forward padding: the crop), with the
+        # 180-degree-rotated filters -- a depthwise forward pass.
+        _, _, kh, kw = weight.shape
+        dh, dw = geo.dilation
+        _kernels.depthwise_forward(g, np.ascontiguousarray(w[:, :, ::-1, ::-1]),
+                                   np.empty(0, dtype=compute), False, dx, 1, 1,
+                                   dh * (kh - 1) - geo.pad_top,
+                                   dw * (kw - 1) - geo.pad_left, dh, dw, geo.groups,
+                                   args[-1])
+        return _finish(dx, result)
+    elif _depthwise(weight.shape, geo):
+        kernel = _kernels.depthwise_grad_input
+    elif _grad_input_method(*input_shape, weight.shape, geo) == "gather":
+        kernel = _kernels.conv2d_grad_input
+    else:
+        kernel = _kernels.conv2d_grad_input_scatter
+    kernel(g, w, dx, *args)
     return _finish(dx, result)
 
 
-def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                       layout="NCHW"):
     """Gradient of :func:`conv2d` with respect to its filters.
 
     ``dw[o, c, u, v] = sum_{n, p, q} grad_out[n, o, p, q] *
     x_pad[n, g(o)*C/groups + c, p*sh + u*dh, q*sw + v*dw]`` -- for one
-    channel, stride 1 and no padding, ``correlate2d(x, grad_out, 'valid')``.
+    channel, stride 1 and no padding, ``correlate2d(x, grad_out, 'valid')``
+    (NHWC: ``dw[u, v, c, o] = sum grad_out[n, p, q, o] *
+    x_pad[n, p*sh + u*dh, q*sw + v*dw, g(o)*C/groups + c]``).
     The sum is taken in an order that does not depend on the thread count,
     so the result is bitwise reproducible.
 
     Parameters
     ----------
-    x : array_like, shape (N, C_in, H, W)
+    x : array_like, shape (N, C_in, H, W), or (N, H, W, C_in) for NHWC
         The forward input.
-    grad_out : array_like, shape (N, C_out, Ho, Wo)
+    grad_out : array_like, shape (N, C_out, Ho, Wo), or (N, Ho, Wo, C_out) for NHWC
         Sensitivity map ``dE/dy``.
     weight_shape : sequence of 4 ints
-        ``(C_out, C_in/groups, kh, kw)``.
+        ``(C_out, C_in/groups, kh, kw)``, or ``(kh, kw, C_in/groups, C_out)``
+        for NHWC.
     stride, padding, dilation, groups
         As in :func:`conv2d`.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of `x`, `grad_out`, `weight_shape` and the result.
 
     Returns
     -------
@@ -338,15 +453,19 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
         `weight_shape` disagree.
     """
     fn = "conv2d_grad_weight"
+    layout = _check_layout(layout, fn)
+    axes = _AXES[layout]
     x = as_array(x, "x", fn)
     grad_out = as_array(grad_out, "grad_out", fn)
-    check_ndim(x, 4, "x", fn, _NCHW)
-    check_ndim(grad_out, 4, "grad_out", fn, "(N, C_out, Ho, Wo)")
+    check_ndim(x, 4, "x", fn, axes["x"])
+    check_ndim(grad_out, 4, "grad_out", fn, axes["y"])
     weight_shape = shape4(weight_shape, "weight_shape", fn)
     geo = _conv_geometry(fn, x.shape, weight_shape, stride, padding, dilation, groups,
-                         w_name="weight_shape")
-    expected = (x.shape[0], weight_shape[0], geo.out_h, geo.out_w)
-    _check_grad_out(fn, grad_out, expected, f"x {x.shape} with weight_shape {weight_shape}")
+                         w_name="weight_shape", layout=layout)
+    c_out = _weight_to_oihw(weight_shape, layout)[0]
+    expected = _from_nchw((x.shape[0], c_out, geo.out_h, geo.out_w), layout)
+    _check_grad_out(fn, grad_out, expected, f"x {x.shape} with weight_shape {weight_shape}",
+                    _layout_note(layout, grad_out="y", x="x", weight_shape="w"))
     compute, result = dtypes(x, grad_out)
     check_alloc(weight_shape, compute, "weight_shape", fn)
     dw = np.empty(weight_shape, dtype=compute)
@@ -356,37 +475,46 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
         dw[...] = 0
         return _finish(dw, result)
     g = contiguous(grad_out, compute)
+    args = _kernel_args(geo, grad_out.size * (dw.size // c_out))
     # The direct depthwise loops skip zero padding (see conv2d): a
     # non-finite sensitivity takes the GEMM, which multiplies it as written.
-    depthwise = _depthwise(weight_shape, geo) and np.isfinite(g).all()
-    kernel = _kernels.depthwise_grad_weight if depthwise else _kernels.conv2d_grad_weight
-    kernel(contiguous(x, compute), g, dw,
-           *_kernel_args(geo, grad_out.size * dw[0].size))
+    if layout == "NHWC":
+        depthwise = _depthwise_nhwc(weight_shape, x.shape[3], geo) and np.isfinite(g).all()
+        kernel = (_kernels.depthwise_grad_weight_nhwc if depthwise
+                  else _kernels.conv2d_grad_weight_nhwc)
+    else:
+        depthwise = _depthwise(weight_shape, geo) and np.isfinite(g).all()
+        kernel = _kernels.depthwise_grad_weight if depthwise else _kernels.conv2d_grad_weight
+    kernel(contiguous(x, compute), g, dw, *args)
     return _finish(dw, result)
 
 
-def conv2d_grad_bias(grad_out):
+def conv2d_grad_bias(grad_out, layout="NCHW"):
     """Gradient of :func:`conv2d` with respect to its bias.
 
-    ``db[o] = sum_{n, p, q} grad_out[n, o, p, q]``, accumulated in float64
-    in a fixed order.
+    ``db[o] = sum_{n, p, q} grad_out[n, o, p, q]`` (NHWC:
+    ``grad_out[n, p, q, o]``), accumulated in float64 in a fixed order.
 
     Parameters
     ----------
-    grad_out : array_like, shape (N, C_out, Ho, Wo)
+    grad_out : array_like, shape (N, C_out, Ho, Wo), or (N, Ho, Wo, C_out) for NHWC
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of `grad_out`.
 
     Returns
     -------
     db : ndarray, shape (C_out,)
     """
     fn = "conv2d_grad_bias"
+    layout = _check_layout(layout, fn)
     grad_out = as_array(grad_out, "grad_out", fn)
-    check_ndim(grad_out, 4, "grad_out", fn, "(N, C_out, Ho, Wo)")
+    check_ndim(grad_out, 4, "grad_out", fn, _AXES[layout]["y"])
     compute, result = dtypes(grad_out)
-    db = np.zeros(grad_out.shape[1], dtype=compute)
+    db = np.zeros(_to_nchw(grad_out.shape, layout)[1], dtype=compute)
     if grad_out.size:
-        _kernels.conv2d_grad_bias(contiguous(grad_out, compute), db,
-                                  threads_for(grad_out.size))
+        kernel = (_kernels.conv2d_grad_bias_nhwc if layout == "NHWC"
+                  else _kernels.conv2d_grad_bias)
+        kernel(contiguous(grad_out, compute), db, threads_for(grad_out.size))
     return _finish(db, result)
 
 
@@ -395,7 +523,9 @@ def conv2d_grad_bias(grad_out):
 _PoolGeometry = namedtuple("_PoolGeometry", "kernel stride padding out_h out_w")
 
 
-def _pool_geometry(fn, x_shape, kernel_size, stride, padding, ceil_mode, x_name="x"):
+def _pool_geometry(fn, x_shape, kernel_size, stride, padding, ceil_mode, x_name="x",
+                   layout="NCHW"):
+    """Check pooling arguments for an input of ``x_shape`` (given in ``layout``)."""
     kernel = int_pair(kernel_size, "kernel_size", fn, 1)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel         # PyTorch: an empty stride means kernel_size
@@ -406,17 +536,24 @@ def _pool_geometry(fn, x_shape, kernel_size, stride, padding, ceil_mode, x_name=
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{fn}: padding {padding} must be at most half of kernel_size "
                          f"{kernel}")
-    h, w = x_shape[2], x_shape[3]
+    _, _, h, w = _to_nchw(x_shape, layout)
+    note = _layout_note(layout, **{x_name: "x"})
     if h == 0 or w == 0:
         raise ValueError(f"{fn}: the input planes of {x_name} {tuple(x_shape)} are empty; "
-                         "a pooling window needs at least one real element")
+                         f"a pooling window needs at least one real element{note}")
     out_h = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
     out_w = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
     if out_h < 1 or out_w < 1:
         raise ValueError(f"{fn}: kernel_size {kernel} is larger than the padded input "
                          f"{h + 2 * padding[0]}x{w + 2 * padding[1]} of {x_name} "
-                         f"{tuple(x_shape)}")
+                         f"{tuple(x_shape)}{note}")
     return _PoolGeometry(kernel, stride, padding, out_h, out_w)
+
+
+def _pool_out_shape(x_shape, geo, layout):
+    """The pooling output shape for an input of ``x_shape``, both in ``layout``."""
+    n, c, _, _ = _to_nchw(x_shape, layout)
+    return _from_nchw((n, c, geo.out_h, geo.out_w), layout)
 
 
 def _pool_args(geo):
@@ -424,7 +561,7 @@ def _pool_args(geo):
             geo.padding[0], geo.padding[1])
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, layout="NCHW"):
     """2-D max pooling with argmax indices, as
     ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
 
@@ -435,7 +572,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W)
+    x : array_like, shape (N, C, H, W), or (N, H, W, C) for NHWC
     kernel_size : int or (int, int)
     stride : int or (int, int), optional
         Defaults to `kernel_size`.
@@ -444,41 +581,51 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     ceil_mode : bool, default False
         Round the output size up, keeping only windows that start inside the
         input or its leading padding.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of `x` and of both results.
 
     Returns
     -------
-    y : ndarray, shape (N, C, Ho, Wo)
-    indices : ndarray of int64, shape (N, C, Ho, Wo)
-        Flat index ``h*W + w`` of each maximum within its input plane.
+    y : ndarray, shape (N, C, Ho, Wo), or (N, Ho, Wo, C) for NHWC
+    indices : ndarray of int64, shape of `y`
+        Flat index ``h*W + w`` of each maximum within its input plane (the
+        same numbers in both layouts, as PyTorch gives for channels_last).
     """
     fn = "max_pool2d"
+    layout = _check_layout(layout, fn)
     x = as_array(x, "x", fn)
-    check_ndim(x, 4, "x", fn, _NCHW)
-    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode)
+    check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
+    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode, layout=layout)
     compute, result = dtypes(x)
-    out_shape = x.shape[:2] + (geo.out_h, geo.out_w)
+    out_shape = _pool_out_shape(x.shape, geo, layout)
     check_alloc(out_shape, np.int64, "the output", fn)
     y = np.empty(out_shape, dtype=compute)
     indices = np.empty(out_shape, dtype=np.int64)
     if y.size:
-        _kernels.max_pool2d_forward(contiguous(x, compute), y, indices, *_pool_args(geo),
-                                    threads_for(y.size * geo.kernel[0] * geo.kernel[1]))
+        kernel = (_kernels.max_pool2d_forward_nhwc if layout == "NHWC"
+                  else _kernels.max_pool2d_forward)
+        kernel(contiguous(x, compute), y, indices, *_pool_args(geo),
+               threads_for(y.size * geo.kernel[0] * geo.kernel[1]))
     return _finish(y, result), indices
 
 
-def max_pool2d_grad(grad_out, indices, input_shape):
+def max_pool2d_grad(grad_out, indices, input_shape, layout="NCHW"):
     """Gradient of :func:`max_pool2d` with respect to its input.
 
     Each ``grad_out[n, c, p, q]`` is added to ``dx[n, c]`` at flat position
-    ``indices[n, c, p, q]``; overlapping windows accumulate.
+    ``indices[n, c, p, q]`` (NHWC: ``grad_out[n, p, q, c]`` to the plane
+    ``dx[n, :, :, c]`` at ``indices[n, p, q, c]``); overlapping windows
+    accumulate.
 
     Parameters
     ----------
-    grad_out : array_like, shape (N, C, Ho, Wo)
-    indices : array_like of integers, shape (N, C, Ho, Wo)
+    grad_out : array_like, shape (N, C, Ho, Wo), or (N, Ho, Wo, C) for NHWC
+    indices : array_like of integers, shape of `grad_out`
         As returned by :func:`max_pool2d`; each must lie in ``[0, H*W)``.
     input_shape : sequence of 4 ints
-        ``(N, C, H, W)`` of the forward input.
+        ``(N, C, H, W)`` of the forward input, ``(N, H, W, C)`` for NHWC.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of `grad_out`, `indices`, `input_shape` and the result.
 
     Returns
     -------
@@ -491,8 +638,9 @@ def max_pool2d_grad(grad_out, indices, input_shape):
         is written out of bounds).
     """
     fn = "max_pool2d_grad"
+    layout = _check_layout(layout, fn)
     grad_out = as_array(grad_out, "grad_out", fn)
-    check_ndim(grad_out, 4, "grad_out", fn, "(N, C, Ho, Wo)")
+    check_ndim(grad_out, 4, "grad_out", fn, _AXES[layout]["pool"])
     try:
         idx = np.asarray(indices)
     except Exception as exc:
@@ -503,9 +651,10 @@ def max_pool2d_grad(grad_out, indices, input_shape):
         raise ValueError(f"{fn}: indices has shape {idx.shape} but grad_out has shape "
                          f"{grad_out.shape}; they must match")
     input_shape = shape4(input_shape, "input_shape", fn)
-    if input_shape[:2] != grad_out.shape[:2]:
+    if _to_nchw(input_shape, layout)[:2] != _to_nchw(grad_out.shape, layout)[:2]:
         raise ValueError(f"{fn}: input_shape {input_shape} and grad_out {grad_out.shape} "
-                         "must agree on N and C")
+                         "must agree on N and C"
+                         + _layout_note(layout, input_shape="x", grad_out="pool"))
     compute, result = dtypes(grad_out)
     check_alloc(input_shape, compute, "input_shape", fn)
     # the kernel zeroes each plane it fills (in parallel, cache-hot)
@@ -517,17 +666,18 @@ def max_pool2d_grad(grad_out, indices, input_shape):
         if idx.dtype == np.uint64 and idx.size and idx.max() > np.iinfo(np.int64).max:
             raise ValueError(f"{fn}: indices: every index must lie in [0, H*W) of its "
                              "input plane")
+        kernel = (_kernels.max_pool2d_backward_nhwc if layout == "NHWC"
+                  else _kernels.max_pool2d_backward)
         try:
-            _kernels.max_pool2d_backward(contiguous(grad_out, compute),
-                                         contiguous(idx, np.int64), dx,
-                                         threads_for(grad_out.size))
+            kernel(contiguous(grad_out, compute), contiguous(idx, np.int64), dx,
+                   threads_for(grad_out.size))
         except ValueError as exc:  # an out-of-range index, found (not written) by the kernel
             raise ValueError(f"{fn}: {exc} (input_shape {input_shape})") from None
     return _finish(dx, result)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True):
+               count_include_pad=True, layout="NCHW"):
     """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
 
     Each output is the window sum divided by the window area measured within
@@ -536,32 +686,37 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W)
+    x : array_like, shape (N, C, H, W), or (N, H, W, C) for NHWC
     kernel_size, stride, padding, ceil_mode
         As in :func:`max_pool2d`.
     count_include_pad : bool, default True
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of `x` and the result.
 
     Returns
     -------
-    y : ndarray, shape (N, C, Ho, Wo)
+    y : ndarray, shape (N, C, Ho, Wo), or (N, Ho, Wo, C) for NHWC
     """
     fn = "avg_pool2d"
+    layout = _check_layout(layout, fn)
     x = as_array(x, "x", fn)
-    check_ndim(x, 4, "x", fn, _NCHW)
-    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode)
+    check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
+    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode, layout=layout)
     include = boolean(count_include_pad, "count_include_pad", fn)
     compute, result = dtypes(x)
-    out_shape = x.shape[:2] + (geo.out_h, geo.out_w)
+    out_shape = _pool_out_shape(x.shape, geo, layout)
     check_alloc(out_shape, compute, "the output", fn)
     y = np.empty(out_shape, dtype=compute)
     if y.size:
-        _kernels.avg_pool2d_forward(contiguous(x, compute), y, *_pool_args(geo), include,
-                                    threads_for(y.size * geo.kernel[0] * geo.kernel[1]))
+        kernel = (_kernels.avg_pool2d_forward_nhwc if layout == "NHWC"
+                  else _kernels.avg_pool2d_forward)
+        kernel(contiguous(x, compute), y, *_pool_args(geo), include,
+               threads_for(y.size * geo.kernel[0] * geo.kernel[1]))
     return _finish(y, result)
 
 
 def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
-                    ceil_mode=False, count_include_pad=True):
+                    ceil_mode=False, count_include_pad=True, layout="NCHW"):
     """Gradient of :func:`avg_pool2d` with respect to its input.
 
     Each ``grad_out`` element is divided by its window's divisor and added
@@ -569,31 +724,36 @@ def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
 
     Parameters
     ----------
-    grad_out : array_like, shape (N, C, Ho, Wo)
+    grad_out : array_like, shape (N, C, Ho, Wo), or (N, Ho, Wo, C) for NHWC
     input_shape : sequence of 4 ints
-        ``(N, C, H, W)`` of the forward input.
+        ``(N, C, H, W)`` of the forward input, ``(N, H, W, C)`` for NHWC.
     kernel_size, stride, padding, ceil_mode, count_include_pad
         As in :func:`avg_pool2d`.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of `grad_out`, `input_shape` and the result.
 
     Returns
     -------
     dx : ndarray, shape `input_shape`
     """
     fn = "avg_pool2d_grad"
+    layout = _check_layout(layout, fn)
     grad_out = as_array(grad_out, "grad_out", fn)
-    check_ndim(grad_out, 4, "grad_out", fn, "(N, C, Ho, Wo)")
+    check_ndim(grad_out, 4, "grad_out", fn, _AXES[layout]["pool"])
     input_shape = shape4(input_shape, "input_shape", fn)
     geo = _pool_geometry(fn, input_shape, kernel_size, stride, padding, ceil_mode,
-                         x_name="input_shape")
+                         x_name="input_shape", layout=layout)
     include = boolean(count_include_pad, "count_include_pad", fn)
-    _check_grad_out(fn, grad_out, input_shape[:2] + (geo.out_h, geo.out_w),
-                    f"input_shape {input_shape} with kernel_size {geo.kernel}")
+    _check_grad_out(fn, grad_out, _pool_out_shape(input_shape, geo, layout),
+                    f"input_shape {input_shape} with kernel_size {geo.kernel}",
+                    _layout_note(layout, grad_out="pool", input_shape="x"))
     compute, result = dtypes(grad_out)
     check_alloc(input_shape, compute, "input_shape", fn)
     # the kernel writes every element once (in parallel, cache-hot)
     dx = np.empty(input_shape, dtype=compute) if grad_out.size else np.zeros(input_shape, compute)
     if grad_out.size:
-        _kernels.avg_pool2d_backward(contiguous(grad_out, compute), dx, *_pool_args(geo),
-                                     include,
-                                     threads_for(grad_out.size * geo.kernel[0] * geo.kernel[1]))
+        kernel = (_kernels.avg_pool2d_backward_nhwc if layout == "NHWC"
+                  else _kernels.avg_pool2d_backward)
+        kernel(contiguous(grad_out, compute), dx, *_pool_args(geo), include,
+               threads_for(grad_out.size * geo.kernel[0] * geo.kernel[1]))
     return _finish(dx, result)

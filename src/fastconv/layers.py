@@ -13,6 +13,16 @@ Conv2D and the pools call the fastconv kernels (never ``fastconv.reference``);
 weights have PyTorch's shapes, so a PyTorch ``state_dict`` (converted to
 NumPy arrays) loads into a matching :class:`Sequential` unchanged.
 
+Conv2D, MaxPool2D and AvgPool2D take ``layout="NHWC"`` for channels-last
+activations ``(N, H, W, C)``; such a Conv2D keeps its weight as
+``(kh, kw, C_in/groups, C_out)`` in ``params``.  State dicts
+(:meth:`Sequential.state_dict`, ``load_state_dict``, ``save``/``load``) are
+always in PyTorch's layout, whatever the layers' layout: a channels-last
+Conv2D's weight goes out and comes in as ``(C_out, C_in/groups, kh, kw)``,
+transposed on the way.  (A Flatten of channels-last maps orders their
+features ``(H, W, C)``, not PyTorch's ``(C, H, W)``; a Linear after it needs
+its weight's columns permuted accordingly.)
+
 The loss layers (:class:`SoftmaxCrossEntropy`, :class:`MSELoss`) take the
 target in ``forward(pred, target)`` and return a scalar; their ``backward``
 returns the gradient with respect to ``pred``.  The graph nodes :class:`Mul`
@@ -92,10 +102,17 @@ def _positive_int(value, what, name):
     return int(value)
 
 
-def _pool_output_shape(name, input_shape, kernel_size, stride, padding, ceil_mode):
-    """``(N, C, Ho, Wo)`` of a pooling layer (checked as the functions check)."""
-    geo = F._pool_geometry(name, tuple(input_shape), kernel_size, stride, padding, ceil_mode)
-    return tuple(input_shape[:2]) + (geo.out_h, geo.out_w)
+def _pool_output_shape(name, input_shape, kernel_size, stride, padding, ceil_mode,
+                       layout="NCHW"):
+    """``(N, C, Ho, Wo)`` (``(N, Ho, Wo, C)`` for NHWC) of a pooling layer
+    (checked as the functions check)."""
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"{name}: the input must be 4-D {F._AXES[layout]['x']}, "
+                         f"got shape {input_shape}")
+    geo = F._pool_geometry(name, input_shape, kernel_size, stride, padding, ceil_mode,
+                           layout=layout)
+    return F._pool_out_shape(input_shape, geo, layout)
 
 
 def _check_pool(name, kernel_size, stride, padding, ceil_mode):
@@ -138,6 +155,16 @@ class Layer:
         """``(output_shape, macs)`` for an input of ``input_shape``."""
         return tuple(input_shape), 0
 
+    # State dicts are in PyTorch's layout; a layer whose parameter is stored
+    # otherwise (a channels-last Conv2D) converts it on the way out and in.
+    def _param_to_state(self, name, value):
+        """Parameter ``name`` as a state dict holds it."""
+        return value
+
+    def _param_from_state(self, name, value):
+        """A state dict's ``value`` for parameter ``name``, in this layer's layout."""
+        return value
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -165,18 +192,30 @@ class Conv2D(Layer):
         Seed for the weights; None draws fresh entropy.
     init : {'he', 'xavier'}, default 'he'
         Weight initialization (normal); the bias starts at zero.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Memory layout of the activations (``(N, C, H, W)`` or
+        ``(N, H, W, C)``) and of the weight.
 
     Attributes
     ----------
     params : dict
         ``"weight"`` of shape ``(out_channels, in_channels/groups, kh, kw)``
-        and ``"bias"`` of shape ``(out_channels,)`` (if ``bias``).
+        (NHWC: ``(kh, kw, in_channels/groups, out_channels)``) and ``"bias"``
+        of shape ``(out_channels,)`` (if ``bias``).
+
+    Notes
+    -----
+    A channels-last layer draws its weight exactly as the NCHW layer with the
+    same ``rng`` and stores it transposed, so the two compute the same
+    function.  :class:`Sequential` state dicts hold the weight in PyTorch's
+    ``(C_out, C_in/groups, kh, kw)`` in both layouts.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, dtype=np.float32, rng=None, *, init="he"):
+                 groups=1, bias=True, dtype=np.float32, rng=None, *, init="he", layout="NCHW"):
         super().__init__()
         name = "Conv2D"
+        self.layout = F._check_layout(layout, name)
         self.in_channels = _positive_int(in_channels, "in_channels", name)
         self.out_channels = _positive_int(out_channels, "out_channels", name)
         self.groups = _positive_int(groups, "groups", name)
@@ -190,8 +229,10 @@ class Conv2D(Layer):
         shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
         fan_in = shape[1] * kh * kw
         fan_out = self.out_channels // self.groups * kh * kw
-        self.params["weight"] = _init_weight(_rng(rng), shape, fan_in, fan_out, init,
-                                             self.dtype, name)
+        weight = _init_weight(_rng(rng), shape, fan_in, fan_out, init, self.dtype, name)
+        # drawn in NCHW order in both layouts: a seeded NHWC layer is the
+        # seeded NCHW layer, transposed
+        self.params["weight"] = self._param_from_state("weight", weight)
         if bias:
             self.params["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
         # check stride/padding/dilation now rather than at the first forward
@@ -201,7 +242,7 @@ class Conv2D(Layer):
 
     def _geometry(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups)
+                    groups=self.groups, layout=self.layout)
 
     def forward(self, x):
         self._x = x = _snapshot(x, self.dtype)
@@ -213,29 +254,47 @@ class Conv2D(Layer):
         dout = np.asarray(dout, dtype=self.dtype)
         self.grads["weight"] = F.conv2d_grad_weight(x, dout, w.shape, **self._geometry())
         if "bias" in self.params:
-            self.grads["bias"] = F.conv2d_grad_bias(dout)
+            self.grads["bias"] = F.conv2d_grad_bias(dout, layout=self.layout)
         return F.conv2d_grad_input(dout, w, x.shape, **self._geometry())
 
     def describe(self, input_shape):
-        from fastconv.cost import conv2d_cost
+        from fastconv.cost import _conv_cost
 
-        cost = conv2d_cost(input_shape, self.params["weight"].shape, bias="bias" in self.params,
-                           **self._geometry())
+        g = self._geometry()
+        cost = _conv_cost(input_shape, self.params["weight"].shape, g["stride"], g["padding"],
+                          g["dilation"], g["groups"], "bias" in self.params, self.layout,
+                          "conv2d_cost")
         return cost.output_shape, cost.macs
 
+    def _param_to_state(self, name, value):
+        # (kh, kw, C_in/g, C_out) -> PyTorch's (C_out, C_in/g, kh, kw)
+        if name == "weight" and self.layout == "NHWC":
+            return np.ascontiguousarray(np.asarray(value).transpose(3, 2, 0, 1))
+        return value
+
+    def _param_from_state(self, name, value):
+        # PyTorch's (C_out, C_in/g, kh, kw) -> (kh, kw, C_in/g, C_out)
+        if name == "weight" and self.layout == "NHWC":
+            return np.ascontiguousarray(np.asarray(value).transpose(2, 3, 1, 0))
+        return value
+
     def __repr__(self):
+        layout = "" if self.layout == "NCHW" else f", layout={self.layout!r}"
         return (f"Conv2D({self.in_channels}, {self.out_channels}, "
                 f"kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding!r}, dilation={self.dilation}, groups={self.groups}, "
-                f"bias={'bias' in self.params}, dtype={self.dtype.name})")
+                f"bias={'bias' in self.params}, dtype={self.dtype.name}{layout})")
 
 
 class MaxPool2D(Layer):
     """Max pooling layer (:func:`fastconv.max_pool2d`); gradients go to the
-    first maximum of each window."""
+    first maximum of each window.  ``layout="NHWC"`` pools channels-last
+    activations ``(N, H, W, C)``."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, *,
+                 layout="NCHW"):
         super().__init__()
+        self.layout = F._check_layout(layout, "MaxPool2D")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode = ceil_mode
         _check_pool("MaxPool2D", kernel_size, stride, padding, ceil_mode)
@@ -244,28 +303,32 @@ class MaxPool2D(Layer):
     def forward(self, x):
         x = np.asarray(x)
         y, self._indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding,
-                                        self.ceil_mode)
+                                        self.ceil_mode, layout=self.layout)
         self._shape = x.shape
         return y
 
     def backward(self, dout):
-        return F.max_pool2d_grad(dout, self._cached("_indices"), self._shape)
+        return F.max_pool2d_grad(dout, self._cached("_indices"), self._shape,
+                                 layout=self.layout)
 
     def describe(self, input_shape):
         return _pool_output_shape("MaxPool2D", input_shape, self.kernel_size, self.stride,
-                                  self.padding, self.ceil_mode), 0
+                                  self.padding, self.ceil_mode, self.layout), 0
 
     def __repr__(self):
+        layout = "" if self.layout == "NCHW" else f", layout={self.layout!r}"
         return (f"MaxPool2D(kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, ceil_mode={self.ceil_mode})")
+                f"padding={self.padding}, ceil_mode={self.ceil_mode}{layout})")
 
 
 class AvgPool2D(Layer):
-    """Average pooling layer (:func:`fastconv.avg_pool2d`)."""
+    """Average pooling layer (:func:`fastconv.avg_pool2d`); ``layout="NHWC"``
+    pools channels-last activations ``(N, H, W, C)``."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True):
+                 count_include_pad=True, *, layout="NCHW"):
         super().__init__()
+        self.layout = F._check_layout(layout, "AvgPool2D")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         _check_pool("AvgPool2D", kernel_size, stride, padding, ceil_mode)
@@ -278,19 +341,21 @@ class AvgPool2D(Layer):
     def forward(self, x):
         x = np.asarray(x)
         self._shape = x.shape
-        return F.avg_pool2d(x, *self._args())
+        return F.avg_pool2d(x, *self._args(), layout=self.layout)
 
     def backward(self, dout):
-        return F.avg_pool2d_grad(dout, self._cached("_shape"), *self._args())
+        return F.avg_pool2d_grad(dout, self._cached("_shape"), *self._args(),
+                                 layout=self.layout)
 
     def describe(self, input_shape):
         return _pool_output_shape("AvgPool2D", input_shape, self.kernel_size, self.stride,
-                                  self.padding, self.ceil_mode), 0
+                                  self.padding, self.ceil_mode, self.layout), 0
 
     def __repr__(self):
+        layout = "" if self.layout == "NCHW" else f", layout={self.layout!r}"
         return (f"AvgPool2D(kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, ceil_mode={self.ceil_mode}, "
-                f"count_include_pad={self.count_include_pad})")
+                f"count_include_pad={self.count_include_pad}{layout})")
 
 
 class ReLU(Layer):
@@ -625,15 +690,33 @@ class Sequential(Layer):
 
     # --- parameters in and out ------------------------------------------------
 
+    def _layer_of(self, key):
+        """``(layer, name)`` owning the flat parameter key ``"<index>.<name>"``."""
+        index, _, name = str(key).partition(".")
+        return self.layers[int(index)], name
+
+    def _param_to_state(self, name, value):
+        layer, rest = self._layer_of(name)
+        return getattr(layer, "_param_to_state", lambda n, v: v)(rest, value)
+
+    def _param_from_state(self, name, value):
+        layer, rest = self._layer_of(name)
+        return getattr(layer, "_param_from_state", lambda n, v: v)(rest, value)
+
     def state_dict(self):
-        """Copies of all parameters, keyed like PyTorch's ``nn.Sequential``."""
-        return {k: v.copy() for k, v in self.params.items()}
+        """Copies of all parameters, keyed like PyTorch's ``nn.Sequential``,
+        in PyTorch's layout (a channels-last Conv2D's weight transposed to
+        ``(C_out, C_in/groups, kh, kw)``)."""
+        return {k: np.array(self._param_to_state(k, v), copy=True)
+                for k, v in self.params.items()}
 
     def load_state_dict(self, state, strict=True):
         """Copy parameters in from a mapping of arrays (ours or a PyTorch
         ``state_dict`` converted with ``{k: v.numpy() for ...}``).
 
-        Shapes must match exactly; values are cast to each layer's dtype.
+        Shapes must match exactly, in PyTorch's layout (what
+        :meth:`state_dict` gives; a channels-last Conv2D transposes its
+        weight as it loads it); values are cast to each layer's dtype.
         With ``strict`` (the default) the key sets must match too (PyTorch
         buffers such as BatchNorm statistics are not supported).
         """
@@ -648,18 +731,20 @@ class Sequential(Layer):
             if key not in state:
                 continue
             value = np.asarray(state[key])
-            if value.shape != target.shape:
+            expected = np.shape(self._param_to_state(key, target))
+            if value.shape != expected:
                 raise ValueError(f"Sequential.load_state_dict: {key} has shape {value.shape}, "
-                                 f"the model expects {target.shape}")
-            updates.append((target, value))
+                                 f"the model expects {expected}")
+            updates.append((target, self._param_from_state(key, value)))
         for target, value in updates:       # all checked first: all or nothing
             target[...] = value
         return self
 
     def save(self, path):
-        """Write all parameters to an ``.npz`` file (keys as in ``state_dict``)."""
+        """Write all parameters to an ``.npz`` file (keys and layout as in
+        ``state_dict``)."""
         with open(path, "wb") as fh:
-            np.savez(fh, **self.params)
+            np.savez(fh, **self.state_dict())
 
     def load(self, path):
         """Load parameters written by :meth:`save` (strict); returns self."""
