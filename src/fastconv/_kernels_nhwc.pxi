@@ -12,6 +12,15 @@
 
 # --- patches -----------------------------------------------------------------
 
+cdef inline bint _unit_spaced(const Py_ssize_t* off, Py_ssize_t n) noexcept nogil:
+    """Column offsets that step by one (dilation 1)."""
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        if off[i] != off[i - 1] + 1:
+            return False
+    return True
+
+
 cdef void _pack_patches_nhwc(const floating* src, Py_ssize_t src_h, Py_ssize_t src_w,
                              Py_ssize_t n_ch, Py_ssize_t c0, Py_ssize_t cg,
                              const Py_ssize_t* row_off, Py_ssize_t n_u,
@@ -25,16 +34,36 @@ cdef void _pack_patches_nhwc(const floating* src, Py_ssize_t src_h, Py_ssize_t s
     for each tap ``(iu, iv)`` in order, the channels ``c0 .. c0+cg`` of
     ``src[qi*step_i + row_off[iu], qj*step_j + col_off[iv]]`` (an
     ``src_h x src_w x n_ch`` image), or zeros where that pixel is outside
-    the image (the zero padding of the textbook).
+    the image (the zero padding of the textbook).  With all channels
+    (groups 1) and dilation 1, a kernel row's taps are one contiguous run of
+    the image row and are copied as one block.
     """
-    cdef Py_ssize_t l, iu, iv, ii, jj, c
+    cdef Py_ssize_t l, iu, iv, ii, jj, c, v_lo, v_hi
     cdef Py_ssize_t qi = p0 // grid_w
     cdef Py_ssize_t qj = p0 - qi * grid_w
+    cdef Py_ssize_t run = n_v * cg
+    cdef bint whole_rows = cg == n_ch and _unit_spaced(col_off, n_v)
     cdef floating* d = dst
     cdef const floating* s
     for l in range(count):
         for iu in range(n_u):
             ii = qi * step_i + row_off[iu]
+            if whole_rows:
+                jj = qj * step_j + col_off[0]
+                v_lo = min(n_v, max(0, -jj))
+                v_hi = max(v_lo, min(n_v, src_w - jj))
+                if ii < 0 or ii >= src_h:
+                    v_hi = v_lo
+                if v_lo > 0:
+                    memset(d, 0, v_lo * cg * sizeof(floating))
+                if v_hi > v_lo:
+                    # integer offsets: no pointer is formed outside the image
+                    memcpy(d + v_lo * cg, src + (ii * src_w + jj + v_lo) * n_ch,
+                           (v_hi - v_lo) * cg * sizeof(floating))
+                if v_hi < n_v:
+                    memset(d + v_hi * cg, 0, (n_v - v_hi) * cg * sizeof(floating))
+                d += run
+                continue
             for iv in range(n_v):
                 jj = qj * step_j + col_off[iv]
                 if 0 <= ii < src_h and 0 <= jj < src_w:
@@ -45,6 +74,126 @@ cdef void _pack_patches_nhwc(const floating* src, Py_ssize_t src_h, Py_ssize_t s
                     for c in range(cg):
                         d[c] = 0
                 d += cg
+        qj += 1
+        if qj == grid_w:
+            qj = 0
+            qi += 1
+
+
+cdef inline bint _narrow_patches(Py_ssize_t cg, Py_ssize_t n_v) noexcept nogil:
+    """Few channels per kernel row (C_in/groups * kw < 32): a patch row's
+    runs would be too short to copy well, so the patch matrix is packed
+    transposed -- one row per (tap, channel), filled along the output
+    positions (the NCHW-style packing) -- and the GEMMs transpose it."""
+    return cg * n_v < 32
+
+
+cdef void _pack_patches_nhwc_t(const floating* src, Py_ssize_t src_h, Py_ssize_t src_w,
+                               Py_ssize_t n_ch, Py_ssize_t c0, Py_ssize_t cg,
+                               const Py_ssize_t* row_off, Py_ssize_t n_u,
+                               const Py_ssize_t* col_off, Py_ssize_t n_v,
+                               Py_ssize_t step_i, Py_ssize_t step_j,
+                               Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                               floating* dst) noexcept nogil:
+    """The transpose of ``_pack_patches_nhwc``: a (n_u*n_v*cg) x count
+    matrix whose row ``(iu*n_v + iv)*cg + c`` runs along the output
+    positions, one grid row segment at a time (zeros outside the image)."""
+    cdef Py_ssize_t iu, iv, c, l, qi, qj, seg, ii, co, lo, hi, a, b, t, base
+    cdef Py_ssize_t pix_step = step_j * n_ch
+    cdef floating* d
+    for iu in range(n_u):
+        for iv in range(n_v):
+            co = col_off[iv]
+            # grid columns whose source column lies inside the image
+            lo = max(0, _ceil_div(-co, step_j))
+            hi = _floor_div(src_w - 1 - co, step_j) + 1
+            for c in range(cg):
+                d = dst + ((iu * n_v + iv) * cg + c) * count
+                qi = p0 // grid_w
+                qj = p0 - qi * grid_w
+                l = 0
+                while l < count:
+                    seg = min(grid_w - qj, count - l)
+                    ii = qi * step_i + row_off[iu]
+                    if ii < 0 or ii >= src_h or hi <= lo:
+                        memset(d + l, 0, seg * sizeof(floating))
+                    else:
+                        a = min(max(lo, qj), qj + seg)      # first in-image column
+                        b = max(min(hi, qj + seg), a)       # one past the last
+                        if a > qj:
+                            memset(d + l, 0, (a - qj) * sizeof(floating))
+                        # integer offsets: no pointer is formed outside the image
+                        base = (ii * src_w + co) * n_ch + c0 + c
+                        for t in range(a, b):
+                            d[l + t - qj] = src[base + t * pix_step]
+                        if qj + seg > b:
+                            memset(d + l + (b - qj), 0, (qj + seg - b) * sizeof(floating))
+                    l += seg
+                    qi += 1
+                    qj = 0
+
+
+cdef void _unpack_add_patches_nhwc_t(const floating* src, Py_ssize_t dst_h, Py_ssize_t dst_w,
+                                     Py_ssize_t n_ch, Py_ssize_t c0, Py_ssize_t cg,
+                                     const Py_ssize_t* row_off, Py_ssize_t n_u,
+                                     const Py_ssize_t* col_off, Py_ssize_t n_v,
+                                     Py_ssize_t step_i, Py_ssize_t step_j,
+                                     Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                                     floating* dst) noexcept nogil:
+    """The adjoint of ``_pack_patches_nhwc_t`` (col2im of the transposed
+    patch matrix), in row-major order of (row, position): a fixed order."""
+    cdef Py_ssize_t iu, iv, c, l, qi, qj, seg, ii, co, lo, hi, a, b, t, base
+    cdef Py_ssize_t pix_step = step_j * n_ch
+    cdef const floating* s
+    for iu in range(n_u):
+        for iv in range(n_v):
+            co = col_off[iv]
+            lo = max(0, _ceil_div(-co, step_j))
+            hi = _floor_div(dst_w - 1 - co, step_j) + 1
+            for c in range(cg):
+                s = src + ((iu * n_v + iv) * cg + c) * count
+                qi = p0 // grid_w
+                qj = p0 - qi * grid_w
+                l = 0
+                while l < count:
+                    seg = min(grid_w - qj, count - l)
+                    ii = qi * step_i + row_off[iu]
+                    if 0 <= ii < dst_h and hi > lo:
+                        a = min(max(lo, qj), qj + seg)
+                        b = max(min(hi, qj + seg), a)
+                        base = (ii * dst_w + co) * n_ch + c0 + c
+                        for t in range(a, b):
+                            dst[base + t * pix_step] += s[l + t - qj]
+                    l += seg
+                    qi += 1
+                    qj = 0
+
+
+cdef void _unpack_add_patches_nhwc(const floating* src, Py_ssize_t dst_h, Py_ssize_t dst_w,
+                                   Py_ssize_t n_ch, Py_ssize_t c0, Py_ssize_t cg,
+                                   const Py_ssize_t* row_off, Py_ssize_t n_u,
+                                   const Py_ssize_t* col_off, Py_ssize_t n_v,
+                                   Py_ssize_t step_i, Py_ssize_t step_j,
+                                   Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                                   floating* dst) noexcept nogil:
+    """The adjoint of ``_pack_patches_nhwc`` (col2im): add each patch row's
+    channel runs back into the pixels they came from, skipping those outside
+    the image, in row then tap order (a fixed summation order)."""
+    cdef Py_ssize_t l, iu, iv, ii, jj, c
+    cdef Py_ssize_t qi = p0 // grid_w
+    cdef Py_ssize_t qj = p0 - qi * grid_w
+    cdef const floating* s = src
+    cdef floating* d
+    for l in range(count):
+        for iu in range(n_u):
+            ii = qi * step_i + row_off[iu]
+            for iv in range(n_v):
+                jj = qj * step_j + col_off[iv]
+                if 0 <= ii < dst_h and 0 <= jj < dst_w:
+                    d = dst + (ii * dst_w + jj) * n_ch + c0
+                    for c in range(cg):
+                        d[c] = d[c] + s[c]
+                s += cg
         qj += 1
         if qj == grid_w:
             qj = 0
@@ -83,6 +232,7 @@ def conv2d_forward_nhwc(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img * groups, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     cdef Py_ssize_t n_items = n_img * groups * n_tiles
+    cdef bint narrow = _narrow_patches(cg, kw)
     cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
     cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
     cdef const floating* xp = &x[0, 0, 0, 0]
@@ -115,6 +265,12 @@ def conv2d_forward_nhwc(const floating[:, :, :, ::1] x,
                         gemm(NO_TRANS, NO_TRANS, count, og, k_dim, <floating>1,
                              xp + (n * in_plane + p0) * c_in + g * cg, c_in,
                              wp + g * og, c_out, <floating>0, dst, c_out)
+                    elif narrow:
+                        _pack_patches_nhwc_t(xp + n * in_plane * c_in, in_h, in_w, c_in,
+                                             g * cg, cg, &row_off[0], kh, &col_off[0], kw,
+                                             stride_h, stride_w, out_w, p0, count, work)
+                        gemm(TRANS, NO_TRANS, count, og, k_dim, <floating>1,
+                             work, count, wp + g * og, c_out, <floating>0, dst, c_out)
                     else:
                         _pack_patches_nhwc(xp + n * in_plane * c_in, in_h, in_w, c_in,
                                            g * cg, cg, &row_off[0], kh, &col_off[0], kw,
@@ -167,6 +323,7 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_red)
     n_slots = max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * <Py_ssize_t>sizeof(floating))))
     cdef Py_ssize_t n_units = groups * n_slots
+    cdef bint narrow = _narrow_patches(cg, kw)
     cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
     cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
     cdef const floating* xp = &x[0, 0, 0, 0]
@@ -209,6 +366,14 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
                         if direct:
                             gemm(TRANS, NO_TRANS, k_dim, og, count, <floating>1,
                                  xp + (n * in_plane + p0) * c_in + g * cg, c_in,
+                                 gp + (n * positions + p0) * c_out + g * og, c_out,
+                                 <floating>1, acc, c_out)
+                        elif narrow:
+                            _pack_patches_nhwc_t(xp + n * in_plane * c_in, in_h, in_w, c_in,
+                                                 g * cg, cg, &row_off[0], kh, &col_off[0], kw,
+                                                 stride_h, stride_w, out_w, p0, count, work)
+                            gemm(NO_TRANS, NO_TRANS, k_dim, og, count, <floating>1,
+                                 work, count,
                                  gp + (n * positions + p0) * c_out + g * og, c_out,
                                  <floating>1, acc, c_out)
                         else:
@@ -421,6 +586,82 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
                                             + meta[ph, 6] + lj * stride_w) * c_in + g * cg
                             for c in range(cg):
                                 target[c] = res[l * cg + c]
+            free(work)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+
+
+def conv2d_grad_input_scatter_nhwc(const floating[:, :, :, ::1] grad_out,
+                                   const floating[:, :, :, ::1] weight,
+                                   floating[:, :, :, ::1] grad_in,
+                                   Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                   Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                   Py_ssize_t dil_h, Py_ssize_t dil_w,
+                                   Py_ssize_t groups, int n_threads):
+    """The same NHWC input gradient visiting only the non-zeros of the
+    dilated map (see conv2d_grad_input_scatter): ``dPatches = dY @ W_g^T``
+    per tile, then col2im.  The cheaper order when C_in/groups is too small
+    for an efficient gather GEMM (the caller picks by shape).
+
+    Work items are (image, group), each writing its own slice of
+    ``grad_in`` (zero-filled on entry) in a fixed order.
+    """
+    cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
+    cdef Py_ssize_t in_w = grad_in.shape[2], c_in = grad_in.shape[3]
+    cdef Py_ssize_t kh = weight.shape[0], kw = weight.shape[1]
+    cdef Py_ssize_t cg = weight.shape[2], c_out = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups, k_dim = kh * kw * cg
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t positions = out_h * out_w, in_plane = in_h * in_w
+    if n_img == 0 or positions == 0 or c_out == 0 or cg == 0:
+        return
+    cdef Py_ssize_t tile = _tile_size(k_dim, positions, 1, sizeof(floating))
+    cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
+    cdef Py_ssize_t n_items = n_img * groups
+    cdef bint narrow = _narrow_patches(cg, kw)
+    cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
+    cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, g, t, p0, count
+    cdef floating* work = NULL
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = <floating*>_workspace(k_dim * tile * sizeof(floating))
+            if work == NULL:
+                status_p[0] = STATUS_NO_MEMORY
+            for item in prange(n_items, schedule="static"):
+                if work != NULL:
+                    n = item // groups
+                    g = item % groups
+                    for t in range(n_tiles):
+                        p0 = t * tile
+                        count = min(tile, positions - p0)
+                        if narrow:
+                            # dPatches^T (k_dim x count) = W_g @ dY[n, tile, group]^T
+                            gemm(NO_TRANS, TRANS, k_dim, count, og, <floating>1,
+                                 wp + g * og, c_out,
+                                 gp + (n * positions + p0) * c_out + g * og, c_out,
+                                 <floating>0, work, count)
+                            _unpack_add_patches_nhwc_t(work, in_h, in_w, c_in, g * cg, cg,
+                                                       &row_off[0], kh, &col_off[0], kw,
+                                                       stride_h, stride_w, out_w, p0, count,
+                                                       dxp + n * in_plane * c_in)
+                            continue
+                        # dPatches (count x k_dim) = dY[n, tile, group] @ W_g^T
+                        gemm(NO_TRANS, TRANS, count, k_dim, og, <floating>1,
+                             gp + (n * positions + p0) * c_out + g * og, c_out,
+                             wp + g * og, c_out, <floating>0, work, k_dim)
+                        _unpack_add_patches_nhwc(work, in_h, in_w, c_in, g * cg, cg,
+                                                 &row_off[0], kh, &col_off[0], kw,
+                                                 stride_h, stride_w, out_w, p0, count,
+                                                 dxp + n * in_plane * c_in)
             free(work)
     finally:
         blas_serial_exit()
