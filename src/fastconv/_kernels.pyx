@@ -1787,3 +1787,8 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                                     ring + ring_rows * geo_p.in_w, geo_p, cdiv)
         free(ring)
     _raise_for_status(status)
+
+
+# --- channels-last (NHWC) kernels --------------------------------------------
+
+include "_kernels_nhwc.pxi"

@@ -1,0 +1,1086 @@
+# Channels-last (NHWC) kernels, included at the end of _kernels.pyx so that
+# both SIMD builds carry them.  Same contracts as the NCHW kernels above
+# (inputs trusted, outputs preallocated by fastconv.functional), with
+# x (N, H, W, C), weight (kh, kw, C_in/groups, C_out) and outputs in the same
+# order.  In this layout a pixel's channels are contiguous, so:
+#   * the patch matrix is built from contiguous channel runs, one row per
+#     output position, and the weight already *is* the (kh*kw*cg, C_out)
+#     GEMM operand -- no repacking of filters for the forward pass;
+#   * 1x1 stride-1 convolutions are a single GEMM on the input as it lies;
+#   * depthwise and pooling loops run along C, unit stride, with no
+#     deinterleaving.
+
+# --- patches -----------------------------------------------------------------
+
+cdef inline bint _unit_spaced(const Py_ssize_t* off, Py_ssize_t n) noexcept nogil:
+    """Column offsets that step by one (dilation 1)."""
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        if off[i] != off[i - 1] + 1:
+            return False
+    return True
+
+
+cdef void _pack_patches_nhwc(const floating* src, Py_ssize_t src_h, Py_ssize_t src_w,
+                             Py_ssize_t n_ch, Py_ssize_t c0, Py_ssize_t cg,
+                             const Py_ssize_t* row_off, Py_ssize_t n_u,
+                             const Py_ssize_t* col_off, Py_ssize_t n_v,
+                             Py_ssize_t step_i, Py_ssize_t step_j,
+                             Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                             floating* dst) noexcept nogil:
+    """Pack a count x (n_u*n_v*cg) patch matrix, row-major.
+
+    Row ``l`` (grid position ``(qi, qj) = divmod(p0 + l, grid_w)``) holds,
+    for each tap ``(iu, iv)`` in order, the channels ``c0 .. c0+cg`` of
+    ``src[qi*step_i + row_off[iu], qj*step_j + col_off[iv]]`` (an
+    ``src_h x src_w x n_ch`` image), or zeros where that pixel is outside
+    the image (the zero padding of the textbook).  With all channels
+    (groups 1) and dilation 1, a kernel row's taps are one contiguous run of
+    the image row and are copied as one block.
+    """
+    cdef Py_ssize_t l, iu, iv, ii, jj, c, v_lo, v_hi
+    cdef Py_ssize_t qi = p0 // grid_w
+    cdef Py_ssize_t qj = p0 - qi * grid_w
+    cdef Py_ssize_t run = n_v * cg
+    cdef bint whole_rows = cg == n_ch and _unit_spaced(col_off, n_v)
+    cdef floating* d = dst
+    cdef const floating* s
+    for l in range(count):
+        for iu in range(n_u):
+            ii = qi * step_i + row_off[iu]
+            if whole_rows:
+                jj = qj * step_j + col_off[0]
+                v_lo = min(n_v, max(0, -jj))
+                v_hi = max(v_lo, min(n_v, src_w - jj))
+                if ii < 0 or ii >= src_h:
+                    v_hi = v_lo
+                if v_lo > 0:
+                    memset(d, 0, v_lo * cg * sizeof(floating))
+                if v_hi > v_lo:
+                    # integer offsets: no pointer is formed outside the image
+                    memcpy(d + v_lo * cg, src + (ii * src_w + jj + v_lo) * n_ch,
+                           (v_hi - v_lo) * cg * sizeof(floating))
+                if v_hi < n_v:
+                    memset(d + v_hi * cg, 0, (n_v - v_hi) * cg * sizeof(floating))
+                d += run
+                continue
+            for iv in range(n_v):
+                jj = qj * step_j + col_off[iv]
+                if 0 <= ii < src_h and 0 <= jj < src_w:
+                    s = src + (ii * src_w + jj) * n_ch + c0
+                    for c in range(cg):
+                        d[c] = s[c]
+                else:
+                    for c in range(cg):
+                        d[c] = 0
+                d += cg
+        qj += 1
+        if qj == grid_w:
+            qj = 0
+            qi += 1
+
+
+cdef inline bint _narrow_patches(Py_ssize_t cg, Py_ssize_t n_v) noexcept nogil:
+    """Few channels per kernel row (C_in/groups * kw < 32): a patch row's
+    runs would be too short to copy well, so the patch matrix is packed
+    transposed -- one row per (tap, channel), filled along the output
+    positions (the NCHW-style packing) -- and the GEMMs transpose it."""
+    return cg * n_v < 32
+
+
+cdef void _pack_patches_nhwc_t(const floating* src, Py_ssize_t src_h, Py_ssize_t src_w,
+                               Py_ssize_t n_ch, Py_ssize_t c0, Py_ssize_t cg,
+                               const Py_ssize_t* row_off, Py_ssize_t n_u,
+                               const Py_ssize_t* col_off, Py_ssize_t n_v,
+                               Py_ssize_t step_i, Py_ssize_t step_j,
+                               Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                               floating* dst) noexcept nogil:
+    """The transpose of ``_pack_patches_nhwc``: a (n_u*n_v*cg) x count
+    matrix whose row ``(iu*n_v + iv)*cg + c`` runs along the output
+    positions, one grid row segment at a time (zeros outside the image)."""
+    cdef Py_ssize_t iu, iv, c, l, qi, qj, seg, ii, co, lo, hi, a, b, t, base
+    cdef Py_ssize_t pix_step = step_j * n_ch
+    cdef floating* d
+    for iu in range(n_u):
+        for iv in range(n_v):
+            co = col_off[iv]
+            # grid columns whose source column lies inside the image
+            lo = max(0, _ceil_div(-co, step_j))
+            hi = _floor_div(src_w - 1 - co, step_j) + 1
+            for c in range(cg):
+                d = dst + ((iu * n_v + iv) * cg + c) * count
+                qi = p0 // grid_w
+                qj = p0 - qi * grid_w
+                l = 0
+                while l < count:
+                    seg = min(grid_w - qj, count - l)
+                    ii = qi * step_i + row_off[iu]
+                    if ii < 0 or ii >= src_h or hi <= lo:
+                        memset(d + l, 0, seg * sizeof(floating))
+                    else:
+                        a = min(max(lo, qj), qj + seg)      # first in-image column
+                        b = max(min(hi, qj + seg), a)       # one past the last
+                        if a > qj:
+                            memset(d + l, 0, (a - qj) * sizeof(floating))
+                        # integer offsets: no pointer is formed outside the image
+                        base = (ii * src_w + co) * n_ch + c0 + c
+                        for t in range(a, b):
+                            d[l + t - qj] = src[base + t * pix_step]
+                        if qj + seg > b:
+                            memset(d + l + (b - qj), 0, (qj + seg - b) * sizeof(floating))
+                    l += seg
+                    qi += 1
+                    qj = 0
+
+
+cdef void _unpack_add_patches_nhwc_t(const floating* src, Py_ssize_t dst_h, Py_ssize_t dst_w,
+                                     Py_ssize_t n_ch, Py_ssize_t c0, Py_ssize_t cg,
+                                     const Py_ssize_t* row_off, Py_ssize_t n_u,
+                                     const Py_ssize_t* col_off, Py_ssize_t n_v,
+                                     Py_ssize_t step_i, Py_ssize_t step_j,
+                                     Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                                     floating* dst) noexcept nogil:
+    """The adjoint of ``_pack_patches_nhwc_t`` (col2im of the transposed
+    patch matrix), in row-major order of (row, position): a fixed order."""
+    cdef Py_ssize_t iu, iv, c, l, qi, qj, seg, ii, co, lo, hi, a, b, t, base
+    cdef Py_ssize_t pix_step = step_j * n_ch
+    cdef const floating* s
+    for iu in range(n_u):
+        for iv in range(n_v):
+            co = col_off[iv]
+            lo = max(0, _ceil_div(-co, step_j))
+            hi = _floor_div(dst_w - 1 - co, step_j) + 1
+            for c in range(cg):
+                s = src + ((iu * n_v + iv) * cg + c) * count
+                qi = p0 // grid_w
+                qj = p0 - qi * grid_w
+                l = 0
+                while l < count:
+                    seg = min(grid_w - qj, count - l)
+                    ii = qi * step_i + row_off[iu]
+                    if 0 <= ii < dst_h and hi > lo:
+                        a = min(max(lo, qj), qj + seg)
+                        b = max(min(hi, qj + seg), a)
+                        base = (ii * dst_w + co) * n_ch + c0 + c
+                        for t in range(a, b):
+                            dst[base + t * pix_step] += s[l + t - qj]
+                    l += seg
+                    qi += 1
+                    qj = 0
+
+
+cdef void _unpack_add_patches_nhwc(const floating* src, Py_ssize_t dst_h, Py_ssize_t dst_w,
+                                   Py_ssize_t n_ch, Py_ssize_t c0, Py_ssize_t cg,
+                                   const Py_ssize_t* row_off, Py_ssize_t n_u,
+                                   const Py_ssize_t* col_off, Py_ssize_t n_v,
+                                   Py_ssize_t step_i, Py_ssize_t step_j,
+                                   Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                                   floating* dst) noexcept nogil:
+    """The adjoint of ``_pack_patches_nhwc`` (col2im): add each patch row's
+    channel runs back into the pixels they came from, skipping those outside
+    the image, in row then tap order (a fixed summation order)."""
+    cdef Py_ssize_t l, iu, iv, ii, jj, c
+    cdef Py_ssize_t qi = p0 // grid_w
+    cdef Py_ssize_t qj = p0 - qi * grid_w
+    cdef const floating* s = src
+    cdef floating* d
+    for l in range(count):
+        for iu in range(n_u):
+            ii = qi * step_i + row_off[iu]
+            for iv in range(n_v):
+                jj = qj * step_j + col_off[iv]
+                if 0 <= ii < dst_h and 0 <= jj < dst_w:
+                    d = dst + (ii * dst_w + jj) * n_ch + c0
+                    for c in range(cg):
+                        d[c] = d[c] + s[c]
+                s += cg
+        qj += 1
+        if qj == grid_w:
+            qj = 0
+            qi += 1
+
+
+# --- convolution -------------------------------------------------------------
+
+def conv2d_forward_nhwc(const floating[:, :, :, ::1] x,
+                        const floating[:, :, :, ::1] weight,
+                        const floating[::1] bias,
+                        bint has_bias,
+                        floating[:, :, :, ::1] out,
+                        Py_ssize_t stride_h, Py_ssize_t stride_w,
+                        Py_ssize_t pad_top, Py_ssize_t pad_left,
+                        Py_ssize_t dil_h, Py_ssize_t dil_w,
+                        Py_ssize_t groups, int n_threads):
+    """NHWC ``out = conv2d(x, weight) + bias``: per (image, group, tile of
+    output positions), ``out_tile = patches @ weight[:, group columns]``.
+
+    A 1x1, stride-1, unpadded convolution multiplies the input rows as they
+    lie (``x`` viewed as ``(N*H*W, C_in)``), with no packing at all.
+    """
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
+    cdef Py_ssize_t c_in = x.shape[3]
+    cdef Py_ssize_t kh = weight.shape[0], kw = weight.shape[1]
+    cdef Py_ssize_t cg = weight.shape[2], c_out = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    cdef Py_ssize_t positions = out_h * out_w, k_dim = kh * kw * cg
+    cdef Py_ssize_t in_plane = in_h * in_w
+    if n_img == 0 or positions == 0 or c_out == 0 or k_dim == 0:
+        return
+    cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
+                        and pad_top == 0 and pad_left == 0)
+    cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img * groups, sizeof(floating))
+    cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
+    cdef Py_ssize_t n_items = n_img * groups * n_tiles
+    cdef bint narrow = _narrow_patches(cg, kw)
+    cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
+    cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef const floating* bp = &bias[0] if has_bias else NULL
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, g, t, p0, count, o, l
+    cdef floating* dst
+    cdef floating* work = NULL
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = NULL
+            if not direct:
+                work = <floating*>_workspace(k_dim * tile * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+            for item in prange(n_items, schedule="static"):
+                if direct or work != NULL:
+                    n = item // (groups * n_tiles)
+                    g = (item // n_tiles) % groups
+                    t = item % n_tiles
+                    p0 = t * tile
+                    count = min(tile, positions - p0)
+                    dst = yp + (n * positions + p0) * c_out + g * og
+                    if direct:
+                        gemm(NO_TRANS, NO_TRANS, count, og, k_dim, <floating>1,
+                             xp + (n * in_plane + p0) * c_in + g * cg, c_in,
+                             wp + g * og, c_out, <floating>0, dst, c_out)
+                    elif narrow:
+                        _pack_patches_nhwc_t(xp + n * in_plane * c_in, in_h, in_w, c_in,
+                                             g * cg, cg, &row_off[0], kh, &col_off[0], kw,
+                                             stride_h, stride_w, out_w, p0, count, work)
+                        gemm(TRANS, NO_TRANS, count, og, k_dim, <floating>1,
+                             work, count, wp + g * og, c_out, <floating>0, dst, c_out)
+                    else:
+                        _pack_patches_nhwc(xp + n * in_plane * c_in, in_h, in_w, c_in,
+                                           g * cg, cg, &row_off[0], kh, &col_off[0], kw,
+                                           stride_h, stride_w, out_w, p0, count, work)
+                        gemm(NO_TRANS, NO_TRANS, count, og, k_dim, <floating>1,
+                             work, k_dim, wp + g * og, c_out, <floating>0, dst, c_out)
+                    if has_bias:
+                        for l in range(count):
+                            for o in range(og):
+                                dst[l * c_out + o] = dst[l * c_out + o] + bp[g * og + o]
+            free(work)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+
+
+def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
+                            const floating[:, :, :, ::1] grad_out,
+                            floating[:, :, :, ::1] grad_weight,
+                            Py_ssize_t stride_h, Py_ssize_t stride_w,
+                            Py_ssize_t pad_top, Py_ssize_t pad_left,
+                            Py_ssize_t dil_h, Py_ssize_t dil_w,
+                            Py_ssize_t groups, int n_threads):
+    """NHWC ``grad_weight = sum over images and tiles of patches^T @ dY``.
+
+    Reduced in a fixed number of slots that depends on the shape only and
+    the slots added in order (as ``conv2d_grad_weight``): bitwise the same
+    for any thread count.
+    """
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
+    cdef Py_ssize_t c_in = x.shape[3]
+    cdef Py_ssize_t kh = grad_weight.shape[0], kw = grad_weight.shape[1]
+    cdef Py_ssize_t cg = grad_weight.shape[2], c_out = grad_weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t positions = out_h * out_w, k_dim = kh * kw * cg
+    cdef Py_ssize_t in_plane = in_h * in_w, w_size = k_dim * c_out
+    cdef floating* dwp = &grad_weight[0, 0, 0, 0] if w_size else NULL
+    cdef Py_ssize_t i
+    if w_size == 0:
+        return
+    if n_img == 0 or positions == 0:
+        memset(dwp, 0, w_size * sizeof(floating))
+        return
+    cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
+                        and pad_top == 0 and pad_left == 0)
+    cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img, sizeof(floating))
+    cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
+    cdef Py_ssize_t n_red = n_img * n_tiles
+    cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_red)
+    n_slots = max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * <Py_ssize_t>sizeof(floating))))
+    cdef Py_ssize_t n_units = groups * n_slots
+    cdef bint narrow = _narrow_patches(cg, kw)
+    cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
+    cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* partial = dwp
+    if n_slots > 1:
+        partial = <floating*>_workspace(n_slots * w_size * sizeof(floating))
+        if partial == NULL:
+            raise MemoryError("fastconv: could not allocate filter-gradient partial sums")
+    cdef Py_ssize_t unit, g, s, r, r0, r1, n, t, p0, count
+    cdef floating* acc
+    cdef floating* work = NULL
+    cdef floating total
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = NULL
+            if not direct:
+                work = <floating*>_workspace(k_dim * tile * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+            for unit in prange(n_units, schedule="static"):
+                if direct or work != NULL:
+                    g = unit // n_slots
+                    s = unit % n_slots
+                    # this group's columns of slot s (row stride c_out)
+                    acc = partial + s * w_size + g * og
+                    for r in range(k_dim):
+                        memset(acc + r * c_out, 0, og * sizeof(floating))
+                    r0 = s * n_red // n_slots
+                    r1 = (s + 1) * n_red // n_slots
+                    for r in range(r0, r1):
+                        n = r // n_tiles
+                        t = r % n_tiles
+                        p0 = t * tile
+                        count = min(tile, positions - p0)
+                        if direct:
+                            gemm(TRANS, NO_TRANS, k_dim, og, count, <floating>1,
+                                 xp + (n * in_plane + p0) * c_in + g * cg, c_in,
+                                 gp + (n * positions + p0) * c_out + g * og, c_out,
+                                 <floating>1, acc, c_out)
+                        elif narrow:
+                            _pack_patches_nhwc_t(xp + n * in_plane * c_in, in_h, in_w, c_in,
+                                                 g * cg, cg, &row_off[0], kh, &col_off[0], kw,
+                                                 stride_h, stride_w, out_w, p0, count, work)
+                            gemm(NO_TRANS, NO_TRANS, k_dim, og, count, <floating>1,
+                                 work, count,
+                                 gp + (n * positions + p0) * c_out + g * og, c_out,
+                                 <floating>1, acc, c_out)
+                        else:
+                            _pack_patches_nhwc(xp + n * in_plane * c_in, in_h, in_w, c_in,
+                                               g * cg, cg, &row_off[0], kh, &col_off[0], kw,
+                                               stride_h, stride_w, out_w, p0, count, work)
+                            gemm(TRANS, NO_TRANS, k_dim, og, count, <floating>1,
+                                 work, k_dim,
+                                 gp + (n * positions + p0) * c_out + g * og, c_out,
+                                 <floating>1, acc, c_out)
+            free(work)
+        if n_slots > 1 and status == STATUS_OK:
+            with nogil:
+                for i in prange(w_size, schedule="static", num_threads=n_threads):
+                    total = partial[i]
+                    for s in range(1, n_slots):
+                        total = total + partial[s * w_size + i]
+                    dwp[i] = total
+    finally:
+        blas_serial_exit()
+        if n_slots > 1:
+            free(partial)
+    _raise_for_status(status)
+
+
+cdef enum:
+    # channels per work item of the channel-blocked NHWC reductions
+    CHANNEL_BLOCK = 256
+
+
+cdef void _sum_rows_nhwc(const floating* gp, Py_ssize_t rows, Py_ssize_t c_out,
+                         Py_ssize_t c0, Py_ssize_t cn, floating* out) noexcept nogil:
+    """``out[c] = sum_r gp[r, c0 + c]`` for c < cn (at most CHANNEL_BLOCK),
+    in float64, two interleaved row accumulators, in a fixed order."""
+    cdef double acc0[CHANNEL_BLOCK]
+    cdef double acc1[CHANNEL_BLOCK]
+    cdef Py_ssize_t r, c
+    cdef const floating* row
+    for c in range(cn):
+        acc0[c] = 0
+        acc1[c] = 0
+    for r in range(0, rows - 1, 2):
+        row = gp + r * c_out + c0
+        for c in range(cn):
+            acc0[c] = acc0[c] + row[c]
+            acc1[c] = acc1[c] + row[c_out + c]
+    if rows % 2:
+        row = gp + (rows - 1) * c_out + c0
+        for c in range(cn):
+            acc0[c] = acc0[c] + row[c]
+    for c in range(cn):
+        out[c] = <floating>(acc0[c] + acc1[c])
+
+
+def conv2d_grad_bias_nhwc(const floating[:, :, :, ::1] grad_out,
+                          floating[::1] grad_bias, int n_threads):
+    """``grad_bias[o] = sum_{n, p, q} grad_out[n, p, q, o]``: rows summed
+    along the contiguous channels, per block of channels (fixed order)."""
+    cdef Py_ssize_t rows = grad_out.shape[0] * grad_out.shape[1] * grad_out.shape[2]
+    cdef Py_ssize_t c_out = grad_out.shape[3]
+    cdef Py_ssize_t b, c0
+    if c_out == 0:
+        return
+    if rows == 0:
+        for b in range(c_out):
+            grad_bias[b] = 0
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* dbp = &grad_bias[0]
+    cdef Py_ssize_t n_blocks = _ceil_div(c_out, CHANNEL_BLOCK)
+    with nogil:
+        for b in prange(n_blocks, schedule="static", num_threads=n_threads):
+            c0 = b * CHANNEL_BLOCK
+            _sum_rows_nhwc(gp, rows, c_out, c0, min(CHANNEL_BLOCK, c_out - c0), dbp + c0)
+
+
+def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
+                           const floating[:, :, :, ::1] weight,
+                           floating[:, :, :, ::1] grad_in,
+                           Py_ssize_t stride_h, Py_ssize_t stride_w,
+                           Py_ssize_t pad_top, Py_ssize_t pad_left,
+                           Py_ssize_t dil_h, Py_ssize_t dil_w,
+                           Py_ssize_t groups, int n_threads):
+    """NHWC input gradient by rotated, in/out-swapped filters over the
+    stride-dilated sensitivity map, phase by phase (see conv2d_grad_input):
+    per phase, ``dx_phase = patches(dY) @ W_phase`` with ``W_phase[(u, v, o),
+    c] = w[u, v, c, o]`` for the phase's taps.
+
+    ``grad_in`` must be zero-filled on entry (positions no tap reaches stay
+    zero); every other position is written by exactly one work item.
+    """
+    cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
+    cdef Py_ssize_t in_w = grad_in.shape[2], c_in = grad_in.shape[3]
+    cdef Py_ssize_t kh = weight.shape[0], kw = weight.shape[1]
+    cdef Py_ssize_t cg = weight.shape[2], c_out = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t out_plane = out_h * out_w, in_plane = in_h * in_w
+    if n_img == 0 or out_plane == 0 or c_out == 0 or cg == 0:
+        return
+
+    # ---- plan (GIL): phases, swapped filters per phase, work items
+    rows = _phases_1d(in_h, pad_top, kh, stride_h, dil_h)
+    cols = _phases_1d(in_w, pad_left, kw, stride_w, dil_w)
+    if not rows or not cols:
+        return
+    w = np.asarray(weight)
+    n_phases = len(rows) * len(cols)
+    ph_meta = np.zeros((n_phases, 10), dtype=np.intp)
+    row_offsets, col_offsets, packed = [], [], []
+    max_k = 0
+    pos_total = 0
+    packed_size = 0
+    i = 0
+    for taps_u, offs_u, x_i0, count_i in rows:
+        for taps_v, offs_v, x_j0, count_j in cols:
+            # Wp[g, (iu, iv, o), c] = w[taps_u[iu], taps_v[iv], c, g*og + o]
+            # (rows in the patch matrix's column order; the 180-degree
+            # rotation lives in the dY offsets, see _phases_1d)
+            sub = w[taps_u, :, :, :][:, taps_v, :, :]
+            sub = sub.reshape(len(taps_u), len(taps_v), cg, groups, og)
+            packed.append(np.ascontiguousarray(sub.transpose(3, 0, 1, 4, 2)).ravel())
+            k_phase = len(taps_u) * len(taps_v) * og
+            ph_meta[i] = (len(row_offsets), len(taps_u), len(col_offsets), len(taps_v),
+                          x_i0, count_i, x_j0, count_j, packed_size, k_phase)
+            packed_size += packed[len(packed) - 1].size
+            row_offsets.extend(offs_u)
+            col_offsets.extend(offs_v)
+            max_k = max(max_k, k_phase)
+            pos_total += count_i * count_j
+            i += 1
+    cdef bint scatter = stride_h != 1 or stride_w != 1
+    cdef Py_ssize_t tile = _tile_size(max_k + (cg if scatter else 0), pos_total,
+                                      n_img * groups, sizeof(floating))
+    items = []
+    for i in range(n_phases):
+        n_pos = ph_meta[i, 5] * ph_meta[i, 7]
+        for start in range(0, n_pos, tile):
+            items.append((i, start, min(tile, n_pos - start)))
+    cdef Py_ssize_t[:, ::1] meta = ph_meta
+    cdef Py_ssize_t[:, ::1] tiles = np.array(items, dtype=np.intp).reshape(-1, 3)
+    cdef Py_ssize_t[::1] r_off = np.array(row_offsets, dtype=np.intp)
+    cdef Py_ssize_t[::1] c_off = np.array(col_offsets, dtype=np.intp)
+    packed_w = np.concatenate(packed)
+    cdef const floating[::1] wpack = packed_w
+    cdef Py_ssize_t n_tile_items = tiles.shape[0]
+    cdef Py_ssize_t n_items = n_img * groups * n_tile_items
+    # 1x1, stride 1, unpadded: dY rows as they lie are the patch matrix
+    cdef bint direct = (kh == 1 and kw == 1 and not scatter
+                        and pad_top == 0 and pad_left == 0)
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef const floating* wpp = &wpack[0]
+    cdef const Py_ssize_t* rop = &r_off[0]
+    cdef const Py_ssize_t* cop = &c_off[0]
+    cdef Py_ssize_t item, n, g, ti, ph, p0, count, kp, grid_w, c, l, li, lj
+    cdef floating* work = NULL
+    cdef floating* res
+    cdef floating* dst
+    cdef floating* target
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    # workspace: [packed dY patches (tile x max_k)] [GEMM result (tile x cg)]
+    cdef Py_ssize_t res_offset = 0 if direct else max_k * tile
+    cdef Py_ssize_t work_size = res_offset + (cg * tile if scatter else 0)
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = NULL
+            if work_size > 0:
+                work = <floating*>_workspace(work_size * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+            for item in prange(n_items, schedule="static"):
+                if work_size == 0 or work != NULL:
+                    n = item // (groups * n_tile_items)
+                    g = (item // n_tile_items) % groups
+                    ti = item % n_tile_items
+                    ph = tiles[ti, 0]
+                    p0 = tiles[ti, 1]
+                    count = tiles[ti, 2]
+                    kp = meta[ph, 9]
+                    grid_w = meta[ph, 7]
+                    res = work + res_offset
+                    if scatter:
+                        dst = res
+                    else:
+                        # stride 1: the one phase covers the plane in order
+                        dst = dxp + (n * in_plane + p0) * c_in + g * cg
+                    if direct:
+                        gemm(NO_TRANS, NO_TRANS, count, cg, kp, <floating>1,
+                             gp + (n * out_plane + p0) * c_out + g * og, c_out,
+                             wpp + meta[ph, 8] + g * kp * cg, cg,
+                             <floating>0, dst, c_in)
+                    else:
+                        _pack_patches_nhwc(gp + n * out_plane * c_out, out_h, out_w, c_out,
+                                           g * og, og, rop + meta[ph, 0], meta[ph, 1],
+                                           cop + meta[ph, 2], meta[ph, 3],
+                                           1, 1, grid_w, p0, count, work)
+                        gemm(NO_TRANS, NO_TRANS, count, cg, kp, <floating>1,
+                             work, kp, wpp + meta[ph, 8] + g * kp * cg, cg,
+                             <floating>0, dst, cg if scatter else c_in)
+                    if scatter:
+                        for l in range(count):
+                            li = (p0 + l) // grid_w
+                            lj = (p0 + l) - li * grid_w
+                            target = dxp + (n * in_plane
+                                            + (meta[ph, 4] + li * stride_h) * in_w
+                                            + meta[ph, 6] + lj * stride_w) * c_in + g * cg
+                            for c in range(cg):
+                                target[c] = res[l * cg + c]
+            free(work)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+
+
+def conv2d_grad_input_scatter_nhwc(const floating[:, :, :, ::1] grad_out,
+                                   const floating[:, :, :, ::1] weight,
+                                   floating[:, :, :, ::1] grad_in,
+                                   Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                   Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                   Py_ssize_t dil_h, Py_ssize_t dil_w,
+                                   Py_ssize_t groups, int n_threads):
+    """The same NHWC input gradient visiting only the non-zeros of the
+    dilated map (see conv2d_grad_input_scatter): ``dPatches = dY @ W_g^T``
+    per tile, then col2im.  The cheaper order when C_in/groups is too small
+    for an efficient gather GEMM (the caller picks by shape).
+
+    Work items are (image, group), each writing its own slice of
+    ``grad_in`` (zero-filled on entry) in a fixed order.
+    """
+    cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
+    cdef Py_ssize_t in_w = grad_in.shape[2], c_in = grad_in.shape[3]
+    cdef Py_ssize_t kh = weight.shape[0], kw = weight.shape[1]
+    cdef Py_ssize_t cg = weight.shape[2], c_out = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups, k_dim = kh * kw * cg
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t positions = out_h * out_w, in_plane = in_h * in_w
+    if n_img == 0 or positions == 0 or c_out == 0 or cg == 0:
+        return
+    cdef Py_ssize_t tile = _tile_size(k_dim, positions, 1, sizeof(floating))
+    cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
+    cdef Py_ssize_t n_items = n_img * groups
+    cdef bint narrow = _narrow_patches(cg, kw)
+    cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
+    cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, g, t, p0, count
+    cdef floating* work = NULL
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = <floating*>_workspace(k_dim * tile * sizeof(floating))
+            if work == NULL:
+                status_p[0] = STATUS_NO_MEMORY
+            for item in prange(n_items, schedule="static"):
+                if work != NULL:
+                    n = item // groups
+                    g = item % groups
+                    for t in range(n_tiles):
+                        p0 = t * tile
+                        count = min(tile, positions - p0)
+                        if narrow:
+                            # dPatches^T (k_dim x count) = W_g @ dY[n, tile, group]^T
+                            gemm(NO_TRANS, TRANS, k_dim, count, og, <floating>1,
+                                 wp + g * og, c_out,
+                                 gp + (n * positions + p0) * c_out + g * og, c_out,
+                                 <floating>0, work, count)
+                            _unpack_add_patches_nhwc_t(work, in_h, in_w, c_in, g * cg, cg,
+                                                       &row_off[0], kh, &col_off[0], kw,
+                                                       stride_h, stride_w, out_w, p0, count,
+                                                       dxp + n * in_plane * c_in)
+                            continue
+                        # dPatches (count x k_dim) = dY[n, tile, group] @ W_g^T
+                        gemm(NO_TRANS, TRANS, count, k_dim, og, <floating>1,
+                             gp + (n * positions + p0) * c_out + g * og, c_out,
+                             wp + g * og, c_out, <floating>0, work, k_dim)
+                        _unpack_add_patches_nhwc(work, in_h, in_w, c_in, g * cg, cg,
+                                                 &row_off[0], kh, &col_off[0], kw,
+                                                 stride_h, stride_w, out_w, p0, count,
+                                                 dxp + n * in_plane * c_in)
+            free(work)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+
+
+# --- depthwise (channel multiplier 1), along the channels ---------------------
+
+def depthwise_forward_nhwc(const floating[:, :, :, ::1] x,
+                           const floating[:, :, :, ::1] weight,
+                           const floating[::1] bias,
+                           bint has_bias,
+                           floating[:, :, :, ::1] out,
+                           Py_ssize_t stride_h, Py_ssize_t stride_w,
+                           Py_ssize_t pad_top, Py_ssize_t pad_left,
+                           Py_ssize_t dil_h, Py_ssize_t dil_w,
+                           Py_ssize_t groups, int n_threads):
+    """Depthwise NHWC forward (groups == C_in == C_out): every output pixel
+    accumulates its in-image taps as vector multiply-adds along C.  Taps
+    in the zero padding are skipped (the caller routes non-finite weights to
+    the GEMM, where 0 * inf stays NaN as in the textbook)."""
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
+    cdef Py_ssize_t ch = x.shape[3]
+    cdef Py_ssize_t kh = weight.shape[0], kw = weight.shape[1]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    if n_img == 0 or out_h * out_w == 0 or ch == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef const floating* bp = &bias[0] if has_bias else NULL
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t row, n, p, q, u, v, ii, jj, c
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* wr
+    with nogil:
+        for row in prange(n_img * out_h, schedule="static", num_threads=n_threads):
+            n = row // out_h
+            p = row % out_h
+            for q in range(out_w):
+                dst = yp + (row * out_w + q) * ch
+                for c in range(ch):
+                    dst[c] = 0
+                for u in range(kh):
+                    ii = p * stride_h + u * dil_h - pad_top
+                    if ii < 0 or ii >= in_h:
+                        continue
+                    for v in range(kw):
+                        jj = q * stride_w + v * dil_w - pad_left
+                        if jj < 0 or jj >= in_w:
+                            continue
+                        src = xp + ((n * in_h + ii) * in_w + jj) * ch
+                        wr = wp + (u * kw + v) * ch
+                        for c in range(ch):
+                            dst[c] = dst[c] + wr[c] * src[c]
+                if has_bias:
+                    for c in range(ch):
+                        dst[c] = dst[c] + bp[c]
+
+
+def depthwise_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
+                              const floating[:, :, :, ::1] weight,
+                              floating[:, :, :, ::1] grad_in,
+                              Py_ssize_t stride_h, Py_ssize_t stride_w,
+                              Py_ssize_t pad_top, Py_ssize_t pad_left,
+                              Py_ssize_t dil_h, Py_ssize_t dil_w,
+                              Py_ssize_t groups, int n_threads):
+    """Depthwise NHWC input gradient, the textbook full correlation read as
+    a gather: ``dx[i, j, c]`` sums ``w[u, v, c] * dY[p, q, c]`` over the
+    taps of the 180-degree-rotated filter (u, v descending) whose position
+    ``p*stride + u*dil - pad = i`` (likewise j) lands on a sensitivity --
+    the inserted zeros of the dilated map are never multiplied.  Writes
+    every element."""
+    cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
+    cdef Py_ssize_t in_w = grad_in.shape[2], ch = grad_in.shape[3]
+    cdef Py_ssize_t kh = weight.shape[0], kw = weight.shape[1]
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    if n_img == 0 or in_h * in_w == 0 or ch == 0:
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t row, n, i, j, u, v, a, b, p, q, c
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* wr
+    with nogil:
+        for row in prange(n_img * in_h, schedule="static", num_threads=n_threads):
+            n = row // in_h
+            i = row % in_h
+            for j in range(in_w):
+                dst = dxp + (row * in_w + j) * ch
+                for c in range(ch):
+                    dst[c] = 0
+                for u in range(kh - 1, -1, -1):
+                    a = i + pad_top - u * dil_h
+                    if a < 0 or a % stride_h:
+                        continue
+                    p = a // stride_h
+                    if p >= out_h:
+                        continue
+                    for v in range(kw - 1, -1, -1):
+                        b = j + pad_left - v * dil_w
+                        if b < 0 or b % stride_w:
+                            continue
+                        q = b // stride_w
+                        if q >= out_w:
+                            continue
+                        src = gp + ((n * out_h + p) * out_w + q) * ch
+                        wr = wp + (u * kw + v) * ch
+                        for c in range(ch):
+                            dst[c] = dst[c] + wr[c] * src[c]
+
+
+cdef void _depthwise_grad_weight_rows_nhwc(const floating* xp, const floating* gp,
+                                           floating* acc, Py_ssize_t r0, Py_ssize_t r1,
+                                           Py_ssize_t in_h, Py_ssize_t in_w, Py_ssize_t ch,
+                                           Py_ssize_t out_h, Py_ssize_t out_w,
+                                           Py_ssize_t kh, Py_ssize_t kw,
+                                           Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                           Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                           Py_ssize_t dil_h, Py_ssize_t dil_w) noexcept nogil:
+    """Add the contributions of output rows [r0, r1) (flattened n*out_h + p)
+    to ``acc[(u*kw + v)*ch + c]``, in row, column, tap order."""
+    cdef Py_ssize_t row, n, p, q, u, v, ii, jj, c
+    cdef const floating* g
+    cdef const floating* src
+    cdef floating* a
+    for row in range(r0, r1):
+        n = row // out_h
+        p = row % out_h
+        for q in range(out_w):
+            g = gp + (row * out_w + q) * ch
+            for u in range(kh):
+                ii = p * stride_h + u * dil_h - pad_top
+                if ii < 0 or ii >= in_h:
+                    continue
+                for v in range(kw):
+                    jj = q * stride_w + v * dil_w - pad_left
+                    if jj < 0 or jj >= in_w:
+                        continue
+                    src = xp + ((n * in_h + ii) * in_w + jj) * ch
+                    a = acc + (u * kw + v) * ch
+                    for c in range(ch):
+                        a[c] = a[c] + g[c] * src[c]
+
+
+def depthwise_grad_weight_nhwc(const floating[:, :, :, ::1] x,
+                               const floating[:, :, :, ::1] grad_out,
+                               floating[:, :, :, ::1] grad_weight,
+                               Py_ssize_t stride_h, Py_ssize_t stride_w,
+                               Py_ssize_t pad_top, Py_ssize_t pad_left,
+                               Py_ssize_t dil_h, Py_ssize_t dil_w,
+                               Py_ssize_t groups, int n_threads):
+    """Depthwise NHWC filter gradient: the output rows are split into a
+    fixed number of slots (shape only), each summed in order into its own
+    buffer, the buffers added in order -- bitwise the same for any thread
+    count.  Taps in the zero padding are skipped (non-finite sensitivities
+    take the GEMM, see conv2d)."""
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
+    cdef Py_ssize_t ch = x.shape[3]
+    cdef Py_ssize_t kh = grad_weight.shape[0], kw = grad_weight.shape[1]
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t w_size = kh * kw * ch
+    cdef Py_ssize_t n_rows = n_img * out_h
+    if w_size == 0:
+        return
+    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
+    memset(dwp, 0, w_size * sizeof(floating))
+    if n_rows == 0 or out_w == 0:
+        return
+    cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_rows)
+    n_slots = max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * <Py_ssize_t>sizeof(floating))))
+    cdef floating* partial = dwp
+    if n_slots > 1:
+        partial = <floating*>_workspace(n_slots * w_size * sizeof(floating))
+        if partial == NULL:
+            raise MemoryError("fastconv: could not allocate filter-gradient partial sums")
+        memset(partial, 0, n_slots * w_size * sizeof(floating))
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef Py_ssize_t s, i
+    cdef floating total
+    try:
+        with nogil:
+            for s in prange(n_slots, schedule="static", num_threads=n_threads):
+                _depthwise_grad_weight_rows_nhwc(
+                    xp, gp, partial + s * w_size,
+                    s * n_rows // n_slots, (s + 1) * n_rows // n_slots,
+                    in_h, in_w, ch, out_h, out_w, kh, kw, stride_h, stride_w,
+                    pad_top, pad_left, dil_h, dil_w)
+            if n_slots > 1:
+                for i in prange(w_size, schedule="static", num_threads=n_threads):
+                    total = partial[i]
+                    for s in range(1, n_slots):
+                        total = total + partial[s * w_size + i]
+                    dwp[i] = total
+    finally:
+        if n_slots > 1:
+            free(partial)
+
+
+# --- pooling, along the channels -----------------------------------------------
+
+def max_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
+                            floating[:, :, :, ::1] out,
+                            int64_t[:, :, :, ::1] indices,
+                            Py_ssize_t k_h, Py_ssize_t k_w,
+                            Py_ssize_t stride_h, Py_ssize_t stride_w,
+                            Py_ssize_t pad_h, Py_ssize_t pad_w, int n_threads):
+    """NHWC window maxima and flat in-plane indices ``h*W + w`` (the rules
+    of max_pool2d_forward: first maximum in row-major window order, NaN
+    wins, a later NaN over an earlier one).  Each window tap is one vector
+    select along the contiguous channels."""
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
+    cdef Py_ssize_t ch = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    if n_img == 0 or out_h * out_w == 0 or ch == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef int64_t* ip = &indices[0, 0, 0, 0]
+    cdef Py_ssize_t row, n, p, q, i, j, c, h0, h1, w0, w1
+    cdef int64_t flat
+    cdef floating val, cur
+    cdef bint take
+    cdef floating* best
+    cdef int64_t* bidx
+    cdef const floating* src
+    with nogil:
+        for row in prange(n_img * out_h, schedule="static", num_threads=n_threads):
+            n = row // out_h
+            p = row % out_h
+            h0 = max(p * stride_h - pad_h, 0)
+            h1 = min(p * stride_h - pad_h + k_h, in_h)
+            for q in range(out_w):
+                w0 = max(q * stride_w - pad_w, 0)
+                w1 = min(q * stride_w - pad_w + k_w, in_w)
+                best = yp + (row * out_w + q) * ch
+                bidx = ip + (row * out_w + q) * ch
+                flat = h0 * in_w + w0
+                for c in range(ch):
+                    best[c] = -INFINITY
+                    bidx[c] = flat
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        src = xp + ((n * in_h + i) * in_w + j) * ch
+                        flat = i * in_w + j
+                        for c in range(ch):
+                            val = src[c]
+                            cur = best[c]
+                            take = (val > cur) | (val != val)
+                            best[c] = val if take else cur
+                            bidx[c] = flat if take else bidx[c]
+
+
+def max_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
+                             const int64_t[:, :, :, ::1] indices,
+                             floating[:, :, :, ::1] grad_in, int n_threads):
+    """Route each NHWC ``grad_out`` element to its input pixel.
+
+    Work items are (image, block of channels): each zero-fills its part of
+    ``grad_in`` and adds its sensitivities in output order, so every element
+    is written by one item in a fixed order.  An index outside ``[0, H*W)``
+    is never written and makes the call raise ``ValueError``.
+    """
+    cdef Py_ssize_t n_img = grad_in.shape[0], ch = grad_in.shape[3]
+    cdef Py_ssize_t in_plane = grad_in.shape[1] * grad_in.shape[2]
+    cdef Py_ssize_t out_plane = grad_out.shape[1] * grad_out.shape[2]
+    if n_img == 0 or in_plane == 0 or ch == 0:
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const int64_t* ip = &indices[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t n_blocks = _ceil_div(ch, CHANNEL_BLOCK)
+    cdef Py_ssize_t item, n, c0, cn, pix, l, c
+    cdef int64_t k
+    cdef const floating* g
+    cdef const int64_t* idx
+    cdef floating* img
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil:
+        for item in prange(n_img * n_blocks, schedule="static", num_threads=n_threads):
+            n = item // n_blocks
+            c0 = (item % n_blocks) * CHANNEL_BLOCK
+            cn = min(CHANNEL_BLOCK, ch - c0)
+            img = dxp + n * in_plane * ch + c0
+            if cn == ch:
+                memset(img, 0, in_plane * ch * sizeof(floating))
+            else:
+                for pix in range(in_plane):
+                    memset(img + pix * ch, 0, cn * sizeof(floating))
+            for l in range(out_plane):
+                g = gp + (n * out_plane + l) * ch + c0
+                idx = ip + (n * out_plane + l) * ch + c0
+                for c in range(cn):
+                    k = idx[c]
+                    if k < 0 or k >= in_plane:
+                        status_p[0] = STATUS_BAD_INDEX
+                    else:
+                        img[k * ch + c] = img[k * ch + c] + g[c]
+    _raise_for_status(status)
+
+
+cdef inline void _divide_by(floating* values, Py_ssize_t n, double div,
+                            bint float_exact) noexcept nogil:
+    """``values[c] = values[c] / div`` rounded once (see _divide_row)."""
+    cdef Py_ssize_t c
+    cdef float fdiv
+    if floating is float:
+        if float_exact:
+            fdiv = <float>div
+            for c in range(n):
+                values[c] = values[c] / fdiv
+            return
+    for c in range(n):
+        values[c] = <floating>(values[c] / div)
+
+
+def avg_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
+                            floating[:, :, :, ::1] out,
+                            Py_ssize_t k_h, Py_ssize_t k_w,
+                            Py_ssize_t stride_h, Py_ssize_t stride_w,
+                            Py_ssize_t pad_h, Py_ssize_t pad_w,
+                            bint count_include_pad, int n_threads):
+    """NHWC window means: each window summed in row-major order along the
+    channels, divided by PyTorch's divisor (see avg_pool2d_forward; the same
+    sums and divisions, so the same bits as the NCHW kernel)."""
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
+    cdef Py_ssize_t ch = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    if n_img == 0 or out_h * out_w == 0 or ch == 0:
+        return
+    cdef const double[::1] col_div = _avg_col_divisors(k_w, stride_w, pad_w, in_w, out_w,
+                                                       count_include_pad)
+    cdef const double* cdiv = &col_div[0]
+    cdef bint float_exact = _float_exact_divisors(k_h, k_w)
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t row, n, p, q, i, j, c
+    cdef Window wh, ww
+    cdef double row_div, div
+    cdef floating* acc
+    cdef const floating* src
+    with nogil:
+        for row in prange(n_img * out_h, schedule="static", num_threads=n_threads):
+            n = row // out_h
+            p = row % out_h
+            wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
+            row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
+            for q in range(out_w):
+                ww = _avg_window(q, k_w, stride_w, pad_w, in_w)
+                acc = yp + (row * out_w + q) * ch
+                for c in range(ch):
+                    acc[c] = 0
+                for i in range(wh.start, wh.stop):
+                    for j in range(ww.start, ww.stop):
+                        src = xp + ((n * in_h + i) * in_w + j) * ch
+                        for c in range(ch):
+                            acc[c] = acc[c] + src[c]
+                div = row_div * cdiv[q]
+                _divide_by(acc, ch, div, float_exact)
+
+
+def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
+                             floating[:, :, :, ::1] grad_in,
+                             Py_ssize_t k_h, Py_ssize_t k_w,
+                             Py_ssize_t stride_h, Py_ssize_t stride_w,
+                             Py_ssize_t pad_h, Py_ssize_t pad_w,
+                             bint count_include_pad, int n_threads):
+    """NHWC average-pooling gradient as a gather: first every sensitivity
+    is divided by its window's divisor (one parallel pass), then each input
+    pixel sums the shares of the windows covering it (output rows, then
+    columns, ascending) along the channels.  Writes every element once."""
+    cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
+    cdef Py_ssize_t in_w = grad_in.shape[2], ch = grad_in.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    if n_img == 0 or in_h * in_w == 0 or ch == 0:
+        return
+    cdef const double[::1] col_div = _avg_col_divisors(k_w, stride_w, pad_w, in_w, out_w,
+                                                       count_include_pad)
+    cdef const double* cdiv = &col_div[0]
+    cdef bint float_exact = _float_exact_divisors(k_h, k_w)
+    # covering windows of every input row / column: [lo, hi]
+    ii = np.arange(in_h, dtype=np.intp)
+    jj = np.arange(in_w, dtype=np.intp)
+    cdef Py_ssize_t[::1] p_lo = np.maximum(0, -((k_h - 1 - ii - pad_h) // stride_h))
+    cdef Py_ssize_t[::1] p_hi = np.minimum(out_h - 1, (ii + pad_h) // stride_h)
+    cdef Py_ssize_t[::1] q_lo = np.maximum(0, -((k_w - 1 - jj - pad_w) // stride_w))
+    cdef Py_ssize_t[::1] q_hi = np.minimum(out_w - 1, (jj + pad_w) // stride_w)
+    shares_arr = np.empty_like(np.asarray(grad_out))
+    cdef floating[:, :, :, ::1] shares = shares_arr
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* sp = &shares[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t row, n, p, q, i, j, c
+    cdef Window wh
+    cdef double row_div
+    cdef floating* dst
+    cdef const floating* src
+    with nogil:
+        for row in prange(n_img * out_h, schedule="static", num_threads=n_threads):
+            p = row % out_h
+            wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
+            row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
+            for q in range(out_w):
+                for c in range(ch):
+                    sp[(row * out_w + q) * ch + c] = gp[(row * out_w + q) * ch + c]
+                _divide_by(sp + (row * out_w + q) * ch, ch, row_div * cdiv[q], float_exact)
+        for row in prange(n_img * in_h, schedule="static", num_threads=n_threads):
+            n = row // in_h
+            i = row % in_h
+            for j in range(in_w):
+                dst = dxp + (row * in_w + j) * ch
+                for c in range(ch):
+                    dst[c] = 0
+                for p in range(p_lo[i], p_hi[i] + 1):
+                    for q in range(q_lo[j], q_hi[j] + 1):
+                        src = sp + ((n * out_h + p) * out_w + q) * ch
+                        for c in range(ch):
+                            dst[c] = dst[c] + src[c]
