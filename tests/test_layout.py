@@ -11,6 +11,8 @@ Every one of the eight functions, given NHWC data, must
 on hypothesis-drawn geometries (dense, grouped and depthwise convolutions with
 channel multiplier 1 and 2, stride, dilation, padding including "same", pooling
 with ceil_mode and count_include_pad), in both dtypes and on 1 and 2 threads.
+The input gradient is checked in both of its evaluation orders (gather and
+scatter, forced by the ``grad_input_method`` fixture).
 Named cases cover the kernel choice (NHWC calls only the ``*_nhwc`` kernels, the
 direct depthwise ones only for multiplier 1 and finite values), 1x1 convolutions,
 non-finite weights on depthwise layers, max-pool NaNs and ties, bad indices, the
@@ -134,16 +136,14 @@ def conv_cases(draw):
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     choices = [0, 1, (1, 0), (0, 2), "valid"] + (["same"] if stride == (1, 1) else [])
     padding = draw(st.sampled_from(choices))
+    # the smallest input the (dilated) kernel fits in once padded
     if padding == "same":
-        pads = (0, 0)           # any size works
         need = (1, 1)
     else:
         p = (0, 0) if padding == "valid" else ((padding, padding)
                                                if isinstance(padding, int) else padding)
-        pads = p
         need = (max(1, dilation[0] * (kh - 1) + 1 - 2 * p[0]),
                 max(1, dilation[1] * (kw - 1) + 1 - 2 * p[1]))
-    del pads
     h = need[0] + draw(st.integers(0, 4))
     w = need[1] + draw(st.integers(0, 4))
     n = draw(st.integers(1, 2))
@@ -156,7 +156,7 @@ def conv_cases(draw):
 
 @EXAMPLES
 @given(case=conv_cases())
-def test_conv_functions_nhwc(case, n_threads):
+def test_conv_functions_nhwc(case, n_threads, grad_input_method):
     rng = np.random.default_rng(case["seed"])
     x64 = rng.standard_normal(case["x_shape"])
     w64 = rng.standard_normal(case["w_shape"])
@@ -266,7 +266,8 @@ def _conv_all(x, w, kw, g=None):
     ("depthwise strided dilated", (3, 2, 1, 4), dict(groups=4, stride=2, dilation=2), True),
     ("multiplier 2", (3, 3, 1, 8), dict(groups=4, padding=1), False),
 ])
-def test_nhwc_calls_only_nhwc_kernels(spy, case, w_shape, kw, direct):
+def test_nhwc_calls_only_nhwc_kernels(spy, monkeypatch, case, w_shape, kw, direct):
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", "gather")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 7, 6, 4))
     _conv_all(x, rng.standard_normal(w_shape), kw)
@@ -282,6 +283,30 @@ def test_nhwc_calls_only_nhwc_kernels(spy, case, w_shape, kw, direct):
     assert conv == expected + ["conv2d_grad_bias_nhwc"]
     assert spy.used[len(conv):] == ["max_pool2d_forward_nhwc", "max_pool2d_backward_nhwc",
                                     "avg_pool2d_forward_nhwc", "avg_pool2d_backward_nhwc"]
+
+
+def test_scatter_order_input_gradient_kernel(spy, monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 7, 6, 4))
+    w = rng.standard_normal((3, 3, 2, 6))
+    kw = dict(stride=2, padding=1, groups=2)
+    g = rng.standard_normal((2, 4, 3, 6))
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", "scatter")
+    dx = fastconv.conv2d_grad_input(g, w, x.shape, layout="NHWC", **kw)
+    assert spy.used == ["conv2d_grad_input_scatter_nhwc"]
+    assert_close(dx, ref.conv2d_grad_input(g, w, x.shape, layout="NHWC", **kw))
+    # the cost model alone (shape-only) picks one of the two NHWC kernels
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", None)
+    fastconv.conv2d_grad_input(g, w, x.shape, layout="NHWC", **kw)
+    assert spy.used[-1] in ("conv2d_grad_input_nhwc", "conv2d_grad_input_scatter_nhwc")
+    # ... and the depthwise and non-finite rules come first
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", "scatter")
+    w_dw = rng.standard_normal((3, 3, 1, 4))
+    g_dw = rng.standard_normal((2, 7, 6, 4))
+    fastconv.conv2d_grad_input(g_dw, w_dw, x.shape, padding=1, groups=4, layout="NHWC")
+    w[1, 1, 0, 0] = np.inf
+    fastconv.conv2d_grad_input(g, w, x.shape, layout="NHWC", **kw)
+    assert spy.used[-2:] == ["depthwise_grad_input_nhwc", "conv2d_grad_input_nhwc"]
 
 
 def test_non_finite_values_take_the_gemm_kernels_on_depthwise_layers(spy):
@@ -330,12 +355,85 @@ def test_1x1_conv(kw, dtype, n_threads):
                  ref.conv2d_grad_weight(x, g, w.shape, layout="NHWC", **kw), dtype)
 
 
+@pytest.fixture(params=["default_tiles", "small_tiles"])
+def tiles(request):
+    """The kernels' default tiling, then tiles of a few hundred bytes (many
+    tiles per image, partial last tiles)."""
+    kernels = functional._kernels
+    saved = kernels._tuning()
+    if request.param == "small_tiles":
+        kernels._tuning(tile_bytes=512, min_tile=1, min_items=64)
+    yield request.param
+    kernels._tuning(tile_bytes=saved["tile_bytes"], min_tile=saved["min_tile"],
+                    min_items=saved["min_items"])
+
+
+WIDE_CASES = {
+    # name: (x shape, weight shape, hyper-parameters); C_in/groups * kw >= 32
+    # packs NHWC patch rows (fewer channels take the transposed packing that
+    # the hypothesis shapes cover)
+    "dense_whole_rows": ((2, 9, 8, 40), (3, 3, 40, 16), dict(padding=1)),
+    "dense_strided_dilated": ((2, 9, 8, 40), (3, 2, 40, 8),
+                              dict(stride=2, dilation=2, padding=(2, 1))),
+    "grouped": ((2, 8, 7, 64), (3, 3, 32, 12), dict(stride=2, padding=1, groups=2)),
+    "1x1_single_gemm": ((2, 9, 8, 40), (1, 1, 40, 24), {}),
+    "1x1_strided": ((2, 9, 8, 40), (1, 1, 40, 24), dict(stride=2)),
+    # more channels than one channel block (256) of the NHWC reductions
+    "depthwise_300": ((1, 5, 4, 300), (3, 3, 1, 300), dict(padding=1, groups=300)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WIDE_CASES))
+def test_wide_channels_and_tiles(case, tiles, n_threads, grad_input_method):
+    x_shape, w_shape, kw = WIDE_CASES[case]
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[3])
+    for dtype in DTYPES:
+        xd, wd, bd = x.astype(dtype), w.astype(dtype), b.astype(dtype)
+        y = fastconv.conv2d(xd, wd, bd, layout="NHWC", **kw)
+        assert_same_as_nchw(y, nhwc(fastconv.conv2d(nchw(xd), oihw(wd), bd, **kw)))
+        g = rng.standard_normal(y.shape).astype(dtype)
+        dx = fastconv.conv2d_grad_input(g, wd, x_shape, layout="NHWC", **kw)
+        assert_same_as_nchw(dx, nhwc(fastconv.conv2d_grad_input(
+            nchw(g), oihw(wd), shape_nchw(x_shape), **kw)))
+        dw = fastconv.conv2d_grad_weight(xd, g, w_shape, layout="NHWC", **kw)
+        assert_same_as_nchw(dw, hwio(fastconv.conv2d_grad_weight(
+            nchw(xd), nchw(g), shape_oihw(w_shape), **kw)))
+        db = fastconv.conv2d_grad_bias(g, layout="NHWC")
+        assert_same_as_nchw(db, fastconv.conv2d_grad_bias(nchw(g)))
+        if dtype == np.float64 and tiles == "default_tiles" and n_threads == 2:
+            assert_close(y, ref.conv2d(x, w, b, layout="NHWC", **kw))
+            assert_close(dx, ref.conv2d_grad_input(g, w, x_shape, layout="NHWC", **kw))
+            assert_close(dw, ref.conv2d_grad_weight(x, g, w_shape, layout="NHWC", **kw))
+            assert_close(db, ref.conv2d_grad_bias(g, layout="NHWC"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pools_over_more_than_one_channel_block(dtype, n_threads):
+    rng = np.random.default_rng(14)
+    x = rng.integers(-3, 4, size=(2, 5, 6, 300)).astype(dtype)     # ties too
+    for geo in [(2, None, 0, False), (3, 2, 1, True)]:
+        y, idx = fastconv.max_pool2d(x, *geo, layout="NHWC")
+        y_ref, idx_ref = ref.max_pool2d(x, *geo, layout="NHWC")
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(idx, idx_ref)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        assert_close(fastconv.max_pool2d_grad(g, idx, x.shape, layout="NHWC"),
+                     ref.max_pool2d_grad(g, idx, x.shape, layout="NHWC"), dtype)
+        a = fastconv.avg_pool2d(x, *geo, False, layout="NHWC")
+        assert_close(a, ref.avg_pool2d(x, *geo, False, layout="NHWC"), dtype)
+        assert_close(fastconv.avg_pool2d_grad(g, x.shape, *geo, False, layout="NHWC"),
+                     ref.avg_pool2d_grad(g, x.shape, *geo, False, layout="NHWC"), dtype)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", dilation=2),
                                 dict(stride=2, padding=(1, 2))],
                          ids=["pad1", "same-dilated", "strided"])
-def test_non_finite_weight_on_a_depthwise_layer(value, kw, n_threads):
+def test_non_finite_weight_on_a_depthwise_layer(value, kw, n_threads, grad_input_method):
     """The textbook multiplies the zero padding too: 0 * inf = NaN at the
     border.  The NHWC result must have NaN exactly where the oracle has."""
     rng = np.random.default_rng(3)
@@ -603,14 +701,13 @@ def test_float16_and_integer_inputs_follow_the_nchw_dtype_rules():
         np.testing.assert_array_equal(half[name], single[name].astype(np.float16),
                                       err_msg=name)
     # integers: float64
-    ints = [np.round(3 * a).astype(np.int32) if a.dtype.kind == "f" else a
-            for a in (x, w, b, g, gp, idx, ga)]
-    got = _all_nhwc(*ints)
-    floats = _all_nhwc(*(a.astype(np.float64) if a.dtype.kind == "i" and a is not ints[5]
-                         else a for a in ints))
+    ints = [np.round(3 * a).astype(np.int32) for a in (x, w, b, g, gp, ga)]
+    got = _all_nhwc(*ints[:5], idx, ints[5])
+    floats = [a.astype(np.float64) for a in ints]
+    expected = _all_nhwc(*floats[:5], idx, floats[5])
     for name in FUNCTIONS:
         assert got[name].dtype == np.float64, name
-        np.testing.assert_array_equal(got[name], floats[name], err_msg=name)
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     # NumPy promotion of the arrays as given, as in NCHW
     x32 = x.astype(np.float32)
     assert fastconv.conv2d(x32, w.astype(np.int64), padding=1, groups=2,

@@ -282,7 +282,8 @@ def _grad_input_method(n, c_in, h, w, w_shape, geo):
     """Pick the cheaper of the two evaluations of the input gradient.
 
     Both compute the full correlation of the dilated, padded sensitivity map
-    with the rotated filters (SPEC.md).  "gather" (the phase-split
+    with the rotated filters (SPEC.md), in either layout (the shapes are
+    given here in NCHW order; NHWC has the same pair of kernels).  "gather" (the phase-split
     correlation, one dot product per input position) multiplies the zero
     border of the full correlation; "scatter" (each sensitivity into its
     window, i.e. W^T @ dY then col2im) skips every zero but runs its GEMM
@@ -380,12 +381,18 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     g, w = contiguous(grad_out, compute), contiguous(weight, compute)
     args = _kernel_args(geo, grad_out.size * (weight.size // c_out))
     if layout == "NHWC":
-        # As below: the direct depthwise loops skip the zero border of the
-        # full correlation, so an inf/NaN weight takes the GEMM kernel.
-        if _depthwise_nhwc(weight.shape, input_shape[3], geo) and np.isfinite(w).all():
-            kernel = _kernels.depthwise_grad_input_nhwc
-        else:
+        # As below: only the gather order multiplies the zero border of the
+        # full correlation (the direct depthwise loops and the scatter order
+        # skip it), so an inf/NaN weight always takes the gather GEMM.
+        if not np.isfinite(w).all():
             kernel = _kernels.conv2d_grad_input_nhwc
+        elif _depthwise_nhwc(weight.shape, input_shape[3], geo):
+            kernel = _kernels.depthwise_grad_input_nhwc
+        elif _grad_input_method(*_to_nchw(input_shape, layout),
+                                _weight_to_oihw(weight.shape, layout), geo) == "gather":
+            kernel = _kernels.conv2d_grad_input_nhwc
+        else:
+            kernel = _kernels.conv2d_grad_input_scatter_nhwc
         kernel(g, w, dx, *args)
         return _finish(dx, result)
     # Only the gather order multiplies the zero border of the full
