@@ -15,6 +15,7 @@ The input gradient is checked in both of its evaluation orders (gather and
 scatter, forced by the ``grad_input_method`` fixture).
 Named cases cover the kernel choice (NHWC calls only the ``*_nhwc`` kernels, the
 direct depthwise ones only for multiplier 1 and finite values), 1x1 convolutions,
+wide channel counts and small tiles, bitwise thread-count independence,
 non-finite weights on depthwise layers, max-pool NaNs and ties, bad indices, the
 ``layout`` argument and the messages for shapes in the wrong layout, memory
 layouts, dtypes, empty sizes, and the layers (a channels-last network against its
@@ -686,6 +687,39 @@ def test_any_memory_layout_gives_the_contiguous_result(memory):
     for name in FUNCTIONS:
         assert got[name].flags.c_contiguous, name
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch, grad_input_method):
+    """Bitwise the same on 1, 2 and 3 threads (the work split is by shape)."""
+    from fastconv import _threads
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)
+
+    def run():
+        rng = np.random.default_rng(15)
+        out = []
+        for dtype in DTYPES:
+            out += list(_all_nhwc(*_inputs(rng, dtype)).values())
+            for case in ("dense_whole_rows", "grouped", "depthwise_300"):
+                x_shape, w_shape, kw = WIDE_CASES[case]
+                x = rng.standard_normal(x_shape).astype(dtype)
+                w = rng.standard_normal(w_shape).astype(dtype)
+                y = fastconv.conv2d(x, w, layout="NHWC", **kw)
+                g = rng.standard_normal(y.shape).astype(dtype)
+                out += [y, fastconv.conv2d_grad_input(g, w, x_shape, layout="NHWC", **kw),
+                        fastconv.conv2d_grad_weight(x, g, w_shape, layout="NHWC", **kw),
+                        fastconv.conv2d_grad_bias(g, layout="NHWC")]
+        return out
+
+    try:
+        results = []
+        for n in (1, 2, 3):
+            fastconv.set_num_threads(n)
+            results.append(run())
+    finally:
+        fastconv.set_num_threads(None)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
 
 
 def test_float16_and_integer_inputs_follow_the_nchw_dtype_rules():
