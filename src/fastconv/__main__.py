@@ -102,6 +102,8 @@ def main(argv=None):
         rows = _bench.run_suite(dtypes=dtypes, threads=args.threads, repeat=args.repeat)
         print("\ncorrelate2d(image, kernel, 'same') against scipy.signal:")
         _bench.run_signal_suite(dtypes=dtypes, repeat=args.repeat)
+        print("\nthe suite's fwd+bwd with channels-last (NHWC) operands:")
+        _bench.run_layout_suite(dtypes=dtypes, repeat=args.repeat)
         if args.markdown:
             print("\n" + _bench.markdown_table(rows))
         return 0

@@ -258,6 +258,104 @@ def run_signal_suite(dtypes=("float32", "float64"), repeat=5, out=print):
     return rows
 
 
+# --- channels-last: the same layers in NHWC against NCHW -------------------
+
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def to_nhwc(a):
+    """A C-contiguous NHWC copy of an NCHW array."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def conv_layout_impl(name, case, dtype):
+    """fwd+bwd of a suite layer with the operands stored in one layout:
+    ``"NCHW"`` / ``"NHWC"`` (fastconv) or ``"torch-NHWC"`` (PyTorch on
+    channels_last tensors).  None when the implementation is missing."""
+    x, w, b, g = conv_arrays(case, dtype)
+    kw = dict(stride=case.stride, padding=case.pad, groups=case.groups)
+    if name.startswith("torch"):
+        try:
+            import torch
+        except ImportError:
+            return None
+        cl = torch.channels_last
+        tx = torch.from_numpy(x).contiguous(memory_format=cl)
+        tw = torch.from_numpy(w).contiguous(memory_format=cl)
+        tb, tg = torch.from_numpy(b), torch.from_numpy(g).contiguous(memory_format=cl)
+        conv = torch.nn.functional.conv2d
+
+        def torch_run():
+            xr = tx.detach().requires_grad_(True)
+            wr = tw.detach().requires_grad_(True)
+            br = tb.detach().requires_grad_(True)
+            conv(xr, wr, br, **kw).backward(tg)
+        return torch_run
+    if name == "NHWC":
+        x, g = to_nhwc(x), to_nhwc(g)
+        w = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+    def run():
+        fastconv.conv2d(x, w, b, layout=name, **kw)
+        fastconv.conv2d_grad_input(g, w, x.shape, layout=name, **kw)
+        fastconv.conv2d_grad_weight(x, g, w.shape, layout=name, **kw)
+        fastconv.conv2d_grad_bias(g, layout=name)
+    return run
+
+
+def pool_layout_impl(name, case, dtype):
+    """fwd+bwd of a pooling case in one layout (as conv_layout_impl)."""
+    x = pool_arrays(case, dtype)
+    if name.startswith("torch"):
+        try:
+            import torch
+        except ImportError:
+            return None
+        tx = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        f = torch.nn.functional
+        pool = f.max_pool2d if case.kind == "max" else f.avg_pool2d
+
+        def torch_run():
+            xr = tx.detach().requires_grad_(True)
+            y = pool(xr, case.k, case.stride)
+            y.backward(y.detach())
+        return torch_run
+    if name == "NHWC":
+        x = to_nhwc(x)
+
+    def run():
+        if case.kind == "max":
+            y, idx = fastconv.max_pool2d(x, case.k, case.stride, layout=name)
+            fastconv.max_pool2d_grad(y, idx, x.shape, layout=name)
+        else:
+            y = fastconv.avg_pool2d(x, case.k, case.stride, layout=name)
+            fastconv.avg_pool2d_grad(y, x.shape, case.k, case.stride, layout=name)
+    return run
+
+
+def run_layout_suite(dtypes=("float32", "float64"), repeat=5, cases=None, out=print):
+    """Time fwd+bwd of every suite case in NCHW and in NHWC (and PyTorch on
+    channels_last tensors); returns row dicts."""
+    rows = []
+    out(f"{'case':<10}{'dtype':<9}{'NCHW ms':>10}{'NHWC ms':>10}{'NHWC speedup':>14}"
+        f"{'torch-NHWC ms':>15}{'vs torch':>10}")
+    suite = [(c, conv_layout_impl) for c in CONV_SUITE] + [(c, pool_layout_impl)
+                                                          for c in POOL_SUITE]
+    for dtype in dtypes:
+        for case, make in suite:
+            if cases is not None and case.name not in cases:
+                continue
+            t = {name: best_time(fn, repeat) for name in LAYOUTS + ("torch-NHWC",)
+                 if (fn := make(name, case, np.dtype(dtype))) is not None}
+            rows.append(dict(case=case.name, dtype=dtype,
+                             **{f"{k}_s": v for k, v in t.items()}))
+            vs_torch = (f"{t['torch-NHWC'] / t['NHWC']:.2f}x" if "torch-NHWC" in t else "-")
+            out(f"{case.name:<10}{dtype:<9}{_fmt_ms(t['NCHW']):>10}{_fmt_ms(t['NHWC']):>10}"
+                f"{t['NCHW'] / t['NHWC']:>13.2f}x{_fmt_ms(t.get('torch-NHWC')):>15}"
+                f"{vs_torch:>10}")
+    return rows
+
+
 # --- timing and the table ---------------------------------------------------
 
 def best_time(fn, repeat=5, min_time=0.05):

@@ -124,8 +124,13 @@ cdef void _pack_patches_nhwc_t(const floating* src, Py_ssize_t src_h, Py_ssize_t
                             memset(d + l, 0, (a - qj) * sizeof(floating))
                         # integer offsets: no pointer is formed outside the image
                         base = (ii * src_w + co) * n_ch + c0 + c
-                        for t in range(a, b):
-                            d[l + t - qj] = src[base + t * pix_step]
+                        if pix_step == 1:       # one channel, stride 1: a run
+                            if b > a:
+                                memcpy(d + l + (a - qj), src + base + a,
+                                       (b - a) * sizeof(floating))
+                        else:
+                            for t in range(a, b):
+                                d[l + t - qj] = src[base + t * pix_step]
                         if qj + seg > b:
                             memset(d + l + (b - qj), 0, (qj + seg - b) * sizeof(floating))
                     l += seg
@@ -162,8 +167,12 @@ cdef void _unpack_add_patches_nhwc_t(const floating* src, Py_ssize_t dst_h, Py_s
                         a = min(max(lo, qj), qj + seg)
                         b = max(min(hi, qj + seg), a)
                         base = (ii * dst_w + co) * n_ch + c0 + c
-                        for t in range(a, b):
-                            dst[base + t * pix_step] += s[l + t - qj]
+                        if pix_step == 1:
+                            for t in range(a, b):
+                                dst[base + t] += s[l + t - qj]
+                        else:
+                            for t in range(a, b):
+                                dst[base + t * pix_step] += s[l + t - qj]
                     l += seg
                     qi += 1
                     qj = 0
