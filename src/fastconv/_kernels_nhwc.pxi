@@ -250,6 +250,7 @@ def conv2d_forward_nhwc(const floating[:, :, :, ::1] x,
     cdef floating* yp = &out[0, 0, 0, 0]
     cdef Py_ssize_t item, n, g, t, p0, count, o, l
     cdef floating* dst
+    cdef floating beta = 1 if has_bias else 0
     cdef floating* work = NULL
     cdef int status = STATUS_OK
     cdef int* status_p = &status
@@ -270,26 +271,27 @@ def conv2d_forward_nhwc(const floating[:, :, :, ::1] x,
                     p0 = t * tile
                     count = min(tile, positions - p0)
                     dst = yp + (n * positions + p0) * c_out + g * og
+                    # the bias goes in first and the GEMM adds onto it
+                    # (beta = 1): no second pass over the output
+                    if has_bias:
+                        for l in range(count):
+                            memcpy(dst + l * c_out, bp + g * og, og * sizeof(floating))
                     if direct:
                         gemm(NO_TRANS, NO_TRANS, count, og, k_dim, <floating>1,
                              xp + (n * in_plane + p0) * c_in + g * cg, c_in,
-                             wp + g * og, c_out, <floating>0, dst, c_out)
+                             wp + g * og, c_out, beta, dst, c_out)
                     elif narrow:
                         _pack_patches_nhwc_t(xp + n * in_plane * c_in, in_h, in_w, c_in,
                                              g * cg, cg, &row_off[0], kh, &col_off[0], kw,
                                              stride_h, stride_w, out_w, p0, count, work)
                         gemm(TRANS, NO_TRANS, count, og, k_dim, <floating>1,
-                             work, count, wp + g * og, c_out, <floating>0, dst, c_out)
+                             work, count, wp + g * og, c_out, beta, dst, c_out)
                     else:
                         _pack_patches_nhwc(xp + n * in_plane * c_in, in_h, in_w, c_in,
                                            g * cg, cg, &row_off[0], kh, &col_off[0], kw,
                                            stride_h, stride_w, out_w, p0, count, work)
                         gemm(NO_TRANS, NO_TRANS, count, og, k_dim, <floating>1,
-                             work, k_dim, wp + g * og, c_out, <floating>0, dst, c_out)
-                    if has_bias:
-                        for l in range(count):
-                            for o in range(og):
-                                dst[l * c_out + o] = dst[l * c_out + o] + bp[g * og + o]
+                             work, k_dim, wp + g * og, c_out, beta, dst, c_out)
             free(work)
     finally:
         blas_serial_exit()
@@ -414,7 +416,7 @@ cdef enum:
 
 
 cdef void _sum_rows_nhwc(const floating* gp, Py_ssize_t rows, Py_ssize_t c_out,
-                         Py_ssize_t c0, Py_ssize_t cn, floating* out) noexcept nogil:
+                         Py_ssize_t c0, Py_ssize_t cn, double* out) noexcept nogil:
     """``out[c] = sum_r gp[r, c0 + c]`` for c < cn (at most CHANNEL_BLOCK),
     in float64, two interleaved row accumulators, in a fixed order."""
     cdef double acc0[CHANNEL_BLOCK]
@@ -434,29 +436,50 @@ cdef void _sum_rows_nhwc(const floating* gp, Py_ssize_t rows, Py_ssize_t c_out,
         for c in range(cn):
             acc0[c] = acc0[c] + row[c]
     for c in range(cn):
-        out[c] = <floating>(acc0[c] + acc1[c])
+        out[c] = acc0[c] + acc1[c]
+
+
+cdef enum:
+    # rows per slot of the NHWC bias gradient, at least (shape-only split)
+    BIAS_SLOT_ROWS = 1024
 
 
 def conv2d_grad_bias_nhwc(const floating[:, :, :, ::1] grad_out,
                           floating[::1] grad_bias, int n_threads):
     """``grad_bias[o] = sum_{n, p, q} grad_out[n, p, q, o]``: rows summed
-    along the contiguous channels, per block of channels (fixed order)."""
+    along the contiguous channels in float64.  The rows are split into a
+    number of slots that depends on the shape only (so a few channels still
+    use every thread), each slot summed per block of channels in order, and
+    the slots added in order: bitwise the same for any thread count."""
     cdef Py_ssize_t rows = grad_out.shape[0] * grad_out.shape[1] * grad_out.shape[2]
     cdef Py_ssize_t c_out = grad_out.shape[3]
-    cdef Py_ssize_t b, c0
+    cdef Py_ssize_t item, s, b, c, c0, r0, r1
+    cdef double total
     if c_out == 0:
         return
     if rows == 0:
-        for b in range(c_out):
-            grad_bias[b] = 0
+        for c in range(c_out):
+            grad_bias[c] = 0
         return
-    cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef floating* dbp = &grad_bias[0]
     cdef Py_ssize_t n_blocks = _ceil_div(c_out, CHANNEL_BLOCK)
+    cdef Py_ssize_t n_slots = max(1, min(MAX_SLOTS, rows // BIAS_SLOT_ROWS))
+    cdef double[:, ::1] partial = np.empty((n_slots, c_out), dtype=np.float64)
+    cdef double* pp = &partial[0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
     with nogil:
-        for b in prange(n_blocks, schedule="static", num_threads=n_threads):
+        for item in prange(n_slots * n_blocks, schedule="static", num_threads=n_threads):
+            s = item // n_blocks
+            b = item % n_blocks
             c0 = b * CHANNEL_BLOCK
-            _sum_rows_nhwc(gp, rows, c_out, c0, min(CHANNEL_BLOCK, c_out - c0), dbp + c0)
+            r0 = s * rows // n_slots
+            r1 = (s + 1) * rows // n_slots
+            _sum_rows_nhwc(gp + r0 * c_out, r1 - r0, c_out, c0,
+                           min(CHANNEL_BLOCK, c_out - c0), pp + s * c_out + c0)
+    for c in range(c_out):
+        total = pp[c]
+        for s in range(1, n_slots):
+            total = total + pp[s * c_out + c]
+        grad_bias[c] = <floating>total
 
 
 def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
@@ -679,6 +702,45 @@ def conv2d_grad_input_scatter_nhwc(const floating[:, :, :, ::1] grad_out,
 
 # --- depthwise (channel multiplier 1), along the channels ---------------------
 
+cdef enum:
+    # channels a depthwise pixel accumulates in registers at a time
+    DW_BLOCK = 16
+
+
+cdef void _dw_pixel(floating* dst, const floating** src, const floating** wts,
+                    Py_ssize_t n_taps, Py_ssize_t ch) noexcept nogil:
+    """``dst[c] = sum_t wts[t][c] * src[t][c]`` (taps in the given order):
+    block by block of channels, each block's sums kept in registers across
+    all taps and stored once."""
+    cdef floating acc[DW_BLOCK]
+    cdef Py_ssize_t blk, c0, c, t, cb
+    cdef const floating* a
+    cdef const floating* b
+    for blk in range(ch // DW_BLOCK):
+        c0 = blk * DW_BLOCK
+        for c in range(DW_BLOCK):
+            acc[c] = 0
+        for t in range(n_taps):
+            a = wts[t] + c0
+            b = src[t] + c0
+            for c in range(DW_BLOCK):
+                acc[c] = acc[c] + a[c] * b[c]
+        for c in range(DW_BLOCK):
+            dst[c0 + c] = acc[c]
+    c0 = ch - ch % DW_BLOCK
+    cb = ch - c0
+    if cb:
+        for c in range(cb):
+            acc[c] = 0
+        for t in range(n_taps):
+            a = wts[t] + c0
+            b = src[t] + c0
+            for c in range(cb):
+                acc[c] = acc[c] + a[c] * b[c]
+        for c in range(cb):
+            dst[c0 + c] = acc[c]
+
+
 def depthwise_forward_nhwc(const floating[:, :, :, ::1] x,
                            const floating[:, :, :, ::1] weight,
                            const floating[::1] bias,
@@ -702,33 +764,43 @@ def depthwise_forward_nhwc(const floating[:, :, :, ::1] x,
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef const floating* bp = &bias[0] if has_bias else NULL
     cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t row, n, p, q, u, v, ii, jj, c
+    cdef Py_ssize_t row, n, p, q, u, v, ii, jj, c, t
+    cdef Py_ssize_t taps = kh * kw
     cdef floating* dst
-    cdef const floating* src
-    cdef const floating* wr
-    with nogil:
-        for row in prange(n_img * out_h, schedule="static", num_threads=n_threads):
-            n = row // out_h
-            p = row % out_h
-            for q in range(out_w):
-                dst = yp + (row * out_w + q) * ch
-                for c in range(ch):
-                    dst[c] = 0
-                for u in range(kh):
-                    ii = p * stride_h + u * dil_h - pad_top
-                    if ii < 0 or ii >= in_h:
-                        continue
-                    for v in range(kw):
-                        jj = q * stride_w + v * dil_w - pad_left
-                        if jj < 0 or jj >= in_w:
+    cdef const floating** src = NULL
+    cdef const floating** wts
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil, parallel(num_threads=n_threads):
+        # per thread: the pixel's in-image taps (input and weight rows)
+        src = <const floating**>_workspace(2 * taps * sizeof(floating*))
+        if src == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for row in prange(n_img * out_h, schedule="static"):
+            if src != NULL:
+                wts = src + taps
+                n = row // out_h
+                p = row % out_h
+                for q in range(out_w):
+                    t = 0
+                    for u in range(kh):
+                        ii = p * stride_h + u * dil_h - pad_top
+                        if ii < 0 or ii >= in_h:
                             continue
-                        src = xp + ((n * in_h + ii) * in_w + jj) * ch
-                        wr = wp + (u * kw + v) * ch
+                        for v in range(kw):
+                            jj = q * stride_w + v * dil_w - pad_left
+                            if jj < 0 or jj >= in_w:
+                                continue
+                            src[t] = xp + ((n * in_h + ii) * in_w + jj) * ch
+                            wts[t] = wp + (u * kw + v) * ch
+                            t = t + 1
+                    dst = yp + (row * out_w + q) * ch
+                    _dw_pixel(dst, src, wts, t, ch)
+                    if has_bias:
                         for c in range(ch):
-                            dst[c] = dst[c] + wr[c] * src[c]
-                if has_bias:
-                    for c in range(ch):
-                        dst[c] = dst[c] + bp[c]
+                            dst[c] = dst[c] + bp[c]
+        free(src)
+    _raise_for_status(status)
 
 
 def depthwise_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
@@ -753,36 +825,43 @@ def depthwise_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
-    cdef Py_ssize_t row, n, i, j, u, v, a, b, p, q, c
-    cdef floating* dst
-    cdef const floating* src
-    cdef const floating* wr
-    with nogil:
-        for row in prange(n_img * in_h, schedule="static", num_threads=n_threads):
-            n = row // in_h
-            i = row % in_h
-            for j in range(in_w):
-                dst = dxp + (row * in_w + j) * ch
-                for c in range(ch):
-                    dst[c] = 0
-                for u in range(kh - 1, -1, -1):
-                    a = i + pad_top - u * dil_h
-                    if a < 0 or a % stride_h:
-                        continue
-                    p = a // stride_h
-                    if p >= out_h:
-                        continue
-                    for v in range(kw - 1, -1, -1):
-                        b = j + pad_left - v * dil_w
-                        if b < 0 or b % stride_w:
+    cdef Py_ssize_t row, n, i, j, u, v, a, b, p, q, t
+    cdef Py_ssize_t taps = kh * kw
+    cdef const floating** src = NULL
+    cdef const floating** wts
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil, parallel(num_threads=n_threads):
+        src = <const floating**>_workspace(2 * taps * sizeof(floating*))
+        if src == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for row in prange(n_img * in_h, schedule="static"):
+            if src != NULL:
+                wts = src + taps
+                n = row // in_h
+                i = row % in_h
+                for j in range(in_w):
+                    t = 0
+                    for u in range(kh - 1, -1, -1):
+                        a = i + pad_top - u * dil_h
+                        if a < 0 or a % stride_h:
                             continue
-                        q = b // stride_w
-                        if q >= out_w:
+                        p = a // stride_h
+                        if p >= out_h:
                             continue
-                        src = gp + ((n * out_h + p) * out_w + q) * ch
-                        wr = wp + (u * kw + v) * ch
-                        for c in range(ch):
-                            dst[c] = dst[c] + wr[c] * src[c]
+                        for v in range(kw - 1, -1, -1):
+                            b = j + pad_left - v * dil_w
+                            if b < 0 or b % stride_w:
+                                continue
+                            q = b // stride_w
+                            if q >= out_w:
+                                continue
+                            src[t] = gp + ((n * out_h + p) * out_w + q) * ch
+                            wts[t] = wp + (u * kw + v) * ch
+                            t = t + 1
+                    _dw_pixel(dxp + (row * in_w + j) * ch, src, wts, t, ch)
+        free(src)
+    _raise_for_status(status)
 
 
 cdef void _depthwise_grad_weight_rows_nhwc(const floating* xp, const floating* gp,
