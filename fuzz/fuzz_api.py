@@ -147,7 +147,34 @@ def _corrupt(d, args, kwargs):
     return args, kwargs
 
 
+def _to_nhwc(shape):
+    """An NCHW-ordered 4-D shape in NHWC order (other shapes unchanged)."""
+    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else shape
+
+
+def _weight_to_nhwc(shape):
+    """An (C_out, C_in/g, kh, kw) weight shape as (kh, kw, C_in/g, C_out)."""
+    return (shape[2], shape[3], shape[1], shape[0]) if len(shape) == 4 else shape
+
+
 def _call(d):
+    name, args, hyper = _call_nchw(d)
+    if d.int(0, 1):
+        return name, args, hyper
+    # the same problem in channels-last layout
+    hyper = dict(hyper, layout="NHWC")
+    args = list(args)
+    for i, a in enumerate(args):
+        weight = name in ("conv2d", "conv2d_grad_input") and i == 1
+        weight = weight or (name == "conv2d_grad_weight" and i == 2)
+        if isinstance(a, np.ndarray) and a.ndim == 4:
+            args[i] = np.ascontiguousarray(a.transpose((2, 3, 1, 0) if weight else (0, 2, 3, 1)))
+        elif isinstance(a, tuple) and len(a) == 4:
+            args[i] = _weight_to_nhwc(a) if weight else _to_nhwc(a)
+    return name, tuple(args), hyper
+
+
+def _call_nchw(d):
     name = d.pick(FUNCTIONS)
     if name.startswith("conv2d") and name != "conv2d_grad_bias":
         x_shape, w_shape, y_shape, hyper = _conv_problem(d)
