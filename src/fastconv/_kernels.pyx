@@ -1,4 +1,5 @@
-"""Cython kernels for conv2d and 2-D pooling (NCHW, float32/float64).
+"""Cython kernels for conv2d and 2-D pooling (float32/float64; NCHW here,
+channels-last NHWC in ``_kernels_nhwc.pxi``, included at the end).
 
 Division of labour (see ``functional.py``): the Python layer validates every
 argument, computes output sizes, converts to C-contiguous arrays of one float
@@ -547,9 +548,10 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
             max_k = max(max_k, k_phase)
             pos_total += count_i * count_j
             i += 1
-    # stride > 1: the GEMM result (cg x tile) waits in the workspace for the scatter
-    cdef bint scatter = stride_h != 1 or stride_w != 1
-    cdef Py_ssize_t tile = _tile_size(max_k + (cg if scatter else 0), pos_total,
+    # stride > 1: the GEMM result (cg x tile) waits in the workspace for the
+    # strided write-back
+    cdef bint strided = stride_h != 1 or stride_w != 1
+    cdef Py_ssize_t tile = _tile_size(max_k + (cg if strided else 0), pos_total,
                                       n_img * groups, sizeof(floating))
     items = []
     for i in range(n_phases):
@@ -565,8 +567,8 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t n_tile_items = tiles.shape[0]
     cdef Py_ssize_t n_items = n_img * groups * n_tile_items
     # stride 1: one phase that covers the whole plane in order -> GEMM
-    # straight into grad_in; otherwise GEMM into a workspace and scatter.
-    cdef bint direct = (kh == 1 and kw == 1 and not scatter
+    # straight into grad_in; otherwise GEMM into a workspace and write back.
+    cdef bint direct = (kh == 1 and kw == 1 and not strided
                         and pad_top == 0 and pad_left == 0)
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
@@ -581,7 +583,7 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
     cdef int* status_p = &status
     # workspace: [packed dY patches (max_k x tile)] [GEMM result (cg x tile)]
     cdef Py_ssize_t res_offset = 0 if direct else max_k * tile
-    cdef Py_ssize_t work_size = res_offset + (cg * tile if scatter else 0)
+    cdef Py_ssize_t work_size = res_offset + (cg * tile if strided else 0)
 
     blas_serial_enter()
     try:
@@ -601,8 +603,8 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
                     count = tiles[ti, 2]
                     kp = meta[ph, 9]
                     grid_w = meta[ph, 7]
-                    res = work + res_offset
-                    if scatter:
+                    if strided:
+                        res = work + res_offset
                         dst = res
                     else:
                         dst = dxp + (n * c_in + g * cg) * in_plane + p0
@@ -619,8 +621,8 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
                         gemm(NO_TRANS, NO_TRANS, cg, count, kp, <floating>1,
                              wpp + meta[ph, 8] + g * cg * kp, kp,
                              work, count, <floating>0,
-                             dst, count if scatter else in_plane)
-                    if scatter:
+                             dst, count if strided else in_plane)
+                    if strided:
                         base = (n * c_in + g * cg) * in_plane
                         for c in range(cg):
                             for l in range(count):
@@ -1511,7 +1513,7 @@ cdef inline void _divide_row(const floating* num, floating* out, Py_ssize_t n,
                              double row_div, const double* cdiv,
                              bint float_exact) noexcept nogil:
     """``out[q] = num[q] / (row_div * cdiv[q])``, rounded once to the
-    output type.  For float32 with a divisor exact in float32 (below 2**24)
+    output type.  For float32 with a divisor exact in float32 (at most 2**24)
     the division runs in float32: a quotient rounded to double and then to
     float equals the one rounded straight to float (53 >= 2*24 + 2), so
     the bits are the same and the vector division is twice as wide."""

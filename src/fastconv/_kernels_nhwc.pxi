@@ -224,7 +224,8 @@ def conv2d_forward_nhwc(const floating[:, :, :, ::1] x,
     output positions), ``out_tile = patches @ weight[:, group columns]``.
 
     A 1x1, stride-1, unpadded convolution multiplies the input rows as they
-    lie (``x`` viewed as ``(N*H*W, C_in)``), with no packing at all.
+    lie (each tile's rows of ``x``, viewed as ``(H*W, C_in)``), with no
+    packing at all.
     """
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
     cdef Py_ssize_t c_in = x.shape[3]
@@ -537,8 +538,10 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
             max_k = max(max_k, k_phase)
             pos_total += count_i * count_j
             i += 1
-    cdef bint scatter = stride_h != 1 or stride_w != 1
-    cdef Py_ssize_t tile = _tile_size(max_k + (cg if scatter else 0), pos_total,
+    # stride > 1: the GEMM result (tile x cg) waits in the workspace for the
+    # strided write-back
+    cdef bint strided = stride_h != 1 or stride_w != 1
+    cdef Py_ssize_t tile = _tile_size(max_k + (cg if strided else 0), pos_total,
                                       n_img * groups, sizeof(floating))
     items = []
     for i in range(n_phases):
@@ -554,7 +557,7 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t n_tile_items = tiles.shape[0]
     cdef Py_ssize_t n_items = n_img * groups * n_tile_items
     # 1x1, stride 1, unpadded: dY rows as they lie are the patch matrix
-    cdef bint direct = (kh == 1 and kw == 1 and not scatter
+    cdef bint direct = (kh == 1 and kw == 1 and not strided
                         and pad_top == 0 and pad_left == 0)
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
@@ -570,7 +573,7 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef int* status_p = &status
     # workspace: [packed dY patches (tile x max_k)] [GEMM result (tile x cg)]
     cdef Py_ssize_t res_offset = 0 if direct else max_k * tile
-    cdef Py_ssize_t work_size = res_offset + (cg * tile if scatter else 0)
+    cdef Py_ssize_t work_size = res_offset + (cg * tile if strided else 0)
 
     blas_serial_enter()
     try:
@@ -590,8 +593,8 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
                     count = tiles[ti, 2]
                     kp = meta[ph, 9]
                     grid_w = meta[ph, 7]
-                    res = work + res_offset
-                    if scatter:
+                    if strided:
+                        res = work + res_offset
                         dst = res
                     else:
                         # stride 1: the one phase covers the plane in order
@@ -608,8 +611,8 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
                                            1, 1, grid_w, p0, count, work)
                         gemm(NO_TRANS, NO_TRANS, count, cg, kp, <floating>1,
                              work, kp, wpp + meta[ph, 8] + g * kp * cg, cg,
-                             <floating>0, dst, cg if scatter else c_in)
-                    if scatter:
+                             <floating>0, dst, cg if strided else c_in)
+                    if strided:
                         for l in range(count):
                             li = (p0 + l) // grid_w
                             lj = (p0 + l) - li * grid_w
@@ -908,7 +911,7 @@ def depthwise_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     fixed number of slots (shape only), each summed in order into its own
     buffer, the buffers added in order -- bitwise the same for any thread
     count.  Taps in the zero padding are skipped (non-finite sensitivities
-    take the GEMM, see conv2d)."""
+    take the GEMM, see functional.conv2d_grad_weight)."""
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
     cdef Py_ssize_t ch = x.shape[3]
     cdef Py_ssize_t kh = grad_weight.shape[0], kw = grad_weight.shape[1]
@@ -1122,9 +1125,10 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                              Py_ssize_t pad_h, Py_ssize_t pad_w,
                              bint count_include_pad, int n_threads):
     """NHWC average-pooling gradient as a gather: first every sensitivity
-    is divided by its window's divisor (one parallel pass), then each input
-    pixel sums the shares of the windows covering it (output rows, then
-    columns, ascending) along the channels.  Writes every element once."""
+    is divided by its window's divisor (one parallel pass into a temporary
+    the size of ``grad_out``), then each input pixel sums the shares of the
+    windows covering it (output rows, then columns, ascending) along the
+    channels.  Writes every element once."""
     cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
     cdef Py_ssize_t in_w = grad_in.shape[2], ch = grad_in.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]

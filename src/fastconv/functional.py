@@ -283,11 +283,11 @@ def _grad_input_method(n, c_in, h, w, w_shape, geo):
 
     Both compute the full correlation of the dilated, padded sensitivity map
     with the rotated filters (SPEC.md), in either layout (the shapes are
-    given here in NCHW order; NHWC has the same pair of kernels).  "gather" (the phase-split
-    correlation, one dot product per input position) multiplies the zero
-    border of the full correlation; "scatter" (each sensitivity into its
-    window, i.e. W^T @ dY then col2im) skips every zero but runs its GEMM
-    with only C_out/groups as the inner dimension.  The model: multiply-adds
+    given here in NCHW order; NHWC has the same pair of kernels).  "gather"
+    (the phase-split correlation, one dot product per input position)
+    multiplies the zero border of the full correlation; "scatter" (each
+    sensitivity into its window, i.e. W^T @ dY then col2im) skips every zero
+    but runs its GEMM with only C_out/groups as the inner dimension.  The model: multiply-adds
     divided by a GEMM efficiency that grows with the GEMM's short side, plus
     a cost per element packed or scattered.  Shape-only, so the choice (and
     the result's bits) never depends on the thread count.
