@@ -495,6 +495,76 @@ def _phases_1d(Py_ssize_t size, Py_ssize_t pad, Py_ssize_t k, Py_ssize_t stride,
     return phases
 
 
+def _grad_input_plan(w, bint nhwc, Py_ssize_t groups, Py_ssize_t n_img,
+                     Py_ssize_t in_h, Py_ssize_t in_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                     Py_ssize_t stride_h, Py_ssize_t stride_w,
+                     Py_ssize_t dil_h, Py_ssize_t dil_w, Py_ssize_t itemsize):
+    """Work plan of the gather-order input gradient, shared by both layouts.
+
+    Splits the dilated correlation into stride phases (``_phases_1d``), packs
+    each phase's in/out-swapped filters as one GEMM operand per group, and
+    cuts the phases' positions into tiles.  Returns None when no filter tap
+    reaches the input, else ``(meta, tiles, r_off, c_off, packed, max_k,
+    tile)``: per phase ``meta`` holds (first row offset, row taps, first
+    column offset, column taps, first input row, rows, first input column,
+    columns, packed-weight offset, GEMM inner size); ``tiles`` holds (phase,
+    first position, count) items; ``r_off``/``c_off`` the dY offsets of each
+    tap (the 180-degree rotation lives there: they run backwards as the tap
+    index grows).  The packed filters of group g in a phase are
+    ``Wp[g, c, (o, iu, iv)]`` for NCHW (a ``cg x k`` left operand) and
+    ``Wp[g, (iu, iv, o), c]`` for NHWC (a ``k x cg`` right operand), both
+    ``= w[o, c, taps_u[iu], taps_v[iv]]`` in PyTorch's weight indexing.
+    """
+    if nhwc:
+        kh, kw, cg, c_out = w.shape
+    else:
+        c_out, cg, kh, kw = w.shape
+    og = c_out // groups
+    rows = _phases_1d(in_h, pad_top, kh, stride_h, dil_h)
+    cols = _phases_1d(in_w, pad_left, kw, stride_w, dil_w)
+    if not rows or not cols:
+        return None
+    n_phases = len(rows) * len(cols)
+    meta = np.zeros((n_phases, 10), dtype=np.intp)
+    row_offsets, col_offsets, packed = [], [], []
+    max_k = 0
+    pos_total = 0
+    packed_size = 0
+    i = 0
+    for taps_u, offs_u, x_i0, count_i in rows:
+        for taps_v, offs_v, x_j0, count_j in cols:
+            if nhwc:
+                sub = w[taps_u, :, :, :][:, taps_v, :, :]
+                sub = sub.reshape(len(taps_u), len(taps_v), cg, groups, og)
+                sub = sub.transpose(3, 0, 1, 4, 2)
+            else:
+                sub = w[:, :, taps_u, :][:, :, :, taps_v]
+                sub = sub.reshape(groups, og, cg, len(taps_u), len(taps_v))
+                sub = sub.transpose(0, 2, 1, 3, 4)
+            packed.append(np.ascontiguousarray(sub).ravel())
+            k_phase = og * len(taps_u) * len(taps_v)
+            meta[i] = (len(row_offsets), len(taps_u), len(col_offsets), len(taps_v),
+                       x_i0, count_i, x_j0, count_j, packed_size, k_phase)
+            packed_size += packed[len(packed) - 1].size
+            row_offsets.extend(offs_u)
+            col_offsets.extend(offs_v)
+            max_k = max(max_k, k_phase)
+            pos_total += count_i * count_j
+            i += 1
+    # stride > 1: the GEMM result (cg x tile) waits in the workspace for the
+    # strided write-back, so it counts towards the tile's size
+    strided = stride_h != 1 or stride_w != 1
+    tile = _tile_size(max_k + (cg if strided else 0), pos_total, n_img * groups, itemsize)
+    items = []
+    for i in range(n_phases):
+        n_pos = meta[i, 5] * meta[i, 7]
+        for start in range(0, n_pos, tile):
+            items.append((i, start, min(tile, n_pos - start)))
+    return (meta, np.array(items, dtype=np.intp).reshape(-1, 3),
+            np.array(row_offsets, dtype=np.intp), np.array(col_offsets, dtype=np.intp),
+            np.concatenate(packed), max_k, tile)
+
+
 def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
                       const floating[:, :, :, ::1] weight,
                       floating[:, :, :, ::1] grad_in,
@@ -517,53 +587,19 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
     if n_img == 0 or out_plane == 0 or c_out == 0 or cg == 0:
         return
 
-    # ---- plan (GIL): phases, rotated/swapped filters per phase, work items
-    rows = _phases_1d(in_h, pad_top, kh, stride_h, dil_h)
-    cols = _phases_1d(in_w, pad_left, kw, stride_w, dil_w)
-    if not rows or not cols:
+    # ---- plan (GIL): phases, swapped filters per phase, work items
+    plan = _grad_input_plan(np.asarray(weight), False, groups, n_img, in_h, in_w,
+                            pad_top, pad_left, stride_h, stride_w, dil_h, dil_w,
+                            sizeof(floating))
+    if plan is None:
         return
-    w = np.asarray(weight)
-    n_phases = len(rows) * len(cols)
-    ph_meta = np.zeros((n_phases, 10), dtype=np.intp)
-    row_offsets, col_offsets, packed = [], [], []
-    max_k = 0
-    pos_total = 0
-    packed_size = 0
-    i = 0
-    for taps_u, offs_u, x_i0, count_i in rows:
-        for taps_v, offs_v, x_j0, count_j in cols:
-            # In/out-swapped filters of this phase, one matrix per group:
-            # Wp[g, c, (o, iu, iv)] = w[g*og + o, c, taps_u[iu], taps_v[iv]].
-            # The 180-degree rotation lives in the dY offsets, which run
-            # backwards as the tap index grows (see _phases_1d).
-            sub = w[:, :, taps_u, :][:, :, :, taps_v]
-            sub = sub.reshape(groups, og, cg, len(taps_u), len(taps_v))
-            packed.append(np.ascontiguousarray(sub.transpose(0, 2, 1, 3, 4)).ravel())
-            k_phase = og * len(taps_u) * len(taps_v)
-            ph_meta[i] = (len(row_offsets), len(taps_u), len(col_offsets), len(taps_v),
-                          x_i0, count_i, x_j0, count_j, packed_size, k_phase)
-            packed_size += packed[len(packed) - 1].size
-            row_offsets.extend(offs_u)
-            col_offsets.extend(offs_v)
-            max_k = max(max_k, k_phase)
-            pos_total += count_i * count_j
-            i += 1
-    # stride > 1: the GEMM result (cg x tile) waits in the workspace for the
-    # strided write-back
+    cdef Py_ssize_t[:, ::1] meta = plan[0]
+    cdef Py_ssize_t[:, ::1] tiles = plan[1]
+    cdef Py_ssize_t[::1] r_off = plan[2]
+    cdef Py_ssize_t[::1] c_off = plan[3]
+    cdef const floating[::1] wpack = plan[4]
+    cdef Py_ssize_t max_k = plan[5], tile = plan[6]
     cdef bint strided = stride_h != 1 or stride_w != 1
-    cdef Py_ssize_t tile = _tile_size(max_k + (cg if strided else 0), pos_total,
-                                      n_img * groups, sizeof(floating))
-    items = []
-    for i in range(n_phases):
-        n_pos = ph_meta[i, 5] * ph_meta[i, 7]
-        for start in range(0, n_pos, tile):
-            items.append((i, start, min(tile, n_pos - start)))
-    cdef Py_ssize_t[:, ::1] meta = ph_meta
-    cdef Py_ssize_t[:, ::1] tiles = np.array(items, dtype=np.intp).reshape(-1, 3)
-    cdef Py_ssize_t[::1] r_off = np.array(row_offsets, dtype=np.intp)
-    cdef Py_ssize_t[::1] c_off = np.array(col_offsets, dtype=np.intp)
-    packed_w = np.concatenate(packed)
-    cdef const floating[::1] wpack = packed_w
     cdef Py_ssize_t n_tile_items = tiles.shape[0]
     cdef Py_ssize_t n_items = n_img * groups * n_tile_items
     # stride 1: one phase that covers the whole plane in order -> GEMM

@@ -509,51 +509,18 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
         return
 
     # ---- plan (GIL): phases, swapped filters per phase, work items
-    rows = _phases_1d(in_h, pad_top, kh, stride_h, dil_h)
-    cols = _phases_1d(in_w, pad_left, kw, stride_w, dil_w)
-    if not rows or not cols:
+    plan = _grad_input_plan(np.asarray(weight), True, groups, n_img, in_h, in_w,
+                            pad_top, pad_left, stride_h, stride_w, dil_h, dil_w,
+                            sizeof(floating))
+    if plan is None:
         return
-    w = np.asarray(weight)
-    n_phases = len(rows) * len(cols)
-    ph_meta = np.zeros((n_phases, 10), dtype=np.intp)
-    row_offsets, col_offsets, packed = [], [], []
-    max_k = 0
-    pos_total = 0
-    packed_size = 0
-    i = 0
-    for taps_u, offs_u, x_i0, count_i in rows:
-        for taps_v, offs_v, x_j0, count_j in cols:
-            # Wp[g, (iu, iv, o), c] = w[taps_u[iu], taps_v[iv], c, g*og + o]
-            # (rows in the patch matrix's column order; the 180-degree
-            # rotation lives in the dY offsets, see _phases_1d)
-            sub = w[taps_u, :, :, :][:, taps_v, :, :]
-            sub = sub.reshape(len(taps_u), len(taps_v), cg, groups, og)
-            packed.append(np.ascontiguousarray(sub.transpose(3, 0, 1, 4, 2)).ravel())
-            k_phase = len(taps_u) * len(taps_v) * og
-            ph_meta[i] = (len(row_offsets), len(taps_u), len(col_offsets), len(taps_v),
-                          x_i0, count_i, x_j0, count_j, packed_size, k_phase)
-            packed_size += packed[len(packed) - 1].size
-            row_offsets.extend(offs_u)
-            col_offsets.extend(offs_v)
-            max_k = max(max_k, k_phase)
-            pos_total += count_i * count_j
-            i += 1
-    # stride > 1: the GEMM result (tile x cg) waits in the workspace for the
-    # strided write-back
+    cdef Py_ssize_t[:, ::1] meta = plan[0]
+    cdef Py_ssize_t[:, ::1] tiles = plan[1]
+    cdef Py_ssize_t[::1] r_off = plan[2]
+    cdef Py_ssize_t[::1] c_off = plan[3]
+    cdef const floating[::1] wpack = plan[4]
+    cdef Py_ssize_t max_k = plan[5], tile = plan[6]
     cdef bint strided = stride_h != 1 or stride_w != 1
-    cdef Py_ssize_t tile = _tile_size(max_k + (cg if strided else 0), pos_total,
-                                      n_img * groups, sizeof(floating))
-    items = []
-    for i in range(n_phases):
-        n_pos = ph_meta[i, 5] * ph_meta[i, 7]
-        for start in range(0, n_pos, tile):
-            items.append((i, start, min(tile, n_pos - start)))
-    cdef Py_ssize_t[:, ::1] meta = ph_meta
-    cdef Py_ssize_t[:, ::1] tiles = np.array(items, dtype=np.intp).reshape(-1, 3)
-    cdef Py_ssize_t[::1] r_off = np.array(row_offsets, dtype=np.intp)
-    cdef Py_ssize_t[::1] c_off = np.array(col_offsets, dtype=np.intp)
-    packed_w = np.concatenate(packed)
-    cdef const floating[::1] wpack = packed_w
     cdef Py_ssize_t n_tile_items = tiles.shape[0]
     cdef Py_ssize_t n_items = n_img * groups * n_tile_items
     # 1x1, stride 1, unpadded: dY rows as they lie are the patch matrix
