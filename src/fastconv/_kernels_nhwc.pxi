@@ -1085,17 +1085,28 @@ def avg_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
                 _divide_by(acc, ch, div, float_exact)
 
 
+cdef enum:
+    # output rows per work item of the NHWC average-pool backward
+    AVG_CHUNK_ROWS = 8
+
+
 def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                              floating[:, :, :, ::1] grad_in,
                              Py_ssize_t k_h, Py_ssize_t k_w,
                              Py_ssize_t stride_h, Py_ssize_t stride_w,
                              Py_ssize_t pad_h, Py_ssize_t pad_w,
                              bint count_include_pad, int n_threads):
-    """NHWC average-pooling gradient as a gather: first every sensitivity
-    is divided by its window's divisor (one parallel pass into a temporary
-    the size of ``grad_out``), then each input pixel sums the shares of the
-    windows covering it (output rows, then columns, ascending) along the
-    channels.  Writes every element once."""
+    """NHWC average-pooling gradient as a gather: each input pixel sums the
+    shares (sensitivity / divisor) of the windows covering it, output rows
+    then columns ascending, along the channels; every element is written
+    once.
+
+    Work items are (image, chunk of AVG_CHUNK_ROWS output rows).  An item
+    divides its rows' sensitivities into a per-thread buffer, together with
+    the few earlier rows that overlapping windows also need (recomputed,
+    identically, by the item before), and writes the input rows whose last
+    covering window is in its chunk.
+    """
     cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
     cdef Py_ssize_t in_w = grad_in.shape[2], ch = grad_in.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
@@ -1108,38 +1119,61 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     # covering windows of every input row / column: [lo, hi]
     ii = np.arange(in_h, dtype=np.intp)
     jj = np.arange(in_w, dtype=np.intp)
+    p_hi_arr = np.minimum(out_h - 1, (ii + pad_h) // stride_h)
     cdef Py_ssize_t[::1] p_lo = np.maximum(0, -((k_h - 1 - ii - pad_h) // stride_h))
-    cdef Py_ssize_t[::1] p_hi = np.minimum(out_h - 1, (ii + pad_h) // stride_h)
+    cdef Py_ssize_t[::1] p_hi = p_hi_arr
     cdef Py_ssize_t[::1] q_lo = np.maximum(0, -((k_w - 1 - jj - pad_w) // stride_w))
     cdef Py_ssize_t[::1] q_hi = np.minimum(out_w - 1, (jj + pad_w) // stride_w)
-    shares_arr = np.empty_like(np.asarray(grad_out))
-    cdef floating[:, :, :, ::1] shares = shares_arr
+    # an input row belongs to the chunk of its last covering window (rows
+    # no window covers have p_lo > p_hi and are zero-filled by that chunk);
+    # p_hi never decreases, so each chunk owns a contiguous run of rows
+    cdef Py_ssize_t n_chunks = _ceil_div(out_h, AVG_CHUNK_ROWS)
+    cdef Py_ssize_t[::1] first_row = np.searchsorted(
+        p_hi_arr, np.arange(n_chunks + 1, dtype=np.intp) * AVG_CHUNK_ROWS).astype(np.intp)
+    # windows covering one input row: at most ceil(k_h / stride_h) rows
+    cdef Py_ssize_t back = _ceil_div(k_h, stride_h) - 1
+    cdef Py_ssize_t row_len = out_w * ch
+    cdef Py_ssize_t buf_rows = min(AVG_CHUNK_ROWS + back, out_h)
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef floating* sp = &shares[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
-    cdef Py_ssize_t row, n, p, q, i, j, c
+    cdef Py_ssize_t item, n, ck, p0, p1, pb, p, q, i, j, c
     cdef Window wh
     cdef double row_div
+    cdef floating* buf = NULL
     cdef floating* dst
     cdef const floating* src
-    with nogil:
-        for row in prange(n_img * out_h, schedule="static", num_threads=n_threads):
-            p = row % out_h
-            wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
-            row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
-            for q in range(out_w):
-                for c in range(ch):
-                    sp[(row * out_w + q) * ch + c] = gp[(row * out_w + q) * ch + c]
-                _divide_by(sp + (row * out_w + q) * ch, ch, row_div * cdiv[q], float_exact)
-        for row in prange(n_img * in_h, schedule="static", num_threads=n_threads):
-            n = row // in_h
-            i = row % in_h
-            for j in range(in_w):
-                dst = dxp + (row * in_w + j) * ch
-                for c in range(ch):
-                    dst[c] = 0
-                for p in range(p_lo[i], p_hi[i] + 1):
-                    for q in range(q_lo[j], q_hi[j] + 1):
-                        src = sp + ((n * out_h + p) * out_w + q) * ch
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil, parallel(num_threads=n_threads):
+        buf = <floating*>_workspace(buf_rows * row_len * sizeof(floating))
+        if buf == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for item in prange(n_img * n_chunks, schedule="static"):
+            if buf != NULL:
+                n = item // n_chunks
+                ck = item % n_chunks
+                p0 = ck * AVG_CHUNK_ROWS
+                p1 = min(out_h, p0 + AVG_CHUNK_ROWS)
+                pb = max(0, p0 - back)          # first share row held in buf
+                for p in range(pb, p1):
+                    wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
+                    row_div = (<double>wh.padded if count_include_pad
+                               else <double>(wh.stop - wh.start))
+                    for q in range(out_w):
+                        dst = buf + (p - pb) * row_len + q * ch
+                        src = gp + ((n * out_h + p) * out_w + q) * ch
                         for c in range(ch):
-                            dst[c] = dst[c] + src[c]
+                            dst[c] = src[c]
+                        _divide_by(dst, ch, row_div * cdiv[q], float_exact)
+                for i in range(first_row[ck], first_row[ck + 1]):
+                    for j in range(in_w):
+                        dst = dxp + ((n * in_h + i) * in_w + j) * ch
+                        for c in range(ch):
+                            dst[c] = 0
+                        for p in range(p_lo[i], p_hi[i] + 1):
+                            for q in range(q_lo[j], q_hi[j] + 1):
+                                src = buf + (p - pb) * row_len + q * ch
+                                for c in range(ch):
+                                    dst[c] = dst[c] + src[c]
+        free(buf)
+    _raise_for_status(status)
