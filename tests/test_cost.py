@@ -42,6 +42,24 @@ def test_matches_the_kernel_output_shape(rng):
     assert conv2d_cost(x.shape, w.shape, **kw).output_shape == fastconv.conv2d(x, w, **kw).shape
 
 
+def test_nhwc_shapes_count_the_same(rng):
+    """layout="NHWC" takes and returns channels-last shapes; the counts are
+    those of the same layer in NCHW, and the output shape is the kernel's."""
+    kw = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2, bias=True)
+    nchw = conv2d_cost((2, 8, 11, 9), (6, 4, 3, 2), **kw)
+    nhwc = conv2d_cost((2, 11, 9, 8), (3, 2, 4, 6), layout="NHWC", **kw)
+    assert (nhwc.macs, nhwc.params, nhwc.output_elements, nhwc.input_elements) == (
+        nchw.macs, nchw.params, nchw.output_elements, nchw.input_elements)
+    n, o, ho, wo = nchw.output_shape
+    assert nhwc.output_shape == (n, ho, wo, o)
+    x = rng.standard_normal((2, 11, 9, 8))
+    w = rng.standard_normal((3, 2, 4, 6))
+    kw.pop("bias")
+    assert nhwc.output_shape == fastconv.conv2d(x, w, layout="NHWC", **kw).shape
+    with pytest.raises(ValueError, match="layout"):
+        conv2d_cost((2, 8, 11, 9), (6, 4, 3, 2), layout="nhwc")
+
+
 def test_huge_layers_count_exactly():
     c = conv2d_cost((10**4, 4096, 1000, 1000), (4096, 4096, 1, 1))
     assert c.macs == 10**4 * 4096 * 10**6 * 4096     # beyond int64: Python ints

@@ -30,8 +30,7 @@ class ConvCost:
     output_elements : int
         ``N·O·Ho·Wo``.
     output_shape : tuple of int
-        ``(N, O, Ho, Wo)`` (``(N, Ho, Wo, O)`` for a channels-last layer's
-        summary).
+        ``(N, O, Ho, Wo)``, or ``(N, Ho, Wo, O)`` in NHWC.
     input_elements : int
         ``N·C·H·W``.
     """
@@ -53,19 +52,22 @@ class ConvCost:
 
 
 def conv2d_cost(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
-                bias=False):
+                bias=False, layout="NCHW"):
     """Multiply-adds, parameters and output size of a conv2d layer.
 
     Parameters
     ----------
     input_shape : sequence of 4 ints
-        ``(N, C, H, W)``.
+        ``(N, C, H, W)``, or ``(N, H, W, C)`` for NHWC.
     weight_shape : sequence of 4 ints
-        ``(O, C/groups, kh, kw)``.
+        ``(O, C/groups, kh, kw)``, or ``(kh, kw, C/groups, O)`` for NHWC.
     stride, padding, dilation, groups
         As in :func:`fastconv.conv2d`; the same checks apply.
     bias : bool, default False
         Count ``O`` bias parameters.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Layout of both shapes and of ``output_shape``; the counts do not
+        depend on it.
 
     Returns
     -------
@@ -80,8 +82,9 @@ def conv2d_cost(input_shape, weight_shape, stride=1, padding=0, dilation=1, grou
     >>> c.macs, c.output_elements
     (5898240000, 2560000)
     """
+    fn = "conv2d_cost"
     return _conv_cost(input_shape, weight_shape, stride, padding, dilation, groups, bias,
-                      "NCHW", "conv2d_cost")
+                      F._check_layout(layout, fn), fn)
 
 
 def _conv_cost(input_shape, weight_shape, stride, padding, dilation, groups, bias, layout,
