@@ -328,6 +328,27 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
 
 # --- conv2d filter gradient --------------------------------------------------
 
+cdef Py_ssize_t _reduction_slots(Py_ssize_t n_parts, Py_ssize_t w_size,
+                                 Py_ssize_t itemsize):
+    """Partial-sum buffers of a filter gradient: at most MAX_SLOTS, no more
+    than there are parts to sum, within SLOT_BYTES_BUDGET.  A function of
+    the shape only, so the summation order never depends on the threads."""
+    cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_parts)
+    return max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * itemsize)))
+
+
+cdef void _add_slots(const floating* partial, Py_ssize_t n_slots, Py_ssize_t size,
+                     floating* out, int n_threads) noexcept nogil:
+    """``out[i] = partial[0, i] + partial[1, i] + ...``, slots in order."""
+    cdef Py_ssize_t i, s
+    cdef floating total
+    for i in prange(size, schedule="static", num_threads=n_threads):
+        total = partial[i]
+        for s in range(1, n_slots):
+            total = total + partial[s * size + i]
+        out[i] = total
+
+
 def conv2d_grad_weight(const floating[:, :, :, ::1] x,
                        const floating[:, :, :, ::1] grad_out,
                        floating[:, :, :, ::1] grad_weight,
@@ -360,8 +381,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     cdef Py_ssize_t n_red = n_img * n_tiles          # products summed per group
-    cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_red)
-    n_slots = max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * <Py_ssize_t>sizeof(floating))))
+    cdef Py_ssize_t n_slots = _reduction_slots(n_red, w_size, sizeof(floating))
     cdef Py_ssize_t n_units = groups * n_slots
     cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
     cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
@@ -375,7 +395,6 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t unit, g, s, r, r0, r1, n, t, p0, count
     cdef floating* acc
     cdef floating* work = NULL
-    cdef floating total
     cdef int status = STATUS_OK
     cdef int* status_p = &status
 
@@ -415,11 +434,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
             free(work)
         if n_slots > 1 and status == STATUS_OK:
             with nogil:
-                for i in prange(w_size, schedule="static", num_threads=n_threads):
-                    total = partial[i]
-                    for s in range(1, n_slots):
-                        total = total + partial[s * w_size + i]
-                    dwp[i] = total
+                _add_slots(partial, n_slots, w_size, dwp, n_threads)
     finally:
         blas_serial_exit()
         if n_slots > 1:

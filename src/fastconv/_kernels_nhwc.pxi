@@ -332,8 +332,7 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     cdef Py_ssize_t n_red = n_img * n_tiles
-    cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_red)
-    n_slots = max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * <Py_ssize_t>sizeof(floating))))
+    cdef Py_ssize_t n_slots = _reduction_slots(n_red, w_size, sizeof(floating))
     cdef Py_ssize_t n_units = groups * n_slots
     cdef bint narrow = _narrow_patches(cg, kw)
     cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
@@ -348,7 +347,6 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t unit, g, s, r, r0, r1, n, t, p0, count
     cdef floating* acc
     cdef floating* work = NULL
-    cdef floating total
     cdef int status = STATUS_OK
     cdef int* status_p = &status
 
@@ -399,11 +397,7 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
             free(work)
         if n_slots > 1 and status == STATUS_OK:
             with nogil:
-                for i in prange(w_size, schedule="static", num_threads=n_threads):
-                    total = partial[i]
-                    for s in range(1, n_slots):
-                        total = total + partial[s * w_size + i]
-                    dwp[i] = total
+                _add_slots(partial, n_slots, w_size, dwp, n_threads)
     finally:
         blas_serial_exit()
         if n_slots > 1:
@@ -891,8 +885,7 @@ def depthwise_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     memset(dwp, 0, w_size * sizeof(floating))
     if n_rows == 0 or out_w == 0:
         return
-    cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_rows)
-    n_slots = max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * <Py_ssize_t>sizeof(floating))))
+    cdef Py_ssize_t n_slots = _reduction_slots(n_rows, w_size, sizeof(floating))
     cdef floating* partial = dwp
     if n_slots > 1:
         partial = <floating*>_workspace(n_slots * w_size * sizeof(floating))
@@ -901,8 +894,7 @@ def depthwise_grad_weight_nhwc(const floating[:, :, :, ::1] x,
         memset(partial, 0, n_slots * w_size * sizeof(floating))
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef Py_ssize_t s, i
-    cdef floating total
+    cdef Py_ssize_t s
     try:
         with nogil:
             for s in prange(n_slots, schedule="static", num_threads=n_threads):
@@ -912,11 +904,7 @@ def depthwise_grad_weight_nhwc(const floating[:, :, :, ::1] x,
                     in_h, in_w, ch, out_h, out_w, kh, kw, stride_h, stride_w,
                     pad_top, pad_left, dil_h, dil_w)
             if n_slots > 1:
-                for i in prange(w_size, schedule="static", num_threads=n_threads):
-                    total = partial[i]
-                    for s in range(1, n_slots):
-                        total = total + partial[s * w_size + i]
-                    dwp[i] = total
+                _add_slots(partial, n_slots, w_size, dwp, n_threads)
     finally:
         if n_slots > 1:
             free(partial)
