@@ -108,7 +108,7 @@ def _extensions():
         # variants and the baseline must round identically.
         base_cflags.append("-ffp-contract=off")
     common = dict(
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "src/fastconv"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=base_cflags + omp_cflags,
         extra_link_args=omp_lflags,

@@ -253,6 +253,36 @@ def test_stride2_loops_agree_bitwise_with_general_loops(rng):
         np.testing.assert_array_equal(fast, general)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k, pad", [(2, 0), (3, 0), (3, 1), (2, 1)])
+def test_square_stride2_rows_agree_bitwise_with_general_loops(dtype, k, pad, n_threads):
+    """k x k, stride-2 windows (the AVX2 row kernels of _pool_avx2.h where
+    compiled): rows from fewer than one vector to several with every
+    remainder, ties, NaN and infinities -- values, indices and gradients
+    equal the general loops' bits and the oracle."""
+    from fastconv._simd import kernels as _kernels
+    rng = np.random.default_rng(k * 10 + pad)
+    for width in list(range(k, 42)) + [56, 57, 112]:
+        shape = (1, 2, 2 * k + 3, width)
+        x = special_values(rng, shape, dtype)
+        results = []
+        for fast in (True, False):
+            _kernels._tuning(pool_fast_paths=fast)
+            try:
+                y, idx = fastconv.max_pool2d(x, k, 2, pad)
+                a = fastconv.avg_pool2d(x, k, 2, pad)
+                g = np.arange(a.size, dtype=dtype).reshape(a.shape) - 3
+                results.append([y, idx, a, fastconv.avg_pool2d_grad(g, shape, k, 2, pad),
+                                fastconv.max_pool2d_grad(g, idx, shape)])
+            finally:
+                _kernels._tuning(pool_fast_paths=True)
+        for fast, general in zip(*results):
+            np.testing.assert_array_equal(fast, general, err_msg=f"width {width}")
+        y_ref, idx_ref = ref.max_pool2d(x, k, 2, pad)
+        np.testing.assert_array_equal(results[0][0], y_ref)
+        np.testing.assert_array_equal(results[0][1], idx_ref)
+
+
 # ---------------------------------------------------------------------------
 # 2. named edge cases
 # ---------------------------------------------------------------------------

@@ -1234,6 +1234,31 @@ cdef inline void* _align64(void* p) noexcept nogil:
     return <void*>((<uintptr_t>p + 63) & ~(<uintptr_t>63))
 
 
+cdef extern from "_pool_avx2.h" nogil:
+    # AVX2 row kernels for k x k (k = 2, 3), stride-2 windows; FC_POOL_AVX2
+    # is 0 in the baseline build, whose Cython loops then do all the work
+    bint FC_POOL_AVX2
+    Py_ssize_t FC_F32_LANES
+    Py_ssize_t FC_F64_LANES
+    void fc_max_s2_f32(const float* r0, Py_ssize_t in_w, Py_ssize_t k, float* out,
+                       int64_t* out_idx, Py_ssize_t n, int32_t base)
+    void fc_max_s2_f64(const double* r0, Py_ssize_t in_w, Py_ssize_t k, double* out,
+                       int64_t* out_idx, Py_ssize_t n, int64_t base)
+    void fc_avg_s2_f32(const float* r0, Py_ssize_t in_w, Py_ssize_t k, float* out,
+                       Py_ssize_t n, float div)
+    void fc_avg_s2_f64(const double* r0, Py_ssize_t in_w, Py_ssize_t k, double* out,
+                       Py_ssize_t n, double div)
+    void fc_avg_grad_k2s2_f32(const float* g, float* d0, float* d1, Py_ssize_t n,
+                              float div)
+    void fc_avg_grad_k2s2_f64(const double* g, double* d0, double* d1, Py_ssize_t n,
+                              double div)
+
+
+cdef inline Py_ssize_t _avx2_lanes(size_t itemsize) noexcept nogil:
+    """Windows per AVX2 block: the fewest a row needs for the row kernels."""
+    return FC_F32_LANES if itemsize == sizeof(float) else FC_F64_LANES
+
+
 cdef inline void _deinterleave(const floating* src, floating* even, floating* odd,
                                Py_ssize_t n, bint extra_even) noexcept nogil:
     """``even[t] = src[2t]``, ``odd[t] = src[2t + 1]`` for t < n (and
@@ -1369,6 +1394,9 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef Span taps = _useful_taps(k_w, pad_w, stride_w, in_w, out_w)
     cdef bint pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
     cdef Span inner = _inner_columns(k_w, 2, pad_w, in_w, out_w)
+    # k x k windows with enough inner columns for whole AVX2 vectors
+    cdef bint square = (FC_POOL_AVX2 and pairs and k_h == k_w
+                        and inner.hi - inner.lo >= _avx2_lanes(sizeof(floating)))
     cdef Py_ssize_t padded = _round_up_lanes(inner.hi - inner.lo) if pairs else 0
     # scratch rows start on cache lines (split vector loads/stores are slow)
     cdef Py_ssize_t span = (padded + 16) // 16 * 16
@@ -1399,6 +1427,25 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                     h1 = min(hs + k_h, in_h)
                     best = yp + (pl * out_h + p) * out_w
                     irow = ip + (pl * out_h + p) * out_w
+                    if square and h1 - h0 == k_h:
+                        # whole k x k windows: AVX2 row kernel (_pool_avx2.h)
+                        if floating is float:
+                            fc_max_s2_f32(src + h0 * in_w + 2 * inner.lo - pad_w, in_w, k_w,
+                                          best + inner.lo, irow + inner.lo,
+                                          inner.hi - inner.lo,
+                                          <int32_t>(h0 * in_w + 2 * inner.lo - pad_w))
+                        else:
+                            fc_max_s2_f64(src + h0 * in_w + 2 * inner.lo - pad_w, in_w, k_w,
+                                          best + inner.lo, irow + inner.lo,
+                                          inner.hi - inner.lo,
+                                          h0 * in_w + 2 * inner.lo - pad_w)
+                        for q in range(inner.lo):
+                            _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
+                                        best + q, irow + q)
+                        for q in range(inner.hi, out_w):
+                            _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
+                                        best + q, irow + q)
+                        continue
                     if pairs:
                         # stride 2, 2 or 3 taps: columns whose window lies
                         # inside the row take every tap from deinterleaved
@@ -1658,6 +1705,9 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef bint float_exact = _float_exact_divisors(k_h, k_w)
     cdef bint pairs = POOL_FAST_PATHS and stride_w == 2 and (k_w == 2 or k_w == 3)
     cdef Span inner = _inner_columns(k_w, 2, pad_w, in_w, out_w)
+    # k x k windows with enough inner columns for whole AVX2 vectors
+    cdef bint square = (FC_POOL_AVX2 and pairs and k_h == k_w
+                        and inner.hi - inner.lo >= _avx2_lanes(sizeof(floating)))
     cdef Py_ssize_t pl, p, q, i, v, co
     cdef double row_div
     cdef Window wh
@@ -1670,6 +1720,26 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                 wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
                 row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
                 acc = yp + (pl * out_h + p) * out_w
+                if square and wh.stop - wh.start == k_h:
+                    # whole k x k windows: AVX2 row kernel (_pool_avx2.h);
+                    # their divisor is k*k in both count_include_pad modes
+                    srow = xp + (pl * in_h + wh.start) * in_w + 2 * inner.lo - pad_w
+                    if floating is float:
+                        fc_avg_s2_f32(srow, in_w, k_w, acc + inner.lo, inner.hi - inner.lo,
+                                      <float>(k_h * k_w))
+                    else:
+                        fc_avg_s2_f64(srow, in_w, k_w, acc + inner.lo, inner.hi - inner.lo,
+                                      <double>(k_h * k_w))
+                    for q in range(inner.lo):
+                        acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
+                                             2 * q - pad_w, k_w)
+                    for q in range(inner.hi, out_w):
+                        acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
+                                             2 * q - pad_w, k_w)
+                    _divide_row(acc, acc, inner.lo, row_div, cdiv, float_exact)
+                    _divide_row(acc + inner.hi, acc + inner.hi, out_w - inner.hi, row_div,
+                                cdiv + inner.hi, float_exact)
+                    continue
                 if pairs:
                     # as in max_pool2d_forward: inner columns take every
                     # tap in one pass, edge columns sum their clipped window
@@ -1783,6 +1853,28 @@ cdef void _avg_backward_plane(const floating* g, floating* dx, floating* ring,
                 drow[j] = drow[j] + hrow[j]
 
 
+cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
+                                   const AvgGeometry* geo) noexcept nogil:
+    """One plane of a 2x2, stride-2, unpadded average-pooling gradient whose
+    windows all lie inside the input: each input element is in at most one
+    window, so both input rows of an output row are written in one AVX2 pass
+    (``_pool_avx2.h``, the same values as ``_avg_backward_plane``); the
+    columns and rows no window covers get zeros."""
+    cdef Py_ssize_t p
+    cdef Py_ssize_t in_w = geo.in_w, out_w = geo.out_w
+    cdef floating* d0
+    for p in range(geo.out_h):
+        d0 = dx + 2 * p * in_w
+        if floating is float:
+            fc_avg_grad_k2s2_f32(g + p * out_w, d0, d0 + in_w, out_w, 4)
+        else:
+            fc_avg_grad_k2s2_f64(g + p * out_w, d0, d0 + in_w, out_w, 4)
+        if in_w > 2 * out_w:
+            memset(d0 + 2 * out_w, 0, (in_w - 2 * out_w) * sizeof(floating))
+            memset(d0 + in_w + 2 * out_w, 0, (in_w - 2 * out_w) * sizeof(floating))
+    memset(dx + 2 * geo.out_h * in_w, 0, (geo.in_h - 2 * geo.out_h) * in_w * sizeof(floating))
+
+
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         floating[:, :, :, ::1] grad_in,
                         Py_ssize_t k_h, Py_ssize_t k_w,
@@ -1820,6 +1912,12 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef const double[::1] col_div = _avg_col_divisors(k_w, stride_w, pad_w, geo.in_w,
                                                        geo.out_w, count_include_pad)
     cdef const double* cdiv = &col_div[0]
+    # 2x2 / stride 2 / no padding, windows inside the input, rows of whole
+    # AVX2 vectors: the write-once row kernel
+    cdef bint square2 = (FC_POOL_AVX2 and POOL_FAST_PATHS and k_h == 2 and k_w == 2
+                         and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0
+                         and 2 * geo.out_h <= geo.in_h and 2 * geo.out_w <= geo.in_w
+                         and geo.out_w >= _avx2_lanes(sizeof(floating)))
     cdef Py_ssize_t ring_rows = min(_ceil_div(k_h, stride_h), geo.out_h)
     cdef Py_ssize_t in_size = geo.in_h * geo.in_w
     cdef Py_ssize_t out_size = geo.out_h * geo.out_w
@@ -1835,7 +1933,9 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
         if ring == NULL:
             status_p[0] = STATUS_NO_MEMORY
         for pl in prange(planes, schedule="static"):
-            if ring != NULL:
+            if square2:
+                _avg_backward_plane_k2s2(gp + pl * out_size, dxp + pl * in_size, geo_p)
+            elif ring != NULL:
                 _avg_backward_plane(gp + pl * out_size, dxp + pl * in_size, ring, ring_rows,
                                     ring + ring_rows * geo_p.in_w, geo_p, cdiv)
         free(ring)

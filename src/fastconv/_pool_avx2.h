@@ -1,0 +1,312 @@
+/*
+ * AVX2 row kernels for the commonest pooling windows: k x k with k = 2 or 3,
+ * stride 2 along the row.  Used by the pooling kernels in _kernels.pyx when
+ * that module is compiled with -mavx2 (fastconv._kernels_avx2); the baseline
+ * build sees FC_POOL_AVX2 == 0 and keeps its portable Cython loops.
+ *
+ * Why C intrinsics here and nowhere else: a stride-2 row with a third tap
+ * (x[2t], x[2t+1], x[2t+2]) leaves GCC a scalar, branchy remainder on every
+ * row ("peeling for gaps"), and a 56-wide row has only a few vectors, so
+ * that remainder costs as much as the vector loop.  Here a row is split into
+ * even and odd columns with two shuffles per pair of loads, and the last
+ * block of a row is re-run ending at the row's end (its outputs are written
+ * twice with the same values), so there is no scalar remainder at all.
+ *
+ * Every result is bit-for-bit the portable loops' result:
+ * - max: the winner is "the last NaN if any, else the first maximum in
+ *   row-major window order", exactly what the portable tap-by-tap fold
+ *   keeps.  That rule is associative, so windows are reduced as a tree
+ *   (taps of a row, then rows) with shorter dependency chains.
+ * - average: the taps are summed one by one in row-major window order,
+ *   starting from +0.0, and the sum is divided once, as the portable loop
+ *   does (floating-point addition is not associative, so no tree here).
+ *
+ * Preconditions (the caller checks them): n >= FC_F32_LANES (float) or
+ * FC_F64_LANES (double) windows; every window [2t, 2t + k) of the k rows
+ * r0, r0 + in_w, r0 + 2 in_w lies inside the input, and the kernels read
+ * nothing outside those windows; the flat indices of a float row fit int32.
+ */
+#ifndef FASTCONV_POOL_AVX2_H
+#define FASTCONV_POOL_AVX2_H
+
+#include <stdint.h>
+#include <stdlib.h>
+
+#define FC_F32_LANES 8
+#define FC_F64_LANES 4
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+#define FC_POOL_AVX2 1
+
+/* ---- float: 8 windows per block ------------------------------------------
+ * Even/odd splits come out in column order 0 1 4 5 | 2 3 6 7 (shufps works
+ * within 128-bit halves); one 64-bit permute per result restores 0..7. */
+
+typedef struct { __m256 val; __m256i off; } fc_best_f32;
+
+/* take b over a when b > a or b is NaN (see the header comment) */
+static inline fc_best_f32 fc_combine_f32(fc_best_f32 a, fc_best_f32 b)
+{
+    __m256 take = _mm256_or_ps(_mm256_cmp_ps(b.val, a.val, _CMP_GT_OQ),
+                               _mm256_cmp_ps(b.val, b.val, _CMP_UNORD_Q));
+    fc_best_f32 r;
+    r.val = _mm256_blendv_ps(a.val, b.val, take);
+    r.off = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(a.off), _mm256_castsi256_ps(b.off), take));
+    return r;
+}
+
+/* taps 0, 1 (and 2) of 8 windows of one row, as even, odd (and next even) */
+static inline void fc_taps_f32(const float *s, __m256 *e, __m256 *o, __m256 *e2,
+                               int k)
+{
+    __m256 a = _mm256_loadu_ps(s), b = _mm256_loadu_ps(s + 8);
+    *e = _mm256_shuffle_ps(a, b, 0x88);
+    *o = _mm256_shuffle_ps(a, b, 0xDD);
+    if (k == 3) {
+        /* s[2], s[4], ..., s[16]: from s+2 (lanes 0 2 4 6) and s+9 (1 3 5 7),
+           never reading past the last window */
+        *e2 = _mm256_shuffle_ps(_mm256_loadu_ps(s + 2), _mm256_loadu_ps(s + 9), 0xD8);
+    }
+}
+
+static inline __m256 fc_column_order_f32(__m256 v)
+{
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+}
+
+static inline void fc_max_block_f32(const float *r0, Py_ssize_t in_w, int k,
+                                    Py_ssize_t t, float *out, int64_t *out_idx,
+                                    int32_t base)
+{
+    fc_best_f32 row_best[3], tap, best;
+    __m256 e, o, e2 = _mm256_setzero_ps();
+    int i;
+    for (i = 0; i < k; i++) {
+        int32_t row_off = (int32_t)(i * in_w);
+        fc_taps_f32(r0 + i * in_w + 2 * t, &e, &o, &e2, k);
+        row_best[i].val = e;
+        row_best[i].off = _mm256_set1_epi32(row_off);
+        tap.val = o;
+        tap.off = _mm256_set1_epi32(row_off + 1);
+        row_best[i] = fc_combine_f32(row_best[i], tap);
+        if (k == 3) {
+            tap.val = e2;
+            tap.off = _mm256_set1_epi32(row_off + 2);
+            row_best[i] = fc_combine_f32(row_best[i], tap);
+        }
+    }
+    best = fc_combine_f32(row_best[0], row_best[1]);
+    if (k == 3)
+        best = fc_combine_f32(best, row_best[2]);
+    __m256i idx = _mm256_permute4x64_epi64(best.off, 0xD8);
+    idx = _mm256_add_epi32(idx, _mm256_add_epi32(
+        _mm256_set1_epi32(base + 2 * (int32_t)t),
+        _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)));
+    _mm256_storeu_ps(out + t, fc_column_order_f32(best.val));
+    _mm256_storeu_si256((__m256i *)(out_idx + t),
+                        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(idx)));
+    _mm256_storeu_si256((__m256i *)(out_idx + t + 4),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(idx, 1)));
+}
+
+/* Maxima and flat indices (base = flat index of r0[0]) of windows 0..n-1. */
+static inline void fc_max_s2_f32(const float *r0, Py_ssize_t in_w, Py_ssize_t k,
+                                 float *out, int64_t *out_idx, Py_ssize_t n,
+                                 int32_t base)
+{
+    Py_ssize_t t;
+    for (t = 0; t + FC_F32_LANES <= n; t += FC_F32_LANES)
+        fc_max_block_f32(r0, in_w, (int)k, t, out, out_idx, base);
+    if (t < n)
+        fc_max_block_f32(r0, in_w, (int)k, n - FC_F32_LANES, out, out_idx, base);
+}
+
+static inline void fc_avg_block_f32(const float *r0, Py_ssize_t in_w, int k,
+                                    Py_ssize_t t, float *out, __m256 div)
+{
+    __m256 sum = _mm256_setzero_ps(), e, o, e2 = _mm256_setzero_ps();
+    int i;
+    for (i = 0; i < k; i++) {
+        fc_taps_f32(r0 + i * in_w + 2 * t, &e, &o, &e2, k);
+        sum = _mm256_add_ps(_mm256_add_ps(sum, e), o);
+        if (k == 3)
+            sum = _mm256_add_ps(sum, e2);
+    }
+    _mm256_storeu_ps(out + t, fc_column_order_f32(_mm256_div_ps(sum, div)));
+}
+
+/* Window sums divided by div, windows 0..n-1. */
+static inline void fc_avg_s2_f32(const float *r0, Py_ssize_t in_w, Py_ssize_t k,
+                                 float *out, Py_ssize_t n, float div)
+{
+    Py_ssize_t t;
+    __m256 d = _mm256_set1_ps(div);
+    for (t = 0; t + FC_F32_LANES <= n; t += FC_F32_LANES)
+        fc_avg_block_f32(r0, in_w, (int)k, t, out, d);
+    if (t < n)
+        fc_avg_block_f32(r0, in_w, (int)k, n - FC_F32_LANES, out, d);
+}
+
+static inline void fc_avg_grad_block_f32(const float *g, float *d0, float *d1,
+                                         Py_ssize_t t, __m256 div)
+{
+    /* +0.0 + share: the portable loop adds the share to a zeroed row */
+    __m256 s = _mm256_add_ps(_mm256_setzero_ps(),
+                             _mm256_div_ps(_mm256_loadu_ps(g + t), div));
+    __m256 lo = _mm256_unpacklo_ps(s, s), hi = _mm256_unpackhi_ps(s, s);
+    __m256 first = _mm256_permute2f128_ps(lo, hi, 0x20);
+    __m256 second = _mm256_permute2f128_ps(lo, hi, 0x31);
+    _mm256_storeu_ps(d0 + 2 * t, first);
+    _mm256_storeu_ps(d0 + 2 * t + 8, second);
+    _mm256_storeu_ps(d1 + 2 * t, first);
+    _mm256_storeu_ps(d1 + 2 * t + 8, second);
+}
+
+/* 2x2, stride-2 average-pool gradient of one output row: columns 2t, 2t+1
+   of input rows d0 and d1 get g[t] / div, for t < n. */
+static inline void fc_avg_grad_k2s2_f32(const float *g, float *d0, float *d1,
+                                        Py_ssize_t n, float div)
+{
+    Py_ssize_t t;
+    __m256 d = _mm256_set1_ps(div);
+    for (t = 0; t + FC_F32_LANES <= n; t += FC_F32_LANES)
+        fc_avg_grad_block_f32(g, d0, d1, t, d);
+    if (t < n)
+        fc_avg_grad_block_f32(g, d0, d1, n - FC_F32_LANES, d);
+}
+
+/* ---- double: 4 windows per block -----------------------------------------
+ * Even/odd splits come out in column order 0 2 1 3. */
+
+typedef struct { __m256d val; __m256i off; } fc_best_f64;
+
+static inline fc_best_f64 fc_combine_f64(fc_best_f64 a, fc_best_f64 b)
+{
+    __m256d take = _mm256_or_pd(_mm256_cmp_pd(b.val, a.val, _CMP_GT_OQ),
+                                _mm256_cmp_pd(b.val, b.val, _CMP_UNORD_Q));
+    fc_best_f64 r;
+    r.val = _mm256_blendv_pd(a.val, b.val, take);
+    r.off = _mm256_castpd_si256(_mm256_blendv_pd(
+        _mm256_castsi256_pd(a.off), _mm256_castsi256_pd(b.off), take));
+    return r;
+}
+
+static inline void fc_taps_f64(const double *s, __m256d *e, __m256d *o, __m256d *e2,
+                               int k)
+{
+    __m256d a = _mm256_loadu_pd(s), b = _mm256_loadu_pd(s + 4);
+    *e = _mm256_unpacklo_pd(a, b);
+    *o = _mm256_unpackhi_pd(a, b);
+    if (k == 3) {
+        /* s[2], s[6] | s[4], s[8]: from s+2 and s+5 */
+        *e2 = _mm256_shuffle_pd(_mm256_loadu_pd(s + 2), _mm256_loadu_pd(s + 5), 0xA);
+    }
+}
+
+static inline void fc_max_block_f64(const double *r0, Py_ssize_t in_w, int k,
+                                    Py_ssize_t t, double *out, int64_t *out_idx,
+                                    int64_t base)
+{
+    fc_best_f64 row_best[3], tap, best;
+    __m256d e, o, e2 = _mm256_setzero_pd();
+    int i;
+    for (i = 0; i < k; i++) {
+        int64_t row_off = (int64_t)i * in_w;
+        fc_taps_f64(r0 + i * in_w + 2 * t, &e, &o, &e2, k);
+        row_best[i].val = e;
+        row_best[i].off = _mm256_set1_epi64x(row_off);
+        tap.val = o;
+        tap.off = _mm256_set1_epi64x(row_off + 1);
+        row_best[i] = fc_combine_f64(row_best[i], tap);
+        if (k == 3) {
+            tap.val = e2;
+            tap.off = _mm256_set1_epi64x(row_off + 2);
+            row_best[i] = fc_combine_f64(row_best[i], tap);
+        }
+    }
+    best = fc_combine_f64(row_best[0], row_best[1]);
+    if (k == 3)
+        best = fc_combine_f64(best, row_best[2]);
+    __m256i idx = _mm256_permute4x64_epi64(best.off, 0xD8);
+    idx = _mm256_add_epi64(idx, _mm256_add_epi64(
+        _mm256_set1_epi64x(base + 2 * (int64_t)t), _mm256_setr_epi64x(0, 2, 4, 6)));
+    _mm256_storeu_pd(out + t, _mm256_permute4x64_pd(best.val, 0xD8));
+    _mm256_storeu_si256((__m256i *)(out_idx + t), idx);
+}
+
+static inline void fc_max_s2_f64(const double *r0, Py_ssize_t in_w, Py_ssize_t k,
+                                 double *out, int64_t *out_idx, Py_ssize_t n,
+                                 int64_t base)
+{
+    Py_ssize_t t;
+    for (t = 0; t + FC_F64_LANES <= n; t += FC_F64_LANES)
+        fc_max_block_f64(r0, in_w, (int)k, t, out, out_idx, base);
+    if (t < n)
+        fc_max_block_f64(r0, in_w, (int)k, n - FC_F64_LANES, out, out_idx, base);
+}
+
+static inline void fc_avg_block_f64(const double *r0, Py_ssize_t in_w, int k,
+                                    Py_ssize_t t, double *out, __m256d div)
+{
+    __m256d sum = _mm256_setzero_pd(), e, o, e2 = _mm256_setzero_pd();
+    int i;
+    for (i = 0; i < k; i++) {
+        fc_taps_f64(r0 + i * in_w + 2 * t, &e, &o, &e2, k);
+        sum = _mm256_add_pd(_mm256_add_pd(sum, e), o);
+        if (k == 3)
+            sum = _mm256_add_pd(sum, e2);
+    }
+    _mm256_storeu_pd(out + t, _mm256_permute4x64_pd(_mm256_div_pd(sum, div), 0xD8));
+}
+
+static inline void fc_avg_s2_f64(const double *r0, Py_ssize_t in_w, Py_ssize_t k,
+                                 double *out, Py_ssize_t n, double div)
+{
+    Py_ssize_t t;
+    __m256d d = _mm256_set1_pd(div);
+    for (t = 0; t + FC_F64_LANES <= n; t += FC_F64_LANES)
+        fc_avg_block_f64(r0, in_w, (int)k, t, out, d);
+    if (t < n)
+        fc_avg_block_f64(r0, in_w, (int)k, n - FC_F64_LANES, out, d);
+}
+
+static inline void fc_avg_grad_block_f64(const double *g, double *d0, double *d1,
+                                         Py_ssize_t t, __m256d div)
+{
+    __m256d s = _mm256_add_pd(_mm256_setzero_pd(),
+                              _mm256_div_pd(_mm256_loadu_pd(g + t), div));
+    __m256d lo = _mm256_unpacklo_pd(s, s), hi = _mm256_unpackhi_pd(s, s);
+    __m256d first = _mm256_permute2f128_pd(lo, hi, 0x20);
+    __m256d second = _mm256_permute2f128_pd(lo, hi, 0x31);
+    _mm256_storeu_pd(d0 + 2 * t, first);
+    _mm256_storeu_pd(d0 + 2 * t + 4, second);
+    _mm256_storeu_pd(d1 + 2 * t, first);
+    _mm256_storeu_pd(d1 + 2 * t + 4, second);
+}
+
+static inline void fc_avg_grad_k2s2_f64(const double *g, double *d0, double *d1,
+                                        Py_ssize_t n, double div)
+{
+    Py_ssize_t t;
+    __m256d d = _mm256_set1_pd(div);
+    for (t = 0; t + FC_F64_LANES <= n; t += FC_F64_LANES)
+        fc_avg_grad_block_f64(g, d0, d1, t, d);
+    if (t < n)
+        fc_avg_grad_block_f64(g, d0, d1, n - FC_F64_LANES, d);
+}
+
+#else  /* no AVX2: the Cython loops run; these are never called */
+
+#define FC_POOL_AVX2 0
+#define fc_max_s2_f32(r0, in_w, k, out, out_idx, n, base) abort()
+#define fc_max_s2_f64(r0, in_w, k, out, out_idx, n, base) abort()
+#define fc_avg_s2_f32(r0, in_w, k, out, n, div) abort()
+#define fc_avg_s2_f64(r0, in_w, k, out, n, div) abort()
+#define fc_avg_grad_k2s2_f32(g, d0, d1, n, div) abort()
+#define fc_avg_grad_k2s2_f64(g, d0, d1, n, div) abort()
+
+#endif
+#endif
