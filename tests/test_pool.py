@@ -697,6 +697,30 @@ def test_max_pool2d_grad_rejects_out_of_range_indices(n_threads, rng, dtype, bad
     np.testing.assert_array_equal(dx, ref.max_pool2d_grad(g, idx, shape))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pos", [(0, 0, 0, 0), (0, 1, 0, 19), (1, 0, 2, 13), (1, 1, 2, 19)])
+def test_max_pool2d_grad_index_outside_its_2x2_block(n_threads, rng, dtype, pos):
+    """2x2/stride-2 indices are written once per 2x2 block (AVX2 kernel);
+    one index elsewhere in the plane -- first block, a row's overlapping
+    last vector, the last row -- must still be routed there (the plane
+    falls back to the scatter), and an out-of-range one still raises."""
+    shape = (2, 2, 7, 41)               # out 3 x 20: whole vectors + a re-run tail
+    x = distinct(rng, shape).astype(dtype)
+    _, idx = fastconv.max_pool2d(x, 2, stride=2)
+    g = randn(rng, idx.shape, dtype)
+    np.testing.assert_array_equal(fastconv.max_pool2d_grad(g, idx, shape),
+                                  ref.max_pool2d_grad(g, idx, shape))
+    for moved in (0, 7 * 41 - 1, idx[pos] + 2, idx[pos] + 41 * 2):
+        odd = idx.copy()
+        odd[pos] = moved % (7 * 41)
+        np.testing.assert_array_equal(fastconv.max_pool2d_grad(g, odd, shape),
+                                      ref.max_pool2d_grad(g, odd, shape))
+    odd = idx.copy()
+    odd[pos] = 7 * 41
+    with pytest.raises(ValueError, match="indices"):
+        fastconv.max_pool2d_grad(g, odd, shape)
+
+
 def test_max_pool2d_grad_all_indices_out_of_range(n_threads, rng):
     """Every index out of range (both signs, in every plane) still only raises."""
     shape = (3, 4, 5, 5)

@@ -1252,6 +1252,10 @@ cdef extern from "_pool_avx2.h" nogil:
                               float div)
     void fc_avg_grad_k2s2_f64(const double* g, double* d0, double* d1, Py_ssize_t n,
                               double div)
+    bint fc_max_grad_k2s2_f32(const float* g, const int64_t* idx, float* d0,
+                              Py_ssize_t in_w, Py_ssize_t n, int64_t base)
+    bint fc_max_grad_k2s2_f64(const double* g, const int64_t* idx, double* d0,
+                              Py_ssize_t in_w, Py_ssize_t n, int64_t base)
 
 
 cdef inline Py_ssize_t _avx2_lanes(size_t itemsize) noexcept nogil:
@@ -1534,6 +1538,34 @@ cdef void _max_pool_elementwise(const floating* xp, floating* yp, int64_t* ip,
                                 ip + (pl * out_h + p) * out_w + q)
 
 
+cdef bint _max_backward_plane_k2s2(const floating* g, const int64_t* idx, floating* dx,
+                                   Py_ssize_t in_h, Py_ssize_t in_w, Py_ssize_t out_h,
+                                   Py_ssize_t out_w) noexcept nogil:
+    """One plane of the max-pool gradient written once, when every index
+    lies in its own 2x2 block (rows 2p, 2p+1, columns 2q, 2q+1), whatever
+    the pooling that made it: such blocks are disjoint, so each element
+    takes at most one contribution and the AVX2 row kernel writes
+    ``+0.0 + g`` or ``+0.0``, as the scatter would.  Returns False (the
+    plane partly written) at the first index outside its block."""
+    cdef Py_ssize_t p
+    cdef floating* d0
+    for p in range(out_h):
+        d0 = dx + 2 * p * in_w
+        if floating is float:
+            if not fc_max_grad_k2s2_f32(g + p * out_w, idx + p * out_w, d0, in_w, out_w,
+                                        2 * p * in_w):
+                return False
+        else:
+            if not fc_max_grad_k2s2_f64(g + p * out_w, idx + p * out_w, d0, in_w, out_w,
+                                        2 * p * in_w):
+                return False
+        if in_w > 2 * out_w:
+            memset(d0 + 2 * out_w, 0, (in_w - 2 * out_w) * sizeof(floating))
+            memset(d0 + in_w + 2 * out_w, 0, (in_w - 2 * out_w) * sizeof(floating))
+    memset(dx + 2 * out_h * in_w, 0, (in_h - 2 * out_h) * in_w * sizeof(floating))
+    return True
+
+
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         const int64_t[:, :, :, ::1] indices,
                         floating[:, :, :, ::1] grad_in, int n_threads):
@@ -1542,22 +1574,32 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     Each plane of ``grad_in`` is one work item: zero-filled here (by the
     thread that then sums into it, while it is in that core's cache), then
     summed in a fixed order; an index outside ``[0, H*W)`` is never written
-    and makes the call raise ``ValueError``.
+    and makes the call raise ``ValueError``.  A plane whose indices all lie
+    in their own 2x2 blocks (2x2, stride-2 pooling) is written once instead
+    (``_max_backward_plane_k2s2``; the same values).
     """
     cdef Py_ssize_t planes = grad_out.shape[0] * grad_out.shape[1]
-    cdef Py_ssize_t out_size = grad_out.shape[2] * grad_out.shape[3]
-    cdef Py_ssize_t in_size = grad_in.shape[2] * grad_in.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t in_h = grad_in.shape[2], in_w = grad_in.shape[3]
+    cdef Py_ssize_t out_size = out_h * out_w
+    cdef Py_ssize_t in_size = in_h * in_w
     if planes == 0 or out_size == 0:
         return
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef const int64_t* ip = &indices[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef bint blocks = (FC_POOL_AVX2 and POOL_FAST_PATHS and 2 * out_h <= in_h
+                        and 2 * out_w <= in_w and out_w >= _avx2_lanes(sizeof(floating)))
     cdef Py_ssize_t pl, l
     cdef int64_t idx
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil:
         for pl in prange(planes, schedule="static", num_threads=n_threads):
+            if blocks and _max_backward_plane_k2s2(gp + pl * out_size, ip + pl * out_size,
+                                                   dxp + pl * in_size, in_h, in_w,
+                                                   out_h, out_w):
+                continue
             memset(dxp + pl * in_size, 0, in_size * sizeof(floating))
             for l in range(out_size):
                 idx = ip[pl * out_size + l]

@@ -178,6 +178,57 @@ static inline void fc_avg_grad_k2s2_f32(const float *g, float *d0, float *d1,
         fc_avg_grad_block_f32(g, d0, d1, n - FC_F32_LANES, d);
 }
 
+/* Max-pool gradient of one output row whose every index lies in its own
+   2x2 block (rows d0, d1 = d0 + in_w, columns 2t, 2t+1; base = flat index
+   of d0[0]): those 2n elements get +0.0 + g[t] at the index and +0.0
+   elsewhere -- what the zero-fill-and-scatter loop makes, since disjoint
+   blocks take at most one contribution each.  Returns 0, having written an
+   unspecified part of the rows, at the first index outside its block. */
+static inline int fc_max_grad_block_f32(const float *g, const int64_t *idx,
+                                        float *d0, float *d1, Py_ssize_t t,
+                                        int64_t base, int64_t in_w)
+{
+    __m256i at = _mm256_add_epi64(_mm256_set1_epi64x(base + 2 * (int64_t)t),
+                                  _mm256_setr_epi64x(0, 2, 4, 6));
+    __m256i rel_a = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i *)(idx + t)), at);
+    __m256i rel_b = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i *)(idx + t + 4)),
+                                     _mm256_add_epi64(at, _mm256_set1_epi64x(8)));
+    /* one mask per tap; the low halves of two 64-bit masks packed into
+       32-bit lanes in column order 0 1 4 5 | 2 3 6 7 */
+#define FC_TAP_MASK(c) _mm256_shuffle_ps(                                     \
+        _mm256_castsi256_ps(_mm256_cmpeq_epi64(rel_a, _mm256_set1_epi64x(c))), \
+        _mm256_castsi256_ps(_mm256_cmpeq_epi64(rel_b, _mm256_set1_epi64x(c))), 0x88)
+    __m256 m00 = FC_TAP_MASK(0), m01 = FC_TAP_MASK(1);
+    __m256 m10 = FC_TAP_MASK(in_w), m11 = FC_TAP_MASK(in_w + 1);
+#undef FC_TAP_MASK
+    __m256 hit = _mm256_or_ps(_mm256_or_ps(m00, m01), _mm256_or_ps(m10, m11));
+    if (_mm256_movemask_ps(hit) != 0xFF)
+        return 0;
+    __m256 gv = _mm256_add_ps(_mm256_setzero_ps(), _mm256_loadu_ps(g + t));
+    gv = fc_column_order_f32(gv);   /* the same permutation, to match the masks */
+    __m256 v00 = _mm256_and_ps(m00, gv), v01 = _mm256_and_ps(m01, gv);
+    __m256 v10 = _mm256_and_ps(m10, gv), v11 = _mm256_and_ps(m11, gv);
+    /* unpacking lanes in the order 0 1 4 5 | 2 3 6 7 interleaves the taps
+       into columns 0..7 (low) and 8..15 (high) */
+    _mm256_storeu_ps(d0 + 2 * t, _mm256_unpacklo_ps(v00, v01));
+    _mm256_storeu_ps(d0 + 2 * t + 8, _mm256_unpackhi_ps(v00, v01));
+    _mm256_storeu_ps(d1 + 2 * t, _mm256_unpacklo_ps(v10, v11));
+    _mm256_storeu_ps(d1 + 2 * t + 8, _mm256_unpackhi_ps(v10, v11));
+    return 1;
+}
+
+static inline int fc_max_grad_k2s2_f32(const float *g, const int64_t *idx, float *d0,
+                                       Py_ssize_t in_w, Py_ssize_t n, int64_t base)
+{
+    Py_ssize_t t;
+    for (t = 0; t + FC_F32_LANES <= n; t += FC_F32_LANES)
+        if (!fc_max_grad_block_f32(g, idx, d0, d0 + in_w, t, base, in_w))
+            return 0;
+    if (t < n)
+        return fc_max_grad_block_f32(g, idx, d0, d0 + in_w, n - FC_F32_LANES, base, in_w);
+    return 1;
+}
+
 /* ---- double: 4 windows per block -----------------------------------------
  * Even/odd splits come out in column order 0 2 1 3. */
 
@@ -298,6 +349,45 @@ static inline void fc_avg_grad_k2s2_f64(const double *g, double *d0, double *d1,
         fc_avg_grad_block_f64(g, d0, d1, n - FC_F64_LANES, d);
 }
 
+static inline int fc_max_grad_block_f64(const double *g, const int64_t *idx,
+                                        double *d0, double *d1, Py_ssize_t t,
+                                        int64_t base, int64_t in_w)
+{
+    /* everything in column order 0 2 1 3, which unpacking interleaves */
+    __m256i at = _mm256_add_epi64(_mm256_set1_epi64x(base + 2 * (int64_t)t),
+                                  _mm256_setr_epi64x(0, 4, 2, 6));
+    __m256i rel = _mm256_sub_epi64(_mm256_permute4x64_epi64(
+        _mm256_loadu_si256((const __m256i *)(idx + t)), 0xD8), at);
+#define FC_TAP_MASK(c) _mm256_castsi256_pd(_mm256_cmpeq_epi64(rel, _mm256_set1_epi64x(c)))
+    __m256d m00 = FC_TAP_MASK(0), m01 = FC_TAP_MASK(1);
+    __m256d m10 = FC_TAP_MASK(in_w), m11 = FC_TAP_MASK(in_w + 1);
+#undef FC_TAP_MASK
+    __m256d hit = _mm256_or_pd(_mm256_or_pd(m00, m01), _mm256_or_pd(m10, m11));
+    if (_mm256_movemask_pd(hit) != 0xF)
+        return 0;
+    __m256d gv = _mm256_permute4x64_pd(
+        _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(g + t)), 0xD8);
+    __m256d v00 = _mm256_and_pd(m00, gv), v01 = _mm256_and_pd(m01, gv);
+    __m256d v10 = _mm256_and_pd(m10, gv), v11 = _mm256_and_pd(m11, gv);
+    _mm256_storeu_pd(d0 + 2 * t, _mm256_unpacklo_pd(v00, v01));
+    _mm256_storeu_pd(d0 + 2 * t + 4, _mm256_unpackhi_pd(v00, v01));
+    _mm256_storeu_pd(d1 + 2 * t, _mm256_unpacklo_pd(v10, v11));
+    _mm256_storeu_pd(d1 + 2 * t + 4, _mm256_unpackhi_pd(v10, v11));
+    return 1;
+}
+
+static inline int fc_max_grad_k2s2_f64(const double *g, const int64_t *idx, double *d0,
+                                       Py_ssize_t in_w, Py_ssize_t n, int64_t base)
+{
+    Py_ssize_t t;
+    for (t = 0; t + FC_F64_LANES <= n; t += FC_F64_LANES)
+        if (!fc_max_grad_block_f64(g, idx, d0, d0 + in_w, t, base, in_w))
+            return 0;
+    if (t < n)
+        return fc_max_grad_block_f64(g, idx, d0, d0 + in_w, n - FC_F64_LANES, base, in_w);
+    return 1;
+}
+
 #else  /* no AVX2: the Cython loops run; these are never called */
 
 #define FC_POOL_AVX2 0
@@ -307,6 +397,8 @@ static inline void fc_avg_grad_k2s2_f64(const double *g, double *d0, double *d1,
 #define fc_avg_s2_f64(r0, in_w, k, out, n, div) abort()
 #define fc_avg_grad_k2s2_f32(g, d0, d1, n, div) abort()
 #define fc_avg_grad_k2s2_f64(g, d0, d1, n, div) abort()
+#define fc_max_grad_k2s2_f32(g, idx, d0, in_w, n, base) (abort(), 0)
+#define fc_max_grad_k2s2_f64(g, idx, d0, in_w, n, base) (abort(), 0)
 
 #endif
 #endif
