@@ -94,4 +94,11 @@ def every_kernel_output(rng, dtype):
         a = fastconv.avg_pool2d(x, k, s, p, ceil_mode=True)
         out += [m, idx, fastconv.max_pool2d_grad(np.sin(m), idx, x.shape), a,
                 fastconv.avg_pool2d_grad(np.sin(a), x.shape, k, s, p, True)]
+    # rows wide enough for the AVX2 stride-2 row kernels (_pool_avx2.h)
+    x = rng.standard_normal((2, 3, 19, 41)).astype(dtype)
+    for k, p in [(2, 0), (3, 0), (3, 1), (2, 1)]:
+        m, idx = fastconv.max_pool2d(x, k, 2, p)
+        a = fastconv.avg_pool2d(x, k, 2, p)
+        out += [m, idx, fastconv.max_pool2d_grad(np.sin(m), idx, x.shape), a,
+                fastconv.avg_pool2d_grad(np.sin(a), x.shape, k, 2, p)]
     return out

@@ -1252,6 +1252,8 @@ cdef extern from "_pool_avx2.h" nogil:
                               float div)
     void fc_avg_grad_k2s2_f64(const double* g, double* d0, double* d1, Py_ssize_t n,
                               double div)
+    void fc_avg_spread_s2_f32(const float* sp, float* h, Py_ssize_t n, Py_ssize_t k)
+    void fc_avg_spread_s2_f64(const double* sp, double* h, Py_ssize_t n, Py_ssize_t k)
     bint fc_max_grad_k2s2_f32(const float* g, const int64_t* idx, float* d0,
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
     bint fc_max_grad_k2s2_f64(const double* g, const int64_t* idx, double* d0,
@@ -1822,6 +1824,9 @@ cdef struct AvgGeometry:
     Span inner          # ... for these columns
     Span taps           # taps that reach the input at all
     bint float_exact    # every divisor is exact in float32 (see _divide_row)
+    bint spread_avx2    # spread rows by the AVX2 kernel (see _avg_spread_row)
+    Py_ssize_t spread_n # ... over this many windows (whole vectors, > out_w)
+    Py_ssize_t ring_w   # row stride of the ring of spread rows (>= in_w)
 
 
 cdef void _avg_spread_row(const floating* grow, floating* hrow, floating* share,
@@ -1835,6 +1840,16 @@ cdef void _avg_spread_row(const floating* grow, floating* hrow, floating* share,
     cdef Window wh = _avg_window(p, geo.k_h, geo.stride_h, geo.pad_h, geo.in_h)
     cdef double row_div = (<double>wh.padded if geo.count_include_pad
                            else <double>(wh.stop - wh.start))
+    if geo.spread_avx2:
+        # stride 2, 2 or 3 taps, no padding, every window inside the row:
+        # AVX2 kernel over share[1:] (share[0] and the lanes past out_w stay
+        # zero), writing the padded ring row in whole vectors
+        _divide_row(grow, share + 1, geo.out_w, row_div, cdiv, geo.float_exact)
+        if floating is float:
+            fc_avg_spread_s2_f32(share, hrow, geo.spread_n, geo.k_w)
+        else:
+            fc_avg_spread_s2_f64(share, hrow, geo.spread_n, geo.k_w)
+        return
     _divide_row(grow, share, geo.out_w, row_div, cdiv, geo.float_exact)
     memset(hrow, 0, geo.in_w * sizeof(floating))
     if geo.pairs:
@@ -1875,22 +1890,29 @@ cdef void _avg_backward_plane(const floating* g, floating* dx, floating* ring,
     cdef Py_ssize_t built = 0           # spread rows [0, built) have been made
     cdef floating* drow
     cdef const floating* hrow
+    cdef const floating* next_row
     for i in range(geo.in_h):
         drow = dx + i * in_w
         p_lo = max(0, _ceil_div(i + geo.pad_h - geo.k_h + 1, geo.stride_h))
         p_hi = min(geo.out_h - 1, _floor_div(i + geo.pad_h, geo.stride_h))
         while built <= p_hi:
-            _avg_spread_row(g + built * geo.out_w, ring + (built % ring_rows) * in_w,
+            _avg_spread_row(g + built * geo.out_w, ring + (built % ring_rows) * geo.ring_w,
                             share, built, geo, cdiv)
             built += 1
         if p_lo > p_hi:
             memset(drow, 0, in_w * sizeof(floating))
             continue
-        hrow = ring + (p_lo % ring_rows) * in_w
+        hrow = ring + (p_lo % ring_rows) * geo.ring_w
+        if p_hi == p_lo + 1:
+            # two windows cover the row (k_h = 3, stride 2): one pass
+            next_row = ring + (p_hi % ring_rows) * geo.ring_w
+            for j in range(in_w):
+                drow[j] = hrow[j] + next_row[j]
+            continue
         for j in range(in_w):
             drow[j] = hrow[j]
         for p in range(p_lo + 1, p_hi + 1):
-            hrow = ring + (p % ring_rows) * in_w
+            hrow = ring + (p % ring_rows) * geo.ring_w
             for j in range(in_w):
                 drow[j] = drow[j] + hrow[j]
 
@@ -1960,6 +1982,12 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                          and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0
                          and 2 * geo.out_h <= geo.in_h and 2 * geo.out_w <= geo.in_w
                          and geo.out_w >= _avx2_lanes(sizeof(floating)))
+    cdef Py_ssize_t lanes = _avx2_lanes(sizeof(floating))
+    geo.spread_avx2 = (FC_POOL_AVX2 and geo.pairs and pad_w == 0
+                       and geo.inner.lo == 0 and geo.inner.hi == geo.out_w)
+    geo.spread_n = (geo.out_w + lanes) // lanes * lanes
+    geo.ring_w = max(geo.in_w, 2 * geo.spread_n) if geo.spread_avx2 else geo.in_w
+    cdef Py_ssize_t share_len = geo.spread_n + 1 if geo.spread_avx2 else geo.out_w
     cdef Py_ssize_t ring_rows = min(_ceil_div(k_h, stride_h), geo.out_h)
     cdef Py_ssize_t in_size = geo.in_h * geo.in_w
     cdef Py_ssize_t out_size = geo.out_h * geo.out_w
@@ -1971,15 +1999,18 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
-        ring = <floating*>_workspace((ring_rows * geo.in_w + geo.out_w) * sizeof(floating))
+        ring = <floating*>_workspace((ring_rows * geo_p.ring_w + share_len) * sizeof(floating))
         if ring == NULL:
             status_p[0] = STATUS_NO_MEMORY
+        else:
+            # (the spread kernel reads zeros around the shares it is given)
+            memset(ring + ring_rows * geo_p.ring_w, 0, share_len * sizeof(floating))
         for pl in prange(planes, schedule="static"):
             if square2:
                 _avg_backward_plane_k2s2(gp + pl * out_size, dxp + pl * in_size, geo_p)
             elif ring != NULL:
                 _avg_backward_plane(gp + pl * out_size, dxp + pl * in_size, ring, ring_rows,
-                                    ring + ring_rows * geo_p.in_w, geo_p, cdiv)
+                                    ring + ring_rows * geo_p.ring_w, geo_p, cdiv)
         free(ring)
     _raise_for_status(status)
 

@@ -229,6 +229,25 @@ static inline int fc_max_grad_k2s2_f32(const float *g, const int64_t *idx, float
     return 1;
 }
 
+/* One output row's average-pool shares spread over its input row, for
+   k = 2 or 3 at stride 2 with no padding: h[2q] = (+0.0 + s[q]) + s[q-1]
+   (k = 3; just +0.0 + s[q] for k = 2) and h[2q+1] = +0.0 + s[q], for
+   q < n (a multiple of the lanes), where s = sp + 1, sp[0] = 0 and s is
+   zero past the row's windows -- the sums, in the same order, that the
+   portable zero-fill, pair and third-tap loops make. */
+static inline void fc_avg_spread_s2_f32(const float *sp, float *h, Py_ssize_t n,
+                                        Py_ssize_t k)
+{
+    Py_ssize_t t;
+    for (t = 0; t < n; t += FC_F32_LANES) {
+        __m256 cur = _mm256_add_ps(_mm256_setzero_ps(), _mm256_loadu_ps(sp + 1 + t));
+        __m256 even = k == 3 ? _mm256_add_ps(cur, _mm256_loadu_ps(sp + t)) : cur;
+        __m256 lo = _mm256_unpacklo_ps(even, cur), hi = _mm256_unpackhi_ps(even, cur);
+        _mm256_storeu_ps(h + 2 * t, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(h + 2 * t + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+}
+
 /* ---- double: 4 windows per block -----------------------------------------
  * Even/odd splits come out in column order 0 2 1 3. */
 
@@ -388,6 +407,19 @@ static inline int fc_max_grad_k2s2_f64(const double *g, const int64_t *idx, doub
     return 1;
 }
 
+static inline void fc_avg_spread_s2_f64(const double *sp, double *h, Py_ssize_t n,
+                                        Py_ssize_t k)
+{
+    Py_ssize_t t;
+    for (t = 0; t < n; t += FC_F64_LANES) {
+        __m256d cur = _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(sp + 1 + t));
+        __m256d even = k == 3 ? _mm256_add_pd(cur, _mm256_loadu_pd(sp + t)) : cur;
+        __m256d lo = _mm256_unpacklo_pd(even, cur), hi = _mm256_unpackhi_pd(even, cur);
+        _mm256_storeu_pd(h + 2 * t, _mm256_permute2f128_pd(lo, hi, 0x20));
+        _mm256_storeu_pd(h + 2 * t + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+    }
+}
+
 #else  /* no AVX2: the Cython loops run; these are never called */
 
 #define FC_POOL_AVX2 0
@@ -397,6 +429,8 @@ static inline int fc_max_grad_k2s2_f64(const double *g, const int64_t *idx, doub
 #define fc_avg_s2_f64(r0, in_w, k, out, n, div) abort()
 #define fc_avg_grad_k2s2_f32(g, d0, d1, n, div) abort()
 #define fc_avg_grad_k2s2_f64(g, d0, d1, n, div) abort()
+#define fc_avg_spread_s2_f32(sp, h, n, k) abort()
+#define fc_avg_spread_s2_f64(sp, h, n, k) abort()
 #define fc_max_grad_k2s2_f32(g, idx, d0, in_w, n, base) (abort(), 0)
 #define fc_max_grad_k2s2_f64(g, idx, d0, in_w, n, base) (abort(), 0)
 
