@@ -1254,6 +1254,10 @@ cdef extern from "_pool_avx2.h" nogil:
                               double div)
     void fc_avg_spread_s2_f32(const float* sp, float* h, Py_ssize_t n, Py_ssize_t k)
     void fc_avg_spread_s2_f64(const double* sp, double* h, Py_ssize_t n, Py_ssize_t k)
+    void fc_avg_grad_k3s2_f32(const float* prev, const float* cur, float* d_even,
+                              float* d_odd, Py_ssize_t in_w)
+    void fc_avg_grad_k3s2_f64(const double* prev, const double* cur, double* d_even,
+                              double* d_odd, Py_ssize_t in_w)
     bint fc_max_grad_k2s2_f32(const float* g, const int64_t* idx, float* d0,
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
     bint fc_max_grad_k2s2_f64(const double* g, const int64_t* idx, double* d0,
@@ -1939,6 +1943,44 @@ cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
     memset(dx + 2 * geo.out_h * in_w, 0, (geo.in_h - 2 * geo.out_h) * in_w * sizeof(floating))
 
 
+cdef void _avg_backward_plane_k3s2(const floating* g, floating* dx, floating* shares,
+                                   const AvgGeometry* geo, const double* cdiv) noexcept nogil:
+    """One plane of a 3x3, stride-2, unpadded average-pooling gradient whose
+    windows all lie inside the input, written once, two input rows per
+    output row by the AVX2 kernel (``_pool_avx2.h``): row 2p is the spread
+    of output rows p-1 and p, row 2p+1 that of row p -- the same sums as
+    ``_avg_backward_plane``.  ``shares`` holds three zeroed rows of
+    in_w // 2 + 2: two alternate as the current and previous share rows
+    (at offset 1), the third stays zero (no window)."""
+    cdef Py_ssize_t p
+    cdef Py_ssize_t in_w = geo.in_w, out_w = geo.out_w, out_h = geo.out_h
+    cdef Py_ssize_t row_len = in_w // 2 + 2
+    cdef floating* zero = shares + 2 * row_len
+    cdef floating* prev = zero
+    cdef floating* cur
+    cdef floating* d_even
+    cdef Window wh
+    for p in range(out_h):
+        cur = shares + (p % 2) * row_len
+        wh = _avg_window(p, geo.k_h, geo.stride_h, geo.pad_h, geo.in_h)
+        _divide_row(g + p * out_w, cur + 1, out_w,
+                    <double>wh.padded if geo.count_include_pad else <double>(wh.stop - wh.start),
+                    cdiv, geo.float_exact)
+        d_even = dx + 2 * p * in_w
+        if floating is float:
+            fc_avg_grad_k3s2_f32(prev, cur, d_even, d_even + in_w, in_w)
+        else:
+            fc_avg_grad_k3s2_f64(prev, cur, d_even, d_even + in_w, in_w)
+        prev = cur
+    # row 2*out_h: the last window's bottom row only
+    d_even = dx + 2 * out_h * in_w
+    if floating is float:
+        fc_avg_grad_k3s2_f32(prev, zero, d_even, NULL, in_w)
+    else:
+        fc_avg_grad_k3s2_f64(prev, zero, d_even, NULL, in_w)
+    memset(d_even + in_w, 0, (geo.in_h - 2 * out_h - 1) * in_w * sizeof(floating))
+
+
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         floating[:, :, :, ::1] grad_in,
                         Py_ssize_t k_h, Py_ssize_t k_w,
@@ -1988,6 +2030,14 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     geo.spread_n = (geo.out_w + lanes) // lanes * lanes
     geo.ring_w = max(geo.in_w, 2 * geo.spread_n) if geo.spread_avx2 else geo.in_w
     cdef Py_ssize_t share_len = geo.spread_n + 1 if geo.spread_avx2 else geo.out_w
+    # 3x3 / stride 2 / no padding, windows inside the input: the write-once
+    # two-row kernel, over three share rows
+    cdef bint square3 = (FC_POOL_AVX2 and POOL_FAST_PATHS and k_h == 3 and k_w == 3
+                         and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0
+                         and 2 * geo.out_h + 1 <= geo.in_h and 2 * geo.out_w + 1 <= geo.in_w
+                         and geo.in_w // 2 >= lanes)
+    if square3:
+        share_len = max(share_len, 3 * (geo.in_w // 2 + 2))
     cdef Py_ssize_t ring_rows = min(_ceil_div(k_h, stride_h), geo.out_h)
     cdef Py_ssize_t in_size = geo.in_h * geo.in_w
     cdef Py_ssize_t out_size = geo.out_h * geo.out_w
@@ -2008,6 +2058,10 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
         for pl in prange(planes, schedule="static"):
             if square2:
                 _avg_backward_plane_k2s2(gp + pl * out_size, dxp + pl * in_size, geo_p)
+            elif square3:
+                if ring != NULL:
+                    _avg_backward_plane_k3s2(gp + pl * out_size, dxp + pl * in_size,
+                                             ring + ring_rows * geo_p.ring_w, geo_p, cdiv)
             elif ring != NULL:
                 _avg_backward_plane(gp + pl * out_size, dxp + pl * in_size, ring, ring_rows,
                                     ring + ring_rows * geo_p.ring_w, geo_p, cdiv)

@@ -248,6 +248,51 @@ static inline void fc_avg_spread_s2_f32(const float *sp, float *h, Py_ssize_t n,
     }
 }
 
+/* 3x3, stride-2 average-pool gradient, written once: with H(s) the spread
+   row of fc_avg_spread_s2 (k = 3) for shares sp, input row 2p is
+   H(prev) + H(cur) and row 2p+1 is H(cur) -- exactly the portable sum of
+   the spread rows of the windows covering each row (H is never -0.0, so a
+   zero share row stands in for a missing window bit for bit).  Writes
+   columns [0, in_w) of d_even and, unless NULL, d_odd; the share rows hold
+   sp[0] = 0, shares at 1..out_w and zeros up to index in_w / 2 + 1, and
+   in_w / 2 >= FC_F32_LANES. */
+static inline void fc_avg_grad_k3s2_block_f32(const float *prev, const float *cur,
+                                              float *d_even, float *d_odd, Py_ssize_t t)
+{
+    __m256 oc = _mm256_add_ps(_mm256_setzero_ps(), _mm256_loadu_ps(cur + 1 + t));
+    __m256 ec = _mm256_add_ps(oc, _mm256_loadu_ps(cur + t));
+    __m256 op = _mm256_add_ps(_mm256_setzero_ps(), _mm256_loadu_ps(prev + 1 + t));
+    __m256 ep = _mm256_add_ps(op, _mm256_loadu_ps(prev + t));
+    __m256 lo, hi;
+    if (d_odd) {
+        lo = _mm256_unpacklo_ps(ec, oc);
+        hi = _mm256_unpackhi_ps(ec, oc);
+        _mm256_storeu_ps(d_odd + 2 * t, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(d_odd + 2 * t + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+    __m256 e = _mm256_add_ps(ep, ec), o = _mm256_add_ps(op, oc);
+    lo = _mm256_unpacklo_ps(e, o);
+    hi = _mm256_unpackhi_ps(e, o);
+    _mm256_storeu_ps(d_even + 2 * t, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(d_even + 2 * t + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+static inline void fc_avg_grad_k3s2_f32(const float *prev, const float *cur,
+                                        float *d_even, float *d_odd, Py_ssize_t in_w)
+{
+    Py_ssize_t t, nq = in_w / 2;
+    for (t = 0; t + FC_F32_LANES <= nq; t += FC_F32_LANES)
+        fc_avg_grad_k3s2_block_f32(prev, cur, d_even, d_odd, t);
+    if (t < nq)
+        fc_avg_grad_k3s2_block_f32(prev, cur, d_even, d_odd, nq - FC_F32_LANES);
+    if (in_w & 1) {             /* last column 2 nq: an even one */
+        float ec = (0.0f + cur[nq + 1]) + cur[nq];
+        if (d_odd)
+            d_odd[2 * nq] = ec;
+        d_even[2 * nq] = ((0.0f + prev[nq + 1]) + prev[nq]) + ec;
+    }
+}
+
 /* ---- double: 4 windows per block -----------------------------------------
  * Even/odd splits come out in column order 0 2 1 3. */
 
@@ -420,6 +465,43 @@ static inline void fc_avg_spread_s2_f64(const double *sp, double *h, Py_ssize_t 
     }
 }
 
+static inline void fc_avg_grad_k3s2_block_f64(const double *prev, const double *cur,
+                                              double *d_even, double *d_odd, Py_ssize_t t)
+{
+    __m256d oc = _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(cur + 1 + t));
+    __m256d ec = _mm256_add_pd(oc, _mm256_loadu_pd(cur + t));
+    __m256d op = _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(prev + 1 + t));
+    __m256d ep = _mm256_add_pd(op, _mm256_loadu_pd(prev + t));
+    __m256d lo, hi;
+    if (d_odd) {
+        lo = _mm256_unpacklo_pd(ec, oc);
+        hi = _mm256_unpackhi_pd(ec, oc);
+        _mm256_storeu_pd(d_odd + 2 * t, _mm256_permute2f128_pd(lo, hi, 0x20));
+        _mm256_storeu_pd(d_odd + 2 * t + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+    }
+    __m256d e = _mm256_add_pd(ep, ec), o = _mm256_add_pd(op, oc);
+    lo = _mm256_unpacklo_pd(e, o);
+    hi = _mm256_unpackhi_pd(e, o);
+    _mm256_storeu_pd(d_even + 2 * t, _mm256_permute2f128_pd(lo, hi, 0x20));
+    _mm256_storeu_pd(d_even + 2 * t + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+}
+
+static inline void fc_avg_grad_k3s2_f64(const double *prev, const double *cur,
+                                        double *d_even, double *d_odd, Py_ssize_t in_w)
+{
+    Py_ssize_t t, nq = in_w / 2;
+    for (t = 0; t + FC_F64_LANES <= nq; t += FC_F64_LANES)
+        fc_avg_grad_k3s2_block_f64(prev, cur, d_even, d_odd, t);
+    if (t < nq)
+        fc_avg_grad_k3s2_block_f64(prev, cur, d_even, d_odd, nq - FC_F64_LANES);
+    if (in_w & 1) {
+        double ec = (0.0 + cur[nq + 1]) + cur[nq];
+        if (d_odd)
+            d_odd[2 * nq] = ec;
+        d_even[2 * nq] = ((0.0 + prev[nq + 1]) + prev[nq]) + ec;
+    }
+}
+
 #else  /* no AVX2: the Cython loops run; these are never called */
 
 #define FC_POOL_AVX2 0
@@ -431,6 +513,8 @@ static inline void fc_avg_spread_s2_f64(const double *sp, double *h, Py_ssize_t 
 #define fc_avg_grad_k2s2_f64(g, d0, d1, n, div) abort()
 #define fc_avg_spread_s2_f32(sp, h, n, k) abort()
 #define fc_avg_spread_s2_f64(sp, h, n, k) abort()
+#define fc_avg_grad_k3s2_f32(prev, cur, d_even, d_odd, in_w) abort()
+#define fc_avg_grad_k3s2_f64(prev, cur, d_even, d_odd, in_w) abort()
 #define fc_max_grad_k2s2_f32(g, idx, d0, in_w, n, base) (abort(), 0)
 #define fc_max_grad_k2s2_f64(g, idx, d0, in_w, n, base) (abort(), 0)
 
