@@ -429,6 +429,37 @@ def test_pools_over_more_than_one_channel_block(dtype, n_threads):
                      ref.avg_pool2d_grad(g, x.shape, *geo, False, layout="NHWC"), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ch", [3, 4, 8, 13, 64])
+def test_2x2_pool_gradients_written_once(dtype, ch, n_threads):
+    """2x2 / stride-2 gradients written pixel block by pixel block (the
+    max gradient by an AVX2 kernel along C where compiled; channel counts
+    below, at and past one vector): equal to the oracle, also when one
+    channel's index leaves its 2x2 block (the image falls back to the
+    scatter) and when one is out of range (ValueError)."""
+    rng = np.random.default_rng(ch)
+    for h, w in [(6, 8), (7, 9)]:
+        x = rng.standard_normal((2, h, w, ch)).astype(dtype)
+        y, idx = fastconv.max_pool2d(x, 2, layout="NHWC")
+        g = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_array_equal(fastconv.max_pool2d_grad(g, idx, x.shape, layout="NHWC"),
+                                      ref.max_pool2d_grad(g, idx, x.shape, layout="NHWC"))
+        for pos in [(0, 0, 0, 0), (1, 2, 3, ch - 1), (1, 1, 1, ch // 2)]:
+            odd = idx.copy()
+            odd[pos] = (odd[pos] + 2) % (h * w)
+            np.testing.assert_array_equal(
+                fastconv.max_pool2d_grad(g, odd, x.shape, layout="NHWC"),
+                ref.max_pool2d_grad(g, odd, x.shape, layout="NHWC"))
+            odd[pos] = h * w
+            with pytest.raises(ValueError, match="indices"):
+                fastconv.max_pool2d_grad(g, odd, x.shape, layout="NHWC")
+        for include in (True, False):
+            np.testing.assert_array_equal(
+                fastconv.avg_pool2d_grad(g, x.shape, 2, count_include_pad=include,
+                                         layout="NHWC"),
+                ref.avg_pool2d_grad(g, x.shape, 2, count_include_pad=include, layout="NHWC"))
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", dilation=2),

@@ -1258,6 +1258,10 @@ cdef extern from "_pool_avx2.h" nogil:
                               float* d_odd, Py_ssize_t in_w)
     void fc_avg_grad_k3s2_f64(const double* prev, const double* cur, double* d_even,
                               double* d_odd, Py_ssize_t in_w)
+    bint fc_max_grad_px_f32(const float* g, const int64_t* idx, float* d00, Py_ssize_t ch,
+                            int64_t f00, Py_ssize_t in_w)
+    bint fc_max_grad_px_f64(const double* g, const int64_t* idx, double* d00, Py_ssize_t ch,
+                            int64_t f00, Py_ssize_t in_w)
     bint fc_max_grad_k2s2_f32(const float* g, const int64_t* idx, float* d0,
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
     bint fc_max_grad_k2s2_f64(const double* g, const int64_t* idx, double* d0,

@@ -964,6 +964,37 @@ def max_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
                             bidx[c] = flat if take else bidx[c]
 
 
+cdef bint _max_backward_image_k2s2_nhwc(const floating* g, const int64_t* idx,
+                                        floating* dx, Py_ssize_t in_h, Py_ssize_t in_w,
+                                        Py_ssize_t out_h, Py_ssize_t out_w,
+                                        Py_ssize_t ch) noexcept nogil:
+    """One image of the NHWC max-pool gradient written once, pixel block by
+    pixel block (AVX2, ``_pool_avx2.h``), when every index lies in its own
+    2x2 block of pixels (see _max_backward_plane_k2s2: disjoint blocks take
+    at most one contribution per element, so each element is ``+0.0 + g``
+    or ``+0.0``, as the scatter makes it).  Returns False (the image partly
+    written) at the first pixel with an index outside its block."""
+    cdef Py_ssize_t p, q, a, l
+    cdef int64_t f00
+    for p in range(out_h):
+        for q in range(out_w):
+            l = p * out_w + q
+            f00 = 2 * p * in_w + 2 * q
+            if floating is float:
+                if not fc_max_grad_px_f32(g + l * ch, idx + l * ch, dx + f00 * ch, ch, f00,
+                                          in_w):
+                    return False
+            else:
+                if not fc_max_grad_px_f64(g + l * ch, idx + l * ch, dx + f00 * ch, ch, f00,
+                                          in_w):
+                    return False
+        for a in range(2):
+            memset(dx + ((2 * p + a) * in_w + 2 * out_w) * ch, 0,
+                   (in_w - 2 * out_w) * ch * sizeof(floating))
+    memset(dx + 2 * out_h * in_w * ch, 0, (in_h - 2 * out_h) * in_w * ch * sizeof(floating))
+    return True
+
+
 def max_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                              const int64_t[:, :, :, ::1] indices,
                              floating[:, :, :, ::1] grad_in, int n_threads):
@@ -972,7 +1003,10 @@ def max_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     Work items are (image, block of channels): each zero-fills its part of
     ``grad_in`` and adds its sensitivities in output order, so every element
     is written by one item in a fixed order.  An index outside ``[0, H*W)``
-    is never written and makes the call raise ``ValueError``.
+    is never written and makes the call raise ``ValueError``.  An image
+    whose indices all lie in their own 2x2 blocks (2x2, stride-2 pooling)
+    is written once instead (``_max_backward_image_k2s2_nhwc``; the same
+    values).
     """
     cdef Py_ssize_t n_img = grad_in.shape[0], ch = grad_in.shape[3]
     cdef Py_ssize_t in_plane = grad_in.shape[1] * grad_in.shape[2]
@@ -982,7 +1016,13 @@ def max_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef const int64_t* ip = &indices[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
-    cdef Py_ssize_t n_blocks = _ceil_div(ch, CHANNEL_BLOCK)
+    cdef Py_ssize_t in_h = grad_in.shape[1], in_w = grad_in.shape[2]
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    # whole images as items while trying the write-once 2x2 path
+    cdef bint blocks = (FC_POOL_AVX2 and POOL_FAST_PATHS and 2 * out_h <= in_h
+                        and 2 * out_w <= in_w and ch >= _avx2_lanes(sizeof(floating)))
+    cdef Py_ssize_t n_blocks = 1 if blocks else _ceil_div(ch, CHANNEL_BLOCK)
+    cdef Py_ssize_t block_ch = ch if blocks else CHANNEL_BLOCK
     cdef Py_ssize_t item, n, c0, cn, pix, l, c
     cdef int64_t k
     cdef const floating* g
@@ -993,8 +1033,12 @@ def max_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     with nogil:
         for item in prange(n_img * n_blocks, schedule="static", num_threads=n_threads):
             n = item // n_blocks
-            c0 = (item % n_blocks) * CHANNEL_BLOCK
-            cn = min(CHANNEL_BLOCK, ch - c0)
+            if blocks and _max_backward_image_k2s2_nhwc(
+                    gp + n * out_plane * ch, ip + n * out_plane * ch,
+                    dxp + n * in_plane * ch, in_h, in_w, out_h, out_w, ch):
+                continue
+            c0 = (item % n_blocks) * block_ch
+            cn = min(block_ch, ch - c0)
             img = dxp + n * in_plane * ch + c0
             if cn == ch:
                 memset(img, 0, in_plane * ch * sizeof(floating))
@@ -1026,6 +1070,21 @@ cdef inline void _divide_by(floating* values, Py_ssize_t n, double div,
             return
     for c in range(n):
         values[c] = <floating>(values[c] / div)
+
+
+cdef inline void _divide_into(const floating* src, floating* dst, Py_ssize_t n, double div,
+                              bint float_exact) noexcept nogil:
+    """``dst[c] = src[c] / div`` rounded once (see _divide_row)."""
+    cdef Py_ssize_t c
+    cdef float fdiv
+    if floating is float:
+        if float_exact:
+            fdiv = <float>div
+            for c in range(n):
+                dst[c] = src[c] / fdiv
+            return
+    for c in range(n):
+        dst[c] = <floating>(src[c] / div)
 
 
 def avg_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
@@ -1076,6 +1135,39 @@ def avg_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
 cdef enum:
     # output rows per work item of the NHWC average-pool backward
     AVG_CHUNK_ROWS = 8
+
+
+cdef void _avg_backward_rows_k2s2_nhwc(const floating* g, floating* dx, floating* share,
+                                       Py_ssize_t p0, Py_ssize_t p1,
+                                       Py_ssize_t in_h, Py_ssize_t in_w,
+                                       Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t ch,
+                                       Py_ssize_t pad_h, Py_ssize_t stride_h,
+                                       bint count_include_pad, const double* cdiv,
+                                       bint float_exact) noexcept nogil:
+    """Output rows [p0, p1) of one image's 2x2, stride-2, unpadded NHWC
+    average-pool gradient, windows inside the input: the input rows 2p and
+    2p+1 (and, for the last rows, the rows no window covers) written once,
+    ``+0.0 + share`` -- the gather's value for a single covering window."""
+    cdef Py_ssize_t p, q, a, b, c
+    cdef Window wh
+    cdef double row_div
+    cdef floating zero = 0
+    cdef floating* dst
+    for p in range(p0, p1):
+        wh = _avg_window(p, 2, stride_h, pad_h, in_h)
+        row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
+        for q in range(out_w):
+            _divide_into(g + (p * out_w + q) * ch, share, ch, row_div * cdiv[q], float_exact)
+            for a in range(2):
+                for b in range(2):
+                    dst = dx + ((2 * p + a) * in_w + 2 * q + b) * ch
+                    for c in range(ch):
+                        dst[c] = zero + share[c]
+        for a in range(2):
+            memset(dx + ((2 * p + a) * in_w + 2 * out_w) * ch, 0,
+                   (in_w - 2 * out_w) * ch * sizeof(floating))
+    if p1 == out_h:
+        memset(dx + 2 * out_h * in_w * ch, 0, (in_h - 2 * out_h) * in_w * ch * sizeof(floating))
 
 
 def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
@@ -1130,6 +1222,12 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef floating* buf = NULL
     cdef floating* dst
     cdef const floating* src
+    cdef floating zero = 0
+    # 2x2 / stride 2 / no padding, windows inside the input: each input
+    # element is in at most one window, so it is written straight away
+    cdef bint square2 = (POOL_FAST_PATHS and k_h == 2 and k_w == 2 and stride_h == 2
+                         and stride_w == 2 and pad_h == 0 and pad_w == 0
+                         and 2 * out_h <= in_h and 2 * out_w <= in_w)
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
@@ -1142,24 +1240,36 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                 ck = item % n_chunks
                 p0 = ck * AVG_CHUNK_ROWS
                 p1 = min(out_h, p0 + AVG_CHUNK_ROWS)
+                if square2:
+                    _avg_backward_rows_k2s2_nhwc(gp + n * out_h * out_w * ch,
+                                                 dxp + n * in_h * in_w * ch, buf, p0, p1,
+                                                 in_h, in_w, out_h, out_w, ch,
+                                                 pad_h, stride_h, count_include_pad,
+                                                 cdiv, float_exact)
+                    continue
                 pb = max(0, p0 - back)          # first share row held in buf
                 for p in range(pb, p1):
                     wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
                     row_div = (<double>wh.padded if count_include_pad
                                else <double>(wh.stop - wh.start))
                     for q in range(out_w):
-                        dst = buf + (p - pb) * row_len + q * ch
-                        src = gp + ((n * out_h + p) * out_w + q) * ch
-                        for c in range(ch):
-                            dst[c] = src[c]
-                        _divide_by(dst, ch, row_div * cdiv[q], float_exact)
+                        _divide_into(gp + ((n * out_h + p) * out_w + q) * ch,
+                                     buf + (p - pb) * row_len + q * ch, ch,
+                                     row_div * cdiv[q], float_exact)
                 for i in range(first_row[ck], first_row[ck + 1]):
                     for j in range(in_w):
                         dst = dxp + ((n * in_h + i) * in_w + j) * ch
+                        if p_lo[i] > p_hi[i] or q_lo[j] > q_hi[j]:
+                            memset(dst, 0, ch * sizeof(floating))
+                            continue
+                        # +0.0 + the first share: the zero-filled sum, in one pass
+                        src = buf + (p_lo[i] - pb) * row_len + q_lo[j] * ch
                         for c in range(ch):
-                            dst[c] = 0
+                            dst[c] = zero + src[c]
                         for p in range(p_lo[i], p_hi[i] + 1):
                             for q in range(q_lo[j], q_hi[j] + 1):
+                                if p == p_lo[i] and q == q_lo[j]:
+                                    continue
                                 src = buf + (p - pb) * row_len + q * ch
                                 for c in range(ch):
                                     dst[c] = dst[c] + src[c]

@@ -293,6 +293,53 @@ static inline void fc_avg_grad_k3s2_f32(const float *prev, const float *cur,
     }
 }
 
+/* Channels-last max-pool gradient of one output pixel whose every channel's
+   index lies in its 2x2 block of pixels (flat f00, f00+1, f00+in_w,
+   f00+in_w+1, rows of channels d00, d01, d10, d11): each of those elements
+   gets +0.0 + g at its channel's index and +0.0 elsewhere (see
+   fc_max_grad_block_f32).  ch >= FC_F32_LANES.  Returns 0, having written
+   an unspecified part of the pixels, when some index lies elsewhere. */
+static inline int fc_max_grad_px_block_f32(const float *g, const int64_t *idx,
+                                           float *d00, float *d01, float *d10,
+                                           float *d11, Py_ssize_t c, int64_t f00,
+                                           int64_t in_w)
+{
+    __m256i rel_a = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i *)(idx + c)),
+                                     _mm256_set1_epi64x(f00));
+    __m256i rel_b = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i *)(idx + c + 4)),
+                                     _mm256_set1_epi64x(f00));
+    /* low halves of two 64-bit masks, back in channel order */
+#define FC_TAP_MASK(t) fc_column_order_f32(_mm256_shuffle_ps(                   \
+        _mm256_castsi256_ps(_mm256_cmpeq_epi64(rel_a, _mm256_set1_epi64x(t))), \
+        _mm256_castsi256_ps(_mm256_cmpeq_epi64(rel_b, _mm256_set1_epi64x(t))), 0x88))
+    __m256 m00 = FC_TAP_MASK(0), m01 = FC_TAP_MASK(1);
+    __m256 m10 = FC_TAP_MASK(in_w), m11 = FC_TAP_MASK(in_w + 1);
+#undef FC_TAP_MASK
+    __m256 hit = _mm256_or_ps(_mm256_or_ps(m00, m01), _mm256_or_ps(m10, m11));
+    if (_mm256_movemask_ps(hit) != 0xFF)
+        return 0;
+    __m256 gv = _mm256_add_ps(_mm256_setzero_ps(), _mm256_loadu_ps(g + c));
+    _mm256_storeu_ps(d00 + c, _mm256_and_ps(m00, gv));
+    _mm256_storeu_ps(d01 + c, _mm256_and_ps(m01, gv));
+    _mm256_storeu_ps(d10 + c, _mm256_and_ps(m10, gv));
+    _mm256_storeu_ps(d11 + c, _mm256_and_ps(m11, gv));
+    return 1;
+}
+
+static inline int fc_max_grad_px_f32(const float *g, const int64_t *idx, float *d00,
+                                     Py_ssize_t ch, int64_t f00, Py_ssize_t in_w)
+{
+    Py_ssize_t c;
+    float *d01 = d00 + ch, *d10 = d00 + in_w * ch, *d11 = d10 + ch;
+    for (c = 0; c + FC_F32_LANES <= ch; c += FC_F32_LANES)
+        if (!fc_max_grad_px_block_f32(g, idx, d00, d01, d10, d11, c, f00, in_w))
+            return 0;
+    if (c < ch)
+        return fc_max_grad_px_block_f32(g, idx, d00, d01, d10, d11, ch - FC_F32_LANES,
+                                        f00, in_w);
+    return 1;
+}
+
 /* ---- double: 4 windows per block -----------------------------------------
  * Even/odd splits come out in column order 0 2 1 3. */
 
@@ -502,6 +549,42 @@ static inline void fc_avg_grad_k3s2_f64(const double *prev, const double *cur,
     }
 }
 
+static inline int fc_max_grad_px_block_f64(const double *g, const int64_t *idx,
+                                           double *d00, double *d01, double *d10,
+                                           double *d11, Py_ssize_t c, int64_t f00,
+                                           int64_t in_w)
+{
+    __m256i rel = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i *)(idx + c)),
+                                   _mm256_set1_epi64x(f00));
+#define FC_TAP_MASK(t) _mm256_castsi256_pd(_mm256_cmpeq_epi64(rel, _mm256_set1_epi64x(t)))
+    __m256d m00 = FC_TAP_MASK(0), m01 = FC_TAP_MASK(1);
+    __m256d m10 = FC_TAP_MASK(in_w), m11 = FC_TAP_MASK(in_w + 1);
+#undef FC_TAP_MASK
+    __m256d hit = _mm256_or_pd(_mm256_or_pd(m00, m01), _mm256_or_pd(m10, m11));
+    if (_mm256_movemask_pd(hit) != 0xF)
+        return 0;
+    __m256d gv = _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(g + c));
+    _mm256_storeu_pd(d00 + c, _mm256_and_pd(m00, gv));
+    _mm256_storeu_pd(d01 + c, _mm256_and_pd(m01, gv));
+    _mm256_storeu_pd(d10 + c, _mm256_and_pd(m10, gv));
+    _mm256_storeu_pd(d11 + c, _mm256_and_pd(m11, gv));
+    return 1;
+}
+
+static inline int fc_max_grad_px_f64(const double *g, const int64_t *idx, double *d00,
+                                     Py_ssize_t ch, int64_t f00, Py_ssize_t in_w)
+{
+    Py_ssize_t c;
+    double *d01 = d00 + ch, *d10 = d00 + in_w * ch, *d11 = d10 + ch;
+    for (c = 0; c + FC_F64_LANES <= ch; c += FC_F64_LANES)
+        if (!fc_max_grad_px_block_f64(g, idx, d00, d01, d10, d11, c, f00, in_w))
+            return 0;
+    if (c < ch)
+        return fc_max_grad_px_block_f64(g, idx, d00, d01, d10, d11, ch - FC_F64_LANES,
+                                        f00, in_w);
+    return 1;
+}
+
 #else  /* no AVX2: the Cython loops run; these are never called */
 
 #define FC_POOL_AVX2 0
@@ -515,6 +598,8 @@ static inline void fc_avg_grad_k3s2_f64(const double *prev, const double *cur,
 #define fc_avg_spread_s2_f64(sp, h, n, k) abort()
 #define fc_avg_grad_k3s2_f32(prev, cur, d_even, d_odd, in_w) abort()
 #define fc_avg_grad_k3s2_f64(prev, cur, d_even, d_odd, in_w) abort()
+#define fc_max_grad_px_f32(g, idx, d00, ch, f00, in_w) (abort(), 0)
+#define fc_max_grad_px_f64(g, idx, d00, ch, f00, in_w) (abort(), 0)
 #define fc_max_grad_k2s2_f32(g, idx, d0, in_w, n, base) (abort(), 0)
 #define fc_max_grad_k2s2_f64(g, idx, d0, in_w, n, base) (abort(), 0)
 
