@@ -1262,6 +1262,22 @@ cdef extern from "_pool_avx2.h" nogil:
                             int64_t f00, Py_ssize_t in_w)
     bint fc_max_grad_px_f64(const double* g, const int64_t* idx, double* d00, Py_ssize_t ch,
                             int64_t f00, Py_ssize_t in_w)
+    void fc_max_px_f32(const float* x, Py_ssize_t in_w, Py_ssize_t ch, Py_ssize_t h0,
+                       Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1, float* out,
+                       int64_t* out_idx)
+    void fc_max_px_f64(const double* x, Py_ssize_t in_w, Py_ssize_t ch, Py_ssize_t h0,
+                       Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1, double* out,
+                       int64_t* out_idx)
+    void fc_avg_px_f32(const float* x, Py_ssize_t in_w, Py_ssize_t ch, Py_ssize_t h0,
+                       Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1, float* out, float div)
+    void fc_avg_px_f64(const double* x, Py_ssize_t in_w, Py_ssize_t ch, Py_ssize_t h0,
+                       Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1, double* out, double div)
+    void fc_avg_gather_px_f32(const float* rows, Py_ssize_t p_base, Py_ssize_t row_len,
+                              Py_ssize_t ch, Py_ssize_t p_lo, Py_ssize_t p_hi,
+                              Py_ssize_t q_lo, Py_ssize_t q_hi, float* dst)
+    void fc_avg_gather_px_f64(const double* rows, Py_ssize_t p_base, Py_ssize_t row_len,
+                              Py_ssize_t ch, Py_ssize_t p_lo, Py_ssize_t p_hi,
+                              Py_ssize_t q_lo, Py_ssize_t q_hi, double* dst)
     bint fc_max_grad_k2s2_f32(const float* g, const int64_t* idx, float* d0,
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
     bint fc_max_grad_k2s2_f64(const double* g, const int64_t* idx, double* d0,

@@ -937,6 +937,10 @@ def max_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
     cdef floating* best
     cdef int64_t* bidx
     cdef const floating* src
+    # a pixel's window in registers, whole AVX2 vectors along C (flat
+    # indices in int32 lanes for float)
+    cdef bint avx2 = (FC_POOL_AVX2 and POOL_FAST_PATHS and ch >= _avx2_lanes(sizeof(floating))
+                      and in_h * in_w < (1 << 31))
     with nogil:
         for row in prange(n_img * out_h, schedule="static", num_threads=n_threads):
             n = row // out_h
@@ -948,6 +952,14 @@ def max_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
                 w1 = min(q * stride_w - pad_w + k_w, in_w)
                 best = yp + (row * out_w + q) * ch
                 bidx = ip + (row * out_w + q) * ch
+                if avx2:
+                    if floating is float:
+                        fc_max_px_f32(xp + n * in_h * in_w * ch, in_w, ch, h0, h1, w0, w1,
+                                      best, bidx)
+                    else:
+                        fc_max_px_f64(xp + n * in_h * in_w * ch, in_w, ch, h0, h1, w0, w1,
+                                      best, bidx)
+                    continue
                 flat = h0 * in_w + w0
                 for c in range(ch):
                     best[c] = -INFINITY
@@ -1112,6 +1124,9 @@ def avg_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
     cdef double row_div, div
     cdef floating* acc
     cdef const floating* src
+    # (float: the division in float32 is exact only for float-exact divisors)
+    cdef bint avx2 = (FC_POOL_AVX2 and POOL_FAST_PATHS and ch >= _avx2_lanes(sizeof(floating))
+                      and (float_exact or floating is double))
     with nogil:
         for row in prange(n_img * out_h, schedule="static", num_threads=n_threads):
             n = row // out_h
@@ -1121,6 +1136,16 @@ def avg_pool2d_forward_nhwc(const floating[:, :, :, ::1] x,
             for q in range(out_w):
                 ww = _avg_window(q, k_w, stride_w, pad_w, in_w)
                 acc = yp + (row * out_w + q) * ch
+                if avx2:
+                    # a pixel's window summed in registers, whole AVX2
+                    # vectors along C
+                    if floating is float:
+                        fc_avg_px_f32(xp + n * in_h * in_w * ch, in_w, ch, wh.start, wh.stop,
+                                      ww.start, ww.stop, acc, <float>(row_div * cdiv[q]))
+                    else:
+                        fc_avg_px_f64(xp + n * in_h * in_w * ch, in_w, ch, wh.start, wh.stop,
+                                      ww.start, ww.stop, acc, row_div * cdiv[q])
+                    continue
                 for c in range(ch):
                     acc[c] = 0
                 for i in range(wh.start, wh.stop):
@@ -1225,6 +1250,7 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef floating zero = 0
     # 2x2 / stride 2 / no padding, windows inside the input: each input
     # element is in at most one window, so it is written straight away
+    cdef bint avx2 = FC_POOL_AVX2 and POOL_FAST_PATHS and ch >= _avx2_lanes(sizeof(floating))
     cdef bint square2 = (POOL_FAST_PATHS and k_h == 2 and k_w == 2 and stride_h == 2
                          and stride_w == 2 and pad_h == 0 and pad_w == 0
                          and 2 * out_h <= in_h and 2 * out_w <= in_w)
@@ -1261,6 +1287,15 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                         dst = dxp + ((n * in_h + i) * in_w + j) * ch
                         if p_lo[i] > p_hi[i] or q_lo[j] > q_hi[j]:
                             memset(dst, 0, ch * sizeof(floating))
+                            continue
+                        if avx2:
+                            # the same sums in registers, whole vectors along C
+                            if floating is float:
+                                fc_avg_gather_px_f32(buf, pb, row_len, ch, p_lo[i], p_hi[i],
+                                                     q_lo[j], q_hi[j], dst)
+                            else:
+                                fc_avg_gather_px_f64(buf, pb, row_len, ch, p_lo[i], p_hi[i],
+                                                     q_lo[j], q_hi[j], dst)
                             continue
                         # +0.0 + the first share: the zero-filled sum, in one pass
                         src = buf + (p_lo[i] - pb) * row_len + q_lo[j] * ch

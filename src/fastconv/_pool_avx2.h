@@ -340,6 +340,107 @@ static inline int fc_max_grad_px_f32(const float *g, const int64_t *idx, float *
     return 1;
 }
 
+/* Channels-last window of one output pixel: rows [h0, h1), columns
+   [w0, w1) of an image x (in_w pixels of ch channels per row), taps in
+   row-major order with the running maximum and its flat index h*in_w + w
+   kept in registers, 8 channels at a time (the last block re-run to end at
+   ch; ch >= FC_F32_LANES).  Starting from the first tap is the same as
+   PyTorch's start from -inf at the first element.  Flat indices < 2**31. */
+static inline void fc_max_px_block_f32(const float *x, Py_ssize_t in_w, Py_ssize_t ch,
+                                       Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
+                                       Py_ssize_t w1, Py_ssize_t c, float *out,
+                                       int64_t *out_idx)
+{
+    Py_ssize_t i, j;
+    __m256 best = _mm256_loadu_ps(x + (h0 * in_w + w0) * ch + c);
+    __m256i at = _mm256_set1_epi32((int32_t)(h0 * in_w + w0));
+    for (i = h0; i < h1; i++) {
+        for (j = (i == h0 ? w0 + 1 : w0); j < w1; j++) {
+            __m256 v = _mm256_loadu_ps(x + (i * in_w + j) * ch + c);
+            __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
+                                       _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            best = _mm256_blendv_ps(best, v, take);
+            at = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(at),
+                _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)(i * in_w + j))), take));
+        }
+    }
+    _mm256_storeu_ps(out + c, best);
+    _mm256_storeu_si256((__m256i *)(out_idx + c),
+                        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(at)));
+    _mm256_storeu_si256((__m256i *)(out_idx + c + 4),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1)));
+}
+
+static inline void fc_max_px_f32(const float *x, Py_ssize_t in_w, Py_ssize_t ch,
+                                 Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1,
+                                 float *out, int64_t *out_idx)
+{
+    Py_ssize_t c;
+    for (c = 0; c + FC_F32_LANES <= ch; c += FC_F32_LANES)
+        fc_max_px_block_f32(x, in_w, ch, h0, h1, w0, w1, c, out, out_idx);
+    if (c < ch)
+        fc_max_px_block_f32(x, in_w, ch, h0, h1, w0, w1, ch - FC_F32_LANES, out, out_idx);
+}
+
+/* Channels-last window sum of one output pixel (taps in row-major order,
+   from +0.0) divided by div, 8 channels at a time; ch >= FC_F32_LANES. */
+static inline void fc_avg_px_block_f32(const float *x, Py_ssize_t in_w, Py_ssize_t ch,
+                                       Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
+                                       Py_ssize_t w1, Py_ssize_t c, float *out, __m256 div)
+{
+    Py_ssize_t i, j;
+    __m256 sum = _mm256_setzero_ps();
+    for (i = h0; i < h1; i++)
+        for (j = w0; j < w1; j++)
+            sum = _mm256_add_ps(sum, _mm256_loadu_ps(x + (i * in_w + j) * ch + c));
+    _mm256_storeu_ps(out + c, _mm256_div_ps(sum, div));
+}
+
+static inline void fc_avg_px_f32(const float *x, Py_ssize_t in_w, Py_ssize_t ch,
+                                 Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1,
+                                 float *out, float div)
+{
+    Py_ssize_t c;
+    __m256 d = _mm256_set1_ps(div);
+    for (c = 0; c + FC_F32_LANES <= ch; c += FC_F32_LANES)
+        fc_avg_px_block_f32(x, in_w, ch, h0, h1, w0, w1, c, out, d);
+    if (c < ch)
+        fc_avg_px_block_f32(x, in_w, ch, h0, h1, w0, w1, ch - FC_F32_LANES, out, d);
+}
+
+/* Channels-last average-pool gradient of one input pixel as a gather: the
+   shares of output pixels (p, q), p in [p_lo, p_hi], q in [q_lo, q_hi],
+   added in that order to +0.0 in registers and stored once.  Share row p
+   starts at rows + (p - p_base) * row_len; the range is not empty;
+   ch >= FC_F32_LANES. */
+static inline void fc_avg_gather_px_block_f32(const float *rows, Py_ssize_t p_base,
+                                              Py_ssize_t row_len, Py_ssize_t ch,
+                                              Py_ssize_t p_lo, Py_ssize_t p_hi,
+                                              Py_ssize_t q_lo, Py_ssize_t q_hi,
+                                              Py_ssize_t c, float *dst)
+{
+    Py_ssize_t p, q;
+    __m256 sum = _mm256_setzero_ps();
+    for (p = p_lo; p <= p_hi; p++)
+        for (q = q_lo; q <= q_hi; q++)
+            sum = _mm256_add_ps(sum, _mm256_loadu_ps(rows + (p - p_base) * row_len + q * ch + c));
+    _mm256_storeu_ps(dst + c, sum);
+}
+
+static inline void fc_avg_gather_px_f32(const float *rows, Py_ssize_t p_base,
+                                        Py_ssize_t row_len, Py_ssize_t ch,
+                                        Py_ssize_t p_lo, Py_ssize_t p_hi,
+                                        Py_ssize_t q_lo, Py_ssize_t q_hi, float *dst)
+{
+    Py_ssize_t c;
+    for (c = 0; c + FC_F32_LANES <= ch; c += FC_F32_LANES)
+        fc_avg_gather_px_block_f32(rows, p_base, row_len, ch, p_lo, p_hi, q_lo, q_hi, c, dst);
+    if (c < ch)
+        fc_avg_gather_px_block_f32(rows, p_base, row_len, ch, p_lo, p_hi, q_lo, q_hi,
+                                   ch - FC_F32_LANES, dst);
+}
+
 /* ---- double: 4 windows per block -----------------------------------------
  * Even/odd splits come out in column order 0 2 1 3. */
 
@@ -585,6 +686,91 @@ static inline int fc_max_grad_px_f64(const double *g, const int64_t *idx, double
     return 1;
 }
 
+static inline void fc_max_px_block_f64(const double *x, Py_ssize_t in_w, Py_ssize_t ch,
+                                       Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
+                                       Py_ssize_t w1, Py_ssize_t c, double *out,
+                                       int64_t *out_idx)
+{
+    Py_ssize_t i, j;
+    __m256d best = _mm256_loadu_pd(x + (h0 * in_w + w0) * ch + c);
+    __m256i at = _mm256_set1_epi64x((int64_t)(h0 * in_w + w0));
+    for (i = h0; i < h1; i++) {
+        for (j = (i == h0 ? w0 + 1 : w0); j < w1; j++) {
+            __m256d v = _mm256_loadu_pd(x + (i * in_w + j) * ch + c);
+            __m256d take = _mm256_or_pd(_mm256_cmp_pd(v, best, _CMP_GT_OQ),
+                                        _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+            best = _mm256_blendv_pd(best, v, take);
+            at = _mm256_castpd_si256(_mm256_blendv_pd(
+                _mm256_castsi256_pd(at),
+                _mm256_castsi256_pd(_mm256_set1_epi64x((int64_t)(i * in_w + j))), take));
+        }
+    }
+    _mm256_storeu_pd(out + c, best);
+    _mm256_storeu_si256((__m256i *)(out_idx + c), at);
+}
+
+static inline void fc_max_px_f64(const double *x, Py_ssize_t in_w, Py_ssize_t ch,
+                                 Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1,
+                                 double *out, int64_t *out_idx)
+{
+    Py_ssize_t c;
+    for (c = 0; c + FC_F64_LANES <= ch; c += FC_F64_LANES)
+        fc_max_px_block_f64(x, in_w, ch, h0, h1, w0, w1, c, out, out_idx);
+    if (c < ch)
+        fc_max_px_block_f64(x, in_w, ch, h0, h1, w0, w1, ch - FC_F64_LANES, out, out_idx);
+}
+
+static inline void fc_avg_px_block_f64(const double *x, Py_ssize_t in_w, Py_ssize_t ch,
+                                       Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
+                                       Py_ssize_t w1, Py_ssize_t c, double *out, __m256d div)
+{
+    Py_ssize_t i, j;
+    __m256d sum = _mm256_setzero_pd();
+    for (i = h0; i < h1; i++)
+        for (j = w0; j < w1; j++)
+            sum = _mm256_add_pd(sum, _mm256_loadu_pd(x + (i * in_w + j) * ch + c));
+    _mm256_storeu_pd(out + c, _mm256_div_pd(sum, div));
+}
+
+static inline void fc_avg_px_f64(const double *x, Py_ssize_t in_w, Py_ssize_t ch,
+                                 Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1,
+                                 double *out, double div)
+{
+    Py_ssize_t c;
+    __m256d d = _mm256_set1_pd(div);
+    for (c = 0; c + FC_F64_LANES <= ch; c += FC_F64_LANES)
+        fc_avg_px_block_f64(x, in_w, ch, h0, h1, w0, w1, c, out, d);
+    if (c < ch)
+        fc_avg_px_block_f64(x, in_w, ch, h0, h1, w0, w1, ch - FC_F64_LANES, out, d);
+}
+
+static inline void fc_avg_gather_px_block_f64(const double *rows, Py_ssize_t p_base,
+                                              Py_ssize_t row_len, Py_ssize_t ch,
+                                              Py_ssize_t p_lo, Py_ssize_t p_hi,
+                                              Py_ssize_t q_lo, Py_ssize_t q_hi,
+                                              Py_ssize_t c, double *dst)
+{
+    Py_ssize_t p, q;
+    __m256d sum = _mm256_setzero_pd();
+    for (p = p_lo; p <= p_hi; p++)
+        for (q = q_lo; q <= q_hi; q++)
+            sum = _mm256_add_pd(sum, _mm256_loadu_pd(rows + (p - p_base) * row_len + q * ch + c));
+    _mm256_storeu_pd(dst + c, sum);
+}
+
+static inline void fc_avg_gather_px_f64(const double *rows, Py_ssize_t p_base,
+                                        Py_ssize_t row_len, Py_ssize_t ch,
+                                        Py_ssize_t p_lo, Py_ssize_t p_hi,
+                                        Py_ssize_t q_lo, Py_ssize_t q_hi, double *dst)
+{
+    Py_ssize_t c;
+    for (c = 0; c + FC_F64_LANES <= ch; c += FC_F64_LANES)
+        fc_avg_gather_px_block_f64(rows, p_base, row_len, ch, p_lo, p_hi, q_lo, q_hi, c, dst);
+    if (c < ch)
+        fc_avg_gather_px_block_f64(rows, p_base, row_len, ch, p_lo, p_hi, q_lo, q_hi,
+                                   ch - FC_F64_LANES, dst);
+}
+
 #else  /* no AVX2: the Cython loops run; these are never called */
 
 #define FC_POOL_AVX2 0
@@ -600,6 +786,12 @@ static inline int fc_max_grad_px_f64(const double *g, const int64_t *idx, double
 #define fc_avg_grad_k3s2_f64(prev, cur, d_even, d_odd, in_w) abort()
 #define fc_max_grad_px_f32(g, idx, d00, ch, f00, in_w) (abort(), 0)
 #define fc_max_grad_px_f64(g, idx, d00, ch, f00, in_w) (abort(), 0)
+#define fc_max_px_f32(x, in_w, ch, h0, h1, w0, w1, out, out_idx) abort()
+#define fc_max_px_f64(x, in_w, ch, h0, h1, w0, w1, out, out_idx) abort()
+#define fc_avg_px_f32(x, in_w, ch, h0, h1, w0, w1, out, div) abort()
+#define fc_avg_px_f64(x, in_w, ch, h0, h1, w0, w1, out, div) abort()
+#define fc_avg_gather_px_f32(rows, p_base, row_len, ch, p_lo, p_hi, q_lo, q_hi, dst) abort()
+#define fc_avg_gather_px_f64(rows, p_base, row_len, ch, p_lo, p_hi, q_lo, q_hi, dst) abort()
 #define fc_max_grad_k2s2_f32(g, idx, d0, in_w, n, base) (abort(), 0)
 #define fc_max_grad_k2s2_f64(g, idx, d0, in_w, n, base) (abort(), 0)
 
