@@ -1,30 +1,45 @@
 /*
- * AVX2 row kernels for the commonest pooling windows: k x k with k = 2 or 3,
- * stride 2 along the row.  Used by the pooling kernels in _kernels.pyx when
+ * AVX2 kernels for pooling, used by _kernels.pyx (and _kernels_nhwc.pxi) when
  * that module is compiled with -mavx2 (fastconv._kernels_avx2); the baseline
- * build sees FC_POOL_AVX2 == 0 and keeps its portable Cython loops.
+ * build sees FC_POOL_AVX2 == 0 and keeps its portable Cython loops, which
+ * remain the reference these kernels are tested against bit for bit.
+ *
+ * Contents, each in float (8 lanes) and double (4 lanes):
+ * - NCHW rows of k x k windows, k = 2 or 3, stride 2 along the row: max and
+ *   average forward (fc_max_s2, fc_avg_s2), the 2x2 and 3x3 average
+ *   gradient written once (fc_avg_grad_k2s2, fc_avg_grad_k3s2, and the
+ *   spread row fc_avg_spread_s2), and the 2x2 max gradient written once
+ *   when every index lies in its own 2x2 block (fc_max_grad_k2s2).
+ * - NHWC pixels, vectors along the channels: a window's max or sum kept in
+ *   registers (fc_max_px, fc_avg_px), the average gradient's gather
+ *   (fc_avg_gather_px) and the 2x2 max gradient written once (fc_max_grad_px).
  *
  * Why C intrinsics here and nowhere else: a stride-2 row with a third tap
  * (x[2t], x[2t+1], x[2t+2]) leaves GCC a scalar, branchy remainder on every
  * row ("peeling for gaps"), and a 56-wide row has only a few vectors, so
- * that remainder costs as much as the vector loop.  Here a row is split into
- * even and odd columns with two shuffles per pair of loads, and the last
- * block of a row is re-run ending at the row's end (its outputs are written
- * twice with the same values), so there is no scalar remainder at all.
+ * that remainder costs as much as the vector loop; and GCC keeps neither a
+ * running NHWC maximum nor its int64 index in registers across taps.  Here
+ * a row is split into even and odd columns with two shuffles per pair of
+ * loads, and the last block of a row (or of a pixel's channels) is re-run
+ * to end at the row's end -- its outputs are written twice with the same
+ * values -- so there is no scalar remainder at all.
  *
  * Every result is bit-for-bit the portable loops' result:
  * - max: the winner is "the last NaN if any, else the first maximum in
  *   row-major window order", exactly what the portable tap-by-tap fold
- *   keeps.  That rule is associative, so windows are reduced as a tree
+ *   keeps.  That rule is associative, so NCHW windows are reduced as a tree
  *   (taps of a row, then rows) with shorter dependency chains.
  * - average: the taps are summed one by one in row-major window order,
  *   starting from +0.0, and the sum is divided once, as the portable loop
  *   does (floating-point addition is not associative, so no tree here).
+ * - written-once gradients: +0.0 + value, which is what adding a value to a
+ *   zero-filled element gives.
  *
- * Preconditions (the caller checks them): n >= FC_F32_LANES (float) or
- * FC_F64_LANES (double) windows; every window [2t, 2t + k) of the k rows
- * r0, r0 + in_w, r0 + 2 in_w lies inside the input, and the kernels read
- * nothing outside those windows; the flat indices of a float row fit int32.
+ * Preconditions of the NCHW row kernels (the caller checks them):
+ * n >= FC_F32_LANES (float) or FC_F64_LANES (double) windows; every window
+ * [2t, 2t + k) of the k rows r0, r0 + in_w, r0 + 2 in_w lies inside the
+ * input, and the kernels read nothing outside those windows; the flat
+ * indices of a float row fit int32.  The NHWC kernels need ch >= the lanes.
  */
 #ifndef FASTCONV_POOL_AVX2_H
 #define FASTCONV_POOL_AVX2_H
