@@ -560,6 +560,19 @@ def test_bench_markdown_table_lists_fwd_bwd_rows():
     assert lines[3].endswith("| 5.00x | - |")
 
 
+def test_bench_pool_bytes_counts_the_unavoidable_traffic():
+    """The bandwidth lines of the bench: x read and dx written, y written and
+    read back, plus the int64 indices both ways for a max pool."""
+    from fastconv import _bench
+
+    max2 = _bench.PoolCase("m", "max", 8, 64, 56, 2, 2)
+    avg3 = _bench.PoolCase("a", "avg", 8, 64, 56, 3, 2)
+    n_in = 8 * 64 * 56 * 56
+    assert _bench.pool_bytes(max2, "float64") == 2 * n_in * 8 + 8 * 64 * 28 * 28 * (16 + 16)
+    assert _bench.pool_bytes(avg3, "float32") == 2 * n_in * 4 + 8 * 64 * 27 * 27 * 8
+    assert _bench.copy_gbs(1 << 20, 2, repeat=1) > 0
+
+
 def test_type_stubs_cover_the_public_api():
     """``__init__.pyi`` (shipped with py.typed) declares every public name."""
     from pathlib import Path

@@ -424,6 +424,8 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
                              **{f"{k}_s": v for k, v in t.items()}))
             out(_row(case.name, dtype, "fwd+bwd", t, None))
     _summary(rows, out)
+    if pool_cases:
+        _pool_traffic(rows, pool_cases, threads, repeat, out)
     if any(c.name == "big" for c in conv_cases):
         for dtype in dtypes:
             gemm = square_gemm_gflops(dtype, repeat)
@@ -434,6 +436,50 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
                     f"{100 * big[0]['gflops'] / gemm:.0f}% of a 2048^3 GEMM through the "
                     f"same BLAS ({gemm:.1f} GFLOP/s, NumPy matmul, same run)")
     return rows
+
+
+def pool_bytes(case, dtype):
+    """Fewest bytes a pooling fwd+bwd can move: read x, write y (and the int64
+    indices), read grad_out (and the indices), write dx."""
+    size = np.dtype(dtype).itemsize
+    n_in = case.n * case.c * case.hw * case.hw
+    out_hw = (case.hw - case.k) // case.stride + 1
+    n_out = case.n * case.c * out_hw * out_hw
+    per_out = 2 * size + (16 if case.kind == "max" else 0)
+    return 2 * n_in * size + n_out * per_out
+
+
+def copy_gbs(nbytes, threads, repeat=5):
+    """GB/s (bytes read + written) of `threads` Python threads each copying
+    its share of an `nbytes` array with NumPy (which drops the GIL): a
+    same-run measure of the memory bandwidth the pools compete for."""
+    from concurrent.futures import ThreadPoolExecutor
+    src = np.ones(nbytes // 8)
+    dst = np.empty_like(src)
+    parts = np.array_split(np.arange(src.size), threads)
+    spans = [(int(p[0]), int(p[-1]) + 1) for p in parts if p.size]
+    with ThreadPoolExecutor(threads) as pool:
+        def run():
+            list(pool.map(lambda s: np.copyto(dst[s[0]:s[1]], src[s[0]:s[1]]), spans))
+        return 2 * src.nbytes / best_time(run, repeat) / 1e9
+
+
+def _pool_traffic(rows, pool_cases, threads, repeat, out):
+    out("pool fwd+bwd memory traffic (fewest bytes each must move / time):")
+    largest = 0
+    for r in rows:
+        case = next((c for c in pool_cases if c.name == r["case"]), None)
+        if case is None:
+            continue
+        nbytes = pool_bytes(case, r["dtype"])
+        largest = max(largest, nbytes)
+        line = (f"  {case.name:<10}{r['dtype']:<9}{nbytes / 1e6:6.1f} MB  fastconv "
+                f"{nbytes / r['fastconv_s'] / 1e9:5.1f} GB/s")
+        if "torch_s" in r:
+            line += f"  torch {nbytes / r['torch_s'] / 1e9:5.1f} GB/s"
+        out(line)
+    out(f"  NumPy copy of {largest / 2e6:.1f} MB in {threads} threads (same run): "
+        f"{copy_gbs(largest // 2, threads, repeat):.1f} GB/s read + write")
 
 
 def markdown_table(rows):
