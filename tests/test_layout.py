@@ -460,6 +460,27 @@ def test_2x2_pool_gradients_written_once(dtype, ch, n_threads):
                 ref.avg_pool2d_grad(g, x.shape, 2, count_include_pad=include, layout="NHWC"))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ch", [1, 4, 13])
+def test_3x3_stride2_avg_gradient_is_the_nchw_one(dtype, ch, n_threads):
+    """3x3 / stride-2 / unpadded average gradients are separable in both
+    layouts with the same sums: NHWC equals NCHW bit for bit, over one and
+    several chunks of output rows, and is close to the oracle."""
+    rng = np.random.default_rng(ch)
+    for h, w in [(7, 9), (8, 8), (21, 10), (40, 7)]:
+        shape = (2, h, w, ch)
+        out = ((h - 3) // 2 + 1, (w - 3) // 2 + 1)
+        g = rng.standard_normal((2, out[0], out[1], ch)).astype(dtype)
+        for include in (True, False):
+            dx = fastconv.avg_pool2d_grad(g, shape, 3, 2, count_include_pad=include,
+                                          layout="NHWC")
+            dx_nchw = fastconv.avg_pool2d_grad(nchw(g), (2, ch, h, w), 3, 2,
+                                               count_include_pad=include)
+            np.testing.assert_array_equal(dx, dx_nchw.transpose(0, 2, 3, 1))
+            assert_close(dx, ref.avg_pool2d_grad(g, shape, 3, 2, count_include_pad=include,
+                                                 layout="NHWC"), dtype)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", dilation=2),

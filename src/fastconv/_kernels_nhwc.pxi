@@ -1195,6 +1195,82 @@ cdef void _avg_backward_rows_k2s2_nhwc(const floating* g, floating* dx, floating
         memset(dx + 2 * out_h * in_w * ch, 0, (in_h - 2 * out_h) * in_w * ch * sizeof(floating))
 
 
+cdef void _avg_spread_row_k3s2_nhwc(const floating* share, floating* h, Py_ssize_t in_w,
+                                    Py_ssize_t out_w, Py_ssize_t ch) noexcept nogil:
+    """One output row's NHWC spread row for 3-wide, stride-2, unpadded
+    windows inside the row: pixel 2q gets (+0.0 + s[q]) + s[q-1], pixel
+    2q+1 gets +0.0 + s[q] (``share`` holds s[-1] = 0, s[0..out_w-1] and
+    s[out_w] = 0 pixels of ch channels) -- the NCHW spread row's sums."""
+    cdef Py_ssize_t q, c, j
+    cdef floating zero = 0
+    cdef const floating* cur
+    cdef const floating* prev
+    cdef floating* d
+    for q in range(out_w + 1):
+        cur = share + (q + 1) * ch
+        prev = share + q * ch
+        j = 2 * q
+        if j < in_w:
+            d = h + j * ch
+            for c in range(ch):
+                d[c] = (zero + cur[c]) + prev[c]
+        if j + 1 < in_w:
+            d = h + (j + 1) * ch
+            for c in range(ch):
+                d[c] = zero + cur[c]
+    if 2 * out_w + 2 < in_w:
+        memset(h + (2 * out_w + 2) * ch, 0, (in_w - 2 * out_w - 2) * ch * sizeof(floating))
+
+
+cdef void _avg_backward_rows_k3s2_nhwc(const floating* g, floating* dx, floating* share,
+                                       floating* h_prev, Py_ssize_t p0, Py_ssize_t p1,
+                                       Py_ssize_t in_h, Py_ssize_t in_w,
+                                       Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t ch,
+                                       bint count_include_pad, const double* cdiv,
+                                       bint float_exact) noexcept nogil:
+    """Output rows [p0, p1) of one image's 3x3, stride-2, unpadded NHWC
+    average-pool gradient, windows inside the input, separable as in NCHW
+    (_avg_backward_plane_k3s2, the same sums and bits): input row 2p+1 is
+    output row p's spread row H_p, written in place, and row 2p is
+    H_{p-1} + H_p, H_{p-1} being row 2p-1 (or, at the chunk's start,
+    recomputed into ``h_prev``).  The last chunk also writes row 2*out_h
+    (H of the last row) and zeros below.  ``share`` holds out_w + 2 pixels
+    whose first and last stay zero."""
+    cdef Py_ssize_t p, q, j
+    cdef Py_ssize_t row = in_w * ch
+    cdef Window wh
+    cdef double row_div
+    cdef floating zero = 0
+    cdef const floating* prev
+    cdef floating* even
+    cdef floating* odd
+    for p in range(max(p0 - 1, 0), p1):
+        wh = _avg_window(p, 3, 2, 0, in_h)
+        row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
+        for q in range(out_w):
+            _divide_into(g + (p * out_w + q) * ch, share + (q + 1) * ch, ch,
+                         row_div * cdiv[q], float_exact)
+        if p < p0:
+            _avg_spread_row_k3s2_nhwc(share, h_prev, in_w, out_w, ch)
+            continue
+        odd = dx + (2 * p + 1) * row
+        even = dx + 2 * p * row
+        _avg_spread_row_k3s2_nhwc(share, odd, in_w, out_w, ch)
+        if p == 0:
+            for j in range(row):
+                even[j] = odd[j]
+        else:
+            prev = h_prev if p == p0 else even - row
+            for j in range(row):
+                even[j] = prev[j] + odd[j]
+    if p1 == out_h:
+        even = dx + 2 * out_h * row
+        prev = even - row
+        for j in range(row):
+            even[j] = prev[j]
+        memset(even + row, 0, (in_h - 2 * out_h - 1) * row * sizeof(floating))
+
+
 def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                              floating[:, :, :, ::1] grad_in,
                              Py_ssize_t k_h, Py_ssize_t k_w,
@@ -1254,10 +1330,17 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef bint square2 = (POOL_FAST_PATHS and k_h == 2 and k_w == 2 and stride_h == 2
                          and stride_w == 2 and pad_h == 0 and pad_w == 0
                          and 2 * out_h <= in_h and 2 * out_w <= in_w)
+    # 3x3 / stride 2 / no padding, windows inside the input: separable rows
+    cdef bint square3 = (POOL_FAST_PATHS and k_h == 3 and k_w == 3 and stride_h == 2
+                         and stride_w == 2 and pad_h == 0 and pad_w == 0
+                         and 2 * out_h + 1 <= in_h and 2 * out_w + 1 <= in_w)
+    cdef Py_ssize_t buf_len = buf_rows * row_len
+    if square3:
+        buf_len = (out_w + 2) * ch + in_w * ch
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
-        buf = <floating*>_workspace(buf_rows * row_len * sizeof(floating))
+        buf = <floating*>_workspace(buf_len * sizeof(floating))
         if buf == NULL:
             status_p[0] = STATUS_NO_MEMORY
         for item in prange(n_img * n_chunks, schedule="static"):
@@ -1266,6 +1349,16 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                 ck = item % n_chunks
                 p0 = ck * AVG_CHUNK_ROWS
                 p1 = min(out_h, p0 + AVG_CHUNK_ROWS)
+                if square3:
+                    # (the share row's first and last pixels must be zero)
+                    memset(buf, 0, ch * sizeof(floating))
+                    memset(buf + (out_w + 1) * ch, 0, ch * sizeof(floating))
+                    _avg_backward_rows_k3s2_nhwc(gp + n * out_h * out_w * ch,
+                                                 dxp + n * in_h * in_w * ch, buf,
+                                                 buf + (out_w + 2) * ch, p0, p1,
+                                                 in_h, in_w, out_h, out_w, ch,
+                                                 count_include_pad, cdiv, float_exact)
+                    continue
                 if square2:
                     _avg_backward_rows_k2s2_nhwc(gp + n * out_h * out_w * ch,
                                                  dxp + n * in_h * in_w * ch, buf, p0, p1,
