@@ -1278,6 +1278,10 @@ cdef extern from "_pool_avx2.h" nogil:
     void fc_avg_gather_px_f64(const double* rows, Py_ssize_t p_base, Py_ssize_t row_len,
                               Py_ssize_t ch, Py_ssize_t p_lo, Py_ssize_t p_hi,
                               Py_ssize_t q_lo, Py_ssize_t q_hi, double* dst)
+    void fc_avg_grad_px_k2_f32(const float* g, float* d00, Py_ssize_t ch, Py_ssize_t in_w,
+                               float div)
+    void fc_avg_grad_px_k2_f64(const double* g, double* d00, Py_ssize_t ch, Py_ssize_t in_w,
+                               double div)
     bint fc_max_grad_k2s2_f32(const float* g, const int64_t* idx, float* d0,
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
     bint fc_max_grad_k2s2_f64(const double* g, const int64_t* idx, double* d0,

@@ -1182,6 +1182,17 @@ cdef void _avg_backward_rows_k2s2_nhwc(const floating* g, floating* dx, floating
         wh = _avg_window(p, 2, stride_h, pad_h, in_h)
         row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
         for q in range(out_w):
+            if FC_POOL_AVX2 and ch >= _avx2_lanes(sizeof(floating)) and (
+                    float_exact or floating is double):
+                if floating is float:
+                    fc_avg_grad_px_k2_f32(g + (p * out_w + q) * ch,
+                                          dx + (2 * p * in_w + 2 * q) * ch, ch, in_w,
+                                          <float>(row_div * cdiv[q]))
+                else:
+                    fc_avg_grad_px_k2_f64(g + (p * out_w + q) * ch,
+                                          dx + (2 * p * in_w + 2 * q) * ch, ch, in_w,
+                                          row_div * cdiv[q])
+                continue
             _divide_into(g + (p * out_w + q) * ch, share, ch, row_div * cdiv[q], float_exact)
             for a in range(2):
                 for b in range(2):

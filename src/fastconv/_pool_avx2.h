@@ -12,7 +12,8 @@
  *   when every index lies in its own 2x2 block (fc_max_grad_k2s2).
  * - NHWC pixels, vectors along the channels: a window's max or sum kept in
  *   registers (fc_max_px, fc_avg_px), the average gradient's gather
- *   (fc_avg_gather_px) and the 2x2 max gradient written once (fc_max_grad_px).
+ *   (fc_avg_gather_px), and the 2x2 max and average gradients written once
+ *   (fc_max_grad_px, fc_avg_grad_px_k2).
  *
  * Why C intrinsics here and nowhere else: a stride-2 row with a third tap
  * (x[2t], x[2t+1], x[2t+2]) leaves GCC a scalar, branchy remainder on every
@@ -456,6 +457,29 @@ static inline void fc_avg_gather_px_f32(const float *rows, Py_ssize_t p_base,
                                    ch - FC_F32_LANES, dst);
 }
 
+/* Channels-last 2x2, stride-2 average-pool gradient of one output pixel:
+   +0.0 + g / div into the 4 pixels of its block (d00, d00 + ch, and the
+   same one row of in_w pixels below), 8 channels at a time;
+   ch >= FC_F32_LANES. */
+static inline void fc_avg_grad_px_k2_f32(const float *g, float *d00, Py_ssize_t ch,
+                                         Py_ssize_t in_w, float div)
+{
+    Py_ssize_t c, last = ch - FC_F32_LANES;
+    float *d10 = d00 + in_w * ch;
+    __m256 d = _mm256_set1_ps(div);
+    for (c = 0;; c += FC_F32_LANES) {
+        if (c > last)
+            c = last;           /* the last block, re-run to end at ch */
+        __m256 s = _mm256_add_ps(_mm256_setzero_ps(), _mm256_div_ps(_mm256_loadu_ps(g + c), d));
+        _mm256_storeu_ps(d00 + c, s);
+        _mm256_storeu_ps(d00 + ch + c, s);
+        _mm256_storeu_ps(d10 + c, s);
+        _mm256_storeu_ps(d10 + ch + c, s);
+        if (c == last)
+            break;
+    }
+}
+
 /* ---- double: 4 windows per block -----------------------------------------
  * Even/odd splits come out in column order 0 2 1 3. */
 
@@ -786,6 +810,25 @@ static inline void fc_avg_gather_px_f64(const double *rows, Py_ssize_t p_base,
                                    ch - FC_F64_LANES, dst);
 }
 
+static inline void fc_avg_grad_px_k2_f64(const double *g, double *d00, Py_ssize_t ch,
+                                         Py_ssize_t in_w, double div)
+{
+    Py_ssize_t c, last = ch - FC_F64_LANES;
+    double *d10 = d00 + in_w * ch;
+    __m256d d = _mm256_set1_pd(div);
+    for (c = 0;; c += FC_F64_LANES) {
+        if (c > last)
+            c = last;
+        __m256d s = _mm256_add_pd(_mm256_setzero_pd(), _mm256_div_pd(_mm256_loadu_pd(g + c), d));
+        _mm256_storeu_pd(d00 + c, s);
+        _mm256_storeu_pd(d00 + ch + c, s);
+        _mm256_storeu_pd(d10 + c, s);
+        _mm256_storeu_pd(d10 + ch + c, s);
+        if (c == last)
+            break;
+    }
+}
+
 #else  /* no AVX2: the Cython loops run; these are never called */
 
 #define FC_POOL_AVX2 0
@@ -807,6 +850,8 @@ static inline void fc_avg_gather_px_f64(const double *rows, Py_ssize_t p_base,
 #define fc_avg_px_f64(x, in_w, ch, h0, h1, w0, w1, out, div) abort()
 #define fc_avg_gather_px_f32(rows, p_base, row_len, ch, p_lo, p_hi, q_lo, q_hi, dst) abort()
 #define fc_avg_gather_px_f64(rows, p_base, row_len, ch, p_lo, p_hi, q_lo, q_hi, dst) abort()
+#define fc_avg_grad_px_k2_f32(g, d00, ch, in_w, div) abort()
+#define fc_avg_grad_px_k2_f64(g, d00, ch, in_w, div) abort()
 #define fc_max_grad_k2s2_f32(g, idx, d0, in_w, n, base) (abort(), 0)
 #define fc_max_grad_k2s2_f64(g, idx, d0, in_w, n, base) (abort(), 0)
 
