@@ -481,6 +481,47 @@ def test_3x3_stride2_avg_gradient_is_the_nchw_one(dtype, ch, n_threads):
                                                  layout="NHWC"), dtype)
 
 
+POOL_GEOMETRIES = [(2, 2, 0, False), (3, 2, 0, False), (3, 2, 1, True), (2, 2, 1, True),
+                   (3, 1, 1, False), (2, 1, 0, False), (3, 3, 1, True), (4, 2, 2, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ch", [1, 4, 8, 13])
+def test_nhwc_pools_equal_general_loops_and_nchw_bitwise(dtype, ch, n_threads):
+    """Every NHWC pooling result -- fast paths on or off -- has the bits of
+    the NCHW result: the same window order for max, the same summation
+    order for averages and their gradients (ties, NaN and inf included)."""
+    from fastconv._simd import kernels as _kernels
+    rng = np.random.default_rng(ch)
+    x = rng.integers(-2, 3, size=(2, 13, 17, ch)).astype(dtype)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    x[rng.random(x.shape) < 0.03] = np.inf
+    for k, st_, pad, ceil in POOL_GEOMETRIES:
+        args = (k, st_, pad, ceil)
+        runs = []
+        for fast in (True, False):
+            _kernels._tuning(pool_fast_paths=fast)
+            try:
+                y, idx = fastconv.max_pool2d(x, *args, layout="NHWC")
+                g = rng.standard_normal(y.shape).astype(dtype) if not runs else runs[0][-1]
+                a = fastconv.avg_pool2d(x, *args, layout="NHWC")
+                runs.append([y, idx, fastconv.max_pool2d_grad(g, idx, x.shape, layout="NHWC"),
+                             a, fastconv.avg_pool2d_grad(g, x.shape, *args, layout="NHWC"), g])
+            finally:
+                _kernels._tuning(pool_fast_paths=True)
+        for fast, general in zip(*runs):
+            np.testing.assert_array_equal(fast, general, err_msg=str(args))
+        y, idx, dmax, a, davg, g = runs[0]
+        xn, gn = nchw(x), nchw(g)
+        y_n, idx_n = fastconv.max_pool2d(xn, *args)
+        for nhwc_result, nchw_result in [
+                (y, y_n), (idx, idx_n), (a, fastconv.avg_pool2d(xn, *args)),
+                (dmax, fastconv.max_pool2d_grad(gn, idx_n, xn.shape)),
+                (davg, fastconv.avg_pool2d_grad(gn, xn.shape, *args))]:
+            np.testing.assert_array_equal(nhwc_result, nchw_result.transpose(0, 2, 3, 1),
+                                          err_msg=str(args))
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", dilation=2),

@@ -1015,10 +1015,11 @@ def max_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     Work items are (image, block of channels): each zero-fills its part of
     ``grad_in`` and adds its sensitivities in output order, so every element
     is written by one item in a fixed order.  An index outside ``[0, H*W)``
-    is never written and makes the call raise ``ValueError``.  An image
-    whose indices all lie in their own 2x2 blocks (2x2, stride-2 pooling)
-    is written once instead (``_max_backward_image_k2s2_nhwc``; the same
-    values).
+    is never written and makes the call raise ``ValueError``.  Where the
+    geometry allows, a first parallel pass over whole images writes each
+    image whose indices all lie in their own 2x2 blocks (2x2, stride-2
+    pooling) once instead (``_max_backward_image_k2s2_nhwc``; the same
+    values); only the other images take the scatter items.
     """
     cdef Py_ssize_t n_img = grad_in.shape[0], ch = grad_in.shape[3]
     cdef Py_ssize_t in_plane = grad_in.shape[1] * grad_in.shape[2]
@@ -1030,11 +1031,13 @@ def max_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
     cdef Py_ssize_t in_h = grad_in.shape[1], in_w = grad_in.shape[2]
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
-    # whole images as items while trying the write-once 2x2 path
     cdef bint blocks = (FC_POOL_AVX2 and POOL_FAST_PATHS and 2 * out_h <= in_h
                         and 2 * out_w <= in_w and ch >= _avx2_lanes(sizeof(floating)))
-    cdef Py_ssize_t n_blocks = 1 if blocks else _ceil_div(ch, CHANNEL_BLOCK)
-    cdef Py_ssize_t block_ch = ch if blocks else CHANNEL_BLOCK
+    # images the first pass wrote (it stops at its first index outside a
+    # 2x2 block, so other pools pay for one pixel per image)
+    written_arr = np.zeros(n_img, dtype=np.uint8)
+    cdef uint8_t[::1] written = written_arr
+    cdef Py_ssize_t n_blocks = _ceil_div(ch, CHANNEL_BLOCK)
     cdef Py_ssize_t item, n, c0, cn, pix, l, c
     cdef int64_t k
     cdef const floating* g
@@ -1043,14 +1046,17 @@ def max_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil:
+        if blocks:
+            for n in prange(n_img, schedule="static", num_threads=n_threads):
+                written[n] = _max_backward_image_k2s2_nhwc(
+                    gp + n * out_plane * ch, ip + n * out_plane * ch,
+                    dxp + n * in_plane * ch, in_h, in_w, out_h, out_w, ch)
         for item in prange(n_img * n_blocks, schedule="static", num_threads=n_threads):
             n = item // n_blocks
-            if blocks and _max_backward_image_k2s2_nhwc(
-                    gp + n * out_plane * ch, ip + n * out_plane * ch,
-                    dxp + n * in_plane * ch, in_h, in_w, out_h, out_w, ch):
+            if written[n]:
                 continue
-            c0 = (item % n_blocks) * block_ch
-            cn = min(block_ch, ch - c0)
+            c0 = (item % n_blocks) * CHANNEL_BLOCK
+            cn = min(CHANNEL_BLOCK, ch - c0)
             img = dxp + n * in_plane * ch + c0
             if cn == ch:
                 memset(img, 0, in_plane * ch * sizeof(floating))
@@ -1289,9 +1295,13 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                              Py_ssize_t pad_h, Py_ssize_t pad_w,
                              bint count_include_pad, int n_threads):
     """NHWC average-pooling gradient as a gather: each input pixel sums the
-    shares (sensitivity / divisor) of the windows covering it, output rows
-    then columns ascending, along the channels; every element is written
-    once.
+    shares (sensitivity / divisor) of the windows covering it along the
+    channels, in the NCHW kernels' order (each output row's shares with the
+    column descending, then the rows ascending), so both layouts give the
+    same bits; every element is written once.  2x2 and 3x3, stride-2,
+    unpadded windows inside the input write rows directly instead
+    (``_avg_backward_rows_k2s2_nhwc``, ``_avg_backward_rows_k3s2_nhwc``;
+    the same sums).
 
     Work items are (image, chunk of AVG_CHUNK_ROWS output rows).  An item
     divides its rows' sensitivities into a per-thread buffer, together with
@@ -1335,6 +1345,7 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef floating* dst
     cdef const floating* src
     cdef floating zero = 0
+    cdef floating total, row_sum
     # 2x2 / stride 2 / no padding, windows inside the input: each input
     # element is in at most one window, so it is written straight away
     cdef bint avx2 = FC_POOL_AVX2 and POOL_FAST_PATHS and ch >= _avx2_lanes(sizeof(floating))
@@ -1401,16 +1412,15 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                                 fc_avg_gather_px_f64(buf, pb, row_len, ch, p_lo[i], p_hi[i],
                                                      q_lo[j], q_hi[j], dst)
                             continue
-                        # +0.0 + the first share: the zero-filled sum, in one pass
-                        src = buf + (p_lo[i] - pb) * row_len + q_lo[j] * ch
+                        # as fc_avg_gather_px: row sums (q descending) added
+                        # for p ascending, the NCHW kernels' order
                         for c in range(ch):
-                            dst[c] = zero + src[c]
-                        for p in range(p_lo[i], p_hi[i] + 1):
-                            for q in range(q_lo[j], q_hi[j] + 1):
-                                if p == p_lo[i] and q == q_lo[j]:
-                                    continue
-                                src = buf + (p - pb) * row_len + q * ch
-                                for c in range(ch):
-                                    dst[c] = dst[c] + src[c]
+                            total = zero
+                            for p in range(p_lo[i], p_hi[i] + 1):
+                                row_sum = zero
+                                for q in range(q_hi[j], q_lo[j] - 1, -1):
+                                    row_sum = row_sum + buf[(p - pb) * row_len + q * ch + c]
+                                total = total + row_sum
+                            dst[c] = total
         free(buf)
     _raise_for_status(status)

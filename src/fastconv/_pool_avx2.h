@@ -425,11 +425,13 @@ static inline void fc_avg_px_f32(const float *x, Py_ssize_t in_w, Py_ssize_t ch,
         fc_avg_px_block_f32(x, in_w, ch, h0, h1, w0, w1, ch - FC_F32_LANES, out, d);
 }
 
-/* Channels-last average-pool gradient of one input pixel as a gather: the
-   shares of output pixels (p, q), p in [p_lo, p_hi], q in [q_lo, q_hi],
-   added in that order to +0.0 in registers and stored once.  Share row p
-   starts at rows + (p - p_base) * row_len; the range is not empty;
-   ch >= FC_F32_LANES. */
+/* Channels-last average-pool gradient of one input pixel as a gather over
+   the shares of output pixels (p, q), p in [p_lo, p_hi], q in [q_lo, q_hi],
+   in the NCHW kernels' order: each output row's shares summed from +0.0
+   with q descending (the order the NCHW spread row receives them, tap by
+   tap), and those row sums added for p ascending -- in registers, stored
+   once.  Share row p starts at rows + (p - p_base) * row_len; the range is
+   not empty; ch >= FC_F32_LANES. */
 static inline void fc_avg_gather_px_block_f32(const float *rows, Py_ssize_t p_base,
                                               Py_ssize_t row_len, Py_ssize_t ch,
                                               Py_ssize_t p_lo, Py_ssize_t p_hi,
@@ -438,9 +440,12 @@ static inline void fc_avg_gather_px_block_f32(const float *rows, Py_ssize_t p_ba
 {
     Py_ssize_t p, q;
     __m256 sum = _mm256_setzero_ps();
-    for (p = p_lo; p <= p_hi; p++)
-        for (q = q_lo; q <= q_hi; q++)
-            sum = _mm256_add_ps(sum, _mm256_loadu_ps(rows + (p - p_base) * row_len + q * ch + c));
+    for (p = p_lo; p <= p_hi; p++) {
+        __m256 row = _mm256_setzero_ps();
+        for (q = q_hi; q >= q_lo; q--)
+            row = _mm256_add_ps(row, _mm256_loadu_ps(rows + (p - p_base) * row_len + q * ch + c));
+        sum = _mm256_add_ps(sum, row);
+    }
     _mm256_storeu_ps(dst + c, sum);
 }
 
@@ -791,9 +796,12 @@ static inline void fc_avg_gather_px_block_f64(const double *rows, Py_ssize_t p_b
 {
     Py_ssize_t p, q;
     __m256d sum = _mm256_setzero_pd();
-    for (p = p_lo; p <= p_hi; p++)
-        for (q = q_lo; q <= q_hi; q++)
-            sum = _mm256_add_pd(sum, _mm256_loadu_pd(rows + (p - p_base) * row_len + q * ch + c));
+    for (p = p_lo; p <= p_hi; p++) {
+        __m256d row = _mm256_setzero_pd();
+        for (q = q_hi; q >= q_lo; q--)
+            row = _mm256_add_pd(row, _mm256_loadu_pd(rows + (p - p_base) * row_len + q * ch + c));
+        sum = _mm256_add_pd(sum, row);
+    }
     _mm256_storeu_pd(dst + c, sum);
 }
 

@@ -664,7 +664,8 @@ def max_pool2d_grad(grad_out, indices, input_shape, layout="NCHW"):
                          + _layout_note(layout, input_shape="x", grad_out="pool"))
     compute, result = dtypes(grad_out)
     check_alloc(input_shape, compute, "input_shape", fn)
-    # the kernel zeroes each plane it fills (in parallel, cache-hot)
+    # the kernel writes every element (zero-filling the planes it scatters
+    # into in parallel, cache-hot), so no zeros here
     dx = np.empty(input_shape, dtype=compute) if grad_out.size else np.zeros(input_shape, compute)
     if grad_out.size:
         if dx.size == 0:
