@@ -1382,6 +1382,19 @@ cdef inline void _max_window(const floating* src, Py_ssize_t in_w,
     out_idx[0] = idx
 
 
+cdef inline void _max_edge_columns(const floating* src, Py_ssize_t in_w, Py_ssize_t h0,
+                                   Py_ssize_t h1, Py_ssize_t pad_w, Py_ssize_t k_w,
+                                   Span inner, Py_ssize_t out_w, floating* out,
+                                   int64_t* out_idx) noexcept nogil:
+    """The stride-2 row paths' edge columns (outside ``inner``), each
+    window scanned on its own (clipped to the row)."""
+    cdef Py_ssize_t q
+    for q in range(inner.lo):
+        _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w, out + q, out_idx + q)
+    for q in range(inner.hi, out_w):
+        _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w, out + q, out_idx + q)
+
+
 # --- max pooling -------------------------------------------------------------
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x,
@@ -1473,12 +1486,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                                           best + inner.lo, irow + inner.lo,
                                           inner.hi - inner.lo,
                                           h0 * in_w + 2 * inner.lo - pad_w)
-                        for q in range(inner.lo):
-                            _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
-                                        best + q, irow + q)
-                        for q in range(inner.hi, out_w):
-                            _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
-                                        best + q, irow + q)
+                        _max_edge_columns(src, in_w, h0, h1, pad_w, k_w, inner, out_w,
+                                          best, irow)
                         continue
                     if pairs:
                         # stride 2, 2 or 3 taps: columns whose window lies
@@ -1502,12 +1511,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                                               <floating>(i * in_w - pad_w), k_w)
                         _store_max_row(run, run_idx, best + inner.lo, irow + inner.lo,
                                        inner.hi - inner.lo, 2 * inner.lo)
-                        for q in range(inner.lo):
-                            _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
-                                        best + q, irow + q)
-                        for q in range(inner.hi, out_w):
-                            _max_window(src, in_w, h0, h1, 2 * q - pad_w, k_w,
-                                        best + q, irow + q)
+                        _max_edge_columns(src, in_w, h0, h1, pad_w, k_w, inner, out_w,
+                                          best, irow)
                         continue
                     for q in range(out_w):
                         # PyTorch starts from -inf at the first in-plane element
@@ -1722,6 +1727,18 @@ cdef inline floating _window_sum(const floating* src, Py_ssize_t in_w, Py_ssize_
     return acc
 
 
+cdef inline void _sum_edge_columns(const floating* src, Py_ssize_t in_w, Py_ssize_t h0,
+                                   Py_ssize_t h1, Py_ssize_t pad_w, Py_ssize_t k_w,
+                                   Span inner, Py_ssize_t out_w, floating* acc) noexcept nogil:
+    """The stride-2 row paths' edge columns (outside ``inner``): each
+    window's clipped sum."""
+    cdef Py_ssize_t q
+    for q in range(inner.lo):
+        acc[q] = _window_sum(src, in_w, h0, h1, 2 * q - pad_w, k_w)
+    for q in range(inner.hi, out_w):
+        acc[q] = _window_sum(src, in_w, h0, h1, 2 * q - pad_w, k_w)
+
+
 cdef inline void _spread_pairs_stride2(floating* drow, Py_ssize_t pad, const floating* share,
                                        Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Add ``share[q]`` to taps 0 and 1 (stride 2) of columns [lo, hi) of one
@@ -1802,12 +1819,8 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                     else:
                         fc_avg_s2_f64(srow, in_w, k_w, acc + inner.lo, inner.hi - inner.lo,
                                       <double>(k_h * k_w))
-                    for q in range(inner.lo):
-                        acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
-                                             2 * q - pad_w, k_w)
-                    for q in range(inner.hi, out_w):
-                        acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
-                                             2 * q - pad_w, k_w)
+                    _sum_edge_columns(xp + pl * in_h * in_w, in_w, wh.start, wh.stop, pad_w,
+                                      k_w, inner, out_w, acc)
                     _divide_row(acc, acc, inner.lo, row_div, cdiv, float_exact)
                     _divide_row(acc + inner.hi, acc + inner.hi, out_w - inner.hi, row_div,
                                 cdiv + inner.hi, float_exact)
@@ -1820,12 +1833,8 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                     for i in range(wh.start, wh.stop):
                         _sum_taps_stride2(xp + (pl * in_h + i) * in_w, pad_w, acc,
                                           inner.lo, inner.hi, k_w)
-                    for q in range(inner.lo):
-                        acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
-                                             2 * q - pad_w, k_w)
-                    for q in range(inner.hi, out_w):
-                        acc[q] = _window_sum(xp + pl * in_h * in_w, in_w, wh.start, wh.stop,
-                                             2 * q - pad_w, k_w)
+                    _sum_edge_columns(xp + pl * in_h * in_w, in_w, wh.start, wh.stop, pad_w,
+                                      k_w, inner, out_w, acc)
                     _divide_row(acc, acc, out_w, row_div, cdiv, float_exact)
                     continue
                 for q in range(out_w):
