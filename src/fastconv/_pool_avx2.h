@@ -367,25 +367,25 @@ static inline void fc_max_px_block_f32(const float *x, Py_ssize_t in_w, Py_ssize
                                        Py_ssize_t w1, Py_ssize_t c, float *out,
                                        int64_t *out_idx)
 {
+    /* each window row folded on its own, then the rows combined (the rule
+       is associative): independent chains instead of one k_h * k_w long */
     Py_ssize_t i, j;
-    __m256 best = _mm256_loadu_ps(x + (h0 * in_w + w0) * ch + c);
-    __m256i at = _mm256_set1_epi32((int32_t)(h0 * in_w + w0));
+    fc_best_f32 best, row, tap;
     for (i = h0; i < h1; i++) {
-        for (j = (i == h0 ? w0 + 1 : w0); j < w1; j++) {
-            __m256 v = _mm256_loadu_ps(x + (i * in_w + j) * ch + c);
-            __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
-                                       _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-            best = _mm256_blendv_ps(best, v, take);
-            at = _mm256_castps_si256(_mm256_blendv_ps(
-                _mm256_castsi256_ps(at),
-                _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)(i * in_w + j))), take));
+        row.val = _mm256_loadu_ps(x + (i * in_w + w0) * ch + c);
+        row.off = _mm256_set1_epi32((int32_t)(i * in_w + w0));
+        for (j = w0 + 1; j < w1; j++) {
+            tap.val = _mm256_loadu_ps(x + (i * in_w + j) * ch + c);
+            tap.off = _mm256_set1_epi32((int32_t)(i * in_w + j));
+            row = fc_combine_f32(row, tap);
         }
+        best = i == h0 ? row : fc_combine_f32(best, row);
     }
-    _mm256_storeu_ps(out + c, best);
+    _mm256_storeu_ps(out + c, best.val);
     _mm256_storeu_si256((__m256i *)(out_idx + c),
-                        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(at)));
+                        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(best.off)));
     _mm256_storeu_si256((__m256i *)(out_idx + c + 4),
-                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1)));
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(best.off, 1)));
 }
 
 static inline void fc_max_px_f32(const float *x, Py_ssize_t in_w, Py_ssize_t ch,
@@ -736,21 +736,19 @@ static inline void fc_max_px_block_f64(const double *x, Py_ssize_t in_w, Py_ssiz
                                        int64_t *out_idx)
 {
     Py_ssize_t i, j;
-    __m256d best = _mm256_loadu_pd(x + (h0 * in_w + w0) * ch + c);
-    __m256i at = _mm256_set1_epi64x((int64_t)(h0 * in_w + w0));
+    fc_best_f64 best, row, tap;
     for (i = h0; i < h1; i++) {
-        for (j = (i == h0 ? w0 + 1 : w0); j < w1; j++) {
-            __m256d v = _mm256_loadu_pd(x + (i * in_w + j) * ch + c);
-            __m256d take = _mm256_or_pd(_mm256_cmp_pd(v, best, _CMP_GT_OQ),
-                                        _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
-            best = _mm256_blendv_pd(best, v, take);
-            at = _mm256_castpd_si256(_mm256_blendv_pd(
-                _mm256_castsi256_pd(at),
-                _mm256_castsi256_pd(_mm256_set1_epi64x((int64_t)(i * in_w + j))), take));
+        row.val = _mm256_loadu_pd(x + (i * in_w + w0) * ch + c);
+        row.off = _mm256_set1_epi64x((int64_t)(i * in_w + w0));
+        for (j = w0 + 1; j < w1; j++) {
+            tap.val = _mm256_loadu_pd(x + (i * in_w + j) * ch + c);
+            tap.off = _mm256_set1_epi64x((int64_t)(i * in_w + j));
+            row = fc_combine_f64(row, tap);
         }
+        best = i == h0 ? row : fc_combine_f64(best, row);
     }
-    _mm256_storeu_pd(out + c, best);
-    _mm256_storeu_si256((__m256i *)(out_idx + c), at);
+    _mm256_storeu_pd(out + c, best.val);
+    _mm256_storeu_si256((__m256i *)(out_idx + c), best.off);
 }
 
 static inline void fc_max_px_f64(const double *x, Py_ssize_t in_w, Py_ssize_t ch,
