@@ -93,6 +93,14 @@ static inline __m256 fc_column_order_f32(__m256 v)
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
 }
 
+/* d[0..16) = e0 o0 e1 o1 ... e7 o7: even and odd columns back into a row */
+static inline void fc_store_pairs_f32(float *d, __m256 e, __m256 o)
+{
+    __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
 static inline void fc_max_block_f32(const float *r0, Py_ssize_t in_w, int k,
                                     Py_ssize_t t, float *out, int64_t *out_idx,
                                     int32_t base)
@@ -172,13 +180,8 @@ static inline void fc_avg_grad_block_f32(const float *g, float *d0, float *d1,
     /* +0.0 + share: the portable loop adds the share to a zeroed row */
     __m256 s = _mm256_add_ps(_mm256_setzero_ps(),
                              _mm256_div_ps(_mm256_loadu_ps(g + t), div));
-    __m256 lo = _mm256_unpacklo_ps(s, s), hi = _mm256_unpackhi_ps(s, s);
-    __m256 first = _mm256_permute2f128_ps(lo, hi, 0x20);
-    __m256 second = _mm256_permute2f128_ps(lo, hi, 0x31);
-    _mm256_storeu_ps(d0 + 2 * t, first);
-    _mm256_storeu_ps(d0 + 2 * t + 8, second);
-    _mm256_storeu_ps(d1 + 2 * t, first);
-    _mm256_storeu_ps(d1 + 2 * t + 8, second);
+    fc_store_pairs_f32(d0 + 2 * t, s, s);
+    fc_store_pairs_f32(d1 + 2 * t, s, s);
 }
 
 /* 2x2, stride-2 average-pool gradient of one output row: columns 2t, 2t+1
@@ -258,9 +261,7 @@ static inline void fc_avg_spread_s2_f32(const float *sp, float *h, Py_ssize_t n,
     for (t = 0; t < n; t += FC_F32_LANES) {
         __m256 cur = _mm256_add_ps(_mm256_setzero_ps(), _mm256_loadu_ps(sp + 1 + t));
         __m256 even = k == 3 ? _mm256_add_ps(cur, _mm256_loadu_ps(sp + t)) : cur;
-        __m256 lo = _mm256_unpacklo_ps(even, cur), hi = _mm256_unpackhi_ps(even, cur);
-        _mm256_storeu_ps(h + 2 * t, _mm256_permute2f128_ps(lo, hi, 0x20));
-        _mm256_storeu_ps(h + 2 * t + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+        fc_store_pairs_f32(h + 2 * t, even, cur);
     }
 }
 
@@ -279,18 +280,9 @@ static inline void fc_avg_grad_k3s2_block_f32(const float *prev, const float *cu
     __m256 ec = _mm256_add_ps(oc, _mm256_loadu_ps(cur + t));
     __m256 op = _mm256_add_ps(_mm256_setzero_ps(), _mm256_loadu_ps(prev + 1 + t));
     __m256 ep = _mm256_add_ps(op, _mm256_loadu_ps(prev + t));
-    __m256 lo, hi;
-    if (d_odd) {
-        lo = _mm256_unpacklo_ps(ec, oc);
-        hi = _mm256_unpackhi_ps(ec, oc);
-        _mm256_storeu_ps(d_odd + 2 * t, _mm256_permute2f128_ps(lo, hi, 0x20));
-        _mm256_storeu_ps(d_odd + 2 * t + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
-    }
-    __m256 e = _mm256_add_ps(ep, ec), o = _mm256_add_ps(op, oc);
-    lo = _mm256_unpacklo_ps(e, o);
-    hi = _mm256_unpackhi_ps(e, o);
-    _mm256_storeu_ps(d_even + 2 * t, _mm256_permute2f128_ps(lo, hi, 0x20));
-    _mm256_storeu_ps(d_even + 2 * t + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    if (d_odd)
+        fc_store_pairs_f32(d_odd + 2 * t, ec, oc);
+    fc_store_pairs_f32(d_even + 2 * t, _mm256_add_ps(ep, ec), _mm256_add_ps(op, oc));
 }
 
 static inline void fc_avg_grad_k3s2_f32(const float *prev, const float *cur,
@@ -513,6 +505,14 @@ static inline void fc_taps_f64(const double *s, __m256d *e, __m256d *o, __m256d 
     }
 }
 
+/* d[0..8) = e0 o0 e1 o1 e2 o2 e3 o3 */
+static inline void fc_store_pairs_f64(double *d, __m256d e, __m256d o)
+{
+    __m256d lo = _mm256_unpacklo_pd(e, o), hi = _mm256_unpackhi_pd(e, o);
+    _mm256_storeu_pd(d, _mm256_permute2f128_pd(lo, hi, 0x20));
+    _mm256_storeu_pd(d + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+}
+
 static inline void fc_max_block_f64(const double *r0, Py_ssize_t in_w, int k,
                                     Py_ssize_t t, double *out, int64_t *out_idx,
                                     int64_t base)
@@ -585,13 +585,8 @@ static inline void fc_avg_grad_block_f64(const double *g, double *d0, double *d1
 {
     __m256d s = _mm256_add_pd(_mm256_setzero_pd(),
                               _mm256_div_pd(_mm256_loadu_pd(g + t), div));
-    __m256d lo = _mm256_unpacklo_pd(s, s), hi = _mm256_unpackhi_pd(s, s);
-    __m256d first = _mm256_permute2f128_pd(lo, hi, 0x20);
-    __m256d second = _mm256_permute2f128_pd(lo, hi, 0x31);
-    _mm256_storeu_pd(d0 + 2 * t, first);
-    _mm256_storeu_pd(d0 + 2 * t + 4, second);
-    _mm256_storeu_pd(d1 + 2 * t, first);
-    _mm256_storeu_pd(d1 + 2 * t + 4, second);
+    fc_store_pairs_f64(d0 + 2 * t, s, s);
+    fc_store_pairs_f64(d1 + 2 * t, s, s);
 }
 
 static inline void fc_avg_grad_k2s2_f64(const double *g, double *d0, double *d1,
@@ -651,9 +646,7 @@ static inline void fc_avg_spread_s2_f64(const double *sp, double *h, Py_ssize_t 
     for (t = 0; t < n; t += FC_F64_LANES) {
         __m256d cur = _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(sp + 1 + t));
         __m256d even = k == 3 ? _mm256_add_pd(cur, _mm256_loadu_pd(sp + t)) : cur;
-        __m256d lo = _mm256_unpacklo_pd(even, cur), hi = _mm256_unpackhi_pd(even, cur);
-        _mm256_storeu_pd(h + 2 * t, _mm256_permute2f128_pd(lo, hi, 0x20));
-        _mm256_storeu_pd(h + 2 * t + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+        fc_store_pairs_f64(h + 2 * t, even, cur);
     }
 }
 
@@ -664,18 +657,9 @@ static inline void fc_avg_grad_k3s2_block_f64(const double *prev, const double *
     __m256d ec = _mm256_add_pd(oc, _mm256_loadu_pd(cur + t));
     __m256d op = _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(prev + 1 + t));
     __m256d ep = _mm256_add_pd(op, _mm256_loadu_pd(prev + t));
-    __m256d lo, hi;
-    if (d_odd) {
-        lo = _mm256_unpacklo_pd(ec, oc);
-        hi = _mm256_unpackhi_pd(ec, oc);
-        _mm256_storeu_pd(d_odd + 2 * t, _mm256_permute2f128_pd(lo, hi, 0x20));
-        _mm256_storeu_pd(d_odd + 2 * t + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
-    }
-    __m256d e = _mm256_add_pd(ep, ec), o = _mm256_add_pd(op, oc);
-    lo = _mm256_unpacklo_pd(e, o);
-    hi = _mm256_unpackhi_pd(e, o);
-    _mm256_storeu_pd(d_even + 2 * t, _mm256_permute2f128_pd(lo, hi, 0x20));
-    _mm256_storeu_pd(d_even + 2 * t + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+    if (d_odd)
+        fc_store_pairs_f64(d_odd + 2 * t, ec, oc);
+    fc_store_pairs_f64(d_even + 2 * t, _mm256_add_pd(ep, ec), _mm256_add_pd(op, oc));
 }
 
 static inline void fc_avg_grad_k3s2_f64(const double *prev, const double *cur,
