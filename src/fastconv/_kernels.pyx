@@ -1573,6 +1573,16 @@ cdef void _max_pool_elementwise(const floating* xp, floating* yp, int64_t* ip,
                                 ip + (pl * out_h + p) * out_w + q)
 
 
+cdef inline void _zero_block_row_tails(floating* row0, Py_ssize_t in_w, Py_ssize_t out_w,
+                                       Py_ssize_t ch) noexcept nogil:
+    """Zero the pixels [2*out_w, in_w) of input rows row0 and row0 + in_w
+    (ch values per pixel): the columns no 2x2, stride-2 window covers."""
+    cdef Py_ssize_t a
+    for a in range(2):
+        memset(row0 + (a * in_w + 2 * out_w) * ch, 0,
+               (in_w - 2 * out_w) * ch * sizeof(floating))
+
+
 cdef bint _max_backward_plane_k2s2(const floating* g, const int64_t* idx, floating* dx,
                                    Py_ssize_t in_h, Py_ssize_t in_w, Py_ssize_t out_h,
                                    Py_ssize_t out_w) noexcept nogil:
@@ -1594,9 +1604,7 @@ cdef bint _max_backward_plane_k2s2(const floating* g, const int64_t* idx, floati
             if not fc_max_grad_k2s2_f64(g + p * out_w, idx + p * out_w, d0, in_w, out_w,
                                         2 * p * in_w):
                 return False
-        if in_w > 2 * out_w:
-            memset(d0 + 2 * out_w, 0, (in_w - 2 * out_w) * sizeof(floating))
-            memset(d0 + in_w + 2 * out_w, 0, (in_w - 2 * out_w) * sizeof(floating))
+        _zero_block_row_tails(d0, in_w, out_w, 1)
     memset(dx + 2 * out_h * in_w, 0, (in_h - 2 * out_h) * in_w * sizeof(floating))
     return True
 
@@ -1970,9 +1978,7 @@ cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
             fc_avg_grad_k2s2_f32(g + p * out_w, d0, d0 + in_w, out_w, 4)
         else:
             fc_avg_grad_k2s2_f64(g + p * out_w, d0, d0 + in_w, out_w, 4)
-        if in_w > 2 * out_w:
-            memset(d0 + 2 * out_w, 0, (in_w - 2 * out_w) * sizeof(floating))
-            memset(d0 + in_w + 2 * out_w, 0, (in_w - 2 * out_w) * sizeof(floating))
+        _zero_block_row_tails(d0, in_w, out_w, 1)
     memset(dx + 2 * geo.out_h * in_w, 0, (geo.in_h - 2 * geo.out_h) * in_w * sizeof(floating))
 
 

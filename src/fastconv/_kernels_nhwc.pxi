@@ -986,7 +986,7 @@ cdef bint _max_backward_image_k2s2_nhwc(const floating* g, const int64_t* idx,
     at most one contribution per element, so each element is ``+0.0 + g``
     or ``+0.0``, as the scatter makes it).  Returns False (the image partly
     written) at the first pixel with an index outside its block."""
-    cdef Py_ssize_t p, q, a, l
+    cdef Py_ssize_t p, q, l
     cdef int64_t f00
     for p in range(out_h):
         for q in range(out_w):
@@ -1000,9 +1000,7 @@ cdef bint _max_backward_image_k2s2_nhwc(const floating* g, const int64_t* idx,
                 if not fc_max_grad_px_f64(g + l * ch, idx + l * ch, dx + f00 * ch, ch, f00,
                                           in_w):
                     return False
-        for a in range(2):
-            memset(dx + ((2 * p + a) * in_w + 2 * out_w) * ch, 0,
-                   (in_w - 2 * out_w) * ch * sizeof(floating))
+        _zero_block_row_tails(dx + 2 * p * in_w * ch, in_w, out_w, ch)
     memset(dx + 2 * out_h * in_w * ch, 0, (in_h - 2 * out_h) * in_w * ch * sizeof(floating))
     return True
 
@@ -1205,9 +1203,7 @@ cdef void _avg_backward_rows_k2s2_nhwc(const floating* g, floating* dx, floating
                     dst = dx + ((2 * p + a) * in_w + 2 * q + b) * ch
                     for c in range(ch):
                         dst[c] = zero + share[c]
-        for a in range(2):
-            memset(dx + ((2 * p + a) * in_w + 2 * out_w) * ch, 0,
-                   (in_w - 2 * out_w) * ch * sizeof(floating))
+        _zero_block_row_tails(dx + 2 * p * in_w * ch, in_w, out_w, ch)
     if p1 == out_h:
         memset(dx + 2 * out_h * in_w * ch, 0, (in_h - 2 * out_h) * in_w * ch * sizeof(floating))
 
