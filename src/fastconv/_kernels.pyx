@@ -68,6 +68,9 @@ cdef Py_ssize_t DEPTHWISE_MAX_PADDED = -1
 # Pooling with stride 2 and 2- or 3-wide windows takes dedicated loops
 # (tests switch them off to check the general loops against them).
 cdef bint POOL_FAST_PATHS = True
+# Pools ask for the rows they will read (and write) this many output rows
+# ahead (0: leave it to the hardware prefetcher); see _prefetch_rows.
+cdef Py_ssize_t PREFETCH_OUT_ROWS = 8
 # Test hook: make every kernel workspace allocation fail (see _workspace).
 cdef bint FAIL_ALLOCATIONS = False
 
@@ -82,11 +85,13 @@ cdef inline void* _workspace(size_t nbytes) noexcept nogil:
 
 def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             rowwise_max_plane=None, depthwise_max_padded=None, pool_fast_paths=None,
-            fail_allocations=None):
+            fail_allocations=None, prefetch_out_rows=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
-    global POOL_FAST_PATHS, FAIL_ALLOCATIONS
+    global POOL_FAST_PATHS, FAIL_ALLOCATIONS, PREFETCH_OUT_ROWS
+    if prefetch_out_rows is not None:
+        PREFETCH_OUT_ROWS = prefetch_out_rows
     if fail_allocations is not None:
         FAIL_ALLOCATIONS = fail_allocations
     if pool_fast_paths is not None:
@@ -106,7 +111,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     return dict(tile_bytes=TILE_BYTES, min_tile=MIN_TILE, max_tile=MAX_TILE,
                 min_items=MIN_ITEMS, rowwise_max_plane=ROWWISE_MAX_PLANE,
                 depthwise_max_padded=DEPTHWISE_MAX_PADDED,
-                pool_fast_paths=POOL_FAST_PATHS, fail_allocations=FAIL_ALLOCATIONS)
+                pool_fast_paths=POOL_FAST_PATHS, fail_allocations=FAIL_ALLOCATIONS,
+                prefetch_out_rows=PREFETCH_OUT_ROWS)
 
 
 def _raise_for_status(int status):
@@ -1238,6 +1244,8 @@ cdef extern from "_pool_avx2.h" nogil:
     # AVX2 row kernels for k x k (k = 2, 3), stride-2 windows; FC_POOL_AVX2
     # is 0 in the baseline build, whose Cython loops then do all the work
     bint FC_POOL_AVX2
+    void fc_prefetch(const void* p, Py_ssize_t nbytes)
+    void fc_prefetch_w(void* p, Py_ssize_t nbytes)
     Py_ssize_t FC_F32_LANES
     Py_ssize_t FC_F64_LANES
     void fc_max_s2_f32(const float* r0, Py_ssize_t in_w, Py_ssize_t k, float* out,
@@ -1286,6 +1294,43 @@ cdef extern from "_pool_avx2.h" nogil:
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
     bint fc_max_grad_k2s2_f64(const double* g, const int64_t* idx, double* d0,
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
+
+
+cdef inline void _prefetch_rows(const void* base, Py_ssize_t total, Py_ssize_t start,
+                                Py_ssize_t count, size_t itemsize, bint write) noexcept nogil:
+    """Prefetch elements [start, start + count) of an array of ``total``
+    elements, clipped to it; spans over 8 KiB are left to the hardware.
+
+    A pool streams planes through the cache.  When they come from memory,
+    the row kernels (3x3 ones most) compute too long per line for the
+    hardware prefetcher to stay ahead, so memory waits and compute add up
+    instead of overlapping; asking a few rows ahead overlaps them.  Rows
+    past a plane's end are the next plane's, which a static schedule gives
+    the same thread next."""
+    cdef Py_ssize_t stop = min(start + count, total)
+    start = max(start, 0)
+    if stop <= start or <size_t>(stop - start) * itemsize > 8192:
+        return
+    if write:
+        fc_prefetch_w(<char*>base + start * itemsize, (stop - start) * itemsize)
+    else:
+        fc_prefetch(<const char*>base + start * itemsize, (stop - start) * itemsize)
+
+
+cdef inline void _prefetch_grad_rows(const void* g, const int64_t* idx, Py_ssize_t g_left,
+                                     Py_ssize_t out_w, void* dx, Py_ssize_t dx_left,
+                                     Py_ssize_t in_w, Py_ssize_t p,
+                                     size_t itemsize) noexcept nogil:
+    """The stride-2 write-once gradients' prefetch (see _prefetch_rows):
+    ``grad_out`` row p + PREFETCH_OUT_ROWS (and its ``indices`` row, if
+    any) to read, and the two input rows it writes.  ``g_left`` and
+    ``dx_left`` count the elements from the plane's start to its array's
+    end."""
+    cdef Py_ssize_t ahead = p + PREFETCH_OUT_ROWS
+    _prefetch_rows(g, g_left, ahead * out_w, out_w, itemsize, False)
+    if idx != NULL:
+        _prefetch_rows(idx, g_left, ahead * out_w, out_w, sizeof(int64_t), False)
+    _prefetch_rows(dx, dx_left, 2 * ahead * in_w, 2 * in_w, itemsize, True)
 
 
 cdef inline Py_ssize_t _avx2_lanes(size_t itemsize) noexcept nogil:
@@ -1469,6 +1514,12 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
             if best_idx != NULL:
                 src = xp + pl * in_h * in_w
                 for p in range(out_h):
+                    if PREFETCH_OUT_ROWS:
+                        # the rows output row p + PREFETCH_OUT_ROWS adds
+                        _prefetch_rows(xp, planes * in_h * in_w, pl * in_h * in_w
+                                       + ((p + PREFETCH_OUT_ROWS) * stride_h - pad_h
+                                          + k_h - min(stride_h, k_h)) * in_w,
+                                       min(stride_h, k_h) * in_w, sizeof(floating), False)
                     hs = p * stride_h - pad_h
                     h0 = max(hs, 0)
                     h1 = min(hs + k_h, in_h)
@@ -1585,7 +1636,8 @@ cdef inline void _zero_block_row_tails(floating* row0, Py_ssize_t in_w, Py_ssize
 
 cdef bint _max_backward_plane_k2s2(const floating* g, const int64_t* idx, floating* dx,
                                    Py_ssize_t in_h, Py_ssize_t in_w, Py_ssize_t out_h,
-                                   Py_ssize_t out_w) noexcept nogil:
+                                   Py_ssize_t out_w, Py_ssize_t g_left,
+                                   Py_ssize_t dx_left) noexcept nogil:
     """One plane of the max-pool gradient written once, when every index
     lies in its own 2x2 block (rows 2p, 2p+1, columns 2q, 2q+1), whatever
     the pooling that made it: such blocks are disjoint, so each element
@@ -1595,6 +1647,8 @@ cdef bint _max_backward_plane_k2s2(const floating* g, const int64_t* idx, floati
     cdef Py_ssize_t p
     cdef floating* d0
     for p in range(out_h):
+        if PREFETCH_OUT_ROWS:
+            _prefetch_grad_rows(g, idx, g_left, out_w, dx, dx_left, in_w, p, sizeof(floating))
         d0 = dx + 2 * p * in_w
         if floating is float:
             if not fc_max_grad_k2s2_f32(g + p * out_w, idx + p * out_w, d0, in_w, out_w,
@@ -1641,7 +1695,8 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
         for pl in prange(planes, schedule="static", num_threads=n_threads):
             if blocks and _max_backward_plane_k2s2(gp + pl * out_size, ip + pl * out_size,
                                                    dxp + pl * in_size, in_h, in_w,
-                                                   out_h, out_w):
+                                                   out_h, out_w, (planes - pl) * out_size,
+                                                   (planes - pl) * in_size):
                 continue
             memset(dxp + pl * in_size, 0, in_size * sizeof(floating))
             for l in range(out_size):
@@ -1814,6 +1869,11 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
     with nogil:
         for pl in prange(planes, schedule="static", num_threads=n_threads):
             for p in range(out_h):
+                if PREFETCH_OUT_ROWS:
+                    _prefetch_rows(xp, planes * in_h * in_w, pl * in_h * in_w
+                                   + ((p + PREFETCH_OUT_ROWS) * stride_h - pad_h
+                                      + k_h - min(stride_h, k_h)) * in_w,
+                                   min(stride_h, k_h) * in_w, sizeof(floating), False)
                 wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
                 row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
                 acc = yp + (pl * out_h + p) * out_w
@@ -1963,7 +2023,8 @@ cdef void _avg_backward_plane(const floating* g, floating* dx, floating* ring,
 
 
 cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
-                                   const AvgGeometry* geo) noexcept nogil:
+                                   const AvgGeometry* geo, Py_ssize_t g_left,
+                                   Py_ssize_t dx_left) noexcept nogil:
     """One plane of a 2x2, stride-2, unpadded average-pooling gradient whose
     windows all lie inside the input: each input element is in at most one
     window, so both input rows of an output row are written in one AVX2 pass
@@ -1973,6 +2034,8 @@ cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
     cdef Py_ssize_t in_w = geo.in_w, out_w = geo.out_w
     cdef floating* d0
     for p in range(geo.out_h):
+        if PREFETCH_OUT_ROWS:
+            _prefetch_grad_rows(g, NULL, g_left, out_w, dx, dx_left, in_w, p, sizeof(floating))
         d0 = dx + 2 * p * in_w
         if floating is float:
             fc_avg_grad_k2s2_f32(g + p * out_w, d0, d0 + in_w, out_w, 4)
@@ -1983,7 +2046,8 @@ cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
 
 
 cdef void _avg_backward_plane_k3s2(const floating* g, floating* dx, floating* shares,
-                                   const AvgGeometry* geo, const double* cdiv) noexcept nogil:
+                                   const AvgGeometry* geo, const double* cdiv,
+                                   Py_ssize_t g_left, Py_ssize_t dx_left) noexcept nogil:
     """One plane of a 3x3, stride-2, unpadded average-pooling gradient whose
     windows all lie inside the input, written once, two input rows per
     output row by the AVX2 kernel (``_pool_avx2.h``): row 2p is the spread
@@ -2000,6 +2064,8 @@ cdef void _avg_backward_plane_k3s2(const floating* g, floating* dx, floating* sh
     cdef floating* d_even
     cdef Window wh
     for p in range(out_h):
+        if PREFETCH_OUT_ROWS:
+            _prefetch_grad_rows(g, NULL, g_left, out_w, dx, dx_left, in_w, p, sizeof(floating))
         cur = shares + (p % 2) * row_len
         wh = _avg_window(p, geo.k_h, geo.stride_h, geo.pad_h, geo.in_h)
         _divide_row(g + p * out_w, cur + 1, out_w,
@@ -2096,11 +2162,14 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
             memset(ring + ring_rows * geo_p.ring_w, 0, share_len * sizeof(floating))
         for pl in prange(planes, schedule="static"):
             if square2:
-                _avg_backward_plane_k2s2(gp + pl * out_size, dxp + pl * in_size, geo_p)
+                _avg_backward_plane_k2s2(gp + pl * out_size, dxp + pl * in_size, geo_p,
+                                         (planes - pl) * out_size, (planes - pl) * in_size)
             elif square3:
                 if ring != NULL:
                     _avg_backward_plane_k3s2(gp + pl * out_size, dxp + pl * in_size,
-                                             ring + ring_rows * geo_p.ring_w, geo_p, cdiv)
+                                             ring + ring_rows * geo_p.ring_w, geo_p, cdiv,
+                                             (planes - pl) * out_size,
+                                             (planes - pl) * in_size)
             elif ring != NULL:
                 _avg_backward_plane(gp + pl * out_size, dxp + pl * in_size, ring, ring_rows,
                                     ring + ring_rows * geo_p.ring_w, geo_p, cdiv)

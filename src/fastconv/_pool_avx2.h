@@ -51,6 +51,35 @@
 #define FC_F32_LANES 8
 #define FC_F64_LANES 4
 
+/* Ask for the cache lines of [p, p + bytes) ahead of use, to read
+ * (fc_prefetch) or to write (fc_prefetch_w); both builds.  See
+ * _prefetch_rows in _kernels.pyx for why. */
+static inline void fc_prefetch(const void *p, Py_ssize_t bytes)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    const char *c = (const char *)p;
+    Py_ssize_t b;
+    for (b = 0; b < bytes; b += 64)
+        __builtin_prefetch(c + b, 0, 3);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+static inline void fc_prefetch_w(void *p, Py_ssize_t bytes)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    char *c = (char *)p;
+    Py_ssize_t b;
+    for (b = 0; b < bytes; b += 64)
+        __builtin_prefetch(c + b, 1, 3);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 
