@@ -85,6 +85,14 @@ static inline void fc_prefetch_w(void *p, Py_ssize_t bytes)
 
 #define FC_POOL_AVX2 1
 
+/* The row kernels take k (2 or 3) at run time and dispatch to a copy
+ * compiled for that constant: its tap loops unroll and its branches go. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FC_ALWAYS_INLINE static inline __attribute__((always_inline))
+#else
+#define FC_ALWAYS_INLINE static inline
+#endif
+
 /* ---- float: 8 windows per block ------------------------------------------
  * Even/odd splits come out in column order 0 1 4 5 | 2 3 6 7 (shufps works
  * within 128-bit halves); one 64-bit permute per result restores 0..7. */
@@ -165,16 +173,26 @@ static inline void fc_max_block_f32(const float *r0, Py_ssize_t in_w, int k,
                         _mm256_cvtepi32_epi64(_mm256_extracti128_si256(idx, 1)));
 }
 
+FC_ALWAYS_INLINE void
+fc_max_s2_k_f32(const float *r0, Py_ssize_t in_w, const int k, float *out,
+               int64_t *out_idx, Py_ssize_t n, int32_t base)
+{
+    Py_ssize_t t;
+    for (t = 0; t + FC_F32_LANES <= n; t += FC_F32_LANES)
+        fc_max_block_f32(r0, in_w, k, t, out, out_idx, base);
+    if (t < n)
+        fc_max_block_f32(r0, in_w, k, n - FC_F32_LANES, out, out_idx, base);
+}
+
 /* Maxima and flat indices (base = flat index of r0[0]) of windows 0..n-1. */
 static inline void fc_max_s2_f32(const float *r0, Py_ssize_t in_w, Py_ssize_t k,
                                  float *out, int64_t *out_idx, Py_ssize_t n,
                                  int32_t base)
 {
-    Py_ssize_t t;
-    for (t = 0; t + FC_F32_LANES <= n; t += FC_F32_LANES)
-        fc_max_block_f32(r0, in_w, (int)k, t, out, out_idx, base);
-    if (t < n)
-        fc_max_block_f32(r0, in_w, (int)k, n - FC_F32_LANES, out, out_idx, base);
+    if (k == 3)
+        fc_max_s2_k_f32(r0, in_w, 3, out, out_idx, n, base);
+    else
+        fc_max_s2_k_f32(r0, in_w, 2, out, out_idx, n, base);
 }
 
 static inline void fc_avg_block_f32(const float *r0, Py_ssize_t in_w, int k,
@@ -191,16 +209,26 @@ static inline void fc_avg_block_f32(const float *r0, Py_ssize_t in_w, int k,
     _mm256_storeu_ps(out + t, fc_column_order_f32(_mm256_div_ps(sum, div)));
 }
 
-/* Window sums divided by div, windows 0..n-1. */
-static inline void fc_avg_s2_f32(const float *r0, Py_ssize_t in_w, Py_ssize_t k,
-                                 float *out, Py_ssize_t n, float div)
+FC_ALWAYS_INLINE void
+fc_avg_s2_k_f32(const float *r0, Py_ssize_t in_w, const int k, float *out,
+               Py_ssize_t n, float div)
 {
     Py_ssize_t t;
     __m256 d = _mm256_set1_ps(div);
     for (t = 0; t + FC_F32_LANES <= n; t += FC_F32_LANES)
-        fc_avg_block_f32(r0, in_w, (int)k, t, out, d);
+        fc_avg_block_f32(r0, in_w, k, t, out, d);
     if (t < n)
-        fc_avg_block_f32(r0, in_w, (int)k, n - FC_F32_LANES, out, d);
+        fc_avg_block_f32(r0, in_w, k, n - FC_F32_LANES, out, d);
+}
+
+/* Window sums divided by div, windows 0..n-1. */
+static inline void fc_avg_s2_f32(const float *r0, Py_ssize_t in_w, Py_ssize_t k,
+                                 float *out, Py_ssize_t n, float div)
+{
+    if (k == 3)
+        fc_avg_s2_k_f32(r0, in_w, 3, out, n, div);
+    else
+        fc_avg_s2_k_f32(r0, in_w, 2, out, n, div);
 }
 
 static inline void fc_avg_grad_block_f32(const float *g, float *d0, float *d1,
@@ -573,15 +601,26 @@ static inline void fc_max_block_f64(const double *r0, Py_ssize_t in_w, int k,
     _mm256_storeu_si256((__m256i *)(out_idx + t), idx);
 }
 
+FC_ALWAYS_INLINE void
+fc_max_s2_k_f64(const double *r0, Py_ssize_t in_w, const int k, double *out,
+               int64_t *out_idx, Py_ssize_t n, int64_t base)
+{
+    Py_ssize_t t;
+    for (t = 0; t + FC_F64_LANES <= n; t += FC_F64_LANES)
+        fc_max_block_f64(r0, in_w, k, t, out, out_idx, base);
+    if (t < n)
+        fc_max_block_f64(r0, in_w, k, n - FC_F64_LANES, out, out_idx, base);
+}
+
+/* Maxima and flat indices (base = flat index of r0[0]) of windows 0..n-1. */
 static inline void fc_max_s2_f64(const double *r0, Py_ssize_t in_w, Py_ssize_t k,
                                  double *out, int64_t *out_idx, Py_ssize_t n,
                                  int64_t base)
 {
-    Py_ssize_t t;
-    for (t = 0; t + FC_F64_LANES <= n; t += FC_F64_LANES)
-        fc_max_block_f64(r0, in_w, (int)k, t, out, out_idx, base);
-    if (t < n)
-        fc_max_block_f64(r0, in_w, (int)k, n - FC_F64_LANES, out, out_idx, base);
+    if (k == 3)
+        fc_max_s2_k_f64(r0, in_w, 3, out, out_idx, n, base);
+    else
+        fc_max_s2_k_f64(r0, in_w, 2, out, out_idx, n, base);
 }
 
 static inline void fc_avg_block_f64(const double *r0, Py_ssize_t in_w, int k,
@@ -598,15 +637,26 @@ static inline void fc_avg_block_f64(const double *r0, Py_ssize_t in_w, int k,
     _mm256_storeu_pd(out + t, _mm256_permute4x64_pd(_mm256_div_pd(sum, div), 0xD8));
 }
 
-static inline void fc_avg_s2_f64(const double *r0, Py_ssize_t in_w, Py_ssize_t k,
-                                 double *out, Py_ssize_t n, double div)
+FC_ALWAYS_INLINE void
+fc_avg_s2_k_f64(const double *r0, Py_ssize_t in_w, const int k, double *out,
+               Py_ssize_t n, double div)
 {
     Py_ssize_t t;
     __m256d d = _mm256_set1_pd(div);
     for (t = 0; t + FC_F64_LANES <= n; t += FC_F64_LANES)
-        fc_avg_block_f64(r0, in_w, (int)k, t, out, d);
+        fc_avg_block_f64(r0, in_w, k, t, out, d);
     if (t < n)
-        fc_avg_block_f64(r0, in_w, (int)k, n - FC_F64_LANES, out, d);
+        fc_avg_block_f64(r0, in_w, k, n - FC_F64_LANES, out, d);
+}
+
+/* Window sums divided by div, windows 0..n-1. */
+static inline void fc_avg_s2_f64(const double *r0, Py_ssize_t in_w, Py_ssize_t k,
+                                 double *out, Py_ssize_t n, double div)
+{
+    if (k == 3)
+        fc_avg_s2_k_f64(r0, in_w, 3, out, n, div);
+    else
+        fc_avg_s2_k_f64(r0, in_w, 2, out, n, div);
 }
 
 static inline void fc_avg_grad_block_f64(const double *g, double *d0, double *d1,
