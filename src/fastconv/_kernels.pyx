@@ -2045,6 +2045,15 @@ cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
     memset(dx + 2 * geo.out_h * in_w, 0, (geo.in_h - 2 * geo.out_h) * in_w * sizeof(floating))
 
 
+cdef inline void _avg_share_row(const floating* g, floating* row, Py_ssize_t p,
+                                const AvgGeometry* geo, const double* cdiv) noexcept nogil:
+    """Output row p's shares (each grad_out over its window's divisor)."""
+    cdef Window wh = _avg_window(p, geo.k_h, geo.stride_h, geo.pad_h, geo.in_h)
+    _divide_row(g + p * geo.out_w, row, geo.out_w,
+                <double>wh.padded if geo.count_include_pad else <double>(wh.stop - wh.start),
+                cdiv, geo.float_exact)
+
+
 cdef void _avg_backward_plane_k3s2(const floating* g, floating* dx, floating* shares,
                                    const AvgGeometry* geo, const double* cdiv,
                                    Py_ssize_t g_left, Py_ssize_t dx_left) noexcept nogil:
@@ -2052,25 +2061,27 @@ cdef void _avg_backward_plane_k3s2(const floating* g, floating* dx, floating* sh
     windows all lie inside the input, written once, two input rows per
     output row by the AVX2 kernel (``_pool_avx2.h``): row 2p is the spread
     of output rows p-1 and p, row 2p+1 that of row p -- the same sums as
-    ``_avg_backward_plane``.  ``shares`` holds three zeroed rows of
-    in_w // 2 + 2: two alternate as the current and previous share rows
-    (at offset 1), the third stays zero (no window)."""
+    ``_avg_backward_plane``.  ``shares`` holds four zeroed rows of
+    in_w // 2 + 2: three rotate as the previous, current and next share
+    rows (at offset 1), the fourth stays zero (no window).  Each share row
+    is divided one output row before the kernel reads it: the kernel's
+    loads, one column off the division's stores, would otherwise wait for
+    those stores to reach the cache (a failed store-to-load forward on
+    every block)."""
     cdef Py_ssize_t p
     cdef Py_ssize_t in_w = geo.in_w, out_w = geo.out_w, out_h = geo.out_h
     cdef Py_ssize_t row_len = in_w // 2 + 2
-    cdef floating* zero = shares + 2 * row_len
+    cdef floating* zero = shares + 3 * row_len
     cdef floating* prev = zero
     cdef floating* cur
     cdef floating* d_even
-    cdef Window wh
+    _avg_share_row(g, shares + 1, 0, geo, cdiv)
     for p in range(out_h):
         if PREFETCH_OUT_ROWS:
             _prefetch_grad_rows(g, NULL, g_left, out_w, dx, dx_left, in_w, p, sizeof(floating))
-        cur = shares + (p % 2) * row_len
-        wh = _avg_window(p, geo.k_h, geo.stride_h, geo.pad_h, geo.in_h)
-        _divide_row(g + p * out_w, cur + 1, out_w,
-                    <double>wh.padded if geo.count_include_pad else <double>(wh.stop - wh.start),
-                    cdiv, geo.float_exact)
+        if p + 1 < out_h:
+            _avg_share_row(g, shares + ((p + 1) % 3) * row_len + 1, p + 1, geo, cdiv)
+        cur = shares + (p % 3) * row_len
         d_even = dx + 2 * p * in_w
         if floating is float:
             fc_avg_grad_k3s2_f32(prev, cur, d_even, d_even + in_w, in_w)
@@ -2136,13 +2147,13 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     geo.ring_w = max(geo.in_w, 2 * geo.spread_n) if geo.spread_avx2 else geo.in_w
     cdef Py_ssize_t share_len = geo.spread_n + 1 if geo.spread_avx2 else geo.out_w
     # 3x3 / stride 2 / no padding, windows inside the input: the write-once
-    # two-row kernel, over three share rows
+    # two-row kernel, over rotating share rows
     cdef bint square3 = (FC_POOL_AVX2 and POOL_FAST_PATHS and k_h == 3 and k_w == 3
                          and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0
                          and 2 * geo.out_h + 1 <= geo.in_h and 2 * geo.out_w + 1 <= geo.in_w
                          and geo.in_w // 2 >= lanes)
     if square3:
-        share_len = max(share_len, 3 * (geo.in_w // 2 + 2))
+        share_len = max(share_len, 4 * (geo.in_w // 2 + 2))
     cdef Py_ssize_t ring_rows = min(_ceil_div(k_h, stride_h), geo.out_h)
     cdef Py_ssize_t in_size = geo.in_h * geo.in_w
     cdef Py_ssize_t out_size = geo.out_h * geo.out_w
