@@ -71,6 +71,8 @@ def _scalar(value):
 
 
 def _integer(value, name, fn, what="an integer"):
+    if type(value) is int and abs(value) < MAX_BYTES:
+        return value    # the common case, checked first: it runs on every call
     value = _scalar(value)
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}: {name} must be {what}, got {value!r}")
@@ -100,6 +102,8 @@ def int_value(value, name, fn, minimum):
 def int_pair(value, name, fn, minimum):
     """An int or a length-2 tuple/list/array of ints, each >= ``minimum``."""
     what = "an integer or a pair of integers"
+    if type(value) is int and minimum <= value < MAX_BYTES:
+        return (value, value)   # the common case (see _integer)
     value = _scalar(value)
     if _sequence(value):
         items = list(value)
