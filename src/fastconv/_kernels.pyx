@@ -1225,6 +1225,15 @@ cdef inline Span _inner_columns(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad,
     return span
 
 
+cdef inline bint _whole_windows(Py_ssize_t k_h, Py_ssize_t stride_h, Py_ssize_t pad_h,
+                                Py_ssize_t pad_w, Py_ssize_t in_h, Py_ssize_t out_h,
+                                Span inner, Py_ssize_t out_w) noexcept nogil:
+    """No padding, and every pooling window (rows and columns) lies inside
+    the input: the planes the header's whole-plane kernels take."""
+    return (pad_h == 0 and pad_w == 0 and (out_h - 1) * stride_h + k_h <= in_h
+            and inner.lo == 0 and inner.hi == out_w)
+
+
 cdef enum:
     # Stride-2 fast paths run their vector loops over a row length rounded up
     # to this many lanes (a whole number of AVX2 vectors of either type), so
@@ -1246,6 +1255,9 @@ cdef extern from "_pool_avx2.h" nogil:
     bint FC_POOL_AVX2
     void fc_prefetch(const void* p, Py_ssize_t nbytes)
     void fc_prefetch_w(void* p, Py_ssize_t nbytes)
+    void fc_prefetch_rows_ahead(const void* src, Py_ssize_t elem, Py_ssize_t left,
+                                Py_ssize_t p, Py_ssize_t ahead, Py_ssize_t k,
+                                Py_ssize_t stride_h, Py_ssize_t pad_h, Py_ssize_t in_w)
     Py_ssize_t FC_F32_LANES
     Py_ssize_t FC_F64_LANES
     void fc_max_s2_f32(const float* r0, Py_ssize_t in_w, Py_ssize_t k, float* out,
@@ -1256,6 +1268,20 @@ cdef extern from "_pool_avx2.h" nogil:
                        Py_ssize_t n, float div)
     void fc_avg_s2_f64(const double* r0, Py_ssize_t in_w, Py_ssize_t k, double* out,
                        Py_ssize_t n, double div)
+    void fc_max_plane_s2_f32(const float* src, Py_ssize_t in_w, Py_ssize_t k,
+                             Py_ssize_t stride_h, float* out, int64_t* out_idx,
+                             Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t ahead,
+                             Py_ssize_t left)
+    void fc_max_plane_s2_f64(const double* src, Py_ssize_t in_w, Py_ssize_t k,
+                             Py_ssize_t stride_h, double* out, int64_t* out_idx,
+                             Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t ahead,
+                             Py_ssize_t left)
+    void fc_avg_plane_s2_f32(const float* src, Py_ssize_t in_w, Py_ssize_t k,
+                             Py_ssize_t stride_h, float* out, Py_ssize_t out_h,
+                             Py_ssize_t out_w, Py_ssize_t ahead, Py_ssize_t left)
+    void fc_avg_plane_s2_f64(const double* src, Py_ssize_t in_w, Py_ssize_t k,
+                             Py_ssize_t stride_h, double* out, Py_ssize_t out_h,
+                             Py_ssize_t out_w, Py_ssize_t ahead, Py_ssize_t left)
     void fc_avg_grad_k2s2_f32(const float* g, float* d0, float* d1, Py_ssize_t n,
                               float div)
     void fc_avg_grad_k2s2_f64(const double* g, double* d0, double* d1, Py_ssize_t n,
@@ -1489,6 +1515,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     # k x k windows with enough inner columns for whole AVX2 vectors
     cdef bint square = (FC_POOL_AVX2 and pairs and k_h == k_w
                         and inner.hi - inner.lo >= _avx2_lanes(sizeof(floating)))
+    cdef bint whole = square and _whole_windows(k_h, stride_h, pad_h, pad_w, in_h, out_h,
+                                                inner, out_w)
     cdef Py_ssize_t padded = _round_up_lanes(inner.hi - inner.lo) if pairs else 0
     # scratch rows start on cache lines (split vector loads/stores are slow)
     cdef Py_ssize_t span = (padded + 16) // 16 * 16
@@ -1511,15 +1539,23 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
         else:
             memset(best_idx, 0, (out_w + 4 * span + 16) * sizeof(floating))
         for pl in prange(planes, schedule="static"):
-            if best_idx != NULL:
+            if whole:
+                # every window of the plane whole: all rows in the header
+                if floating is float:
+                    fc_max_plane_s2_f32(xp + pl * in_h * in_w, in_w, k_w, stride_h,
+                                        yp + pl * out_h * out_w, ip + pl * out_h * out_w,
+                                        out_h, out_w, PREFETCH_OUT_ROWS,
+                                        (planes - pl) * in_h * in_w)
+                else:
+                    fc_max_plane_s2_f64(xp + pl * in_h * in_w, in_w, k_w, stride_h,
+                                        yp + pl * out_h * out_w, ip + pl * out_h * out_w,
+                                        out_h, out_w, PREFETCH_OUT_ROWS,
+                                        (planes - pl) * in_h * in_w)
+            elif best_idx != NULL:
                 src = xp + pl * in_h * in_w
                 for p in range(out_h):
-                    if PREFETCH_OUT_ROWS:
-                        # the rows output row p + PREFETCH_OUT_ROWS adds
-                        _prefetch_rows(xp, planes * in_h * in_w, pl * in_h * in_w
-                                       + ((p + PREFETCH_OUT_ROWS) * stride_h - pad_h
-                                          + k_h - min(stride_h, k_h)) * in_w,
-                                       min(stride_h, k_h) * in_w, sizeof(floating), False)
+                    fc_prefetch_rows_ahead(src, sizeof(floating), (planes - pl) * in_h * in_w,
+                                           p, PREFETCH_OUT_ROWS, k_h, stride_h, pad_h, in_w)
                     hs = p * stride_h - pad_h
                     h0 = max(hs, 0)
                     h1 = min(hs + k_h, in_h)
@@ -1860,6 +1896,8 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
     # k x k windows with enough inner columns for whole AVX2 vectors
     cdef bint square = (FC_POOL_AVX2 and pairs and k_h == k_w
                         and inner.hi - inner.lo >= _avx2_lanes(sizeof(floating)))
+    cdef bint whole = square and _whole_windows(k_h, stride_h, pad_h, pad_w, in_h, out_h,
+                                                inner, out_w)
     cdef Py_ssize_t pl, p, q, i, v, co
     cdef double row_div
     cdef Window wh
@@ -1868,12 +1906,21 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef floating* acc
     with nogil:
         for pl in prange(planes, schedule="static", num_threads=n_threads):
+            if whole:
+                # every window of the plane whole: all rows in the header
+                if floating is float:
+                    fc_avg_plane_s2_f32(xp + pl * in_h * in_w, in_w, k_w, stride_h,
+                                        yp + pl * out_h * out_w, out_h, out_w,
+                                        PREFETCH_OUT_ROWS, (planes - pl) * in_h * in_w)
+                else:
+                    fc_avg_plane_s2_f64(xp + pl * in_h * in_w, in_w, k_w, stride_h,
+                                        yp + pl * out_h * out_w, out_h, out_w,
+                                        PREFETCH_OUT_ROWS, (planes - pl) * in_h * in_w)
+                continue
             for p in range(out_h):
-                if PREFETCH_OUT_ROWS:
-                    _prefetch_rows(xp, planes * in_h * in_w, pl * in_h * in_w
-                                   + ((p + PREFETCH_OUT_ROWS) * stride_h - pad_h
-                                      + k_h - min(stride_h, k_h)) * in_w,
-                                   min(stride_h, k_h) * in_w, sizeof(floating), False)
+                fc_prefetch_rows_ahead(xp + pl * in_h * in_w, sizeof(floating),
+                                       (planes - pl) * in_h * in_w, p, PREFETCH_OUT_ROWS,
+                                       k_h, stride_h, pad_h, in_w)
                 wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
                 row_div = <double>wh.padded if count_include_pad else <double>(wh.stop - wh.start)
                 acc = yp + (pl * out_h + p) * out_w

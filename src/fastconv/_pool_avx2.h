@@ -6,7 +6,8 @@
  *
  * Contents, each in float (8 lanes) and double (4 lanes):
  * - NCHW rows of k x k windows, k = 2 or 3, stride 2 along the row: max and
- *   average forward (fc_max_s2, fc_avg_s2), the 2x2 and 3x3 average
+ *   average forward (fc_max_s2, fc_avg_s2, and whole planes of them,
+ *   fc_max_plane_s2, fc_avg_plane_s2), the 2x2 and 3x3 average
  *   gradient written once (fc_avg_grad_k2s2, fc_avg_grad_k3s2, and the
  *   spread row fc_avg_spread_s2), and the 2x2 max gradient written once
  *   when every index lies in its own 2x2 block (fc_max_grad_k2s2).
@@ -78,6 +79,34 @@ static inline void fc_prefetch_w(void *p, Py_ssize_t bytes)
     (void)p;
     (void)bytes;
 #endif
+}
+
+/* Prefetch the input rows that output row p + ahead of the plane at src
+ * adds to its window (min(stride_h, k) rows of in_w elements of elem
+ * bytes, the window starting at row (p + ahead) * stride_h - pad_h),
+ * clipped to [src, src + left), left counting the elements from src to the
+ * end of the array: past the plane's last row come the next plane's rows,
+ * the ones a static schedule gives the same thread next.  Nothing when
+ * ahead is 0 or the span is over 8 KiB (long rows: the hardware prefetcher
+ * keeps up there). */
+static inline void fc_prefetch_rows_ahead(const void *src, Py_ssize_t elem,
+                                          Py_ssize_t left, Py_ssize_t p,
+                                          Py_ssize_t ahead, Py_ssize_t k,
+                                          Py_ssize_t stride_h, Py_ssize_t pad_h,
+                                          Py_ssize_t in_w)
+{
+    Py_ssize_t rows = stride_h < k ? stride_h : k;
+    Py_ssize_t o = ((p + ahead) * stride_h - pad_h + k - rows) * in_w, n = rows * in_w;
+    if (ahead == 0 || o >= left || o + n <= 0)
+        return;
+    if (o < 0) {
+        n += o;
+        o = 0;
+    }
+    if (n > left - o)
+        n = left - o;
+    if (n * elem <= 8192)
+        fc_prefetch((const char *)src + o * elem, n * elem);
 }
 
 #if defined(__AVX2__)
@@ -230,6 +259,61 @@ static inline void fc_avg_s2_f32(const float *r0, Py_ssize_t in_w, Py_ssize_t k,
     else
         fc_avg_s2_k_f32(r0, in_w, 2, out, n, div);
 }
+
+/* A whole plane of k x k windows, strides (stride_h, 2), that all lie
+ * inside the input (no padding; out_w >= the lanes): every row by the row
+ * kernel with no per-row bookkeeping between them, prefetching `ahead`
+ * output rows ahead within the `left` input elements from src to the end
+ * of the array (see fc_prefetch_rows_ahead).  The windows are whole, so
+ * the average's divisor is k * k in both count_include_pad modes. */
+FC_ALWAYS_INLINE void
+fc_max_plane_k_f32(const float *src, Py_ssize_t in_w, const int k, Py_ssize_t stride_h,
+                  float *out, int64_t *out_idx, Py_ssize_t out_h, Py_ssize_t out_w,
+                  Py_ssize_t ahead, Py_ssize_t left)
+{
+    Py_ssize_t p;
+    for (p = 0; p < out_h; p++) {
+        fc_prefetch_rows_ahead(src, sizeof(float), left, p, ahead, k, stride_h, 0, in_w);
+        fc_max_s2_k_f32(src + p * stride_h * in_w, in_w, k, out + p * out_w,
+                        out_idx + p * out_w, out_w, (int32_t)(p * stride_h * in_w));
+    }
+}
+
+static inline void fc_max_plane_s2_f32(const float *src, Py_ssize_t in_w, Py_ssize_t k,
+                                      Py_ssize_t stride_h, float *out, int64_t *out_idx,
+                                      Py_ssize_t out_h, Py_ssize_t out_w,
+                                      Py_ssize_t ahead, Py_ssize_t left)
+{
+    if (k == 3)
+        fc_max_plane_k_f32(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left);
+    else
+        fc_max_plane_k_f32(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left);
+}
+
+FC_ALWAYS_INLINE void
+fc_avg_plane_k_f32(const float *src, Py_ssize_t in_w, const int k, Py_ssize_t stride_h,
+                  float *out, Py_ssize_t out_h, Py_ssize_t out_w,
+                  Py_ssize_t ahead, Py_ssize_t left)
+{
+    Py_ssize_t p;
+    for (p = 0; p < out_h; p++) {
+        fc_prefetch_rows_ahead(src, sizeof(float), left, p, ahead, k, stride_h, 0, in_w);
+        fc_avg_s2_k_f32(src + p * stride_h * in_w, in_w, k, out + p * out_w, out_w,
+                        (float)(k * k));
+    }
+}
+
+static inline void fc_avg_plane_s2_f32(const float *src, Py_ssize_t in_w, Py_ssize_t k,
+                                      Py_ssize_t stride_h, float *out,
+                                      Py_ssize_t out_h, Py_ssize_t out_w,
+                                      Py_ssize_t ahead, Py_ssize_t left)
+{
+    if (k == 3)
+        fc_avg_plane_k_f32(src, in_w, 3, stride_h, out, out_h, out_w, ahead, left);
+    else
+        fc_avg_plane_k_f32(src, in_w, 2, stride_h, out, out_h, out_w, ahead, left);
+}
+
 
 static inline void fc_avg_grad_block_f32(const float *g, float *d0, float *d1,
                                          Py_ssize_t t, __m256 div)
@@ -659,6 +743,56 @@ static inline void fc_avg_s2_f64(const double *r0, Py_ssize_t in_w, Py_ssize_t k
         fc_avg_s2_k_f64(r0, in_w, 2, out, n, div);
 }
 
+/* As fc_max_plane_s2_f32 / fc_avg_plane_s2_f32. */
+FC_ALWAYS_INLINE void
+fc_max_plane_k_f64(const double *src, Py_ssize_t in_w, const int k, Py_ssize_t stride_h,
+                  double *out, int64_t *out_idx, Py_ssize_t out_h, Py_ssize_t out_w,
+                  Py_ssize_t ahead, Py_ssize_t left)
+{
+    Py_ssize_t p;
+    for (p = 0; p < out_h; p++) {
+        fc_prefetch_rows_ahead(src, sizeof(double), left, p, ahead, k, stride_h, 0, in_w);
+        fc_max_s2_k_f64(src + p * stride_h * in_w, in_w, k, out + p * out_w,
+                        out_idx + p * out_w, out_w, (int64_t)(p * stride_h * in_w));
+    }
+}
+
+static inline void fc_max_plane_s2_f64(const double *src, Py_ssize_t in_w, Py_ssize_t k,
+                                      Py_ssize_t stride_h, double *out, int64_t *out_idx,
+                                      Py_ssize_t out_h, Py_ssize_t out_w,
+                                      Py_ssize_t ahead, Py_ssize_t left)
+{
+    if (k == 3)
+        fc_max_plane_k_f64(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left);
+    else
+        fc_max_plane_k_f64(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left);
+}
+
+FC_ALWAYS_INLINE void
+fc_avg_plane_k_f64(const double *src, Py_ssize_t in_w, const int k, Py_ssize_t stride_h,
+                  double *out, Py_ssize_t out_h, Py_ssize_t out_w,
+                  Py_ssize_t ahead, Py_ssize_t left)
+{
+    Py_ssize_t p;
+    for (p = 0; p < out_h; p++) {
+        fc_prefetch_rows_ahead(src, sizeof(double), left, p, ahead, k, stride_h, 0, in_w);
+        fc_avg_s2_k_f64(src + p * stride_h * in_w, in_w, k, out + p * out_w, out_w,
+                        (double)(k * k));
+    }
+}
+
+static inline void fc_avg_plane_s2_f64(const double *src, Py_ssize_t in_w, Py_ssize_t k,
+                                      Py_ssize_t stride_h, double *out,
+                                      Py_ssize_t out_h, Py_ssize_t out_w,
+                                      Py_ssize_t ahead, Py_ssize_t left)
+{
+    if (k == 3)
+        fc_avg_plane_k_f64(src, in_w, 3, stride_h, out, out_h, out_w, ahead, left);
+    else
+        fc_avg_plane_k_f64(src, in_w, 2, stride_h, out, out_h, out_w, ahead, left);
+}
+
+
 static inline void fc_avg_grad_block_f64(const double *g, double *d0, double *d1,
                                          Py_ssize_t t, __m256d div)
 {
@@ -905,6 +1039,10 @@ static inline void fc_avg_grad_px_k2_f64(const double *g, double *d00, Py_ssize_
 #define fc_max_s2_f64(r0, in_w, k, out, out_idx, n, base) abort()
 #define fc_avg_s2_f32(r0, in_w, k, out, n, div) abort()
 #define fc_avg_s2_f64(r0, in_w, k, out, n, div) abort()
+#define fc_max_plane_s2_f32(src, in_w, k, sh, out, out_idx, oh, ow, ahead, left) abort()
+#define fc_max_plane_s2_f64(src, in_w, k, sh, out, out_idx, oh, ow, ahead, left) abort()
+#define fc_avg_plane_s2_f32(src, in_w, k, sh, out, oh, ow, ahead, left) abort()
+#define fc_avg_plane_s2_f64(src, in_w, k, sh, out, oh, ow, ahead, left) abort()
 #define fc_avg_grad_k2s2_f32(g, d0, d1, n, div) abort()
 #define fc_avg_grad_k2s2_f64(g, d0, d1, n, div) abort()
 #define fc_avg_spread_s2_f32(sp, h, n, k) abort()
