@@ -69,7 +69,11 @@ cdef Py_ssize_t DEPTHWISE_MAX_PADDED = -1
 # (tests switch them off to check the general loops against them).
 cdef bint POOL_FAST_PATHS = True
 # Pools ask for the rows they will read (and write) this many output rows
-# ahead (0: leave it to the hardware prefetcher); see _prefetch_rows.
+# ahead (0: leave it to the hardware prefetcher).  A pool streams planes
+# through the cache; when they come from memory, the row kernels (3x3 ones
+# most) compute too long per cache line for the hardware prefetcher to stay
+# ahead, so memory waits and compute add up instead of overlapping.  See
+# fc_prefetch_rows_ahead and fc_prefetch_grad_rows in _pool_avx2.h.
 cdef Py_ssize_t PREFETCH_OUT_ROWS = 8
 # Test hook: make every kernel workspace allocation fail (see _workspace).
 cdef bint FAIL_ALLOCATIONS = False
@@ -1253,8 +1257,10 @@ cdef extern from "_pool_avx2.h" nogil:
     # AVX2 row kernels for k x k (k = 2, 3), stride-2 windows; FC_POOL_AVX2
     # is 0 in the baseline build, whose Cython loops then do all the work
     bint FC_POOL_AVX2
-    void fc_prefetch(const void* p, Py_ssize_t nbytes)
-    void fc_prefetch_w(void* p, Py_ssize_t nbytes)
+    void fc_prefetch_grad_rows(const void* g, const int64_t* idx, Py_ssize_t elem,
+                               Py_ssize_t g_left, Py_ssize_t out_w, void* dx,
+                               Py_ssize_t dx_left, Py_ssize_t in_w, Py_ssize_t p,
+                               Py_ssize_t ahead)
     void fc_prefetch_rows_ahead(const void* src, Py_ssize_t elem, Py_ssize_t left,
                                 Py_ssize_t p, Py_ssize_t ahead, Py_ssize_t k,
                                 Py_ssize_t stride_h, Py_ssize_t pad_h, Py_ssize_t in_w)
@@ -1320,43 +1326,6 @@ cdef extern from "_pool_avx2.h" nogil:
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
     bint fc_max_grad_k2s2_f64(const double* g, const int64_t* idx, double* d0,
                               Py_ssize_t in_w, Py_ssize_t n, int64_t base)
-
-
-cdef inline void _prefetch_rows(const void* base, Py_ssize_t total, Py_ssize_t start,
-                                Py_ssize_t count, size_t itemsize, bint write) noexcept nogil:
-    """Prefetch elements [start, start + count) of an array of ``total``
-    elements, clipped to it; spans over 8 KiB are left to the hardware.
-
-    A pool streams planes through the cache.  When they come from memory,
-    the row kernels (3x3 ones most) compute too long per line for the
-    hardware prefetcher to stay ahead, so memory waits and compute add up
-    instead of overlapping; asking a few rows ahead overlaps them.  Rows
-    past a plane's end are the next plane's, which a static schedule gives
-    the same thread next."""
-    cdef Py_ssize_t stop = min(start + count, total)
-    start = max(start, 0)
-    if stop <= start or <size_t>(stop - start) * itemsize > 8192:
-        return
-    if write:
-        fc_prefetch_w(<char*>base + start * itemsize, (stop - start) * itemsize)
-    else:
-        fc_prefetch(<const char*>base + start * itemsize, (stop - start) * itemsize)
-
-
-cdef inline void _prefetch_grad_rows(const void* g, const int64_t* idx, Py_ssize_t g_left,
-                                     Py_ssize_t out_w, void* dx, Py_ssize_t dx_left,
-                                     Py_ssize_t in_w, Py_ssize_t p,
-                                     size_t itemsize) noexcept nogil:
-    """The stride-2 write-once gradients' prefetch (see _prefetch_rows):
-    ``grad_out`` row p + PREFETCH_OUT_ROWS (and its ``indices`` row, if
-    any) to read, and the two input rows it writes.  ``g_left`` and
-    ``dx_left`` count the elements from the plane's start to its array's
-    end."""
-    cdef Py_ssize_t ahead = p + PREFETCH_OUT_ROWS
-    _prefetch_rows(g, g_left, ahead * out_w, out_w, itemsize, False)
-    if idx != NULL:
-        _prefetch_rows(idx, g_left, ahead * out_w, out_w, sizeof(int64_t), False)
-    _prefetch_rows(dx, dx_left, 2 * ahead * in_w, 2 * in_w, itemsize, True)
 
 
 cdef inline Py_ssize_t _avx2_lanes(size_t itemsize) noexcept nogil:
@@ -1665,6 +1634,8 @@ cdef inline void _zero_block_row_tails(floating* row0, Py_ssize_t in_w, Py_ssize
     """Zero the pixels [2*out_w, in_w) of input rows row0 and row0 + in_w
     (ch values per pixel): the columns no 2x2, stride-2 window covers."""
     cdef Py_ssize_t a
+    if in_w == 2 * out_w:
+        return      # (the usual even width: nothing to zero, no call)
     for a in range(2):
         memset(row0 + (a * in_w + 2 * out_w) * ch, 0,
                (in_w - 2 * out_w) * ch * sizeof(floating))
@@ -1683,8 +1654,8 @@ cdef bint _max_backward_plane_k2s2(const floating* g, const int64_t* idx, floati
     cdef Py_ssize_t p
     cdef floating* d0
     for p in range(out_h):
-        if PREFETCH_OUT_ROWS:
-            _prefetch_grad_rows(g, idx, g_left, out_w, dx, dx_left, in_w, p, sizeof(floating))
+        fc_prefetch_grad_rows(g, idx, sizeof(floating), g_left, out_w, dx, dx_left, in_w, p,
+                              PREFETCH_OUT_ROWS)
         d0 = dx + 2 * p * in_w
         if floating is float:
             if not fc_max_grad_k2s2_f32(g + p * out_w, idx + p * out_w, d0, in_w, out_w,
@@ -2081,8 +2052,8 @@ cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
     cdef Py_ssize_t in_w = geo.in_w, out_w = geo.out_w
     cdef floating* d0
     for p in range(geo.out_h):
-        if PREFETCH_OUT_ROWS:
-            _prefetch_grad_rows(g, NULL, g_left, out_w, dx, dx_left, in_w, p, sizeof(floating))
+        fc_prefetch_grad_rows(g, NULL, sizeof(floating), g_left, out_w, dx, dx_left, in_w, p,
+                              PREFETCH_OUT_ROWS)
         d0 = dx + 2 * p * in_w
         if floating is float:
             fc_avg_grad_k2s2_f32(g + p * out_w, d0, d0 + in_w, out_w, 4)
@@ -2124,8 +2095,8 @@ cdef void _avg_backward_plane_k3s2(const floating* g, floating* dx, floating* sh
     cdef floating* d_even
     _avg_share_row(g, shares + 1, 0, geo, cdiv)
     for p in range(out_h):
-        if PREFETCH_OUT_ROWS:
-            _prefetch_grad_rows(g, NULL, g_left, out_w, dx, dx_left, in_w, p, sizeof(floating))
+        fc_prefetch_grad_rows(g, NULL, sizeof(floating), g_left, out_w, dx, dx_left, in_w, p,
+                              PREFETCH_OUT_ROWS)
         if p + 1 < out_h:
             _avg_share_row(g, shares + ((p + 1) % 3) * row_len + 1, p + 1, geo, cdiv)
         cur = shares + (p % 3) * row_len

@@ -109,6 +109,37 @@ static inline void fc_prefetch_rows_ahead(const void *src, Py_ssize_t elem,
         fc_prefetch((const char *)src + o * elem, n * elem);
 }
 
+/* The stride-2 write-once gradients' prefetch: grad_out row p + ahead of
+ * the plane at g (and its indices row, if idx is not NULL) to read, and
+ * the two input rows of the plane at dx that it writes, to write; g_left
+ * and dx_left count the elements from the planes' starts to the arrays'
+ * ends (past a plane come the next plane's rows, as above). */
+static inline void fc_prefetch_grad_rows(const void *g, const int64_t *idx, Py_ssize_t elem,
+                                         Py_ssize_t g_left, Py_ssize_t out_w, void *dx,
+                                         Py_ssize_t dx_left, Py_ssize_t in_w, Py_ssize_t p,
+                                         Py_ssize_t ahead)
+{
+    Py_ssize_t o = (p + ahead) * out_w, n = out_w;
+    if (ahead == 0)
+        return;
+    if (o < g_left) {
+        if (n > g_left - o)
+            n = g_left - o;
+        if (n * elem <= 8192)
+            fc_prefetch((const char *)g + o * elem, n * elem);
+        if (idx != NULL && n * (Py_ssize_t)sizeof(int64_t) <= 8192)
+            fc_prefetch(idx + o, n * (Py_ssize_t)sizeof(int64_t));
+    }
+    o = 2 * (p + ahead) * in_w;
+    n = 2 * in_w;
+    if (o < dx_left) {
+        if (n > dx_left - o)
+            n = dx_left - o;
+        if (n * elem <= 8192)
+            fc_prefetch_w((char *)dx + o * elem, n * elem);
+    }
+}
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 
