@@ -1298,6 +1298,13 @@ cdef extern from "_pool_avx2.h" nogil:
                               float* d_odd, Py_ssize_t in_w)
     void fc_avg_grad_k3s2_f64(const double* prev, const double* cur, double* d_even,
                               double* d_odd, Py_ssize_t in_w)
+    void fc_avg_grad_plane_k3s2_f32(const float* g, float* dx, float* shares, Py_ssize_t in_h,
+                                    Py_ssize_t in_w, Py_ssize_t out_h, Py_ssize_t out_w,
+                                    Py_ssize_t ahead, Py_ssize_t g_left, Py_ssize_t dx_left)
+    void fc_avg_grad_plane_k3s2_f64(const double* g, double* dx, double* shares,
+                                    Py_ssize_t in_h, Py_ssize_t in_w, Py_ssize_t out_h,
+                                    Py_ssize_t out_w, Py_ssize_t ahead, Py_ssize_t g_left,
+                                    Py_ssize_t dx_left)
     bint fc_max_grad_px_f32(const float* g, const int64_t* idx, float* d00, Py_ssize_t ch,
                             int64_t f00, Py_ssize_t in_w)
     bint fc_max_grad_px_f64(const double* g, const int64_t* idx, double* d00, Py_ssize_t ch,
@@ -2063,58 +2070,6 @@ cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
     memset(dx + 2 * geo.out_h * in_w, 0, (geo.in_h - 2 * geo.out_h) * in_w * sizeof(floating))
 
 
-cdef inline void _avg_share_row(const floating* g, floating* row, Py_ssize_t p,
-                                const AvgGeometry* geo, const double* cdiv) noexcept nogil:
-    """Output row p's shares (each grad_out over its window's divisor)."""
-    cdef Window wh = _avg_window(p, geo.k_h, geo.stride_h, geo.pad_h, geo.in_h)
-    _divide_row(g + p * geo.out_w, row, geo.out_w,
-                <double>wh.padded if geo.count_include_pad else <double>(wh.stop - wh.start),
-                cdiv, geo.float_exact)
-
-
-cdef void _avg_backward_plane_k3s2(const floating* g, floating* dx, floating* shares,
-                                   const AvgGeometry* geo, const double* cdiv,
-                                   Py_ssize_t g_left, Py_ssize_t dx_left) noexcept nogil:
-    """One plane of a 3x3, stride-2, unpadded average-pooling gradient whose
-    windows all lie inside the input, written once, two input rows per
-    output row by the AVX2 kernel (``_pool_avx2.h``): row 2p is the spread
-    of output rows p-1 and p, row 2p+1 that of row p -- the same sums as
-    ``_avg_backward_plane``.  ``shares`` holds four zeroed rows of
-    in_w // 2 + 2: three rotate as the previous, current and next share
-    rows (at offset 1), the fourth stays zero (no window).  Each share row
-    is divided one output row before the kernel reads it: the kernel's
-    loads, one column off the division's stores, would otherwise wait for
-    those stores to reach the cache (a failed store-to-load forward on
-    every block)."""
-    cdef Py_ssize_t p
-    cdef Py_ssize_t in_w = geo.in_w, out_w = geo.out_w, out_h = geo.out_h
-    cdef Py_ssize_t row_len = in_w // 2 + 2
-    cdef floating* zero = shares + 3 * row_len
-    cdef floating* prev = zero
-    cdef floating* cur
-    cdef floating* d_even
-    _avg_share_row(g, shares + 1, 0, geo, cdiv)
-    for p in range(out_h):
-        fc_prefetch_grad_rows(g, NULL, sizeof(floating), g_left, out_w, dx, dx_left, in_w, p,
-                              PREFETCH_OUT_ROWS)
-        if p + 1 < out_h:
-            _avg_share_row(g, shares + ((p + 1) % 3) * row_len + 1, p + 1, geo, cdiv)
-        cur = shares + (p % 3) * row_len
-        d_even = dx + 2 * p * in_w
-        if floating is float:
-            fc_avg_grad_k3s2_f32(prev, cur, d_even, d_even + in_w, in_w)
-        else:
-            fc_avg_grad_k3s2_f64(prev, cur, d_even, d_even + in_w, in_w)
-        prev = cur
-    # row 2*out_h: the last window's bottom row only
-    d_even = dx + 2 * out_h * in_w
-    if floating is float:
-        fc_avg_grad_k3s2_f32(prev, zero, d_even, NULL, in_w)
-    else:
-        fc_avg_grad_k3s2_f64(prev, zero, d_even, NULL, in_w)
-    memset(d_even + in_w, 0, (geo.in_h - 2 * out_h - 1) * in_w * sizeof(floating))
-
-
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         floating[:, :, :, ::1] grad_in,
                         Py_ssize_t k_h, Py_ssize_t k_w,
@@ -2195,10 +2150,22 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                                          (planes - pl) * out_size, (planes - pl) * in_size)
             elif square3:
                 if ring != NULL:
-                    _avg_backward_plane_k3s2(gp + pl * out_size, dxp + pl * in_size,
-                                             ring + ring_rows * geo_p.ring_w, geo_p, cdiv,
-                                             (planes - pl) * out_size,
-                                             (planes - pl) * in_size)
+                    # every row in the header (the same sums as
+                    # _avg_backward_plane, see fc_avg_grad_plane_k3s2)
+                    if floating is float:
+                        fc_avg_grad_plane_k3s2_f32(gp + pl * out_size, dxp + pl * in_size,
+                                                   ring + ring_rows * geo_p.ring_w,
+                                                   geo_p.in_h, geo_p.in_w, geo_p.out_h,
+                                                   geo_p.out_w, PREFETCH_OUT_ROWS,
+                                                   (planes - pl) * out_size,
+                                                   (planes - pl) * in_size)
+                    else:
+                        fc_avg_grad_plane_k3s2_f64(gp + pl * out_size, dxp + pl * in_size,
+                                                   ring + ring_rows * geo_p.ring_w,
+                                                   geo_p.in_h, geo_p.in_w, geo_p.out_h,
+                                                   geo_p.out_w, PREFETCH_OUT_ROWS,
+                                                   (planes - pl) * out_size,
+                                                   (planes - pl) * in_size)
             elif ring != NULL:
                 _avg_backward_plane(gp + pl * out_size, dxp + pl * in_size, ring, ring_rows,
                                     ring + ring_rows * geo_p.ring_w, geo_p, cdiv)

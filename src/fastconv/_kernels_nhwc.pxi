@@ -1243,7 +1243,7 @@ cdef void _avg_backward_rows_k3s2_nhwc(const floating* g, floating* dx, floating
                                        bint float_exact) noexcept nogil:
     """Output rows [p0, p1) of one image's 3x3, stride-2, unpadded NHWC
     average-pool gradient, windows inside the input, separable as in NCHW
-    (_avg_backward_plane_k3s2, the same sums and bits): input row 2p+1 is
+    (fc_avg_grad_plane_k3s2, the same sums and bits): input row 2p+1 is
     output row p's spread row H_p, written in place, and row 2p is
     H_{p-1} + H_p, H_{p-1} being row 2p-1 (or, at the chunk's start,
     recomputed into ``h_prev``).  The last chunk also writes row 2*out_h

@@ -8,8 +8,9 @@
  * - NCHW rows of k x k windows, k = 2 or 3, stride 2 along the row: max and
  *   average forward (fc_max_s2, fc_avg_s2, and whole planes of them,
  *   fc_max_plane_s2, fc_avg_plane_s2), the 2x2 and 3x3 average
- *   gradient written once (fc_avg_grad_k2s2, fc_avg_grad_k3s2, and the
- *   spread row fc_avg_spread_s2), and the 2x2 max gradient written once
+ *   gradient written once (fc_avg_grad_k2s2, fc_avg_grad_k3s2 and its
+ *   whole-plane loop fc_avg_grad_plane_k3s2, and the spread row
+ *   fc_avg_spread_s2), and the 2x2 max gradient written once
  *   when every index lies in its own 2x2 block (fc_max_grad_k2s2).
  * - NHWC pixels, vectors along the channels: a window's max or sum kept in
  *   registers (fc_max_px, fc_avg_px), the average gradient's gather
@@ -48,6 +49,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define FC_F32_LANES 8
 #define FC_F64_LANES 4
@@ -471,6 +473,51 @@ static inline void fc_avg_grad_k3s2_f32(const float *prev, const float *cur,
             d_odd[2 * nq] = ec;
         d_even[2 * nq] = ((0.0f + prev[nq + 1]) + prev[nq]) + ec;
     }
+}
+
+/* out[q] = g[q] / div, q < n (a share row of the 3x3 gradient below). */
+static inline void fc_div_row_f32(const float *g, float *out, Py_ssize_t n, float div)
+{
+    Py_ssize_t t;
+    __m256 d = _mm256_set1_ps(div);
+    for (t = 0; t + FC_F32_LANES <= n; t += FC_F32_LANES)
+        _mm256_storeu_ps(out + t, _mm256_div_ps(_mm256_loadu_ps(g + t), d));
+    for (; t < n; t++)
+        out[t] = g[t] / div;
+}
+
+/* A whole plane of the 3x3, stride-2, unpadded average-pool gradient whose
+   windows all lie inside the input (their divisor is 9 in both
+   count_include_pad modes), every row here: input rows 2p and 2p+1 by
+   fc_avg_grad_k3s2, row 2 out_h (the last windows' bottom row) against a
+   zero share row, zeros below it.  `shares` holds four zeroed rows of
+   in_w / 2 + 2; three rotate as the previous, current and next share rows
+   (at offset 1), the fourth stays zero.  Each share row is divided one
+   output row before the kernel reads it: the kernel's loads, one column
+   off the division's stores, would otherwise wait on a failed
+   store-to-load forward.  Prefetches as fc_prefetch_grad_rows. */
+static inline void fc_avg_grad_plane_k3s2_f32(const float *g, float *dx, float *shares,
+                                             Py_ssize_t in_h, Py_ssize_t in_w,
+                                             Py_ssize_t out_h, Py_ssize_t out_w,
+                                             Py_ssize_t ahead, Py_ssize_t g_left,
+                                             Py_ssize_t dx_left)
+{
+    Py_ssize_t p, row_len = in_w / 2 + 2;
+    float *zero = shares + 3 * row_len, *prev = zero, *cur, *d_even;
+    fc_div_row_f32(g, shares + 1, out_w, 9);
+    for (p = 0; p < out_h; p++) {
+        fc_prefetch_grad_rows(g, NULL, sizeof(float), g_left, out_w, dx, dx_left, in_w, p,
+                              ahead);
+        if (p + 1 < out_h)
+            fc_div_row_f32(g + (p + 1) * out_w, shares + ((p + 1) % 3) * row_len + 1, out_w, 9);
+        cur = shares + (p % 3) * row_len;
+        d_even = dx + 2 * p * in_w;
+        fc_avg_grad_k3s2_f32(prev, cur, d_even, d_even + in_w, in_w);
+        prev = cur;
+    }
+    d_even = dx + 2 * out_h * in_w;
+    fc_avg_grad_k3s2_f32(prev, zero, d_even, NULL, in_w);
+    memset(d_even + in_w, 0, (size_t)((in_h - 2 * out_h - 1) * in_w) * sizeof(float));
 }
 
 /* Channels-last max-pool gradient of one output pixel whose every channel's
@@ -922,6 +969,51 @@ static inline void fc_avg_grad_k3s2_f64(const double *prev, const double *cur,
     }
 }
 
+/* out[q] = g[q] / div, q < n (a share row of the 3x3 gradient below). */
+static inline void fc_div_row_f64(const double *g, double *out, Py_ssize_t n, double div)
+{
+    Py_ssize_t t;
+    __m256d d = _mm256_set1_pd(div);
+    for (t = 0; t + FC_F64_LANES <= n; t += FC_F64_LANES)
+        _mm256_storeu_pd(out + t, _mm256_div_pd(_mm256_loadu_pd(g + t), d));
+    for (; t < n; t++)
+        out[t] = g[t] / div;
+}
+
+/* A whole plane of the 3x3, stride-2, unpadded average-pool gradient whose
+   windows all lie inside the input (their divisor is 9 in both
+   count_include_pad modes), every row here: input rows 2p and 2p+1 by
+   fc_avg_grad_k3s2, row 2 out_h (the last windows' bottom row) against a
+   zero share row, zeros below it.  `shares` holds four zeroed rows of
+   in_w / 2 + 2; three rotate as the previous, current and next share rows
+   (at offset 1), the fourth stays zero.  Each share row is divided one
+   output row before the kernel reads it: the kernel's loads, one column
+   off the division's stores, would otherwise wait on a failed
+   store-to-load forward.  Prefetches as fc_prefetch_grad_rows. */
+static inline void fc_avg_grad_plane_k3s2_f64(const double *g, double *dx, double *shares,
+                                             Py_ssize_t in_h, Py_ssize_t in_w,
+                                             Py_ssize_t out_h, Py_ssize_t out_w,
+                                             Py_ssize_t ahead, Py_ssize_t g_left,
+                                             Py_ssize_t dx_left)
+{
+    Py_ssize_t p, row_len = in_w / 2 + 2;
+    double *zero = shares + 3 * row_len, *prev = zero, *cur, *d_even;
+    fc_div_row_f64(g, shares + 1, out_w, 9);
+    for (p = 0; p < out_h; p++) {
+        fc_prefetch_grad_rows(g, NULL, sizeof(double), g_left, out_w, dx, dx_left, in_w, p,
+                              ahead);
+        if (p + 1 < out_h)
+            fc_div_row_f64(g + (p + 1) * out_w, shares + ((p + 1) % 3) * row_len + 1, out_w, 9);
+        cur = shares + (p % 3) * row_len;
+        d_even = dx + 2 * p * in_w;
+        fc_avg_grad_k3s2_f64(prev, cur, d_even, d_even + in_w, in_w);
+        prev = cur;
+    }
+    d_even = dx + 2 * out_h * in_w;
+    fc_avg_grad_k3s2_f64(prev, zero, d_even, NULL, in_w);
+    memset(d_even + in_w, 0, (size_t)((in_h - 2 * out_h - 1) * in_w) * sizeof(double));
+}
+
 static inline int fc_max_grad_px_block_f64(const double *g, const int64_t *idx,
                                            double *d00, double *d01, double *d10,
                                            double *d11, Py_ssize_t c, int64_t f00,
@@ -1080,6 +1172,8 @@ static inline void fc_avg_grad_px_k2_f64(const double *g, double *d00, Py_ssize_
 #define fc_avg_spread_s2_f64(sp, h, n, k) abort()
 #define fc_avg_grad_k3s2_f32(prev, cur, d_even, d_odd, in_w) abort()
 #define fc_avg_grad_k3s2_f64(prev, cur, d_even, d_odd, in_w) abort()
+#define fc_avg_grad_plane_k3s2_f32(g, dx, sh, ih, iw, oh, ow, ahead, gl, dl) abort()
+#define fc_avg_grad_plane_k3s2_f64(g, dx, sh, ih, iw, oh, ow, ahead, gl, dl) abort()
 #define fc_max_grad_px_f32(g, idx, d00, ch, f00, in_w) (abort(), 0)
 #define fc_max_grad_px_f64(g, idx, d00, ch, f00, in_w) (abort(), 0)
 #define fc_max_px_f32(x, in_w, ch, h0, h1, w0, w1, out, out_idx) abort()
