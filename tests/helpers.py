@@ -102,3 +102,27 @@ def every_kernel_output(rng, dtype):
         out += [m, idx, fastconv.max_pool2d_grad(np.sin(m), idx, x.shape), a,
                 fastconv.avg_pool2d_grad(np.sin(a), x.shape, k, 2, p)]
     return out
+
+
+def guarded_copy(a, side="after"):
+    """A copy of ``a`` (C-contiguous) whose data ends at (``side="after"``)
+    or starts at (``"before"``) a page boundary next to a no-access page:
+    a kernel that reads one element past the array's end (or before its
+    start) faults there instead of reading a neighbour's bytes.  Linux /
+    POSIX only (mmap + mprotect); the array keeps its mapping alive."""
+    import ctypes
+    import mmap
+
+    a = np.ascontiguousarray(a)
+    page = mmap.PAGESIZE
+    data_pages = max(1, -(-a.nbytes // page))
+    buf = mmap.mmap(-1, (data_pages + 1) * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    guard, offset = ((base + data_pages * page, data_pages * page - a.nbytes) if side == "after"
+                     else (base, page))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 0) != 0:  # PROT_NONE
+        raise OSError(ctypes.get_errno(), "mprotect failed")
+    out = np.frombuffer(buf, dtype=a.dtype, count=a.size, offset=offset).reshape(a.shape)
+    out[...] = a
+    return out

@@ -41,6 +41,14 @@ def test_environment_forces_the_baseline():
     assert proc.stdout.strip() == "baseline"
 
 
+def test_environment_forces_avx2_without_the_avx512_rows():
+    if "avx2" not in _simd.available():
+        pytest.skip("no AVX2 build or no AVX2/FMA on this CPU")
+    proc = _level_in_subprocess("avx2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "avx2"
+
+
 def test_auto_picks_the_best_available():
     proc = _level_in_subprocess("auto")
     assert proc.stdout.strip() == _simd.available()[-1]
@@ -49,9 +57,91 @@ def test_auto_picks_the_best_available():
 def test_bad_value_is_refused():
     proc = _level_in_subprocess("avx9000")
     assert proc.returncode != 0
-    assert "FASTCONV_SIMD must be auto, baseline or avx2" in proc.stderr
+    assert "FASTCONV_SIMD must be auto, baseline, avx2 or avx512" in proc.stderr
 
 
 def test_show_config_reports_the_level(capsys):
     fastconv.show_config()
     assert f"simd: {_simd.level}" in capsys.readouterr().out
+
+
+needs_avx512 = pytest.mark.skipif("avx512" not in _simd.available(),
+                                  reason="no AVX2 build or no AVX-512F on this CPU")
+
+
+@needs_avx512
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [2, 3])
+def test_avx512_max_rows_agree_bitwise_with_avx2_rows(dtype, k):
+    """The AVX-512 max-pool rows (whole planes, _pool_avx2.h) give the AVX2
+    rows' values and indices bit for bit: rows narrower than one vector to
+    several with every remainder, vertical strides 1-3, several planes per
+    thread (the prefetch runs into the next plane), ties, NaN and infinities;
+    the gradient from those indices is the same too."""
+    from fastconv import _kernels_avx2
+    rng = np.random.default_rng(k)
+    saved = _kernels_avx2._tuning()["max_pool_avx512"]
+    try:
+        for width in list(range(k, 40)) + [56, 57, 112, 113]:
+            for stride_h in (1, 2, 3):
+                shape = (2, 3, 3 * k + 4, width)
+                x = rng.integers(-2, 3, size=shape).astype(np.float64)
+                x[rng.random(shape) < 0.04] = np.nan
+                x[rng.random(shape) < 0.04] = -np.inf
+                x[rng.random(shape) < 0.02] = np.inf
+                x = x.astype(dtype)
+                results = []
+                for on in (True, False):
+                    _kernels_avx2._tuning(max_pool_avx512=on)
+                    y, idx = fastconv.max_pool2d(x, k, (stride_h, 2))
+                    g = np.arange(y.size, dtype=dtype).reshape(y.shape) - 3
+                    results.append((y, idx, fastconv.max_pool2d_grad(g, idx, shape)))
+                for a, b in zip(*results):
+                    np.testing.assert_array_equal(a, b, err_msg=f"width {width}, "
+                                                                f"stride_h {stride_h}")
+    finally:
+        _kernels_avx2._tuning(max_pool_avx512=saved)
+
+
+_GUARD_SCRIPT = r"""
+import sys
+import numpy as np
+import fastconv
+from fastconv import _simd
+sys.path.insert(0, sys.argv[1])
+from helpers import guarded_copy
+
+kernels = _simd.kernels
+settings = [dict(pool_fast_paths=True)]
+if "max_pool_avx512" in kernels._tuning() and "avx512" in _simd.available():
+    settings = [dict(pool_fast_paths=True, max_pool_avx512=on) for on in (True, False)]
+rng = np.random.default_rng(0)
+for tuning in settings:
+    kernels._tuning(**tuning)
+    for dtype in (np.float32, np.float64):
+        for k in (2, 3):
+            for width in list(range(k, 40)) + [56, 57]:
+                for stride_h in (1, 2):
+                    shape = (1, 2, 2 * k + 3, width)
+                    for side in ("after", "before"):
+                        x = guarded_copy(rng.standard_normal(shape).astype(dtype), side)
+                        y, idx = fastconv.max_pool2d(x, k, (stride_h, 2))
+                        a = fastconv.avg_pool2d(x, k, (stride_h, 2))
+                        fastconv.max_pool2d_grad(guarded_copy(y, side), guarded_copy(idx, side),
+                                                 shape)
+                        fastconv.avg_pool2d_grad(guarded_copy(a, side), shape, k, (stride_h, 2))
+print("ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="guard pages via mmap/mprotect (Linux)")
+def test_pool_row_kernels_read_nothing_outside_their_arrays():
+    """Every pooling kernel (the SIMD row kernels, AVX-512 rows on and off)
+    on inputs that end or start next to a no-access page, for rows of every
+    width up to a few vectors: a read one element outside would fault (in a
+    subprocess, so a fault fails this test instead of the run)."""
+    import os
+    proc = subprocess.run([sys.executable, "-c", _GUARD_SCRIPT, os.path.dirname(__file__)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode,
+                                                                  proc.stderr[-2000:])

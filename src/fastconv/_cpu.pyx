@@ -17,6 +17,20 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    static int fastconv_cpu_has_avx512f(void) {
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f");
+    #else
+        return 0;
+    #endif
+    }
+    """
+    int fastconv_cpu_has_avx512f() nogil
+
+
+cdef extern from *:
+    """
     #if defined(__clang__)
     #define FASTCONV_COMPILER "clang " __clang_version__
     #elif defined(__GNUC__)
@@ -38,3 +52,8 @@ def compiler():
 def has_avx2_fma():
     """Return True if this CPU and OS can run AVX2 and FMA instructions."""
     return bool(fastconv_cpu_has_avx2_fma())
+
+
+def has_avx512f():
+    """Return True if this CPU and OS can run AVX-512F instructions."""
+    return bool(fastconv_cpu_has_avx512f())

@@ -75,6 +75,9 @@ cdef bint POOL_FAST_PATHS = True
 # ahead, so memory waits and compute add up instead of overlapping.  See
 # fc_prefetch_rows_ahead and fc_prefetch_grad_rows in _pool_avx2.h.
 cdef Py_ssize_t PREFETCH_OUT_ROWS = 8
+# Whole-plane max pools use the header's AVX-512 rows (AVX2 build, a CPU
+# with AVX-512F; fastconv._simd switches them on).
+cdef bint MAX_POOL_AVX512 = False
 # Test hook: make every kernel workspace allocation fail (see _workspace).
 cdef bint FAIL_ALLOCATIONS = False
 
@@ -89,11 +92,14 @@ cdef inline void* _workspace(size_t nbytes) noexcept nogil:
 
 def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             rowwise_max_plane=None, depthwise_max_padded=None, pool_fast_paths=None,
-            fail_allocations=None, prefetch_out_rows=None):
+            fail_allocations=None, prefetch_out_rows=None, max_pool_avx512=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
-    global POOL_FAST_PATHS, FAIL_ALLOCATIONS, PREFETCH_OUT_ROWS
+    global POOL_FAST_PATHS, FAIL_ALLOCATIONS, PREFETCH_OUT_ROWS, MAX_POOL_AVX512
+    if max_pool_avx512 is not None:
+        # (stays off where the build or the CPU cannot run it)
+        MAX_POOL_AVX512 = fc_set_max_avx512(bool(max_pool_avx512))
     if prefetch_out_rows is not None:
         PREFETCH_OUT_ROWS = prefetch_out_rows
     if fail_allocations is not None:
@@ -116,7 +122,7 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 min_items=MIN_ITEMS, rowwise_max_plane=ROWWISE_MAX_PLANE,
                 depthwise_max_padded=DEPTHWISE_MAX_PADDED,
                 pool_fast_paths=POOL_FAST_PATHS, fail_allocations=FAIL_ALLOCATIONS,
-                prefetch_out_rows=PREFETCH_OUT_ROWS)
+                prefetch_out_rows=PREFETCH_OUT_ROWS, max_pool_avx512=MAX_POOL_AVX512)
 
 
 def _raise_for_status(int status):
@@ -1257,6 +1263,7 @@ cdef extern from "_pool_avx2.h" nogil:
     # AVX2 row kernels for k x k (k = 2, 3), stride-2 windows; FC_POOL_AVX2
     # is 0 in the baseline build, whose Cython loops then do all the work
     bint FC_POOL_AVX2
+    int fc_set_max_avx512(int on)
     void fc_prefetch_grad_rows(const void* g, const int64_t* idx, Py_ssize_t elem,
                                Py_ssize_t g_left, Py_ssize_t out_w, void* dx,
                                Py_ssize_t dx_left, Py_ssize_t in_w, Py_ssize_t p,

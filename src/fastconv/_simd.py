@@ -3,16 +3,24 @@
 ``_kernels`` is compiled for the x86-64 baseline (SSE2); on x86-64 the same
 source is also compiled with AVX2 + FMA as ``_kernels_avx2`` (see
 setup.py).  Both round identically (no FMA contraction), so the choice
-changes speed, never results.  ``FASTCONV_SIMD=baseline`` forces the
-baseline build (the tests use it); ``FASTCONV_SIMD=avx2`` asks for the AVX2
-build even if the CPU probe says no (for experiments only: it crashes on
-CPUs without AVX2).
+changes speed, never results.  The levels, best last:
+
+- ``baseline``: the baseline build;
+- ``avx2``: the AVX2 build;
+- ``avx512``: the AVX2 build with its AVX-512 max-pooling rows switched on
+  (``_pool_avx2.h``; the same bits), on CPUs with AVX-512F.
+
+``FASTCONV_SIMD`` picks one: ``auto`` (the default) takes the best this CPU
+runs, ``baseline`` and ``avx2`` force those (the tests use them).
+``FASTCONV_SIMD=avx2`` asks for the AVX2 build even if the CPU probe says no
+(for experiments only: it crashes on CPUs without AVX2); ``avx512`` never
+turns on rows the CPU cannot run.
 """
 
 import os
 
 import fastconv._kernels as _baseline
-from fastconv._cpu import has_avx2_fma
+from fastconv._cpu import has_avx2_fma, has_avx512f
 
 __all__ = ["kernels", "level", "available"]
 
@@ -30,21 +38,25 @@ def available():
     levels = ["baseline"]
     if _avx2_module() is not None and has_avx2_fma():
         levels.append("avx2")
+        if has_avx512f():
+            levels.append("avx512")
     return levels
 
 
 def _select():
     want = os.environ.get("FASTCONV_SIMD", "auto").strip().lower() or "auto"
-    if want not in ("auto", "baseline", "avx2"):
-        raise ImportError(f"fastconv: FASTCONV_SIMD must be auto, baseline or avx2, "
+    if want not in ("auto", "baseline", "avx2", "avx512"):
+        raise ImportError(f"fastconv: FASTCONV_SIMD must be auto, baseline, avx2 or avx512, "
                           f"got {want!r}")
     if want == "baseline":
         return _baseline, "baseline"
     avx2 = _avx2_module()
     if avx2 is not None and (want == "avx2" or has_avx2_fma()):
-        return avx2, "avx2"
+        on = want != "avx2" and avx2._tuning(max_pool_avx512=True)["max_pool_avx512"]
+        return avx2, "avx512" if on else "avx2"
     return _baseline, "baseline"
 
 
-#: The kernel module in use; ``level`` names it ("baseline" or "avx2").
+#: The kernel module in use; ``level`` names the level ("baseline", "avx2"
+#: or "avx512").
 kernels, level = _select()
