@@ -29,3 +29,14 @@ def grad_input_method(request, monkeypatch):
     from fastconv import functional
     monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", request.param)
     return request.param
+
+
+@pytest.fixture(params=["dW", "dW^T"])
+def grad_weight_orientation(request):
+    """Run the filter gradient's float32 GEMMs in each orientation (the
+    kernel picks dW^T = patches x dY^T for few output channels per group,
+    the plain dW = dY x patches^T otherwise; see conv2d_grad_weight)."""
+    from fastconv._simd import kernels
+    kernels._tuning(gw_transpose_f32=request.param == "dW^T")
+    yield request.param
+    kernels._tuning(gw_transpose_f32=True)

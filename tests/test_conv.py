@@ -288,8 +288,9 @@ def test_conv2d_grad_input_matches_oracle(n_threads, grad_input_method, geo, see
 
 @SETTINGS
 @given(geo=conv_geometries(), seed=seeds)
-def test_conv2d_grad_weight_matches_oracle(n_threads, geo, seed):
-    """Filter gradient equals ``reference.conv2d_grad_weight``."""
+def test_conv2d_grad_weight_matches_oracle(n_threads, grad_weight_orientation, geo, seed):
+    """Filter gradient equals ``reference.conv2d_grad_weight`` (both GEMM
+    orientations)."""
     x, w, _, g = _data(seed, geo)
     expected = ref.conv2d_grad_weight(x, g, geo.w_shape, **_hyper(geo))
     for dtype in DTYPES:
@@ -883,7 +884,8 @@ DETERMINISM_CASES = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("case", sorted(DETERMINISM_CASES))
 def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype, monkeypatch,
-                                                           grad_input_method):
+                                                           grad_input_method,
+                                                           grad_weight_orientation):
     """All four kernels give the same bits whatever the thread count."""
     monkeypatch.setattr(_threads, "SMALL_WORK", 0)   # small cases too run threaded
     x_shape, w_shape, hyper = DETERMINISM_CASES[case]
