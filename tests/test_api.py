@@ -599,3 +599,16 @@ def test_float32_with_bool_or_small_int_arrays_stays_float32():
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
     assert fastconv.conv2d(x, w.astype(np.int64), padding=2).dtype == np.float64   # as NumPy
     assert fastconv.conv2d(x.astype(np.int32), w.astype(np.int32), padding=2).dtype == np.float64
+
+
+def test_bench_names_the_blas_and_warns_of_a_forced_openblas_core(monkeypatch):
+    """The bench's BLAS line, and its note when OPENBLAS_CORETYPE pins
+    OpenBLAS's kernel family (numbers then are not OpenBLAS's best here)."""
+    from fastconv import _bench
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    assert _bench.blas_note().startswith("BLAS: ")
+    assert "OPENBLAS_CORETYPE" not in _bench.blas_note()
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    note = _bench.blas_note()
+    assert "OPENBLAS_CORETYPE=Haswell is set" in note
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in note

@@ -385,6 +385,25 @@ def set_threads(n):
         pass
 
 
+def blas_note():
+    """One line naming the BLAS (and OpenBLAS's kernel family) the GEMMs run
+    on, with a warning when ``OPENBLAS_CORETYPE`` forces the kernel family:
+    some machines set it (e.g. to Haswell) for old OpenBLAS builds, and on
+    an AVX-512 CPU that halves a current OpenBLAS's GEMM speed, and so the
+    convolutions' (PyTorch's oneDNN is not affected)."""
+    import os
+    from fastconv._blas import blas_info
+
+    info = blas_info()
+    line = f"BLAS: {info['name']}" + (f" ({info['config']})" if info["config"] else "")
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        line += (f"\nnote: OPENBLAS_CORETYPE={forced} is set, so OpenBLAS runs its {forced} "
+                 "kernels whatever this CPU supports; for its own choice run "
+                 "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastconv bench`")
+    return line
+
+
 def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
               out=print):
     """Time the suite and print a table of times, GFLOP/s and ratios.
@@ -398,6 +417,7 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
     pool_cases = [c for c in POOL_SUITE if cases is None or c.name in cases]
     out(f"fastconv {fastconv.__version__} | threads={threads} | best of {repeat} | "
         "ratio = other's time / fastconv's time (>1: fastconv faster)")
+    out(blas_note())
     header = (f"{'case':<10}{'dtype':<9}{'pass':<9}{'fastconv ms':>12}{'GFLOP/s':>9}"
               f"{'numpy ms':>10}{'torch ms':>10}{'vs numpy':>10}{'vs torch':>10}")
     out(header)
