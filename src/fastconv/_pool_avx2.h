@@ -155,6 +155,88 @@ static inline void fc_prefetch_grad_rows(const void *g, const int64_t *idx, Py_s
 #define FC_ALWAYS_INLINE static inline
 #endif
 
+/* Loops over a plane's rows, the same for both types (so written once):
+ * FC_PLANE_LOOPS(dt, T, BASE) defines fc_max_plane_avx2_dt and
+ * fc_avg_plane_s2_dt (see the comment before its float use), over the
+ * k-constant row kernels fc_max_s2_k_dt / fc_avg_s2_k_dt; BASE is the
+ * type of a row's flat index base. */
+#define FC_PLANE_LOOPS(dt, T, BASE)                                                    \
+FC_ALWAYS_INLINE void fc_max_plane_k_##dt(const T *src, Py_ssize_t in_w, const int k,  \
+                                          Py_ssize_t stride_h, T *out, int64_t *out_idx, \
+                                          Py_ssize_t out_h, Py_ssize_t out_w,          \
+                                          Py_ssize_t ahead, Py_ssize_t left)           \
+{                                                                                      \
+    Py_ssize_t p;                                                                      \
+    for (p = 0; p < out_h; p++) {                                                      \
+        fc_prefetch_rows_ahead(src, sizeof(T), left, p, ahead, k, stride_h, 0, in_w); \
+        fc_max_s2_k_##dt(src + p * stride_h * in_w, in_w, k, out + p * out_w,          \
+                         out_idx + p * out_w, out_w, (BASE)(p * stride_h * in_w));     \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+static inline void fc_max_plane_avx2_##dt(const T *src, Py_ssize_t in_w, Py_ssize_t k, \
+                                          Py_ssize_t stride_h, T *out, int64_t *out_idx, \
+                                          Py_ssize_t out_h, Py_ssize_t out_w,          \
+                                          Py_ssize_t ahead, Py_ssize_t left)           \
+{                                                                                      \
+    if (k == 3)                                                                        \
+        fc_max_plane_k_##dt(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left); \
+    else                                                                               \
+        fc_max_plane_k_##dt(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left); \
+}                                                                                      \
+                                                                                       \
+FC_ALWAYS_INLINE void fc_avg_plane_k_##dt(const T *src, Py_ssize_t in_w, const int k,  \
+                                          Py_ssize_t stride_h, T *out, Py_ssize_t out_h, \
+                                          Py_ssize_t out_w, Py_ssize_t ahead,          \
+                                          Py_ssize_t left)                             \
+{                                                                                      \
+    Py_ssize_t p;                                                                      \
+    for (p = 0; p < out_h; p++) {                                                      \
+        fc_prefetch_rows_ahead(src, sizeof(T), left, p, ahead, k, stride_h, 0, in_w); \
+        fc_avg_s2_k_##dt(src + p * stride_h * in_w, in_w, k, out + p * out_w, out_w,   \
+                         (T)(k * k));                                                  \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+static inline void fc_avg_plane_s2_##dt(const T *src, Py_ssize_t in_w, Py_ssize_t k,   \
+                                        Py_ssize_t stride_h, T *out, Py_ssize_t out_h, \
+                                        Py_ssize_t out_w, Py_ssize_t ahead,            \
+                                        Py_ssize_t left)                               \
+{                                                                                      \
+    if (k == 3)                                                                        \
+        fc_avg_plane_k_##dt(src, in_w, 3, stride_h, out, out_h, out_w, ahead, left);   \
+    else                                                                               \
+        fc_avg_plane_k_##dt(src, in_w, 2, stride_h, out, out_h, out_w, ahead, left);   \
+}
+
+/* FC_AVG_GRAD_PLANE_K3S2(dt, T) defines fc_avg_grad_plane_k3s2_dt (see the
+ * comment before its float use) over fc_div_row_dt and fc_avg_grad_k3s2_dt. */
+#define FC_AVG_GRAD_PLANE_K3S2(dt, T)                                                  \
+static inline void fc_avg_grad_plane_k3s2_##dt(const T *g, T *dx, T *shares,           \
+                                               Py_ssize_t in_h, Py_ssize_t in_w,       \
+                                               Py_ssize_t out_h, Py_ssize_t out_w,     \
+                                               Py_ssize_t ahead, Py_ssize_t g_left,    \
+                                               Py_ssize_t dx_left)                     \
+{                                                                                      \
+    Py_ssize_t p, row_len = in_w / 2 + 2;                                              \
+    T *zero = shares + 3 * row_len, *prev = zero, *cur, *d_even;                       \
+    fc_div_row_##dt(g, shares + 1, out_w, 9);                                          \
+    for (p = 0; p < out_h; p++) {                                                      \
+        fc_prefetch_grad_rows(g, NULL, sizeof(T), g_left, out_w, dx, dx_left, in_w, p, \
+                              ahead);                                                  \
+        if (p + 1 < out_h)                                                             \
+            fc_div_row_##dt(g + (p + 1) * out_w, shares + ((p + 1) % 3) * row_len + 1, \
+                            out_w, 9);                                                 \
+        cur = shares + (p % 3) * row_len;                                              \
+        d_even = dx + 2 * p * in_w;                                                    \
+        fc_avg_grad_k3s2_##dt(prev, cur, d_even, d_even + in_w, in_w);                 \
+        prev = cur;                                                                    \
+    }                                                                                  \
+    d_even = dx + 2 * out_h * in_w;                                                    \
+    fc_avg_grad_k3s2_##dt(prev, zero, d_even, NULL, in_w);                             \
+    memset(d_even + in_w, 0, (size_t)((in_h - 2 * out_h - 1) * in_w) * sizeof(T));     \
+}
+
 /* ---- float: 8 windows per block ------------------------------------------
  * Even/odd splits come out in column order 0 1 4 5 | 2 3 6 7 (shufps works
  * within 128-bit halves); one 64-bit permute per result restores 0..7. */
@@ -299,53 +381,7 @@ static inline void fc_avg_s2_f32(const float *r0, Py_ssize_t in_w, Py_ssize_t k,
  * output rows ahead within the `left` input elements from src to the end
  * of the array (see fc_prefetch_rows_ahead).  The windows are whole, so
  * the average's divisor is k * k in both count_include_pad modes. */
-FC_ALWAYS_INLINE void
-fc_max_plane_k_f32(const float *src, Py_ssize_t in_w, const int k, Py_ssize_t stride_h,
-                  float *out, int64_t *out_idx, Py_ssize_t out_h, Py_ssize_t out_w,
-                  Py_ssize_t ahead, Py_ssize_t left)
-{
-    Py_ssize_t p;
-    for (p = 0; p < out_h; p++) {
-        fc_prefetch_rows_ahead(src, sizeof(float), left, p, ahead, k, stride_h, 0, in_w);
-        fc_max_s2_k_f32(src + p * stride_h * in_w, in_w, k, out + p * out_w,
-                        out_idx + p * out_w, out_w, (int32_t)(p * stride_h * in_w));
-    }
-}
-
-static inline void fc_max_plane_avx2_f32(const float *src, Py_ssize_t in_w, Py_ssize_t k,
-                                      Py_ssize_t stride_h, float *out, int64_t *out_idx,
-                                      Py_ssize_t out_h, Py_ssize_t out_w,
-                                      Py_ssize_t ahead, Py_ssize_t left)
-{
-    if (k == 3)
-        fc_max_plane_k_f32(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left);
-    else
-        fc_max_plane_k_f32(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left);
-}
-
-FC_ALWAYS_INLINE void
-fc_avg_plane_k_f32(const float *src, Py_ssize_t in_w, const int k, Py_ssize_t stride_h,
-                  float *out, Py_ssize_t out_h, Py_ssize_t out_w,
-                  Py_ssize_t ahead, Py_ssize_t left)
-{
-    Py_ssize_t p;
-    for (p = 0; p < out_h; p++) {
-        fc_prefetch_rows_ahead(src, sizeof(float), left, p, ahead, k, stride_h, 0, in_w);
-        fc_avg_s2_k_f32(src + p * stride_h * in_w, in_w, k, out + p * out_w, out_w,
-                        (float)(k * k));
-    }
-}
-
-static inline void fc_avg_plane_s2_f32(const float *src, Py_ssize_t in_w, Py_ssize_t k,
-                                      Py_ssize_t stride_h, float *out,
-                                      Py_ssize_t out_h, Py_ssize_t out_w,
-                                      Py_ssize_t ahead, Py_ssize_t left)
-{
-    if (k == 3)
-        fc_avg_plane_k_f32(src, in_w, 3, stride_h, out, out_h, out_w, ahead, left);
-    else
-        fc_avg_plane_k_f32(src, in_w, 2, stride_h, out, out_h, out_w, ahead, left);
-}
+FC_PLANE_LOOPS(f32, float, int32_t)
 
 
 static inline void fc_avg_grad_block_f32(const float *g, float *d0, float *d1,
@@ -496,29 +532,7 @@ static inline void fc_div_row_f32(const float *g, float *out, Py_ssize_t n, floa
    output row before the kernel reads it: the kernel's loads, one column
    off the division's stores, would otherwise wait on a failed
    store-to-load forward.  Prefetches as fc_prefetch_grad_rows. */
-static inline void fc_avg_grad_plane_k3s2_f32(const float *g, float *dx, float *shares,
-                                             Py_ssize_t in_h, Py_ssize_t in_w,
-                                             Py_ssize_t out_h, Py_ssize_t out_w,
-                                             Py_ssize_t ahead, Py_ssize_t g_left,
-                                             Py_ssize_t dx_left)
-{
-    Py_ssize_t p, row_len = in_w / 2 + 2;
-    float *zero = shares + 3 * row_len, *prev = zero, *cur, *d_even;
-    fc_div_row_f32(g, shares + 1, out_w, 9);
-    for (p = 0; p < out_h; p++) {
-        fc_prefetch_grad_rows(g, NULL, sizeof(float), g_left, out_w, dx, dx_left, in_w, p,
-                              ahead);
-        if (p + 1 < out_h)
-            fc_div_row_f32(g + (p + 1) * out_w, shares + ((p + 1) % 3) * row_len + 1, out_w, 9);
-        cur = shares + (p % 3) * row_len;
-        d_even = dx + 2 * p * in_w;
-        fc_avg_grad_k3s2_f32(prev, cur, d_even, d_even + in_w, in_w);
-        prev = cur;
-    }
-    d_even = dx + 2 * out_h * in_w;
-    fc_avg_grad_k3s2_f32(prev, zero, d_even, NULL, in_w);
-    memset(d_even + in_w, 0, (size_t)((in_h - 2 * out_h - 1) * in_w) * sizeof(float));
-}
+FC_AVG_GRAD_PLANE_K3S2(f32, float)
 
 /* Channels-last max-pool gradient of one output pixel whose every channel's
    index lies in its 2x2 block of pixels (flat f00, f00+1, f00+in_w,
@@ -821,54 +835,7 @@ static inline void fc_avg_s2_f64(const double *r0, Py_ssize_t in_w, Py_ssize_t k
         fc_avg_s2_k_f64(r0, in_w, 2, out, n, div);
 }
 
-/* As fc_max_plane_avx2_f32 / fc_avg_plane_s2_f32. */
-FC_ALWAYS_INLINE void
-fc_max_plane_k_f64(const double *src, Py_ssize_t in_w, const int k, Py_ssize_t stride_h,
-                  double *out, int64_t *out_idx, Py_ssize_t out_h, Py_ssize_t out_w,
-                  Py_ssize_t ahead, Py_ssize_t left)
-{
-    Py_ssize_t p;
-    for (p = 0; p < out_h; p++) {
-        fc_prefetch_rows_ahead(src, sizeof(double), left, p, ahead, k, stride_h, 0, in_w);
-        fc_max_s2_k_f64(src + p * stride_h * in_w, in_w, k, out + p * out_w,
-                        out_idx + p * out_w, out_w, (int64_t)(p * stride_h * in_w));
-    }
-}
-
-static inline void fc_max_plane_avx2_f64(const double *src, Py_ssize_t in_w, Py_ssize_t k,
-                                      Py_ssize_t stride_h, double *out, int64_t *out_idx,
-                                      Py_ssize_t out_h, Py_ssize_t out_w,
-                                      Py_ssize_t ahead, Py_ssize_t left)
-{
-    if (k == 3)
-        fc_max_plane_k_f64(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left);
-    else
-        fc_max_plane_k_f64(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left);
-}
-
-FC_ALWAYS_INLINE void
-fc_avg_plane_k_f64(const double *src, Py_ssize_t in_w, const int k, Py_ssize_t stride_h,
-                  double *out, Py_ssize_t out_h, Py_ssize_t out_w,
-                  Py_ssize_t ahead, Py_ssize_t left)
-{
-    Py_ssize_t p;
-    for (p = 0; p < out_h; p++) {
-        fc_prefetch_rows_ahead(src, sizeof(double), left, p, ahead, k, stride_h, 0, in_w);
-        fc_avg_s2_k_f64(src + p * stride_h * in_w, in_w, k, out + p * out_w, out_w,
-                        (double)(k * k));
-    }
-}
-
-static inline void fc_avg_plane_s2_f64(const double *src, Py_ssize_t in_w, Py_ssize_t k,
-                                      Py_ssize_t stride_h, double *out,
-                                      Py_ssize_t out_h, Py_ssize_t out_w,
-                                      Py_ssize_t ahead, Py_ssize_t left)
-{
-    if (k == 3)
-        fc_avg_plane_k_f64(src, in_w, 3, stride_h, out, out_h, out_w, ahead, left);
-    else
-        fc_avg_plane_k_f64(src, in_w, 2, stride_h, out, out_h, out_w, ahead, left);
-}
+FC_PLANE_LOOPS(f64, double, int64_t)
 
 
 static inline void fc_avg_grad_block_f64(const double *g, double *d0, double *d1,
@@ -980,39 +947,7 @@ static inline void fc_div_row_f64(const double *g, double *out, Py_ssize_t n, do
         out[t] = g[t] / div;
 }
 
-/* A whole plane of the 3x3, stride-2, unpadded average-pool gradient whose
-   windows all lie inside the input (their divisor is 9 in both
-   count_include_pad modes), every row here: input rows 2p and 2p+1 by
-   fc_avg_grad_k3s2, row 2 out_h (the last windows' bottom row) against a
-   zero share row, zeros below it.  `shares` holds four zeroed rows of
-   in_w / 2 + 2; three rotate as the previous, current and next share rows
-   (at offset 1), the fourth stays zero.  Each share row is divided one
-   output row before the kernel reads it: the kernel's loads, one column
-   off the division's stores, would otherwise wait on a failed
-   store-to-load forward.  Prefetches as fc_prefetch_grad_rows. */
-static inline void fc_avg_grad_plane_k3s2_f64(const double *g, double *dx, double *shares,
-                                             Py_ssize_t in_h, Py_ssize_t in_w,
-                                             Py_ssize_t out_h, Py_ssize_t out_w,
-                                             Py_ssize_t ahead, Py_ssize_t g_left,
-                                             Py_ssize_t dx_left)
-{
-    Py_ssize_t p, row_len = in_w / 2 + 2;
-    double *zero = shares + 3 * row_len, *prev = zero, *cur, *d_even;
-    fc_div_row_f64(g, shares + 1, out_w, 9);
-    for (p = 0; p < out_h; p++) {
-        fc_prefetch_grad_rows(g, NULL, sizeof(double), g_left, out_w, dx, dx_left, in_w, p,
-                              ahead);
-        if (p + 1 < out_h)
-            fc_div_row_f64(g + (p + 1) * out_w, shares + ((p + 1) % 3) * row_len + 1, out_w, 9);
-        cur = shares + (p % 3) * row_len;
-        d_even = dx + 2 * p * in_w;
-        fc_avg_grad_k3s2_f64(prev, cur, d_even, d_even + in_w, in_w);
-        prev = cur;
-    }
-    d_even = dx + 2 * out_h * in_w;
-    fc_avg_grad_k3s2_f64(prev, zero, d_even, NULL, in_w);
-    memset(d_even + in_w, 0, (size_t)((in_h - 2 * out_h - 1) * in_w) * sizeof(double));
-}
+FC_AVG_GRAD_PLANE_K3S2(f64, double)
 
 static inline int fc_max_grad_px_block_f64(const double *g, const int64_t *idx,
                                            double *d00, double *d01, double *d10,
@@ -1203,6 +1138,40 @@ FC_AVX512 static inline fc_best512_f32 fc_combine512_f32(fc_best512_f32 a, fc_be
     return r;
 }
 
+/* FC_MAX_PLANE512(dt, T, BASE, LANES) defines fc_max_plane512_dt:
+ * fc_max_plane_avx2_dt with the AVX-512 row kernel (out_w >= LANES). */
+#define FC_MAX_PLANE512(dt, T, BASE, LANES)                                            \
+FC_AVX512 FC_ALWAYS_INLINE void fc_max_plane512_k_##dt(const T *src, Py_ssize_t in_w,  \
+                                                       const int k, Py_ssize_t stride_h, \
+                                                       T *out, int64_t *out_idx,       \
+                                                       Py_ssize_t out_h, Py_ssize_t out_w, \
+                                                       Py_ssize_t ahead, Py_ssize_t left) \
+{                                                                                      \
+    Py_ssize_t p, t;                                                                   \
+    for (p = 0; p < out_h; p++) {                                                      \
+        const T *r0 = src + p * stride_h * in_w;                                       \
+        T *o = out + p * out_w;                                                        \
+        int64_t *oi = out_idx + p * out_w;                                             \
+        BASE base = (BASE)(p * stride_h * in_w);                                       \
+        fc_prefetch_rows_ahead(src, sizeof(T), left, p, ahead, k, stride_h, 0, in_w); \
+        for (t = 0; t + LANES <= out_w; t += LANES)                                    \
+            fc_max_block512_##dt(r0, in_w, k, t, o, oi, base);                         \
+        if (t < out_w)                                                                 \
+            fc_max_block512_##dt(r0, in_w, k, out_w - LANES, o, oi, base);             \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+FC_AVX512 static void fc_max_plane512_##dt(const T *src, Py_ssize_t in_w, Py_ssize_t k, \
+                                           Py_ssize_t stride_h, T *out, int64_t *out_idx, \
+                                           Py_ssize_t out_h, Py_ssize_t out_w,         \
+                                           Py_ssize_t ahead, Py_ssize_t left)          \
+{                                                                                      \
+    if (k == 3)                                                                        \
+        fc_max_plane512_k_##dt(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left); \
+    else                                                                               \
+        fc_max_plane512_k_##dt(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left); \
+}
+
 /* 8 windows t..t+7 of one output row (as fc_max_block_f64) */
 FC_AVX512 FC_ALWAYS_INLINE void fc_max_block512_f64(const double *r0, Py_ssize_t in_w, const int k,
                                                  Py_ssize_t t, double *out, int64_t *out_idx,
@@ -1280,67 +1249,9 @@ FC_AVX512 FC_ALWAYS_INLINE void fc_max_block512_f32(const float *r0, Py_ssize_t 
                         _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(idx, 1)));
 }
 
-/* fc_max_plane_avx2_f32 with the AVX-512 row kernel (out_w >= 16) */
-FC_AVX512 FC_ALWAYS_INLINE void fc_max_plane512_k_f32(const float *src, Py_ssize_t in_w, const int k,
-                                                 Py_ssize_t stride_h, float *out, int64_t *out_idx,
-                                                 Py_ssize_t out_h, Py_ssize_t out_w,
-                                                 Py_ssize_t ahead, Py_ssize_t left)
-{
-    Py_ssize_t p, t;
-    for (p = 0; p < out_h; p++) {
-        const float *r0 = src + p * stride_h * in_w;
-        float *o = out + p * out_w;
-        int64_t *oi = out_idx + p * out_w;
-        int32_t base = (int32_t)(p * stride_h * in_w);
-        fc_prefetch_rows_ahead(src, sizeof(float), left, p, ahead, k, stride_h, 0, in_w);
-        for (t = 0; t + 16 <= out_w; t += 16)
-            fc_max_block512_f32(r0, in_w, k, t, o, oi, base);
-        if (t < out_w)
-            fc_max_block512_f32(r0, in_w, k, out_w - 16, o, oi, base);
-    }
-}
+FC_MAX_PLANE512(f32, float, int32_t, 16)
 
-FC_AVX512 static void fc_max_plane512_f32(const float *src, Py_ssize_t in_w, Py_ssize_t k,
-                                        Py_ssize_t stride_h, float *out, int64_t *out_idx,
-                                        Py_ssize_t out_h, Py_ssize_t out_w,
-                                        Py_ssize_t ahead, Py_ssize_t left)
-{
-    if (k == 3)
-        fc_max_plane512_k_f32(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left);
-    else
-        fc_max_plane512_k_f32(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left);
-}
-
-/* fc_max_plane_avx2_f64 with the AVX-512 row kernel (out_w >= 8) */
-FC_AVX512 FC_ALWAYS_INLINE void fc_max_plane512_k_f64(const double *src, Py_ssize_t in_w, const int k,
-                                                 Py_ssize_t stride_h, double *out, int64_t *out_idx,
-                                                 Py_ssize_t out_h, Py_ssize_t out_w,
-                                                 Py_ssize_t ahead, Py_ssize_t left)
-{
-    Py_ssize_t p, t;
-    for (p = 0; p < out_h; p++) {
-        const double *r0 = src + p * stride_h * in_w;
-        double *o = out + p * out_w;
-        int64_t *oi = out_idx + p * out_w;
-        int64_t base = (int64_t)(p * stride_h * in_w);
-        fc_prefetch_rows_ahead(src, sizeof(double), left, p, ahead, k, stride_h, 0, in_w);
-        for (t = 0; t + 8 <= out_w; t += 8)
-            fc_max_block512_f64(r0, in_w, k, t, o, oi, base);
-        if (t < out_w)
-            fc_max_block512_f64(r0, in_w, k, out_w - 8, o, oi, base);
-    }
-}
-
-FC_AVX512 static void fc_max_plane512_f64(const double *src, Py_ssize_t in_w, Py_ssize_t k,
-                                        Py_ssize_t stride_h, double *out, int64_t *out_idx,
-                                        Py_ssize_t out_h, Py_ssize_t out_w,
-                                        Py_ssize_t ahead, Py_ssize_t left)
-{
-    if (k == 3)
-        fc_max_plane512_k_f64(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left);
-    else
-        fc_max_plane512_k_f64(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left);
-}
+FC_MAX_PLANE512(f64, double, int64_t, 8)
 
 #else
 #define FC_POOL_AVX512 0
