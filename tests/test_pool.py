@@ -283,6 +283,34 @@ def test_square_stride2_rows_agree_bitwise_with_general_loops(dtype, k, pad, n_t
         np.testing.assert_array_equal(results[0][1], idx_ref)
 
 
+def test_prefetch_distance_changes_no_result(n_threads):
+    """The pools' prefetch (PREFETCH_OUT_ROWS output rows ahead, 0 = off, or
+    far past the array) only asks for cache lines: every result is the same;
+    a negative distance is refused."""
+    from fastconv._simd import kernels as _kernels
+    rng = np.random.default_rng(5)
+    x = special_values(rng, (2, 3, 13, 37), np.float64)
+    saved = _kernels._tuning()["prefetch_out_rows"]
+    results = []
+    try:
+        for ahead in (0, 1, 8, 10 ** 6):
+            _kernels._tuning(prefetch_out_rows=ahead)
+            out = []
+            for k, s in ((2, 2), (3, 2), (3, (1, 2))):
+                y, idx = fastconv.max_pool2d(x, k, s)
+                a = fastconv.avg_pool2d(x, k, s)
+                out += [y, idx, a, fastconv.max_pool2d_grad(a, idx, x.shape),
+                        fastconv.avg_pool2d_grad(a, x.shape, k, s)]
+            results.append(out)
+        with pytest.raises(ValueError, match="prefetch_out_rows"):
+            _kernels._tuning(prefetch_out_rows=-1)
+    finally:
+        _kernels._tuning(prefetch_out_rows=saved)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------
 # 2. named edge cases
 # ---------------------------------------------------------------------------

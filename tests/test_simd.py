@@ -72,15 +72,18 @@ needs_avx512 = pytest.mark.skipif("avx512" not in _simd.available(),
 @needs_avx512
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [2, 3])
-def test_avx512_max_rows_agree_bitwise_with_avx2_rows(dtype, k):
+def test_avx512_max_rows_agree_bitwise_with_avx2_rows(monkeypatch, dtype, k):
     """The AVX-512 max-pool rows (whole planes, _pool_avx2.h) give the AVX2
     rows' values and indices bit for bit: rows narrower than one vector to
     several with every remainder, vertical strides 1-3, several planes per
     thread (the prefetch runs into the next plane), ties, NaN and infinities;
-    the gradient from those indices is the same too."""
+    the gradient from those indices is the same too.  Runs the AVX2 build
+    whatever FASTCONV_SIMD chose."""
     from fastconv import _kernels_avx2
+    monkeypatch.setattr(functional, "_kernels", _kernels_avx2)
     rng = np.random.default_rng(k)
     saved = _kernels_avx2._tuning()["max_pool_avx512"]
+    assert _kernels_avx2._tuning(max_pool_avx512=True)["max_pool_avx512"]
     try:
         for width in list(range(k, 40)) + [56, 57, 112, 113]:
             for stride_h in (1, 2, 3):
@@ -112,9 +115,10 @@ sys.path.insert(0, sys.argv[1])
 from helpers import guarded_copy
 
 kernels = _simd.kernels
-settings = [dict(pool_fast_paths=True)]
-if "max_pool_avx512" in kernels._tuning() and "avx512" in _simd.available():
-    settings = [dict(pool_fast_paths=True, max_pool_avx512=on) for on in (True, False)]
+assert _simd.level == _simd.available()[-1], (_simd.level, _simd.available())
+settings = [dict(max_pool_avx512=on) for on in (True, False)]
+if _simd.level == "avx512":
+    assert kernels._tuning(max_pool_avx512=True)["max_pool_avx512"]
 rng = np.random.default_rng(0)
 for tuning in settings:
     kernels._tuning(**tuning)
@@ -136,12 +140,14 @@ print("ok")
 
 @pytest.mark.skipif(sys.platform != "linux", reason="guard pages via mmap/mprotect (Linux)")
 def test_pool_row_kernels_read_nothing_outside_their_arrays():
-    """Every pooling kernel (the SIMD row kernels, AVX-512 rows on and off)
-    on inputs that end or start next to a no-access page, for rows of every
-    width up to a few vectors: a read one element outside would fault (in a
-    subprocess, so a fault fails this test instead of the run)."""
+    """Every pooling kernel of the best SIMD level (AVX-512 rows on and off
+    where the CPU has them) on inputs that end or start next to a no-access
+    page, for rows of every width up to a few vectors: a read one element
+    outside would fault (in a subprocess, so a fault fails this test instead
+    of the run)."""
     import os
+    env = dict(os.environ, FASTCONV_SIMD="auto")   # the best level this CPU runs
     proc = subprocess.run([sys.executable, "-c", _GUARD_SCRIPT, os.path.dirname(__file__)],
-                          capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode,
                                                                   proc.stderr[-2000:])

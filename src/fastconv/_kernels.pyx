@@ -106,9 +106,14 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     if gw_transpose_f32 is not None:
         GW_TRANSPOSE_F32 = gw_transpose_f32
     if max_pool_avx512 is not None:
-        # (stays off where the build or the CPU cannot run it)
+        # (stays off where the build or the CPU cannot run it).  A process-wide
+        # switch, set at import by fastconv._simd and by tests between calls:
+        # flipping it while another thread pools is harmless, since both row
+        # kernels give the same bits.
         MAX_POOL_AVX512 = fc_set_max_avx512(bool(max_pool_avx512))
     if prefetch_out_rows is not None:
+        if prefetch_out_rows < 0:
+            raise ValueError(f"prefetch_out_rows must be >= 0, got {prefetch_out_rows}")
         PREFETCH_OUT_ROWS = prefetch_out_rows
     if fail_allocations is not None:
         FAIL_ALLOCATIONS = fail_allocations
@@ -442,7 +447,10 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef bint transposed = floating is float and GW_TRANSPOSE_F32 and og <= 64 and og < k_dim
+    # (not when the slots' byte budget already held them to one: the
+    # transpose needs a slot buffer of its own)
+    cdef bint transposed = (floating is float and GW_TRANSPOSE_F32 and og <= 64 and og < k_dim
+                            and w_size * <Py_ssize_t>sizeof(floating) <= SLOT_BYTES_BUDGET)
     cdef bint own_slots = n_slots > 1 or transposed
     cdef floating* partial = dwp
     if own_slots:
@@ -1566,11 +1574,13 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     with nogil, parallel(num_threads=n_threads):
         # per thread: the row's index bases, and for the stride-2 path the
         # deinterleaved taps and running maxima over the padded width
-        best_idx = <floating*>_workspace((out_w + 4 * span + 16) * sizeof(floating))
-        if best_idx == NULL:
-            status_p[0] = STATUS_NO_MEMORY
-        else:
-            memset(best_idx, 0, (out_w + 4 * span + 16) * sizeof(floating))
+        best_idx = NULL
+        if not whole:
+            best_idx = <floating*>_workspace((out_w + 4 * span + 16) * sizeof(floating))
+            if best_idx == NULL:
+                status_p[0] = STATUS_NO_MEMORY
+            else:
+                memset(best_idx, 0, (out_w + 4 * span + 16) * sizeof(floating))
         for pl in prange(planes, schedule="static"):
             if whole:
                 # every window of the plane whole: all rows in the header

@@ -99,7 +99,7 @@ static inline void fc_prefetch_rows_ahead(const void *src, Py_ssize_t elem,
 {
     Py_ssize_t rows = stride_h < k ? stride_h : k;
     Py_ssize_t o = ((p + ahead) * stride_h - pad_h + k - rows) * in_w, n = rows * in_w;
-    if (ahead == 0 || o >= left || o + n <= 0)
+    if (ahead <= 0 || o >= left || o + n <= 0)
         return;
     if (o < 0) {
         n += o;
@@ -122,7 +122,7 @@ static inline void fc_prefetch_grad_rows(const void *g, const int64_t *idx, Py_s
                                          Py_ssize_t ahead)
 {
     Py_ssize_t o = (p + ahead) * out_w, n = out_w;
-    if (ahead == 0)
+    if (ahead <= 0)
         return;
     if (o < g_left) {
         if (n > g_left - o)
