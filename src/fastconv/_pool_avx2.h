@@ -55,8 +55,8 @@
 #define FC_F64_LANES 4
 
 /* Ask for the cache lines of [p, p + bytes) ahead of use, to read
- * (fc_prefetch) or to write (fc_prefetch_w); both builds.  See
- * _prefetch_rows in _kernels.pyx for why. */
+ * (fc_prefetch) or to write (fc_prefetch_w); both builds.  Why the pools
+ * prefetch: see PREFETCH_OUT_ROWS in _kernels.pyx. */
 static inline void fc_prefetch(const void *p, Py_ssize_t bytes)
 {
 #if defined(__GNUC__) || defined(__clang__)
@@ -83,23 +83,14 @@ static inline void fc_prefetch_w(void *p, Py_ssize_t bytes)
 #endif
 }
 
-/* Prefetch the input rows that output row p + ahead of the plane at src
- * adds to its window (min(stride_h, k) rows of in_w elements of elem
- * bytes, the window starting at row (p + ahead) * stride_h - pad_h),
- * clipped to [src, src + left), left counting the elements from src to the
- * end of the array: past the plane's last row come the next plane's rows,
- * the ones a static schedule gives the same thread next.  Nothing when
- * ahead is 0 or the span is over 8 KiB (long rows: the hardware prefetcher
- * keeps up there). */
-static inline void fc_prefetch_rows_ahead(const void *src, Py_ssize_t elem,
-                                          Py_ssize_t left, Py_ssize_t p,
-                                          Py_ssize_t ahead, Py_ssize_t k,
-                                          Py_ssize_t stride_h, Py_ssize_t pad_h,
-                                          Py_ssize_t in_w)
+/* Prefetch elements [o, o + n) of elem bytes after base, clipped to the
+ * `left` elements from base to the end of its array (nothing outside it
+ * is asked for); spans over 8 KiB are left to the hardware prefetcher,
+ * which keeps up on long runs. */
+static inline void fc_prefetch_clipped(const void *base, Py_ssize_t elem, Py_ssize_t left,
+                                       Py_ssize_t o, Py_ssize_t n, int write)
 {
-    Py_ssize_t rows = stride_h < k ? stride_h : k;
-    Py_ssize_t o = ((p + ahead) * stride_h - pad_h + k - rows) * in_w, n = rows * in_w;
-    if (ahead <= 0 || o >= left || o + n <= 0)
+    if (o >= left || o + n <= 0)
         return;
     if (o < 0) {
         n += o;
@@ -107,8 +98,32 @@ static inline void fc_prefetch_rows_ahead(const void *src, Py_ssize_t elem,
     }
     if (n > left - o)
         n = left - o;
-    if (n * elem <= 8192)
-        fc_prefetch((const char *)src + o * elem, n * elem);
+    if (n * elem > 8192)
+        return;
+    if (write)
+        fc_prefetch_w((char *)base + o * elem, n * elem);
+    else
+        fc_prefetch((const char *)base + o * elem, n * elem);
+}
+
+/* Prefetch the input rows that output row p + ahead of the plane at src
+ * adds to its window (min(stride_h, k) rows of in_w elements of elem
+ * bytes, the window starting at row (p + ahead) * stride_h - pad_h),
+ * clipped to the `left` elements from src to the end of the array (see
+ * fc_prefetch_clipped): past the plane's last row come the next plane's
+ * rows, the ones a static schedule gives the same thread next.  Nothing
+ * when ahead is 0. */
+static inline void fc_prefetch_rows_ahead(const void *src, Py_ssize_t elem,
+                                          Py_ssize_t left, Py_ssize_t p,
+                                          Py_ssize_t ahead, Py_ssize_t k,
+                                          Py_ssize_t stride_h, Py_ssize_t pad_h,
+                                          Py_ssize_t in_w)
+{
+    Py_ssize_t rows = stride_h < k ? stride_h : k;
+    if (ahead > 0)
+        fc_prefetch_clipped(src, elem, left,
+                            ((p + ahead) * stride_h - pad_h + k - rows) * in_w,
+                            rows * in_w, 0);
 }
 
 /* The stride-2 write-once gradients' prefetch: grad_out row p + ahead of
@@ -121,25 +136,12 @@ static inline void fc_prefetch_grad_rows(const void *g, const int64_t *idx, Py_s
                                          Py_ssize_t dx_left, Py_ssize_t in_w, Py_ssize_t p,
                                          Py_ssize_t ahead)
 {
-    Py_ssize_t o = (p + ahead) * out_w, n = out_w;
     if (ahead <= 0)
         return;
-    if (o < g_left) {
-        if (n > g_left - o)
-            n = g_left - o;
-        if (n * elem <= 8192)
-            fc_prefetch((const char *)g + o * elem, n * elem);
-        if (idx != NULL && n * (Py_ssize_t)sizeof(int64_t) <= 8192)
-            fc_prefetch(idx + o, n * (Py_ssize_t)sizeof(int64_t));
-    }
-    o = 2 * (p + ahead) * in_w;
-    n = 2 * in_w;
-    if (o < dx_left) {
-        if (n > dx_left - o)
-            n = dx_left - o;
-        if (n * elem <= 8192)
-            fc_prefetch_w((char *)dx + o * elem, n * elem);
-    }
+    fc_prefetch_clipped(g, elem, g_left, (p + ahead) * out_w, out_w, 0);
+    if (idx != NULL)
+        fc_prefetch_clipped(idx, sizeof(int64_t), g_left, (p + ahead) * out_w, out_w, 0);
+    fc_prefetch_clipped(dx, elem, dx_left, 2 * (p + ahead) * in_w, 2 * in_w, 1);
 }
 
 #if defined(__AVX2__)
