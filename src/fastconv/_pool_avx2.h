@@ -1141,7 +1141,8 @@ FC_AVX512 static inline fc_best512_f32 fc_combine512_f32(fc_best512_f32 a, fc_be
 }
 
 /* FC_MAX_PLANE512(dt, T, BASE, LANES) defines fc_max_plane512_dt:
- * fc_max_plane_avx2_dt with the AVX-512 row kernel (out_w >= LANES). */
+ * fc_max_plane_avx2_dt with the AVX-512 row kernels (out_w >= LANES), and
+ * for 3x3 windows with vertical stride 2 the column-strip loop below. */
 #define FC_MAX_PLANE512(dt, T, BASE, LANES)                                            \
 FC_AVX512 FC_ALWAYS_INLINE void fc_max_plane512_k_##dt(const T *src, Py_ssize_t in_w,  \
                                                        const int k, Py_ssize_t stride_h, \
@@ -1163,15 +1164,93 @@ FC_AVX512 FC_ALWAYS_INLINE void fc_max_plane512_k_##dt(const T *src, Py_ssize_t 
     }                                                                                  \
 }                                                                                      \
                                                                                        \
+/* 3x3 windows, strides (2, 2): output row p reads input rows 2p, 2p+1,      \
+   2p+2, and row 2p+2 is the next output row's first, so the plane is      \
+   walked in strips of LANES output columns, top to bottom, and each strip \
+   carries its last input row's taps on to the next output row: a third  \
+   fewer row reductions (the tree is the same, so are the bits).  The     \
+   plane is re-read once per strip, from L1 (it is a few dozen KiB); the  \
+   first strip prefetches whole rows ahead as the row loop does. */      \
+FC_AVX512 static void fc_max_strip512_k3s2_##dt(const T *src, Py_ssize_t in_w, T *out,  \
+                                                int64_t *out_idx, Py_ssize_t out_h,    \
+                                                Py_ssize_t out_w, Py_ssize_t ahead,    \
+                                                Py_ssize_t left)                       \
+{                                                                                      \
+    Py_ssize_t p, t, strip;                                                            \
+    for (strip = 0; strip < out_w; strip += LANES) {                                   \
+        fc_best512_##dt top, mid, bottom;                                              \
+        t = strip + LANES <= out_w ? strip : out_w - LANES;                            \
+        top = fc_row512_##dt(src + 2 * t, 3, 0);                                       \
+        for (p = 0; p < out_h; p++) {                                                  \
+            const T *s = src + 2 * p * in_w + 2 * t;                                   \
+            if (strip == 0)                                                            \
+                fc_prefetch_rows_ahead(src, sizeof(T), left, p, ahead, 3, 2, 0, in_w); \
+            mid = fc_row512_##dt(s + in_w, 3, (BASE)in_w);                             \
+            bottom = fc_row512_##dt(s + 2 * in_w, 3, (BASE)(2 * in_w));                \
+            fc_store512_##dt(out + p * out_w + t, out_idx + p * out_w + t,            \
+                             fc_combine512_##dt(fc_combine512_##dt(top, mid), bottom), \
+                             (BASE)(2 * p * in_w + 2 * t));                            \
+            top = fc_rebase512_##dt(bottom, (BASE)(2 * in_w));                         \
+        }                                                                              \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
 FC_AVX512 static void fc_max_plane512_##dt(const T *src, Py_ssize_t in_w, Py_ssize_t k, \
                                            Py_ssize_t stride_h, T *out, int64_t *out_idx, \
                                            Py_ssize_t out_h, Py_ssize_t out_w,         \
                                            Py_ssize_t ahead, Py_ssize_t left)          \
 {                                                                                      \
-    if (k == 3)                                                                        \
+    if (k == 3 && stride_h == 2)                                                       \
+        fc_max_strip512_k3s2_##dt(src, in_w, out, out_idx, out_h, out_w, ahead, left); \
+    else if (k == 3)                                                                   \
         fc_max_plane512_k_##dt(src, in_w, 3, stride_h, out, out_idx, out_h, out_w, ahead, left); \
     else                                                                               \
         fc_max_plane512_k_##dt(src, in_w, 2, stride_h, out, out_idx, out_h, out_w, ahead, left); \
+}
+
+/* Taps 0, 1 (and 2 when k == 3) of 8 windows of one row, s[0] the first
+ * window's first tap, reduced to the row's best with offsets row_off + tap
+ * (the first tap of each window is its row_best, as in fc_max_block_f64). */
+FC_AVX512 FC_ALWAYS_INLINE fc_best512_f64 fc_row512_f64(const double *s, const int k,
+                                                     int64_t row_off)
+{
+    const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+    const __m512i third = _mm512_setr_epi64(0, 2, 4, 6, 9, 11, 13, 15);
+    fc_best512_f64 best, tap;
+    __m512d a = _mm512_loadu_pd(s), b = _mm512_loadu_pd(s + 8);
+    best.val = _mm512_permutex2var_pd(a, even, b);
+    best.off = _mm512_set1_epi64(row_off);
+    tap.val = _mm512_permutex2var_pd(a, odd, b);
+    tap.off = _mm512_set1_epi64(row_off + 1);
+    best = fc_combine512_f64(best, tap);
+    if (k == 3) {
+        /* s[2], s[4], ..., s[16]: s[2..9] and s[9..16], never reading past
+           the last window */
+        tap.val = _mm512_permutex2var_pd(_mm512_loadu_pd(s + 2), third,
+                                         _mm512_loadu_pd(s + 9));
+        tap.off = _mm512_set1_epi64(row_off + 2);
+        best = fc_combine512_f64(best, tap);
+    }
+    return best;
+}
+
+/* The same best with offsets relative to a window row `rows` elements on. */
+FC_AVX512 FC_ALWAYS_INLINE fc_best512_f64 fc_rebase512_f64(fc_best512_f64 b, int64_t rows)
+{
+    b.off = _mm512_sub_epi64(b.off, _mm512_set1_epi64(rows));
+    return b;
+}
+
+/* Store 8 windows' maxima and flat indices; base = flat index of the first
+ * window's first tap (windows 2 columns apart). */
+FC_AVX512 FC_ALWAYS_INLINE void fc_store512_f64(double *out, int64_t *out_idx,
+                                             fc_best512_f64 best, int64_t base)
+{
+    const __m512i cols = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    _mm512_storeu_pd(out, best.val);
+    _mm512_storeu_si512(out_idx, _mm512_add_epi64(
+        best.off, _mm512_add_epi64(_mm512_set1_epi64(base), cols)));
 }
 
 /* 8 windows t..t+7 of one output row (as fc_max_block_f64) */
@@ -1179,35 +1258,55 @@ FC_AVX512 FC_ALWAYS_INLINE void fc_max_block512_f64(const double *r0, Py_ssize_t
                                                  Py_ssize_t t, double *out, int64_t *out_idx,
                                                  int64_t base)
 {
-    const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-    const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
-    const __m512i third = _mm512_setr_epi64(0, 2, 4, 6, 9, 11, 13, 15);
-    fc_best512_f64 row_best[3], tap, best;
-    int i;
-    for (i = 0; i < k; i++) {
-        const double *s = r0 + i * in_w + 2 * t;
-        int64_t row_off = (int64_t)i * in_w;
-        __m512d a = _mm512_loadu_pd(s), b = _mm512_loadu_pd(s + 8);
-        row_best[i].val = _mm512_permutex2var_pd(a, even, b);
-        row_best[i].off = _mm512_set1_epi64(row_off);
-        tap.val = _mm512_permutex2var_pd(a, odd, b);
-        tap.off = _mm512_set1_epi64(row_off + 1);
-        row_best[i] = fc_combine512_f64(row_best[i], tap);
-        if (k == 3) {
-            /* s[2], s[4], ..., s[16]: s[2..9] and s[9..16], never reading
-               past the last window */
-            tap.val = _mm512_permutex2var_pd(_mm512_loadu_pd(s + 2), third,
-                                             _mm512_loadu_pd(s + 9));
-            tap.off = _mm512_set1_epi64(row_off + 2);
-            row_best[i] = fc_combine512_f64(row_best[i], tap);
-        }
-    }
-    best = fc_combine512_f64(row_best[0], row_best[1]);
+    fc_best512_f64 best = fc_combine512_f64(fc_row512_f64(r0 + 2 * t, k, 0),
+                                            fc_row512_f64(r0 + in_w + 2 * t, k, in_w));
     if (k == 3)
-        best = fc_combine512_f64(best, row_best[2]);
-    _mm512_storeu_pd(out + t, best.val);
-    _mm512_storeu_si512(out_idx + t, _mm512_add_epi64(
-        best.off, _mm512_add_epi64(_mm512_set1_epi64(base + 2 * (int64_t)t), even)));
+        best = fc_combine512_f64(best, fc_row512_f64(r0 + 2 * in_w + 2 * t, k, 2 * in_w));
+    fc_store512_f64(out + t, out_idx + t, best, base + 2 * (int64_t)t);
+}
+
+/* 16 windows of one row (as fc_row512_f64), offsets in int32 lanes */
+FC_AVX512 FC_ALWAYS_INLINE fc_best512_f32 fc_row512_f32(const float *s, const int k,
+                                                     int32_t row_off)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                           16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i third = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                            17, 19, 21, 23, 25, 27, 29, 31);
+    fc_best512_f32 best, tap;
+    __m512 a = _mm512_loadu_ps(s), b = _mm512_loadu_ps(s + 16);
+    best.val = _mm512_permutex2var_ps(a, even, b);
+    best.off = _mm512_set1_epi32(row_off);
+    tap.val = _mm512_permutex2var_ps(a, odd, b);
+    tap.off = _mm512_set1_epi32(row_off + 1);
+    best = fc_combine512_f32(best, tap);
+    if (k == 3) {
+        /* s[2], s[4], ..., s[32]: s[2..17] and s[17..32], never reading
+           past the last window */
+        tap.val = _mm512_permutex2var_ps(_mm512_loadu_ps(s + 2), third,
+                                         _mm512_loadu_ps(s + 17));
+        tap.off = _mm512_set1_epi32(row_off + 2);
+        best = fc_combine512_f32(best, tap);
+    }
+    return best;
+}
+
+FC_AVX512 FC_ALWAYS_INLINE fc_best512_f32 fc_rebase512_f32(fc_best512_f32 b, int32_t rows)
+{
+    b.off = _mm512_sub_epi32(b.off, _mm512_set1_epi32(rows));
+    return b;
+}
+
+FC_AVX512 FC_ALWAYS_INLINE void fc_store512_f32(float *out, int64_t *out_idx,
+                                             fc_best512_f32 best, int32_t base)
+{
+    const __m512i cols = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                           16, 18, 20, 22, 24, 26, 28, 30);
+    __m512i idx = _mm512_add_epi32(best.off, _mm512_add_epi32(_mm512_set1_epi32(base), cols));
+    _mm512_storeu_ps(out, best.val);
+    _mm512_storeu_si512(out_idx, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(idx)));
+    _mm512_storeu_si512(out_idx + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(idx, 1)));
 }
 
 /* 16 windows t..t+15 of one output row (as fc_max_block_f32) */
@@ -1215,40 +1314,13 @@ FC_AVX512 FC_ALWAYS_INLINE void fc_max_block512_f32(const float *r0, Py_ssize_t 
                                                  Py_ssize_t t, float *out, int64_t *out_idx,
                                                  int32_t base)
 {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
-                                           16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    const __m512i third = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
-                                            17, 19, 21, 23, 25, 27, 29, 31);
-    fc_best512_f32 row_best[3], tap, best;
-    int i;
-    for (i = 0; i < k; i++) {
-        const float *s = r0 + i * in_w + 2 * t;
-        int32_t row_off = (int32_t)(i * in_w);
-        __m512 a = _mm512_loadu_ps(s), b = _mm512_loadu_ps(s + 16);
-        row_best[i].val = _mm512_permutex2var_ps(a, even, b);
-        row_best[i].off = _mm512_set1_epi32(row_off);
-        tap.val = _mm512_permutex2var_ps(a, odd, b);
-        tap.off = _mm512_set1_epi32(row_off + 1);
-        row_best[i] = fc_combine512_f32(row_best[i], tap);
-        if (k == 3) {
-            /* s[2], s[4], ..., s[32]: s[2..17] and s[17..32], never reading
-               past the last window */
-            tap.val = _mm512_permutex2var_ps(_mm512_loadu_ps(s + 2), third,
-                                             _mm512_loadu_ps(s + 17));
-            tap.off = _mm512_set1_epi32(row_off + 2);
-            row_best[i] = fc_combine512_f32(row_best[i], tap);
-        }
-    }
-    best = fc_combine512_f32(row_best[0], row_best[1]);
+    fc_best512_f32 best = fc_combine512_f32(fc_row512_f32(r0 + 2 * t, k, 0),
+                                            fc_row512_f32(r0 + in_w + 2 * t, k,
+                                                          (int32_t)in_w));
     if (k == 3)
-        best = fc_combine512_f32(best, row_best[2]);
-    __m512i idx = _mm512_add_epi32(best.off, _mm512_add_epi32(
-        _mm512_set1_epi32(base + 2 * (int32_t)t), even));
-    _mm512_storeu_ps(out + t, best.val);
-    _mm512_storeu_si512(out_idx + t, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(idx)));
-    _mm512_storeu_si512(out_idx + t + 8,
-                        _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(idx, 1)));
+        best = fc_combine512_f32(best, fc_row512_f32(r0 + 2 * in_w + 2 * t, k,
+                                                     (int32_t)(2 * in_w)));
+    fc_store512_f32(out + t, out_idx + t, best, base + 2 * (int32_t)t);
 }
 
 FC_MAX_PLANE512(f32, float, int32_t, 16)
