@@ -31,6 +31,18 @@ def grad_input_method(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["im2col", "row-shift"])
+def conv_lowering(request):
+    """Run the vertical-stride-1 forward and input gradient each way: the full
+    im2col, and the row-shift lowering the kernels pick for them (patches
+    packed once per column tap, one GEMM per filter row; see
+    _kernels._correlate_row_shift)."""
+    from fastconv._simd import kernels
+    kernels._tuning(row_shift=request.param == "row-shift")
+    yield request.param
+    kernels._tuning(row_shift=True)
+
+
 @pytest.fixture(params=["dW", "dW^T"])
 def grad_weight_orientation(request):
     """Run the filter gradient's float32 GEMMs in each orientation (the

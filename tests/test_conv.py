@@ -262,8 +262,9 @@ def _numpy_all(x, w, b, g, hyper):
 
 @SETTINGS
 @given(geo=conv_geometries(), seed=seeds, with_bias=st.booleans())
-def test_conv2d_matches_oracle(n_threads, geo, seed, with_bias):
-    """Forward conv equals ``reference.conv2d`` in float32 and float64."""
+def test_conv2d_matches_oracle(n_threads, conv_lowering, geo, seed, with_bias):
+    """Forward conv equals ``reference.conv2d`` in float32 and float64 (both
+    lowerings)."""
     x, w, b, _ = _data(seed, geo)
     b = b if with_bias else None
     expected = ref.conv2d(x, w, b, **_hyper(geo))
@@ -276,7 +277,8 @@ def test_conv2d_matches_oracle(n_threads, geo, seed, with_bias):
 
 @SETTINGS
 @given(geo=conv_geometries(), seed=seeds)
-def test_conv2d_grad_input_matches_oracle(n_threads, grad_input_method, geo, seed):
+def test_conv2d_grad_input_matches_oracle(n_threads, grad_input_method, conv_lowering, geo,
+                                          seed):
     """Input gradient equals ``reference.conv2d_grad_input`` (stride remainders zero)."""
     _, w, _, g = _data(seed, geo)
     expected = ref.conv2d_grad_input(g, w, geo.x_shape, **_hyper(geo))
@@ -435,7 +437,7 @@ LARGE_CASES = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("case", sorted(LARGE_CASES))
-def test_large_multi_tile_shapes_match_numpy(case, dtype, n_threads):
+def test_large_multi_tile_shapes_match_numpy(case, dtype, n_threads, conv_lowering):
     """Several tiles/items per image: the tiled kernels agree with NumPy einsums."""
     x_shape, w_shape, hyper = LARGE_CASES[case]
     rng = np.random.default_rng(3)
@@ -458,6 +460,51 @@ def test_larger_geometries_match_numpy(n_threads, geo, seed, with_bias):
     expected = _numpy_all(x, w, b, g, _hyper(geo))
     for dtype in DTYPES:
         _check_all_kernels(x, w, b, g, _hyper(geo), expected, dtype)
+
+
+# Vertical stride 1 with one or several row tiles per image (a short last
+# tile), halos of (kh-1)*dilation rows (taller than a 1-row tile, which
+# falls back to im2col), groups, column strides and uneven paddings.
+ROW_SHIFT_CASES = {
+    "k3_pad1": ((2, 5, 23, 17), (6, 5, 3, 3), dict(padding=1)),
+    "k5_dil2_tall_halo": ((2, 3, 30, 9), (4, 3, 5, 3), dict(padding=(4, 1), dilation=(2, 1))),
+    "k4_same_uneven": ((1, 4, 19, 21), (6, 2, 4, 2), dict(padding="same", groups=2)),
+    "k3_stride_1x2": ((2, 6, 17, 26), (4, 6, 3, 5), dict(stride=(1, 2), padding=(0, 2))),
+    "k2_no_pad": ((3, 2, 11, 40), (3, 2, 2, 3), {}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("tiling", [dict(tile_bytes=1), dict(min_items=6), dict(min_items=1)],
+                         ids=["1-row", "few-rows", "whole-image"])
+@pytest.mark.parametrize("case", sorted(ROW_SHIFT_CASES))
+def test_row_shift_lowering_matches_numpy(case, tiling, dtype, n_threads, monkeypatch):
+    """The row-shift forward and input gradient agree with the NumPy
+    implementation and with the im2col lowering whatever the row tiling."""
+    from fastconv import functional
+    from fastconv._simd import kernels
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", "gather")
+    x_shape, w_shape, hyper = ROW_SHIFT_CASES[case]
+    rng = np.random.default_rng(8)
+    x, w, b = randn(rng, x_shape), randn(rng, w_shape), randn(rng, (w_shape[0],))
+    y_np = np_conv2d(x, w, b, **hyper)
+    g = randn(rng, y_np.shape)
+    saved = kernels._tuning()
+    try:
+        kernels._tuning(min_tile=1, **tiling)
+        results = {}
+        for lowering in (True, False):
+            kernels._tuning(row_shift=lowering)
+            results[lowering] = (
+                fastconv.conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), **hyper),
+                fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), x_shape, **hyper))
+    finally:
+        kernels._tuning(**{k: saved[k] for k in ("tile_bytes", "min_tile", "min_items",
+                                                 "row_shift")})
+    for got, other, expected in zip(results[True], results[False],
+                                    (y_np, np_grad_input(g, w, x_shape, **hyper))):
+        assert_close(got, expected, dtype)
+        assert_close(got, other, dtype)
 
 
 @FEW
@@ -885,7 +932,8 @@ DETERMINISM_CASES = {
 @pytest.mark.parametrize("case", sorted(DETERMINISM_CASES))
 def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype, monkeypatch,
                                                            grad_input_method,
-                                                           grad_weight_orientation):
+                                                           grad_weight_orientation,
+                                                           conv_lowering):
     """All four kernels give the same bits whatever the thread count."""
     monkeypatch.setattr(_threads, "SMALL_WORK", 0)   # small cases too run threaded
     x_shape, w_shape, hyper = DETERMINISM_CASES[case]
