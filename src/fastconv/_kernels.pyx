@@ -289,6 +289,18 @@ cdef void _unpack_add_patches(const floating* src, Py_ssize_t n_ch,
 
 # --- conv2d forward ----------------------------------------------------------
 
+cdef inline void _add_bias(floating* dst, const floating* bias, Py_ssize_t channels,
+                           Py_ssize_t count, Py_ssize_t plane) noexcept nogil:
+    """``dst[c * plane + l] += bias[c]`` for c < channels, l < count: a tile
+    of output channels' planes gets its bias after the GEMMs."""
+    cdef Py_ssize_t c, l
+    cdef floating b
+    for c in range(channels):
+        b = bias[c]
+        for l in range(count):
+            dst[c * plane + l] += b
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x,
                    const floating[:, :, :, ::1] weight,
                    const floating[::1] bias,
@@ -335,11 +347,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef const floating* bp = &bias[0] if has_bias else NULL
     cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t item, n, g, t, p0, count, o, l
+    cdef Py_ssize_t item, n, g, t, p0, count
     cdef const floating* src
     cdef floating* dst
     cdef floating* work = NULL
-    cdef floating bval
     cdef int status = STATUS_OK
     cdef int* status_p = &status
 
@@ -371,10 +382,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
                              <floating>1, wp + g * og * k_dim, k_dim,
                              work, count, <floating>0, dst, positions)
                     if has_bias:
-                        for o in range(og):
-                            bval = bp[g * og + o]
-                            for l in range(count):
-                                dst[o * positions + l] += bval
+                        _add_bias(dst, bp + g * og, og, count, positions)
             free(work)
     finally:
         blas_serial_exit()
@@ -437,10 +445,9 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
     cdef const floating* bp = &bias[0] if has_bias else NULL
     cdef const Py_ssize_t* rop = &row_off[0]
     cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t item, n, g, t, iu, p0, rows, packed, d, l
+    cdef Py_ssize_t item, n, g, t, iu, p0, rows, packed
     cdef floating* dst
     cdef floating* work = NULL
-    cdef floating bval
     cdef int status = STATUS_OK
     cdef int* status_p = &status
 
@@ -470,10 +477,7 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
                              work + (rop[iu] - top) * out_w, packed,
                              <floating>(0 if iu == 0 else 1), dst, positions)
                     if has_bias:
-                        for d in range(cd):
-                            bval = bp[g * cd + d]
-                            for l in range(rows * out_w):
-                                dst[d * positions + l] += bval
+                        _add_bias(dst, bp + g * cd, cd, rows * out_w, positions)
             free(work)
     finally:
         blas_serial_exit()
