@@ -396,6 +396,8 @@ cdef Py_ssize_t _row_shift_tile_rows(Py_ssize_t k_row, Py_ssize_t out_h, Py_ssiz
     im2col tile with ``k_row`` packed rows; 0 when the halo would more than
     double the packed rows (tall dilated filters on short tiles), where
     the full im2col packs less."""
+    if out_h <= 0 or out_w <= 0:
+        return 0
     cdef Py_ssize_t tile = _tile_size(k_row, out_h * out_w, outer, itemsize)
     cdef Py_ssize_t rows = max(1, min(out_h, tile // out_w))
     if halo > rows or (rows + halo) * out_w * k_row * itemsize > MAX_WORK_BYTES:
