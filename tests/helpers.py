@@ -76,6 +76,10 @@ def every_kernel_output(rng, dtype):
     for w_shape, kw in [((12, 4, 3, 3), dict(stride=2, padding=1, groups=2)),
                         ((8, 1, 3, 3), dict(padding=1, groups=8)),
                         ((8, 1, 5, 3), dict(stride=(2, 1), dilation=2, groups=8)),
+                        # 3x3 depthwise with column stride 1 (_depthwise_avx2.h):
+                        # channel multiplier 2 and dilation, and row stride 2
+                        ((16, 1, 3, 3), dict(padding=2, dilation=2, groups=8)),
+                        ((8, 1, 3, 3), dict(stride=(2, 1), padding=(0, 1), groups=8)),
                         ((6, 8, 1, 1), {}),
                         ((4, 8, 5, 2), dict(dilation=(2, 1), padding="same"))]:
         w = rng.standard_normal(w_shape).astype(dtype)
