@@ -32,7 +32,8 @@ def main():
         conv()
         matmul()
 
-    t_conv, t_mm, t_both = (_bench.best_time(f, 7) for f in (conv, matmul, both))
+    t = _bench.best_times(dict(conv=conv, matmul=matmul, both=both), 7)
+    t_conv, t_mm, t_both = t["conv"], t["matmul"], t["both"]
     print(f"conv2d {t_conv * 1e3:.3f} ms, matmul {t_mm * 1e3:.3f} ms, alternating "
           f"{t_both * 1e3:.3f} ms -> switching costs {(t_both - t_conv - t_mm) * 1e3:+.3f} ms "
           "per pair")

@@ -573,6 +573,19 @@ def test_bench_pool_bytes_counts_the_unavoidable_traffic():
     assert _bench.copy_gbs(1 << 20, 2, repeat=1) > 0
 
 
+def test_bench_times_implementations_interleaved():
+    """best_times runs one batch of every implementation per round, in turn,
+    so that a load spike on a shared machine hits all sides of a ratio."""
+    from fastconv import _bench
+
+    log = []
+    fns = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    times = _bench.best_times(fns, repeat=3, min_time=0)
+    assert set(times) == {"a", "b", "c"} and all(t >= 0 for t in times.values())
+    assert log == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3   # warm-ups, rounds
+    assert _bench.best_time(lambda: None, repeat=2) >= 0
+
+
 def test_type_stubs_cover_the_public_api():
     """``__init__.pyi`` (shipped with py.typed) declares every public name."""
     from pathlib import Path

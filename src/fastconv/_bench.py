@@ -8,8 +8,9 @@ Implementations compared on each layer of the suite:
 * ``oracle``    -- ``fastconv.reference`` (only on tiny cases; far too slow
   for the suite itself).
 
-Times are the best of several runs with every implementation run in the same
-process, so only same-run ratios are meaningful on a shared machine.
+Times are the best of several rounds with every implementation run in the
+same process, interleaved round by round (``best_times``), so only same-run
+ratios are meaningful on a shared machine.
 """
 
 import time
@@ -247,8 +248,8 @@ def run_signal_suite(dtypes=("float32", "float64"), repeat=5, out=print):
     for dtype in dtypes:
         for case in SIGNAL_SUITE:
             a, b = signal_arrays(case, np.dtype(dtype))
-            t = {name: best_time(fn, repeat) for name in ("fastconv", "scipy")
-                 if (fn := signal_impl(name, a, b)) is not None}
+            t = best_times({name: fn for name in ("fastconv", "scipy")
+                            if (fn := signal_impl(name, a, b)) is not None}, repeat)
             gflops = 2 * case.size ** 2 * case.k ** 2 / t["fastconv"] / 1e9
             rows.append(dict(case=case.name, dtype=dtype, gflops=gflops,
                              **{f"{k}_s": v for k, v in t.items()}))
@@ -345,8 +346,8 @@ def run_layout_suite(dtypes=("float32", "float64"), repeat=5, cases=None, out=pr
         for case, make in suite:
             if cases is not None and case.name not in cases:
                 continue
-            t = {name: best_time(fn, repeat) for name in LAYOUTS + ("torch-NHWC",)
-                 if (fn := make(name, case, np.dtype(dtype))) is not None}
+            t = best_times({name: fn for name in LAYOUTS + ("torch-NHWC",)
+                            if (fn := make(name, case, np.dtype(dtype))) is not None}, repeat)
             rows.append(dict(case=case.name, dtype=dtype,
                              **{f"{k}_s": v for k, v in t.items()}))
             vs_torch = (f"{t['torch-NHWC'] / t['NHWC']:.2f}x" if "torch-NHWC" in t else "-")
@@ -360,19 +361,29 @@ def run_layout_suite(dtypes=("float32", "float64"), repeat=5, cases=None, out=pr
 
 def best_time(fn, repeat=5, min_time=0.05):
     """Best wall time of one call, over `repeat` batches of >= `min_time` s."""
-    fn()
-    calls = 1
-    t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    if once < min_time:
-        calls = max(1, int(min_time / max(once, 1e-7)))
-    best = float("inf")
-    for _ in range(repeat):
+    return best_times({"fn": fn}, repeat, min_time)["fn"]
+
+
+def best_times(fns, repeat=5, min_time=0.05):
+    """Best wall time of one call of each callable in the dict `fns`, over
+    `repeat` rounds; each round times one batch (>= `min_time` s) of every
+    callable in turn.  Interleaving the implementations gives each the same
+    share of a shared machine's quiet and busy spells, so a load spike
+    cannot fall on one side of a ratio only."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()                                    # warm up (allocations, caches)
         t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / calls)
+        fn()
+        once = time.perf_counter() - t0
+        calls[name] = max(1, int(min_time / max(once, 1e-7))) if once < min_time else 1
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls[name])
     return best
 
 
@@ -415,7 +426,8 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
     rows = []
     conv_cases = [c for c in CONV_SUITE if cases is None or c.name in cases]
     pool_cases = [c for c in POOL_SUITE if cases is None or c.name in cases]
-    out(f"fastconv {fastconv.__version__} | threads={threads} | best of {repeat} | "
+    out(f"fastconv {fastconv.__version__} | threads={threads} | best of {repeat} "
+        "interleaved rounds | "
         "ratio = other's time / fastconv's time (>1: fastconv faster)")
     out(blas_note())
     header = (f"{'case':<10}{'dtype':<9}{'pass':<9}{'fastconv ms':>12}{'GFLOP/s':>9}"
@@ -427,19 +439,16 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
             arrays = conv_arrays(case, np.dtype(dtype))
             impls = {name: make(case, *arrays) for name, make in CONV_IMPLS.items()}
             for direction, index, flop_mult in (("fwd", 0, 2), ("fwd+bwd", 1, 6)):
-                t = {name: best_time(pair[index], repeat) for name, pair in impls.items()
-                     if pair is not None}
+                t = best_times({name: pair[index] for name, pair in impls.items()
+                                if pair is not None}, repeat)
                 gflops = flop_mult * conv_macs(case) / t["fastconv"] / 1e9
                 rows.append(dict(case=case.name, dtype=dtype, direction=direction,
                                  gflops=gflops, **{f"{k}_s": v for k, v in t.items()}))
                 out(_row(case.name, dtype, direction, t, gflops))
         for case in pool_cases:
             x = pool_arrays(case, np.dtype(dtype))
-            t = {}
-            for name, make in POOL_IMPLS.items():
-                fn = make(case, x)
-                if fn is not None:
-                    t[name] = best_time(fn, repeat)
+            t = best_times({name: fn for name, make in POOL_IMPLS.items()
+                            if (fn := make(case, x)) is not None}, repeat)
             rows.append(dict(case=case.name, dtype=dtype, direction="fwd+bwd", gflops=None,
                              **{f"{k}_s": v for k, v in t.items()}))
             out(_row(case.name, dtype, "fwd+bwd", t, None))
