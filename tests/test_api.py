@@ -573,16 +573,20 @@ def test_bench_pool_bytes_counts_the_unavoidable_traffic():
     assert _bench.copy_gbs(1 << 20, 2, repeat=1) > 0
 
 
-def test_bench_times_implementations_interleaved():
+def test_bench_times_implementations_interleaved(monkeypatch):
     """best_times runs one batch of every implementation per round, in turn,
-    so that a load spike on a shared machine hits all sides of a ratio."""
+    so that a load spike on a shared machine hits all sides of a ratio, and
+    pauses after the batches named in settle_after."""
     from fastconv import _bench
 
     log = []
     fns = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
-    times = _bench.best_times(fns, repeat=3, min_time=0)
+    monkeypatch.setattr(_bench.time, "sleep", lambda s: log.append(f"sleep {s}"))
+    monkeypatch.setattr(_bench, "SETTLE_S", 0.25)
+    times = _bench.best_times(fns, repeat=3, min_time=0, settle_after=("b",))
     assert set(times) == {"a", "b", "c"} and all(t >= 0 for t in times.values())
-    assert log == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3   # warm-ups, rounds
+    # warm-ups, then three rounds
+    assert log == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "sleep 0.25", "c"] * 3
     assert _bench.best_time(lambda: None, repeat=2) >= 0
 
 

@@ -359,17 +359,26 @@ def run_layout_suite(dtypes=("float32", "float64"), repeat=5, cases=None, out=pr
 
 # --- timing and the table ---------------------------------------------------
 
+# Pause after an interleaved batch that used multithreaded BLAS (best_times).
+SETTLE_S = 0.15
+
+
 def best_time(fn, repeat=5, min_time=0.05):
     """Best wall time of one call, over `repeat` batches of >= `min_time` s."""
     return best_times({"fn": fn}, repeat, min_time)["fn"]
 
 
-def best_times(fns, repeat=5, min_time=0.05):
+def best_times(fns, repeat=5, min_time=0.05, settle_after=()):
     """Best wall time of one call of each callable in the dict `fns`, over
     `repeat` rounds; each round times one batch (>= `min_time` s) of every
     callable in turn.  Interleaving the implementations gives each the same
     share of a shared machine's quiet and busy spells, so a load spike
-    cannot fall on one side of a ratio only."""
+    cannot fall on one side of a ratio only.  After a batch of a name in
+    `settle_after` the process sleeps SETTLE_S seconds: a multithreaded
+    OpenBLAS call (the NumPy baseline's matmuls) leaves its idle workers
+    spinning for about 0.1 s, and PyTorch timed straight after them ran
+    its convolutions up to 2x slower.  (fastconv's kernels call BLAS single-
+    threaded, so they leave no such spinning.)"""
     calls = {}
     for name, fn in fns.items():
         fn()                                    # warm up (allocations, caches)
@@ -384,6 +393,8 @@ def best_times(fns, repeat=5, min_time=0.05):
             for _ in range(calls[name]):
                 fn()
             best[name] = min(best[name], (time.perf_counter() - t0) / calls[name])
+            if name in settle_after and len(fns) > 1:
+                time.sleep(SETTLE_S)
     return best
 
 
@@ -440,7 +451,7 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
             impls = {name: make(case, *arrays) for name, make in CONV_IMPLS.items()}
             for direction, index, flop_mult in (("fwd", 0, 2), ("fwd+bwd", 1, 6)):
                 t = best_times({name: pair[index] for name, pair in impls.items()
-                                if pair is not None}, repeat)
+                                if pair is not None}, repeat, settle_after=("numpy",))
                 gflops = flop_mult * conv_macs(case) / t["fastconv"] / 1e9
                 rows.append(dict(case=case.name, dtype=dtype, direction=direction,
                                  gflops=gflops, **{f"{k}_s": v for k, v in t.items()}))
@@ -448,7 +459,8 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
         for case in pool_cases:
             x = pool_arrays(case, np.dtype(dtype))
             t = best_times({name: fn for name, make in POOL_IMPLS.items()
-                            if (fn := make(case, x)) is not None}, repeat)
+                            if (fn := make(case, x)) is not None}, repeat,
+                           settle_after=("numpy",))
             rows.append(dict(case=case.name, dtype=dtype, direction="fwd+bwd", gflops=None,
                              **{f"{k}_s": v for k, v in t.items()}))
             out(_row(case.name, dtype, "fwd+bwd", t, None))
