@@ -1090,8 +1090,8 @@ def _padded_extent(out, stride, k, dil):
 
 
 cdef inline void _pad_plane(const floating* src, Py_ssize_t in_h, Py_ssize_t in_w,
-                     Py_ssize_t pad_top, Py_ssize_t pad_left,
-                     floating* dst, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+                            Py_ssize_t pad_top, Py_ssize_t pad_left,
+                            floating* dst, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
     """Copy src into the interior of dst (rows x cols) at (pad_top,
     pad_left); negative paddings crop.  Only the interior is written: the
     caller zeroes dst once, and since every plane of a call has the same
