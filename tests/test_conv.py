@@ -288,6 +288,27 @@ def test_conv2d_grad_input_matches_oracle(n_threads, grad_input_method, conv_low
         assert_close(dx, expected, dtype)
 
 
+@FEW
+@given(geo=conv_geometries(), seed=seeds)
+def test_conv2d_grad_input_writes_every_element(grad_input_method, conv_lowering, geo, seed,
+                                                monkeypatch):
+    """Where the API hands the kernel an uninitialized output (stride 1
+    gather, scatter), the kernel writes all of it: NaN-filled, it still
+    gives the oracle's gradient."""
+    from fastconv import functional
+
+    def nan_buffer(shape, dtype, writes_all):
+        return np.full(shape, np.nan, dtype) if writes_all else np.zeros(shape, dtype)
+
+    monkeypatch.setattr(functional, "_grad_input_buffer", nan_buffer)
+    _, w, _, g = _data(seed, geo)
+    expected = ref.conv2d_grad_input(g, w, geo.x_shape, **_hyper(geo))
+    for dtype in DTYPES:
+        dx = fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), geo.x_shape,
+                                        **_hyper(geo))
+        assert_close(dx, expected, dtype)
+
+
 @SETTINGS
 @given(geo=conv_geometries(), seed=seeds)
 def test_conv2d_grad_weight_matches_oracle(n_threads, grad_weight_orientation, geo, seed):

@@ -814,7 +814,9 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
 
     ``grad_in`` must be zero-filled on entry: input positions that no
     filter tap reaches (stride remainders, phases without taps) are left
-    untouched.  Every other position is written by exactly one work item.
+    untouched.  Every other position is written by exactly one work item;
+    with stride 1 that is every position (one phase spans each axis), so
+    there the caller may pass uninitialized memory.
     """
     cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[2], in_w = grad_in.shape[3]
     cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]
@@ -944,9 +946,12 @@ def conv2d_grad_input_scatter(const floating[:, :, :, ::1] grad_out,
     small next to the kernel or ``C_in/groups`` is too small for an
     efficient GEMM (the caller picks; see ``functional._grad_input_method``).
 
-    Work items are (image, group, block of input channels): each writes its
-    own slice of ``grad_in`` (zero-filled on entry) in a fixed order, so the
-    result does not depend on the thread count.
+    Work items are (image, group, block of input channels): each clears its
+    own slice of ``grad_in`` and adds into it in a fixed order, so the
+    result does not depend on the thread count.  ``grad_in`` may hold
+    anything on entry: every element is written (clearing the slice just
+    before its sums also keeps it in cache, where a zero-filled allocation
+    costs a serial pass over the whole array).
     """
     cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[2], in_w = grad_in.shape[3]
     cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]
@@ -956,6 +961,7 @@ def conv2d_grad_input_scatter(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
     cdef Py_ssize_t positions = out_h * out_w, in_plane = in_h * in_w
     if n_img == 0 or positions == 0 or c_out == 0 or cg == 0:
+        np.asarray(grad_in)[...] = 0
         return
     # channel blocks: enough items for MIN_ITEMS threads, by shape only
     cdef Py_ssize_t n_blocks = max(1, min(cg, _ceil_div(MIN_ITEMS, n_img * groups)))
@@ -987,6 +993,8 @@ def conv2d_grad_input_scatter(const floating[:, :, :, ::1] grad_out,
                     blk = item % n_blocks
                     c0 = blk * block
                     nc = min(block, cg - c0)
+                    memset(dxp + (n * c_in + g * cg + c0) * in_plane, 0,
+                           nc * in_plane * sizeof(floating))
                     for t in range(n_tiles):
                         p0 = t * tile
                         count = min(tile, positions - p0)
