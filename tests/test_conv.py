@@ -288,25 +288,42 @@ def test_conv2d_grad_input_matches_oracle(n_threads, grad_input_method, conv_low
         assert_close(dx, expected, dtype)
 
 
+class _NumpyWithNanEmpty:
+    """NumPy, except that ``empty`` hands out NaN-filled float arrays."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, dtype=float, **kwargs):
+        out = np.empty(shape, dtype, **kwargs)
+        if out.dtype.kind == "f":
+            out.fill(np.nan)
+        return out
+
+
 @FEW
 @given(geo=conv_geometries(), seed=seeds)
-def test_conv2d_grad_input_writes_every_element(grad_input_method, conv_lowering, geo, seed,
-                                                monkeypatch):
-    """Where the API hands the kernel an uninitialized output (stride 1
-    gather, scatter), the kernel writes all of it: NaN-filled, it still
-    gives the oracle's gradient."""
+def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method, conv_lowering,
+                                                              geo, seed, monkeypatch):
+    """The API allocates outputs with ``np.empty`` wherever the kernel is
+    trusted to write every element (the forward, the filter gradient, whose
+    first product per slot overwrites with beta = 0, the stride-1 gather and
+    the scatter input gradients).  With those arrays NaN-filled, every
+    kernel still gives the oracle's result."""
     from fastconv import functional
-
-    def nan_buffer(shape, dtype, writes_all):
-        return np.full(shape, np.nan, dtype) if writes_all else np.zeros(shape, dtype)
-
-    monkeypatch.setattr(functional, "_grad_input_buffer", nan_buffer)
-    _, w, _, g = _data(seed, geo)
-    expected = ref.conv2d_grad_input(g, w, geo.x_shape, **_hyper(geo))
+    monkeypatch.setattr(functional, "np", _NumpyWithNanEmpty())
+    x, w, b, g = _data(seed, geo)
+    hyper = _hyper(geo)
+    expected = (ref.conv2d(x, w, b, **hyper), ref.conv2d_grad_input(g, w, geo.x_shape, **hyper),
+                ref.conv2d_grad_weight(x, g, geo.w_shape, **hyper))
     for dtype in DTYPES:
-        dx = fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), geo.x_shape,
-                                        **_hyper(geo))
-        assert_close(dx, expected, dtype)
+        xd, wd, bd, gd = (a.astype(dtype) for a in (x, w, b, g))
+        got = (fastconv.conv2d(xd, wd, bd, **hyper),
+               fastconv.conv2d_grad_input(gd, wd, geo.x_shape, **hyper),
+               fastconv.conv2d_grad_weight(xd, gd, geo.w_shape, **hyper))
+        for a, e in zip(got, expected):
+            assert_close(a, e, dtype)
 
 
 @SETTINGS

@@ -593,6 +593,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
         if partial == NULL:
             raise MemoryError("fastconv: could not allocate filter-gradient partial sums")
     cdef Py_ssize_t unit, g, s, r, r0, r1, n, t, p0, count, ld_patches
+    cdef floating beta
     cdef floating* acc
     cdef const floating* patches
     cdef floating* work = NULL
@@ -612,7 +613,6 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
                     g = unit // n_slots
                     s = unit % n_slots
                     acc = partial + s * w_size + g * og * k_dim
-                    memset(acc, 0, og * k_dim * sizeof(floating))
                     r0 = s * n_red // n_slots
                     r1 = (s + 1) * n_red // n_slots
                     for r in range(r0, r1):
@@ -628,15 +628,17 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
                         patches = (xp + (n * groups + g) * cg * in_plane + p0 if direct
                                    else work)
                         ld_patches = positions if direct else count
+                        # the slot's first product overwrites (no clearing pass)
+                        beta = <floating>(0 if r == r0 else 1)
                         if transposed:
                             gemm(NO_TRANS, TRANS, k_dim, og, count, <floating>1,
                                  patches, ld_patches,
                                  gp + (n * c_out + g * og) * positions + p0, positions,
-                                 <floating>1, acc, og)
+                                 beta, acc, og)
                         else:
                             gemm(NO_TRANS, TRANS, og, k_dim, count, <floating>1,
                                  gp + (n * c_out + g * og) * positions + p0, positions,
-                                 patches, ld_patches, <floating>1, acc, k_dim)
+                                 patches, ld_patches, beta, acc, k_dim)
             free(work)
         if own_slots and status == STATUS_OK:
             with nogil:
