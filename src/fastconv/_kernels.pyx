@@ -1353,6 +1353,12 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     holds only for finite inputs (0 * inf is NaN), so a plane holding an
     inf or NaN is summed row by row instead, over real columns only.  Each
     tap's per-image dots are added in float64 in image order.
+
+    The padded planes multiply every zero of the padding as the textbook
+    does, so a non-finite dY gives the textbook's NaNs.  The row-by-row
+    loops used otherwise (stride > 1, huge planes) skip the padding, so
+    there a dY holding an inf or NaN takes the GEMM (``conv2d_grad_weight``)
+    instead.
     """
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
@@ -1364,8 +1370,12 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     n_rows = _padded_extent(out_h, 1, kh, dil_h)
     n_pitch = _padded_extent(out_w, 1, kw, dil_w)
     if stride_h != 1 or stride_w != 1 or n_rows * n_pitch > limit:
-        _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w, pad_top,
-                                    pad_left, dil_h, dil_w, groups, n_threads)
+        if np.isfinite(np.asarray(grad_out)).all():
+            _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w,
+                                        pad_top, pad_left, dil_h, dil_w, groups, n_threads)
+        else:
+            conv2d_grad_weight(x, grad_out, grad_weight, stride_h, stride_w, pad_top,
+                               pad_left, dil_h, dil_w, groups, n_threads)
         return
     cdef Py_ssize_t rows = n_rows
     cdef Py_ssize_t pitch = n_pitch

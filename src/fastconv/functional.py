@@ -498,14 +498,16 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
         return _finish(dw, result)
     g = contiguous(grad_out, compute)
     args = _kernel_args(geo, grad_out.size * (dw.size // c_out))
-    # The direct depthwise loops skip zero padding (see conv2d): a
+    # The direct NHWC depthwise loops skip zero padding (see conv2d): a
     # non-finite sensitivity takes the GEMM, which multiplies it as written.
+    # (The NCHW depthwise kernel checks that itself, only where its loops
+    # skip the padding.)
     if layout == "NHWC":
         depthwise = _depthwise_nhwc(weight_shape, x.shape[3], geo) and np.isfinite(g).all()
         kernel = (_kernels.depthwise_grad_weight_nhwc if depthwise
                   else _kernels.conv2d_grad_weight_nhwc)
     else:
-        depthwise = _depthwise(weight_shape, geo) and np.isfinite(g).all()
+        depthwise = _depthwise(weight_shape, geo)
         kernel = _kernels.depthwise_grad_weight if depthwise else _kernels.conv2d_grad_weight
     kernel(contiguous(x, compute), g, dw, *args)
     return _finish(dw, result)
