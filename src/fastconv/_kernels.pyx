@@ -502,36 +502,49 @@ cdef Py_ssize_t _reduction_slots(Py_ssize_t n_parts, Py_ssize_t w_size,
     return max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * itemsize)))
 
 
-cdef void _add_slots_transposed(const floating* partial, Py_ssize_t n_slots,
+cdef void _add_slots_transposed(floating* partial, Py_ssize_t n_slots,
                                 Py_ssize_t groups, Py_ssize_t og, Py_ssize_t k_dim,
                                 floating* out, int n_threads) noexcept nogil:
     """As _add_slots, for slots that hold each group's ``dW^T`` (k_dim x
-    og): ``out[g, o, k] = partial[0, g, k, o] + partial[1, g, k, o] + ...``."""
-    cdef Py_ssize_t row, g, o, k, s
+    og): ``out[g, o, k] = partial[0, g, k, o] + partial[1, g, k, o] + ...``.
+    The slots are first added into slot 0 where they lie (contiguous,
+    vectorized; the same order, so the same bits), then slot 0 is
+    transposed once: adding along the strided transpose read each slot
+    with a stride of og elements (5.8 % of pw1x1's float32 fwd+bwd, perf)."""
+    cdef Py_ssize_t row, g, o, k
     cdef Py_ssize_t w_size = groups * og * k_dim
     cdef const floating* src
-    cdef floating total
+    _add_slots(partial, n_slots, w_size, partial, n_threads)
     for row in prange(groups * og, schedule="static", num_threads=n_threads):
         g = row // og
         o = row % og
         src = partial + g * og * k_dim + o
         for k in range(k_dim):
-            total = src[k * og]
-            for s in range(1, n_slots):
-                total = total + src[s * w_size + k * og]
-            out[row * k_dim + k] = total
+            out[row * k_dim + k] = src[k * og]
+
+
+cdef enum:
+    SLOT_CHUNK = 2048   # elements per work item of _add_slots
 
 
 cdef void _add_slots(const floating* partial, Py_ssize_t n_slots, Py_ssize_t size,
                      floating* out, int n_threads) noexcept nogil:
-    """``out[i] = partial[0, i] + partial[1, i] + ...``, slots in order."""
-    cdef Py_ssize_t i, s
-    cdef floating total
-    for i in prange(size, schedule="static", num_threads=n_threads):
-        total = partial[i]
+    """``out[i] = partial[0, i] + partial[1, i] + ...``, slots in order.
+
+    By chunks, slot by slot, so that the inner loop runs along contiguous
+    memory (vectorized).  ``out`` may be ``partial`` itself (slot 0)."""
+    cdef Py_ssize_t chunk, i, i0, i1, s
+    cdef floating* dst
+    for chunk in prange(_ceil_div(size, SLOT_CHUNK), schedule="static",
+                        num_threads=n_threads):
+        i0 = chunk * SLOT_CHUNK
+        i1 = min(size, i0 + SLOT_CHUNK)
+        dst = out
+        if out != partial:
+            memcpy(out + i0, partial + i0, (i1 - i0) * sizeof(floating))
         for s in range(1, n_slots):
-            total = total + partial[s * size + i]
-        out[i] = total
+            for i in range(i0, i1):
+                dst[i] = dst[i] + partial[s * size + i]
 
 
 def conv2d_grad_weight(const floating[:, :, :, ::1] x,
