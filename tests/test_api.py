@@ -573,6 +573,21 @@ def test_bench_pool_bytes_counts_the_unavoidable_traffic():
     assert _bench.copy_gbs(1 << 20, 2, repeat=1) > 0
 
 
+def test_bench_big_forward_and_gemm_are_timed_together(monkeypatch):
+    """The big-layer line's two GFLOP/s come from one alternating timing."""
+    from fastconv import _bench
+
+    calls = []
+    real = _bench.best_times
+    monkeypatch.setattr(_bench, "best_times",
+                        lambda fns, *a, **k: calls.append(sorted(fns)) or real(fns, *a, **k))
+    monkeypatch.setattr(_bench, "SETTLE_S", 0)
+    case = _bench.ConvCase("tiny", 1, 2, 8, 3, 3, 1, 1, 1)
+    conv, gemm = _bench.big_forward_vs_gemm(case, "float64", repeat=1, n=32)
+    assert conv > 0 and gemm > 0
+    assert calls == [["fastconv", "gemm"]]
+
+
 def test_bench_times_implementations_interleaved(monkeypatch):
     """best_times runs one batch of every implementation per round, in turn,
     so that a load spike on a shared machine hits all sides of a ratio, and

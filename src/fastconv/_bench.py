@@ -467,15 +467,13 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
     _summary(rows, out)
     if pool_cases:
         _pool_traffic(rows, pool_cases, threads, repeat, out)
-    if any(c.name == "big" for c in conv_cases):
+    big = next((c for c in conv_cases if c.name == "big"), None)
+    if big is not None:
         for dtype in dtypes:
-            gemm = square_gemm_gflops(dtype, repeat)
-            big = [r for r in rows if r["case"] == "big" and r["dtype"] == dtype
-                   and r["direction"] == "fwd"]
-            if big:
-                out(f"big {dtype} forward: {big[0]['gflops']:.1f} GFLOP/s = "
-                    f"{100 * big[0]['gflops'] / gemm:.0f}% of a 2048^3 GEMM through the "
-                    f"same BLAS ({gemm:.1f} GFLOP/s, NumPy matmul, same run)")
+            conv, gemm = big_forward_vs_gemm(big, dtype, repeat)
+            out(f"big {dtype} forward: {conv:.1f} GFLOP/s = {100 * conv / gemm:.0f}% of a "
+                f"2048^3 GEMM through the same BLAS ({gemm:.1f} GFLOP/s, NumPy matmul, "
+                f"timed in alternation with it)")
     return rows
 
 
@@ -541,12 +539,18 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def square_gemm_gflops(dtype, repeat=5, n=2048):
-    """GFLOP/s of an n^3 product through NumPy's BLAS (its own threads)."""
+def big_forward_vs_gemm(case, dtype, repeat=5, n=2048):
+    """GFLOP/s of `case`'s fastconv forward and of an n^3 product through
+    NumPy's BLAS (its own threads), timed in alternating rounds: this
+    machine's speed drifts by up to 2x over minutes, so a GEMM timed after
+    the suite is no reference for a forward timed during it.  The process
+    settles after each GEMM batch, whose BLAS workers spin (see best_times)."""
     rng = np.random.default_rng(0)
     a = rng.random((n, n)).astype(dtype)
     b = rng.random((n, n)).astype(dtype)
-    return 2 * n**3 / best_time(lambda: a @ b, repeat) / 1e9
+    fwd = fastconv_conv(case, *conv_arrays(case, np.dtype(dtype)))[0]
+    t = best_times({"fastconv": fwd, "gemm": lambda: a @ b}, repeat, settle_after=("gemm",))
+    return 2 * conv_macs(case) / t["fastconv"] / 1e9, 2 * n**3 / t["gemm"] / 1e9
 
 
 def _fmt_ms(t):
