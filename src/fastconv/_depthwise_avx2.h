@@ -86,26 +86,4 @@ FC_DW3X3_PLANE(f64, double, __m256d, 4, _mm256_set1_pd, _mm256_loadu_pd, _mm256_
 
 #endif
 
-/* memcpy(dst, src, n) for the short rows that the depthwise kernels copy
- * into their padded planes (non-overlapping buffers).  With AVX2, rows of
- * 32 bytes or more move inline in 32-byte pieces, the last one ending at
- * the row's end: a memcpy call per 28-float row cost about 15 cycles, a
- * quarter of the depthwise filter gradient's time (perf, dw3x3 float32). */
-static inline void fc_copy_row(void *dst, const void *src, size_t n)
-{
-#if FC_DW_AVX2
-    if (n >= 32) {
-        char *d = (char *)dst;
-        const char *s = (const char *)src;
-        size_t i;
-        for (i = 0; i + 32 < n; i += 32)
-            _mm256_storeu_si256((__m256i *)(d + i), _mm256_loadu_si256((const __m256i *)(s + i)));
-        _mm256_storeu_si256((__m256i *)(d + n - 32),
-                            _mm256_loadu_si256((const __m256i *)(s + n - 32)));
-        return;
-    }
-#endif
-    memcpy(dst, src, n);
-}
-
 #endif

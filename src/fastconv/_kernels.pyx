@@ -181,6 +181,13 @@ cdef Py_ssize_t _tile_size(Py_ssize_t rows, Py_ssize_t positions, Py_ssize_t out
     return max(1, min(tile, positions))
 
 
+cdef extern from "_rows_avx2.h" nogil:
+    # inline row copies of the packing loops (AVX2 in the AVX2 build)
+    void fc_copy_row(void* dst, const void* src, size_t n)
+    void fc_gather_even_f32(float* dst, const float* src, Py_ssize_t n)
+    void fc_gather_even_f64(double* dst, const double* src, Py_ssize_t n)
+
+
 cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """Floor division for b > 0 (C division truncates toward zero)."""
     if a >= 0:
@@ -238,6 +245,11 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
                             if b > a:
                                 memcpy(d + l + (a - qj), src + base + a,
                                        (b - a) * sizeof(floating))
+                        elif step_j == 2 and b > a:
+                            if floating is float:
+                                fc_gather_even_f32(d + l + (a - qj), src + base + 2 * a, b - a)
+                            else:
+                                fc_gather_even_f64(d + l + (a - qj), src + base + 2 * a, b - a)
                         else:
                             for t in range(a, b):
                                 d[l + t - qj] = src[base + t * step_j]
@@ -1045,7 +1057,6 @@ cdef extern from "_depthwise_avx2.h" nogil:
     void fc_dw3x3_plane_f64(const double* padded, Py_ssize_t cols, Py_ssize_t stride_h,
                             Py_ssize_t dil_h, Py_ssize_t dil_w, const double* w, double b0,
                             double* out, Py_ssize_t out_h, Py_ssize_t out_w)
-    void fc_copy_row(void* dst, const void* src, size_t n)
 
 
 cdef struct Span:

@@ -1,0 +1,77 @@
+/*
+ * Row copies for the kernels' packing loops, used by _kernels.pyx: inline
+ * AVX2 when it is compiled with -mavx2 (fastconv._kernels_avx2), plain C
+ * otherwise.  Both move the same values, so the builds agree bit for bit.
+ */
+#ifndef FASTCONV_ROWS_AVX2_H
+#define FASTCONV_ROWS_AVX2_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#define FC_ROWS_AVX2 1
+#else
+#define FC_ROWS_AVX2 0
+#endif
+
+/* memcpy(dst, src, n) for the short rows that the depthwise kernels copy
+ * into their padded planes (non-overlapping buffers).  With AVX2, rows of
+ * 32 bytes or more move inline in 32-byte pieces, the last one ending at
+ * the row's end: a memcpy call per 28-float row cost about 15 cycles, a
+ * quarter of the depthwise filter gradient's time (perf, dw3x3 float32). */
+static inline void fc_copy_row(void *dst, const void *src, size_t n)
+{
+#if FC_ROWS_AVX2
+    if (n >= 32) {
+        char *d = (char *)dst;
+        const char *s = (const char *)src;
+        size_t i;
+        for (i = 0; i + 32 < n; i += 32)
+            _mm256_storeu_si256((__m256i *)(d + i), _mm256_loadu_si256((const __m256i *)(s + i)));
+        _mm256_storeu_si256((__m256i *)(d + n - 32),
+                            _mm256_loadu_si256((const __m256i *)(s + n - 32)));
+        return;
+    }
+#endif
+    memcpy(dst, src, n);
+}
+
+/* dst[t] = src[2t] for t < n: the stride-2 row gather of the patch packing
+ * (_pack_patches with column stride 2).  Two loads, one in-lane shuffle that
+ * keeps the even elements and one cross-lane permute per vector; the vector
+ * loop stops while at least one element is left, so it never reads
+ * src[2n - 1], which may lie past the array.  The scalar loop it replaces
+ * was 20 % of res_s2's float32 forward (perf); now 15 %, and the forward
+ * about 5 % faster. */
+static inline void fc_gather_even_f32(float *dst, const float *src, Py_ssize_t n)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    for (; t + 8 < n; t += 8) {
+        __m256 a = _mm256_loadu_ps(src + 2 * t), b = _mm256_loadu_ps(src + 2 * t + 8);
+        __m256 e = _mm256_shuffle_ps(a, b, 0x88);
+        _mm256_storeu_ps(dst + t, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                                      _mm256_castps_pd(e), 0xD8)));
+    }
+#endif
+    for (; t < n; t++)
+        dst[t] = src[2 * t];
+}
+
+static inline void fc_gather_even_f64(double *dst, const double *src, Py_ssize_t n)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    for (; t + 4 < n; t += 4) {
+        __m256d a = _mm256_loadu_pd(src + 2 * t), b = _mm256_loadu_pd(src + 2 * t + 4);
+        __m256d e = _mm256_unpacklo_pd(a, b);
+        _mm256_storeu_pd(dst + t, _mm256_permute4x64_pd(e, 0xD8));
+    }
+#endif
+    for (; t < n; t++)
+        dst[t] = src[2 * t];
+}
+
+#endif
