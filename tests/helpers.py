@@ -105,12 +105,18 @@ def every_kernel_output(rng, dtype):
         a = fastconv.avg_pool2d(x, k, 2, p)
         out += [m, idx, fastconv.max_pool2d_grad(np.sin(m), idx, x.shape), a,
                 fastconv.avg_pool2d_grad(np.sin(a), x.shape, k, 2, p)]
-    # ... and for the stride-2 patch gather (_rows_avx2.h): 20- and 21-wide rows
+    # ... and for the stride-2 patch gather and col2im scatter (_rows_avx2.h):
+    # 20- and 21-wide rows
     for pad in (0, 1):
         w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
         y = fastconv.conv2d(x, w, stride=2, padding=pad)
         g = rng.standard_normal(y.shape).astype(dtype)
         out += [y, fastconv.conv2d_grad_weight(x, g, w.shape, stride=2, padding=pad)]
+        try:
+            functional._FORCE_GRAD_INPUT_METHOD = "scatter"
+            out.append(fastconv.conv2d_grad_input(g, w, x.shape, stride=2, padding=pad))
+        finally:
+            functional._FORCE_GRAD_INPUT_METHOD = None
     return out
 
 

@@ -74,4 +74,47 @@ static inline void fc_gather_even_f64(double *dst, const double *src, Py_ssize_t
         dst[t] = src[2 * t];
 }
 
+/* dst[2t] += src[t] for t < n, odd elements untouched: the stride-2 row
+ * scatter of the scatter-order input gradient's col2im
+ * (_unpack_add_patches with column stride 2).  Each source vector is
+ * spread over the even lanes of two destination vectors, added there and
+ * blended back, so each element gets the same single addition as in the
+ * scalar loop (the same bits), and the vector loop stops while at least one
+ * element is left, never touching dst[2n - 1]. */
+static inline void fc_scatter_add_even_f32(float *dst, const float *src, Py_ssize_t n)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    const __m256i lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const __m256i hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    for (; t + 8 < n; t += 8) {
+        __m256 s = _mm256_loadu_ps(src + t);
+        __m256 a = _mm256_loadu_ps(dst + 2 * t), b = _mm256_loadu_ps(dst + 2 * t + 8);
+        a = _mm256_blend_ps(a, _mm256_add_ps(a, _mm256_permutevar8x32_ps(s, lo)), 0x55);
+        b = _mm256_blend_ps(b, _mm256_add_ps(b, _mm256_permutevar8x32_ps(s, hi)), 0x55);
+        _mm256_storeu_ps(dst + 2 * t, a);
+        _mm256_storeu_ps(dst + 2 * t + 8, b);
+    }
+#endif
+    for (; t < n; t++)
+        dst[2 * t] += src[t];
+}
+
+static inline void fc_scatter_add_even_f64(double *dst, const double *src, Py_ssize_t n)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    for (; t + 4 < n; t += 4) {
+        __m256d s = _mm256_loadu_pd(src + t);
+        __m256d a = _mm256_loadu_pd(dst + 2 * t), b = _mm256_loadu_pd(dst + 2 * t + 4);
+        a = _mm256_blend_pd(a, _mm256_add_pd(a, _mm256_permute4x64_pd(s, 0x50)), 0x5);
+        b = _mm256_blend_pd(b, _mm256_add_pd(b, _mm256_permute4x64_pd(s, 0xFA)), 0x5);
+        _mm256_storeu_pd(dst + 2 * t, a);
+        _mm256_storeu_pd(dst + 2 * t + 4, b);
+    }
+#endif
+    for (; t < n; t++)
+        dst[2 * t] += src[t];
+}
+
 #endif
