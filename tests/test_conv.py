@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _threads
 from fastconv import reference as ref
+from fastconv._validation import output_array
 from helpers import DTYPES, SPEC_DELTA, SPEC_DW, SPEC_O, assert_close, numgrad, randn
 
 # Modest budgets: the oracles are slow Python loops.  ``database=None``: no
@@ -288,31 +289,25 @@ def test_conv2d_grad_input_matches_oracle(n_threads, grad_input_method, conv_low
         assert_close(dx, expected, dtype)
 
 
-class _NumpyWithNanEmpty:
-    """NumPy, except that ``empty`` hands out NaN-filled float arrays."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def empty(shape, dtype=float, **kwargs):
-        out = np.empty(shape, dtype, **kwargs)
-        if out.dtype.kind == "f":
-            out.fill(np.nan)
-        return out
+def _nan_filled_output_array(shape, dtype, zero=False):
+    """``output_array``, except that uninitialized float arrays come NaN-filled."""
+    out = output_array(shape, dtype, zero)
+    if not zero and out.dtype.kind == "f":
+        out.fill(np.nan)
+    return out
 
 
 @FEW
 @given(geo=conv_geometries(), seed=seeds)
 def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method, conv_lowering,
                                                               geo, seed, monkeypatch):
-    """The API allocates outputs with ``np.empty`` wherever the kernel is
+    """The API allocates outputs uninitialized wherever the kernel is
     trusted to write every element (the forward, the filter gradient, whose
     first product per slot overwrites with beta = 0, the stride-1 gather and
     the scatter input gradients).  With those arrays NaN-filled, every
     kernel still gives the oracle's result."""
     from fastconv import functional
-    monkeypatch.setattr(functional, "np", _NumpyWithNanEmpty())
+    monkeypatch.setattr(functional, "output_array", _nan_filled_output_array)
     x, w, b, g = _data(seed, geo)
     hyper = _hyper(geo)
     expected = (ref.conv2d(x, w, b, **hyper), ref.conv2d_grad_input(g, w, geo.x_shape, **hyper),

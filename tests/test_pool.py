@@ -24,6 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 import fastconv
 from fastconv import _threads
 from fastconv import reference as ref
+from fastconv._validation import output_array
 from helpers import DTYPES, assert_close, numgrad, randn
 
 HYP = settings(max_examples=60, deadline=None, database=None,
@@ -231,6 +232,63 @@ def test_stride2_avg_pool_matches_oracle(pool_loops, n_threads, dtype, geo, seed
     g = randn(rng, y.shape, dtype)
     assert_close(fastconv.avg_pool2d_grad(g, shape, count_include_pad=include, **kw),
                  ref.avg_pool2d_grad(g, shape, count_include_pad=include, **kw), dtype)
+
+
+def _garbage_output_array(shape, dtype, zero=False):
+    """``output_array``, except that uninitialized arrays come filled with
+    garbage: NaN for floats, -1 for the int64 indices."""
+    out = output_array(shape, dtype, zero)
+    if not zero:
+        out.fill(np.nan if out.dtype.kind == "f" else -1)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=25, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(geo=st.one_of(pool_geometries(min_n=1), stride2_geometries()), seed=seeds,
+       include=st.booleans())
+def test_pools_write_every_element_of_uninitialized_outputs(pool_loops, n_threads, dtype,
+                                                            layout, geo, seed, include,
+                                                            monkeypatch):
+    """All four pooling functions allocate their results uninitialized and
+    trust the kernel to write every element; with those arrays filled with
+    garbage, every result still equals the oracle's."""
+    from fastconv import functional
+    monkeypatch.setattr(functional, "output_array", _garbage_output_array)
+    shape, kw = geo
+    rng = np.random.default_rng(seed)
+    x = distinct(rng, shape, dtype)
+    y_ref, idx_ref = ref.max_pool2d(x, **kw)
+    g = randn(rng, y_ref.shape, dtype)
+    a_ref = ref.avg_pool2d(x, count_include_pad=include, **kw)
+    expected = (y_ref, idx_ref, ref.max_pool2d_grad(g, idx_ref, shape), a_ref,
+                ref.avg_pool2d_grad(g, shape, count_include_pad=include, **kw))
+    nhwc = layout == "NHWC"
+    to = (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))) if nhwc else (lambda a: a)
+    back = (lambda a: a.transpose(0, 3, 1, 2)) if nhwc else (lambda a: a)
+    y, idx = fastconv.max_pool2d(to(x), layout=layout, **kw)
+    got = (y, idx,
+           fastconv.max_pool2d_grad(to(g), idx, to(x).shape, layout=layout),
+           fastconv.avg_pool2d(to(x), count_include_pad=include, layout=layout, **kw),
+           fastconv.avg_pool2d_grad(to(g), to(x).shape, count_include_pad=include,
+                                    layout=layout, **kw))
+    np.testing.assert_array_equal(back(got[1]), idx_ref)
+    for a, e in zip(got[:1] + got[2:], expected[:1] + expected[2:]):
+        assert_close(back(a), e, dtype)
+
+
+def test_pool_results_start_on_a_cache_line(rng):
+    """Pool results are allocated 64-byte aligned (NumPy's own buffers are
+    16-byte aligned; misaligned vector stores cost up to 45 % there)."""
+    x = randn(rng, (2, 3, 20, 20), np.float64)
+    y, idx = fastconv.max_pool2d(x, 2)
+    dx = fastconv.max_pool2d_grad(y, idx, x.shape)
+    a = fastconv.avg_pool2d(x, 3, 2)
+    da = fastconv.avg_pool2d_grad(a, x.shape, 3, 2)
+    for arr in (y, idx, dx, a, da):
+        assert arr.ctypes.data % 64 == 0 and arr.flags.c_contiguous and arr.flags.writeable
 
 
 def test_stride2_loops_agree_bitwise_with_general_loops(rng):

@@ -38,6 +38,7 @@ from fastconv._validation import (
     dtypes,
     int_pair,
     int_value,
+    output_array,
     pool_output_size,
     shape4,
 )
@@ -235,7 +236,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
     compute, result = dtypes(*arrays)
     out_shape = _from_nchw((x.shape[0], c_out, geo.out_h, geo.out_w), layout)
     check_alloc(out_shape, compute, "the output", fn)
-    out = np.empty(out_shape, dtype=compute)
+    out = output_array(out_shape, compute)
     if out.size == 0:
         return _finish(out, result)
     if x.size == 0 or weight.size == 0:
@@ -381,7 +382,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     g, w = contiguous(grad_out, compute), contiguous(weight, compute)
     args = _kernel_args(geo, grad_out.size * (weight.size // c_out))
     if layout == "NHWC":
-        dx = np.zeros(input_shape, dtype=compute)
+        dx = output_array(input_shape, compute, zero=True)
         # As below: only the gather order multiplies the zero border of the
         # full correlation (the direct depthwise loops and the scatter order
         # skip it), so an inf/NaN weight always takes the gather GEMM.
@@ -435,7 +436,7 @@ def _grad_input_buffer(shape, dtype, writes_all):
     """The input gradient's output array: uninitialized when the kernel
     writes every element (a zero fill is a serial pass over the whole
     array: 12 % of the pw1x1 float64 input gradient), zeros otherwise."""
-    return np.empty(shape, dtype=dtype) if writes_all else np.zeros(shape, dtype=dtype)
+    return output_array(shape, dtype, zero=not writes_all)
 
 
 def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1, groups=1,
@@ -490,7 +491,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
                     _layout_note(layout, grad_out="y", x="x", weight_shape="w"))
     compute, result = dtypes(x, grad_out)
     check_alloc(weight_shape, compute, "weight_shape", fn)
-    dw = np.empty(weight_shape, dtype=compute)
+    dw = output_array(weight_shape, compute)
     if dw.size == 0:
         return _finish(dw, result)
     if x.size == 0 or grad_out.size == 0:
@@ -623,8 +624,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, layout="
     compute, result = dtypes(x)
     out_shape = _pool_out_shape(x.shape, geo, layout)
     check_alloc(out_shape, np.int64, "the output", fn)
-    y = np.empty(out_shape, dtype=compute)
-    indices = np.empty(out_shape, dtype=np.int64)
+    y = output_array(out_shape, compute)
+    indices = output_array(out_shape, np.int64)
     if y.size:
         kernel = (_kernels.max_pool2d_forward_nhwc if layout == "NHWC"
                   else _kernels.max_pool2d_forward)
@@ -683,7 +684,7 @@ def max_pool2d_grad(grad_out, indices, input_shape, layout="NCHW"):
     check_alloc(input_shape, compute, "input_shape", fn)
     # the kernel writes every element (zero-filling the planes it scatters
     # into in parallel, cache-hot), so no zeros here
-    dx = np.empty(input_shape, dtype=compute) if grad_out.size else np.zeros(input_shape, compute)
+    dx = output_array(input_shape, compute, zero=not grad_out.size)
     if grad_out.size:
         if dx.size == 0:
             raise ValueError(f"{fn}: indices point into an empty input plane "
@@ -731,7 +732,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     compute, result = dtypes(x)
     out_shape = _pool_out_shape(x.shape, geo, layout)
     check_alloc(out_shape, compute, "the output", fn)
-    y = np.empty(out_shape, dtype=compute)
+    y = output_array(out_shape, compute)
     if y.size:
         kernel = (_kernels.avg_pool2d_forward_nhwc if layout == "NHWC"
                   else _kernels.avg_pool2d_forward)
@@ -775,7 +776,7 @@ def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
     compute, result = dtypes(grad_out)
     check_alloc(input_shape, compute, "input_shape", fn)
     # the kernel writes every element once (in parallel, cache-hot)
-    dx = np.empty(input_shape, dtype=compute) if grad_out.size else np.zeros(input_shape, compute)
+    dx = output_array(input_shape, compute, zero=not grad_out.size)
     if grad_out.size:
         kernel = (_kernels.avg_pool2d_backward_nhwc if layout == "NHWC"
                   else _kernels.avg_pool2d_backward)
