@@ -43,6 +43,21 @@ def conv_lowering(request):
     kernels._tuning(row_shift=True)
 
 
+@pytest.fixture(params=["per-image", "batched"])
+def image_batching(request):
+    """Run the im2col forward with one GEMM per image, then with small
+    images batched side by side into one GEMM (the kernel batches float64
+    images of fewer than 768 output positions; here every small image of
+    either dtype batches)."""
+    from fastconv._simd import kernels
+    saved = kernels._tuning()
+    on = request.param == "batched"
+    kernels._tuning(batch_columns_f32=4096 if on else 0, batch_columns_f64=4096 if on else 0)
+    yield request.param
+    kernels._tuning(batch_columns_f32=saved["batch_columns_f32"],
+                    batch_columns_f64=saved["batch_columns_f64"])
+
+
 @pytest.fixture(params=["dW", "dW^T"])
 def grad_weight_orientation(request):
     """Run the filter gradient's float32 GEMMs in each orientation (the

@@ -263,9 +263,9 @@ def _numpy_all(x, w, b, g, hyper):
 
 @SETTINGS
 @given(geo=conv_geometries(), seed=seeds, with_bias=st.booleans())
-def test_conv2d_matches_oracle(n_threads, conv_lowering, geo, seed, with_bias):
+def test_conv2d_matches_oracle(n_threads, conv_lowering, image_batching, geo, seed, with_bias):
     """Forward conv equals ``reference.conv2d`` in float32 and float64 (both
-    lowerings)."""
+    lowerings; one GEMM per image and small images batched)."""
     x, w, b, _ = _data(seed, geo)
     b = b if with_bias else None
     expected = ref.conv2d(x, w, b, **_hyper(geo))
@@ -300,6 +300,7 @@ def _nan_filled_output_array(shape, dtype, zero=False):
 @FEW
 @given(geo=conv_geometries(), seed=seeds)
 def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method, conv_lowering,
+                                                              image_batching,
                                                               geo, seed, monkeypatch):
     """The API allocates outputs uninitialized wherever the kernel is
     trusted to write every element (the forward, the filter gradient, whose

@@ -100,6 +100,18 @@ cdef bint MAX_POOL_AVX512 = False
 # vgg3x3.  The filter gradient keeps im2col: the same lowering measured
 # 0.91-1.04x there (kh GEMMs over the long position axis instead of one).
 cdef bint ROW_SHIFT = True
+# Images smaller than this many output positions are batched side by side
+# into one GEMM by the im2col forward (per dtype; 0 = never).  OpenBLAS's
+# dgemm speeds up with the GEMM's column count well past one small image:
+# 256 x 1152 times 1152 x N, one thread, N = 196 (one res_s2 image) 34-36
+# GFLOP/s, N = 784 41, N = 1568 44, while sgemm stays flat (77-80).
+# Measured in alternating rounds (2 threads): the res_s2 float64 forward
+# 1.05-1.07x faster with 768 (4 images per GEMM); 392 (2 images) 0.99x;
+# float32 0.94x.  The scatter input gradient, which would have to copy dY
+# side by side first, measured 0.93-1.0x (res_s2, lenet1, lenet2), so it
+# does not batch.
+cdef Py_ssize_t BATCH_COLUMNS_F32 = 0
+cdef Py_ssize_t BATCH_COLUMNS_F64 = 768
 # Test hook: make every kernel workspace allocation fail (see _workspace).
 cdef bint FAIL_ALLOCATIONS = False
 
@@ -115,12 +127,17 @@ cdef inline void* _workspace(size_t nbytes) noexcept nogil:
 def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             rowwise_max_plane=None, depthwise_max_padded=None, pool_fast_paths=None,
             fail_allocations=None, prefetch_out_rows=None, max_pool_avx512=None,
-            gw_transpose_f32=None, row_shift=None):
+            gw_transpose_f32=None, row_shift=None, batch_columns_f32=None,
+            batch_columns_f64=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
     global POOL_FAST_PATHS, FAIL_ALLOCATIONS, PREFETCH_OUT_ROWS, MAX_POOL_AVX512
-    global GW_TRANSPOSE_F32, ROW_SHIFT
+    global GW_TRANSPOSE_F32, ROW_SHIFT, BATCH_COLUMNS_F32, BATCH_COLUMNS_F64
+    if batch_columns_f32 is not None:
+        BATCH_COLUMNS_F32 = max(0, batch_columns_f32)
+    if batch_columns_f64 is not None:
+        BATCH_COLUMNS_F64 = max(0, batch_columns_f64)
     if row_shift is not None:
         ROW_SHIFT = row_shift
     if gw_transpose_f32 is not None:
@@ -156,7 +173,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 depthwise_max_padded=DEPTHWISE_MAX_PADDED,
                 pool_fast_paths=POOL_FAST_PATHS, fail_allocations=FAIL_ALLOCATIONS,
                 prefetch_out_rows=PREFETCH_OUT_ROWS, max_pool_avx512=MAX_POOL_AVX512,
-                gw_transpose_f32=GW_TRANSPOSE_F32, row_shift=ROW_SHIFT)
+                gw_transpose_f32=GW_TRANSPOSE_F32, row_shift=ROW_SHIFT,
+                batch_columns_f32=BATCH_COLUMNS_F32, batch_columns_f64=BATCH_COLUMNS_F64)
 
 
 def _raise_for_status(int status):
@@ -179,6 +197,25 @@ cdef Py_ssize_t _tile_size(Py_ssize_t rows, Py_ssize_t positions, Py_ssize_t out
         tile = max(MIN_TILE, tile // 2 // 16 * 16)
     tile = min(tile, MAX_WORK_BYTES // (itemsize * rows))
     return max(1, min(tile, positions))
+
+
+cdef Py_ssize_t _image_batch(Py_ssize_t positions, Py_ssize_t n_img,
+                             Py_ssize_t rows, Py_ssize_t itemsize):
+    """Images per GEMM for layers whose images are too small for a wide
+    GEMM on their own (BATCH_COLUMNS_*): enough whole images side by side
+    to reach that many columns, spread evenly over the batches (8 images
+    that want 4 make 2 batches of 4, not 5 + 3), with a ``rows x columns``
+    workspace under MAX_WORK_BYTES.  1 = no batching.  A function of the
+    shape only."""
+    cdef Py_ssize_t want = BATCH_COLUMNS_F64 if itemsize == 8 else BATCH_COLUMNS_F32
+    if want <= positions or n_img < 2 or positions < 1:
+        return 1
+    cdef Py_ssize_t batch = min(n_img, _ceil_div(want, positions))
+    while batch > 1 and max(rows, 1) * batch * positions * itemsize > MAX_WORK_BYTES:
+        batch -= 1
+    if batch > 1:
+        batch = _ceil_div(n_img, _ceil_div(n_img, batch))
+    return batch
 
 
 cdef extern from "_rows_avx2.h" nogil:
@@ -209,8 +246,9 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
                         const Py_ssize_t* col_off, Py_ssize_t n_v,
                         Py_ssize_t step_i, Py_ssize_t step_j,
                         Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
-                        floating* dst) noexcept nogil:
-    """Pack a (n_ch*n_u*n_v) x count patch matrix, row-major.
+                        floating* dst, Py_ssize_t ld) noexcept nogil:
+    """Pack a (n_ch*n_u*n_v) x count patch matrix, row-major, rows ``ld``
+    elements apart.
 
     Row ``(c*n_u + iu)*n_v + iv``, column ``l`` holds
     ``src[c, qi*step_i + row_off[iu], qj*step_j + col_off[iv]]`` where
@@ -223,7 +261,7 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
     for c in range(n_ch):
         for iu in range(n_u):
             for iv in range(n_v):
-                d = dst + ((c * n_u + iu) * n_v + iv) * count
+                d = dst + ((c * n_u + iu) * n_v + iv) * ld
                 co = col_off[iv]
                 # grid columns whose source column lies inside the plane
                 lo = max(0, _ceil_div(-co, step_j))
@@ -366,14 +404,22 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
             return
     cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img * groups, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
-    cdef Py_ssize_t n_items = n_img * groups * n_tiles
+    # small whole images: `batch` of them side by side in one GEMM, whose
+    # og x (batch*positions) result waits in the workspace to be copied out
+    cdef Py_ssize_t batch = 1
+    if not direct and n_tiles == 1:
+        batch = _image_batch(positions, n_img, k_dim + og, sizeof(floating))
+    cdef Py_ssize_t n_batches = _ceil_div(n_img, batch)
+    cdef Py_ssize_t n_items = n_batches * groups * n_tiles
+    cdef Py_ssize_t work_size = (k_dim + og) * batch * positions if batch > 1 else k_dim * tile
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef const floating* bp = &bias[0] if has_bias else NULL
     cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t item, n, g, t, p0, count
+    cdef Py_ssize_t item, n, g, t, p0, count, m, i, o, cols
     cdef const floating* src
     cdef floating* dst
+    cdef floating* res
     cdef floating* work = NULL
     cdef int status = STATUS_OK
     cdef int* status_p = &status
@@ -383,11 +429,32 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
         with nogil, parallel(num_threads=n_threads):
             work = NULL
             if not direct:
-                work = <floating*>_workspace(k_dim * tile * sizeof(floating))
+                work = <floating*>_workspace(work_size * sizeof(floating))
                 if work == NULL:
                     status_p[0] = STATUS_NO_MEMORY
             for item in prange(n_items, schedule="static"):
-                if direct or work != NULL:
+                if batch > 1 and work != NULL:
+                    n = item // groups * batch
+                    g = item % groups
+                    m = min(batch, n_img - n)
+                    cols = m * positions
+                    res = work + k_dim * cols
+                    for i in range(m):
+                        _pack_patches(xp + ((n + i) * groups + g) * cg * in_plane, cg,
+                                      in_h, in_w, &row_off[0], kh, &col_off[0], kw,
+                                      stride_h, stride_w, out_w, 0, positions,
+                                      work + i * positions, cols)
+                    gemm(NO_TRANS, NO_TRANS, og, cols, k_dim,
+                         <floating>1, wp + g * og * k_dim, k_dim,
+                         work, cols, <floating>0, res, cols)
+                    for i in range(m):
+                        dst = yp + ((n + i) * c_out + g * og) * positions
+                        for o in range(og):
+                            memcpy(dst + o * positions, res + o * cols + i * positions,
+                                   positions * sizeof(floating))
+                        if has_bias:
+                            _add_bias(dst, bp + g * og, og, positions, positions)
+                elif direct or work != NULL:
                     n = item // (groups * n_tiles)
                     g = (item // n_tiles) % groups
                     t = item % n_tiles
@@ -401,7 +468,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
                              src + p0, positions, <floating>0, dst, positions)
                     else:
                         _pack_patches(src, cg, in_h, in_w, &row_off[0], kh, &col_off[0], kw,
-                                      stride_h, stride_w, out_w, p0, count, work)
+                                      stride_h, stride_w, out_w, p0, count, work, count)
                         gemm(NO_TRANS, NO_TRANS, og, count, k_dim,
                              <floating>1, wp + g * og * k_dim, k_dim,
                              work, count, <floating>0, dst, positions)
@@ -495,7 +562,7 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
                     # [p0, p0 + rows + halo)
                     _pack_patches(sp + (n * groups + g) * cs * src_plane, cs, src_h, src_w,
                                   &top, 1, &col_off[0], kw, 1, stride_w, out_w,
-                                  p0 * out_w, packed, work)
+                                  p0 * out_w, packed, work, packed)
                     dst = yp + (n * c_dst + g * cd) * positions + p0 * out_w
                     for iu in range(kh):
                         gemm(NO_TRANS, NO_TRANS, cd, rows * out_w, k_row,
@@ -655,7 +722,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
                         if not direct:
                             _pack_patches(xp + (n * groups + g) * cg * in_plane, cg, in_h, in_w,
                                           &row_off[0], kh, &col_off[0], kw,
-                                          stride_h, stride_w, out_w, p0, count, work)
+                                          stride_h, stride_w, out_w, p0, count, work, count)
                         # patches: the input rows themselves for 1x1 layers
                         patches = (xp + (n * groups + g) * cg * in_plane + p0 if direct
                                    else work)
@@ -942,7 +1009,7 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
                         _pack_patches(gp + (n * c_out + g * og) * out_plane, og, out_h, out_w,
                                       rop + meta[ph, 0], meta[ph, 1],
                                       cop + meta[ph, 2], meta[ph, 3],
-                                      1, 1, grid_w, p0, count, work)
+                                      1, 1, grid_w, p0, count, work, count)
                         gemm(NO_TRANS, NO_TRANS, cg, count, kp, <floating>1,
                              wpp + meta[ph, 8] + g * cg * kp, kp,
                              work, count, <floating>0,
