@@ -109,7 +109,8 @@ cdef bint ROW_SHIFT = True
 # 1.05-1.07x faster with 768 (4 images per GEMM); 392 (2 images) 0.99x;
 # float32 0.94x.  The scatter input gradient, which would have to copy dY
 # side by side first, measured 0.93-1.0x (res_s2, lenet1, lenet2), so it
-# does not batch.
+# does not batch; nor does the unpacked 1x1 forward (copying its input side
+# by side: pw1x1 float64 0.77-0.80x).
 cdef Py_ssize_t BATCH_COLUMNS_F32 = 0
 cdef Py_ssize_t BATCH_COLUMNS_F64 = 768
 # Test hook: make every kernel workspace allocation fail (see _workspace).
