@@ -43,6 +43,18 @@ def assert_close(actual, expected, dtype=None):
     assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:.0e} * {scale:.3e}"
 
 
+def garbage_output_array(shape, dtype, zero=False):
+    """``fastconv._validation.output_array``, except that uninitialized
+    arrays come filled with garbage: NaN for floats, -1 for integers.  Tests
+    patch it into ``fastconv.functional`` to check that a kernel trusted
+    with uninitialized memory writes every element."""
+    from fastconv._validation import output_array
+    out = output_array(shape, dtype, zero)
+    if not zero:
+        out.fill(np.nan if out.dtype.kind == "f" else -1)
+    return out
+
+
 def randn(rng, shape, dtype=np.float64):
     return rng.standard_normal(shape).astype(dtype)
 

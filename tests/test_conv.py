@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _threads
 from fastconv import reference as ref
-from fastconv._validation import output_array
-from helpers import DTYPES, SPEC_DELTA, SPEC_DW, SPEC_O, assert_close, numgrad, randn
+from helpers import (DTYPES, SPEC_DELTA, SPEC_DW, SPEC_O, assert_close, garbage_output_array,
+                     numgrad, randn)
 
 # Modest budgets: the oracles are slow Python loops.  ``database=None``: no
 # example database is saved (falsifying examples are printed in full); the
@@ -289,14 +289,6 @@ def test_conv2d_grad_input_matches_oracle(n_threads, grad_input_method, conv_low
         assert_close(dx, expected, dtype)
 
 
-def _nan_filled_output_array(shape, dtype, zero=False):
-    """``output_array``, except that uninitialized float arrays come NaN-filled."""
-    out = output_array(shape, dtype, zero)
-    if not zero and out.dtype.kind == "f":
-        out.fill(np.nan)
-    return out
-
-
 @FEW
 @given(geo=conv_geometries(), seed=seeds)
 def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method, conv_lowering,
@@ -308,7 +300,7 @@ def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method,
     the scatter input gradients).  With those arrays NaN-filled, every
     kernel still gives the oracle's result."""
     from fastconv import functional
-    monkeypatch.setattr(functional, "output_array", _nan_filled_output_array)
+    monkeypatch.setattr(functional, "output_array", garbage_output_array)
     x, w, b, g = _data(seed, geo)
     hyper = _hyper(geo)
     expected = (ref.conv2d(x, w, b, **hyper), ref.conv2d_grad_input(g, w, geo.x_shape, **hyper),
