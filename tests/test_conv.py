@@ -314,6 +314,19 @@ def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method,
             assert_close(a, e, dtype)
 
 
+def test_conv_results_start_on_a_cache_line(rng):
+    """conv2d and its gradients return 64-byte aligned arrays (see
+    ``_validation.output_array``), zero-filled (strided input gradient) or not."""
+    x = randn(rng, (2, 3, 9, 9), np.float64)
+    w = randn(rng, (4, 3, 3, 3), np.float64)
+    for stride in (1, 2):
+        y = fastconv.conv2d(x, w, stride=stride, padding=1)
+        got = (y, fastconv.conv2d_grad_input(y, w, x.shape, stride=stride, padding=1),
+               fastconv.conv2d_grad_weight(x, y, w.shape, stride=stride, padding=1))
+        for arr in got:
+            assert arr.ctypes.data % 64 == 0 and arr.flags.c_contiguous and arr.flags.writeable
+
+
 @SETTINGS
 @given(geo=conv_geometries(), seed=seeds)
 def test_conv2d_grad_weight_matches_oracle(n_threads, grad_weight_orientation, geo, seed):
