@@ -316,7 +316,7 @@ def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method,
 
 def test_conv_results_start_on_a_cache_line(rng):
     """conv2d and its gradients return 64-byte aligned arrays (see
-    ``_validation.output_array``), zero-filled (strided input gradient) or not."""
+    ``_validation.output_array``), for stride 1 and 2."""
     x = randn(rng, (2, 3, 9, 9), np.float64)
     w = randn(rng, (4, 3, 3, 3), np.float64)
     for stride in (1, 2):
