@@ -226,6 +226,8 @@ cdef extern from "_rows_avx2.h" nogil:
     void fc_gather_even_f64(double* dst, const double* src, Py_ssize_t n)
     void fc_scatter_add_even_f32(float* dst, const float* src, Py_ssize_t n)
     void fc_scatter_add_even_f64(double* dst, const double* src, Py_ssize_t n)
+    void fc_add_row_f32(float* dst, const float* src, Py_ssize_t n)
+    void fc_add_row_f64(double* dst, const double* src, Py_ssize_t n)
 
 
 cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -334,9 +336,11 @@ cdef void _unpack_add_patches(const floating* src, Py_ssize_t n_ch,
                         a = min(max(lo, qj), qj + seg)
                         b = max(min(hi, qj + seg), a)
                         base = c * plane + ii * dst_w + co   # integer offsets, as above
-                        if step_j == 1:
-                            for t in range(a, b):
-                                dst[base + t] += s[l + t - qj]
+                        if step_j == 1 and b > a:
+                            if floating is float:
+                                fc_add_row_f32(dst + base + a, s + l + a - qj, b - a)
+                            else:
+                                fc_add_row_f64(dst + base + a, s + l + a - qj, b - a)
                         elif step_j == 2 and b > a:
                             if floating is float:
                                 fc_scatter_add_even_f32(dst + base + 2 * a, s + l + a - qj, b - a)

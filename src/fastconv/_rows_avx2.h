@@ -117,4 +117,52 @@ static inline void fc_scatter_add_even_f64(double *dst, const double *src, Py_ss
         dst[2 * t] += src[t];
 }
 
+/* dst[t] += src[t] for t < n: the unit-stride row of the scatter-order input
+ * gradient's col2im (_unpack_add_patches).  Those rows are short (one
+ * output row: 8 or 24 elements in the LeNet layers) and there are many of
+ * them, so the compiler's loop -- an overlap check, a peeled head and a
+ * remainder per row -- cost more than the additions.  Measured against it
+ * (alternating processes, paired medians of two runs): the input gradient
+ * of lenet1 1.06-1.16x faster in float64, 1.01-1.06x in float32; lenet2
+ * 1.07-1.08x and 1.04-1.08x.  Each element gets the same single addition
+ * as in the scalar loop (the same bits). */
+static inline void fc_add_row_f32(float *dst, const float *src, Py_ssize_t n)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    for (; t + 8 <= n; t += 8)
+        _mm256_storeu_ps(dst + t, _mm256_add_ps(_mm256_loadu_ps(dst + t),
+                                                _mm256_loadu_ps(src + t)));
+    if (t < n) {
+        /* lanes t..n-1 only: masked loads never touch the lanes past n */
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - t)), lane);
+        __m256 a = _mm256_maskload_ps(dst + t, mask), b = _mm256_maskload_ps(src + t, mask);
+        _mm256_maskstore_ps(dst + t, mask, _mm256_add_ps(a, b));
+        return;
+    }
+#endif
+    for (; t < n; t++)
+        dst[t] += src[t];
+}
+
+static inline void fc_add_row_f64(double *dst, const double *src, Py_ssize_t n)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    for (; t + 4 <= n; t += 4)
+        _mm256_storeu_pd(dst + t, _mm256_add_pd(_mm256_loadu_pd(dst + t),
+                                                _mm256_loadu_pd(src + t)));
+    if (t < n) {
+        const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+        __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)(n - t)), lane);
+        __m256d a = _mm256_maskload_pd(dst + t, mask), b = _mm256_maskload_pd(src + t, mask);
+        _mm256_maskstore_pd(dst + t, mask, _mm256_add_pd(a, b));
+        return;
+    }
+#endif
+    for (; t < n; t++)
+        dst[t] += src[t];
+}
+
 #endif
