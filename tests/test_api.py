@@ -583,8 +583,8 @@ def test_bench_big_forward_and_gemm_are_timed_together(monkeypatch):
                         lambda fns, *a, **k: calls.append(sorted(fns)) or real(fns, *a, **k))
     monkeypatch.setattr(_bench, "SETTLE_S", 0)
     case = _bench.ConvCase("tiny", 1, 2, 8, 3, 3, 1, 1, 1)
-    conv, gemm = _bench.big_forward_vs_gemm(case, "float64", repeat=1, n=32)
-    assert conv > 0 and gemm > 0
+    conv, gemm, how = _bench.big_forward_vs_gemm(case, "float64", repeat=1, n=32)
+    assert conv > 0 and gemm > 0 and how
     assert calls == [["fastconv", "gemm"]]
 
 

@@ -1038,16 +1038,18 @@ def test_concurrent_calls_from_python_threads(n_threads):
 
 
 # ---------------------------------------------------------------------------
-# 10. the built-in GEMM fallback
+# 10. the BLAS behind gemm: the built-in fallback and oneMKL
 # ---------------------------------------------------------------------------
 
-BUILTIN_BLAS_SCRIPT = textwrap.dedent("""
+# argv[1]: the start of the blas_info() name the script must find
+BLAS_ORACLE_SCRIPT = textwrap.dedent("""
+    import sys
     import numpy as np
     import fastconv
     from fastconv import reference as ref
     from fastconv._blas import blas_info
 
-    assert blas_info()["name"] == "builtin", blas_info()
+    assert blas_info()["name"].startswith(sys.argv[1]), blas_info()
     cases = [
         ((2, 3, 7, 6), (4, 3, 3, 2), dict(padding=1)),
         ((2, 4, 9, 8), (6, 2, 3, 3), dict(stride=2, padding=(1, 2), dilation=(2, 1), groups=2)),
@@ -1080,17 +1082,103 @@ BUILTIN_BLAS_SCRIPT = textwrap.dedent("""
                     scale = max(1.0, float(np.abs(want).max()))
                     err = float(np.abs(got.astype(np.float64) - want).max())
                     assert err <= tol * scale, (x_shape, w_shape, hyper, dtype, i, err)
-    print("builtin ok")
+    print("oracle ok")
 """)
+
+
+def _run_blas_script(code, blas, *args):
+    return subprocess.run([sys.executable, "-c", code, *args],
+                          env={**os.environ, "FASTCONV_BLAS": blas},
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_builtin_blas_fallback_matches_oracle():
     """FASTCONV_BLAS=builtin selects the portable GEMM, which gives correct results."""
-    proc = subprocess.run([sys.executable, "-c", BUILTIN_BLAS_SCRIPT],
-                          env={**os.environ, "FASTCONV_BLAS": "builtin"},
-                          capture_output=True, text=True, timeout=300)
+    proc = _run_blas_script(BLAS_ORACLE_SCRIPT, "builtin", "builtin")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "builtin ok" in proc.stdout
+    assert "oracle ok" in proc.stdout
+
+
+def _mkl_installed():
+    from fastconv._blas import _mkl_libraries
+    return bool(_mkl_libraries())
+
+
+needs_mkl = pytest.mark.skipif(not _mkl_installed(),
+                               reason="no oneMKL installed (pip install 'fastconv[mkl]')")
+
+# every kernel path, 1 and 2 threads: the same bits (argv[1]: the tests folder)
+THREAD_BITS_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastconv
+    from fastconv import _threads
+    sys.path.insert(0, sys.argv[1])
+    from helpers import every_kernel_output
+
+    _threads.SMALL_WORK = 0
+    for dtype in (np.float32, np.float64):
+        runs = []
+        for n in (1, 2):
+            fastconv.set_num_threads(n)
+            runs.append(every_kernel_output(np.random.default_rng(3), dtype))
+        for i, (one, two) in enumerate(zip(*runs)):
+            assert np.array_equal(one, two), (dtype, i)
+    print("bits ok")
+""")
+
+
+@needs_mkl
+def test_mkl_blas_matches_oracle_and_thread_counts_agree():
+    """FASTCONV_BLAS=mkl runs the GEMMs on oneMKL: results match the oracle,
+    and are the same bits for 1 and 2 threads (the work split and the
+    summation order never depend on the thread count, whatever the BLAS)."""
+    proc = _run_blas_script(BLAS_ORACLE_SCRIPT, "mkl", "libmkl_rt")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "oracle ok" in proc.stdout and "Warning" not in proc.stderr, proc.stderr
+    proc = _run_blas_script(THREAD_BITS_SCRIPT, "mkl", os.path.dirname(__file__))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "bits ok" in proc.stdout
+
+
+def test_mkl_request_without_mkl_warns_and_keeps_openblas():
+    """FASTCONV_BLAS=mkl on a machine without oneMKL (hidden here) says so
+    and runs on NumPy's OpenBLAS, not on the slow built-in loops."""
+    code = textwrap.dedent("""
+        import ctypes.util, glob, warnings
+        real_glob = glob.glob
+        glob.glob = lambda pattern, *a, **k: ([] if "mkl" in pattern
+                                              else real_glob(pattern, *a, **k))
+        ctypes.util.find_library = lambda name: None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fastconv
+        from fastconv._blas import blas_info
+        print(blas_info()["name"])
+        print([str(w.message) for w in caught])
+    """)
+    proc = _run_blas_script(code, "mkl")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    name, messages = proc.stdout.splitlines()[:2]
+    assert "openblas" in name.lower(), proc.stdout
+    assert "FASTCONV_BLAS=mkl: no usable oneMKL" in messages, proc.stdout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n, threads", [(37, 19, 23, 2), (1, 5, 7, 3), (6, 0, 4, 2),
+                                              (64, 64, 64, 1)])
+def test_gemm_split_rows_is_a_matmul(dtype, m, k, n, threads):
+    """The benchmark's reference GEMM (row blocks over threads) computes a @ b,
+    also with fewer rows than threads and an empty inner dimension."""
+    from fastconv._blas import gemm_split_rows
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c = np.full((m, n), np.nan, dtype=dtype)
+    gemm_split_rows(a, b, c, threads)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4 if dtype == np.float32
+                               else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
 @pytest.fixture

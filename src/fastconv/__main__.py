@@ -5,7 +5,9 @@
 * ``selfcheck`` (default): show the configuration, check every kernel
   against its textbook oracle on a few small cases, and time a few layers
   against a plain NumPy im2col baseline (and PyTorch if installed).
-* ``bench``: the full speed suite as a table (see ``fastconv._bench``).
+* ``bench``: the full speed suite as a table (see ``fastconv._bench``);
+  ``FASTCONV_BLAS=mkl`` in the environment runs its GEMMs on Intel oneMKL
+  (``pip install "fastconv[mkl]"``) instead of NumPy's OpenBLAS.
 * ``config``: the configuration only.
 """
 

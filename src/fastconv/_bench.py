@@ -470,9 +470,9 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
     big = next((c for c in conv_cases if c.name == "big"), None)
     if big is not None:
         for dtype in dtypes:
-            conv, gemm = big_forward_vs_gemm(big, dtype, repeat)
+            conv, gemm, how = big_forward_vs_gemm(big, dtype, repeat)
             out(f"big {dtype} forward: {conv:.1f} GFLOP/s = {100 * conv / gemm:.0f}% of a "
-                f"2048^3 GEMM through the same BLAS ({gemm:.1f} GFLOP/s, NumPy matmul, "
+                f"2048^3 GEMM through the same BLAS ({gemm:.1f} GFLOP/s, {how}, "
                 f"timed in alternation with it)")
     return rows
 
@@ -539,18 +539,35 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+def reference_gemm(a, b):
+    """The square-GEMM callable the big forward is measured against, and its
+    name: "NumPy matmul" (NumPy's OpenBLAS, its own threads) unless fastconv
+    runs on a oneMKL that NumPy's matmul does not use (``FASTCONV_BLAS=mkl``,
+    loaded single-threaded); then that BLAS in row blocks over fastconv's
+    threads (``_blas.gemm_split_rows``), as the kernels run it."""
+    from fastconv._blas import blas_info, gemm_split_rows
+
+    if not blas_info()["name"].startswith("libmkl"):
+        return (lambda: a @ b), "NumPy matmul"
+    c = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    threads = fastconv.get_num_threads()
+    return (lambda: gemm_split_rows(a, b, c, threads)), f"row blocks on {threads} threads"
+
+
 def big_forward_vs_gemm(case, dtype, repeat=5, n=2048):
     """GFLOP/s of `case`'s fastconv forward and of an n^3 product through
-    NumPy's BLAS (its own threads), timed in alternating rounds: this
+    the same BLAS (``reference_gemm``), timed in alternating rounds: this
     machine's speed drifts by up to 2x over minutes, so a GEMM timed after
     the suite is no reference for a forward timed during it.  The process
-    settles after each GEMM batch, whose BLAS workers spin (see best_times)."""
+    settles after each GEMM batch, whose BLAS workers spin (see best_times).
+    Returns (forward GFLOP/s, GEMM GFLOP/s, how the GEMM ran)."""
     rng = np.random.default_rng(0)
     a = rng.random((n, n)).astype(dtype)
     b = rng.random((n, n)).astype(dtype)
     fwd = fastconv_conv(case, *conv_arrays(case, np.dtype(dtype)))[0]
-    t = best_times({"fastconv": fwd, "gemm": lambda: a @ b}, repeat, settle_after=("gemm",))
-    return 2 * conv_macs(case) / t["fastconv"] / 1e9, 2 * n**3 / t["gemm"] / 1e9
+    gemm, how = reference_gemm(a, b)
+    t = best_times({"fastconv": fwd, "gemm": gemm}, repeat, settle_after=("gemm",))
+    return 2 * conv_macs(case) / t["fastconv"] / 1e9, 2 * n**3 / t["gemm"] / 1e9, how
 
 
 def _fmt_ms(t):

@@ -5,15 +5,18 @@ CPU dispatch) but expose no C API for it.  At import time this module looks
 the library up in the running process with :mod:`ctypes`, takes the
 addresses of ``cblas_sgemm``/``cblas_dgemm`` (in whichever of the usual
 symbol spellings and integer widths the library uses) and checks them on a
-tiny product before trusting them.  Only OpenBLAS is adopted (its integer
-width is read from its configuration string, and it can be pinned to one
-thread).  If none is found -- or ``FASTCONV_BLAS=builtin`` is set -- a
-portable built-in GEMM is used, so fastconv's only runtime dependency stays
-NumPy.
+tiny product before trusting them.  OpenBLAS is adopted (its integer width
+is read from its configuration string, and it can be pinned to one thread);
+so is Intel oneMKL, by its ILP64 entry points: on request
+(``FASTCONV_BLAS=mkl``, with the ``mkl`` wheel or another libmkl_rt
+installed), or when NumPy itself runs on MKL and ships no OpenBLAS.  If none
+is found -- or ``FASTCONV_BLAS=builtin`` is set -- a portable built-in GEMM
+is used, so fastconv's only runtime dependency stays NumPy.
 
-While a kernel runs, OpenBLAS's thread count is process-wide 1 (restored
+While a kernel runs, the BLAS's thread count is process-wide 1 (restored
 afterwards): NumPy BLAS calls made meanwhile from other Python threads run
-single-threaded.
+single-threaded.  (A oneMKL that fastconv loads itself runs sequentially
+throughout.)
 """
 
 import ctypes
@@ -21,6 +24,7 @@ import glob
 import os
 import sys
 
+from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t, INT32_MAX
 
 # --- function pointer types of the CBLAS entry points -----------------------
@@ -149,6 +153,34 @@ cdef void _builtin_gemm(Transpose trans_a, Transpose trans_b,
                 crow[j] += alpha * acc
 
 
+def gemm_split_rows(const floating[:, ::1] a, const floating[:, ::1] b,
+                    floating[:, ::1] c, int n_threads):
+    """``c = a @ b`` the way the kernels run their GEMMs: the rows of ``c``
+    cut into ``n_threads`` blocks, one single-threaded ``gemm`` each, in
+    one OpenMP region (shapes trusted: ``a`` m x k, ``b`` k x n, ``c`` m x n).
+
+    The speed reference of ``python -m fastconv bench`` for a BLAS that
+    NumPy's matmul does not run on (a oneMKL that ``FASTCONV_BLAS=mkl``
+    loaded single-threaded).
+    """
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[1]
+    cdef Py_ssize_t blocks = max(1, n_threads), part, r0, r1
+    if m == 0 or n == 0:
+        return
+    blas_serial_enter()
+    try:
+        with nogil:
+            for part in prange(blocks, schedule="static", num_threads=blocks):
+                r0 = part * m // blocks
+                r1 = (part + 1) * m // blocks
+                if r1 > r0:
+                    gemm(NO_TRANS, NO_TRANS, r1 - r0, n, k, <floating>1,
+                         &a[r0, 0] if k else NULL, k, &b[0, 0] if k else NULL, n,
+                         <floating>0, &c[r0, 0], n)
+    finally:
+        blas_serial_exit()
+
+
 # --- single-threaded BLAS while a kernel owns the cores ---------------------
 
 cdef void blas_serial_enter():
@@ -186,6 +218,23 @@ _SPELLINGS = (
 )
 
 
+def _mapped_libraries(word):
+    """Paths of the shared libraries mapped into this process whose file
+    name contains ``word`` (Linux; empty elsewhere)."""
+    found = []
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    fields = line.split()
+                    path = fields[5] if len(fields) >= 6 else ""
+                    if word in os.path.basename(path).lower() and path not in found:
+                        found.append(path)
+        except OSError:
+            pass
+    return found
+
+
 def _candidate_libraries():
     """Paths of BLAS libraries NumPy ships or the process already mapped."""
     import numpy
@@ -197,18 +246,26 @@ def _candidate_libraries():
         for path in sorted(glob.glob(os.path.join(folder, "*"))):
             if "openblas" in os.path.basename(path).lower() and path not in seen:
                 seen.append(path)
-    if sys.platform.startswith("linux"):
-        # A NumPy linked against a system BLAS: look at what is mapped.
-        try:
-            with open("/proc/self/maps") as f:
-                for line in f:
-                    fields = line.split()
-                    path = fields[5] if len(fields) >= 6 else ""
-                    name = os.path.basename(path).lower()
-                    if "openblas" in name and path not in seen:
-                        seen.append(path)
-        except OSError:
-            pass
+    # a NumPy linked against a system BLAS: look at what is mapped
+    seen += [path for path in _mapped_libraries("openblas") if path not in seen]
+    return seen
+
+
+def _mkl_libraries():
+    """Paths of Intel oneMKL's single dynamic library (libmkl_rt): one this
+    process already mapped (a NumPy or SciPy built on MKL), then the one
+    the ``mkl`` wheel installs in ``<prefix>/lib``, then the loader's."""
+    import ctypes.util
+
+    seen = _mapped_libraries("libmkl_rt")
+    for folder in (os.path.join(sys.prefix, "lib"), os.path.join(sys.base_prefix, "lib")):
+        for pattern in ("libmkl_rt.so*", "libmkl_rt*.dylib"):
+            for path in sorted(glob.glob(os.path.join(folder, pattern))):
+                if path not in seen:
+                    seen.append(path)
+    found = ctypes.util.find_library("mkl_rt")
+    if found and found not in seen:
+        seen.append(found)
     return seen
 
 
@@ -294,11 +351,80 @@ cdef bint _try_library(str path):
     return False
 
 
+cdef enum:
+    MKL_THREADING_SEQUENTIAL = 1    # values of oneMKL's MKL_THREADING_LAYER
+
+
+cdef bint _try_mkl(str path):
+    """Adopt the oneMKL at ``path`` (``FASTCONV_BLAS=mkl``, or a NumPy
+    without OpenBLAS) if its gemm passes the self-test.
+
+    Only its ILP64 entry points (``cblas_sgemm_64``; tested with the
+    ``mkl`` wheel 2026.2.1) are used: their integer width does not depend
+    on the interface layer that the environment may select for the plain
+    names.  When no MKL is in the process yet, the one loaded here is
+    switched to its sequential threading layer (gemm then always runs on
+    the calling thread, and no second OpenMP runtime is loaded next to
+    fastconv's); an MKL the process already uses keeps its layer and is
+    pinned to one thread inside the kernels, as OpenBLAS is.
+    """
+    global _sgemm, _dgemm, _int64, _set_threads, _get_threads
+    mapped = bool(_mapped_libraries("libmkl_rt"))
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return False
+    s_addr = _address(lib, "cblas_sgemm_64")
+    d_addr = _address(lib, "cblas_dgemm_64")
+    set_addr = _address(lib, "MKL_Set_Num_Threads")
+    get_addr = _address(lib, "MKL_Get_Max_Threads")
+    if not (s_addr and d_addr and set_addr and get_addr):
+        return False
+    if not mapped:
+        set_layer = lib.MKL_Set_Threading_Layer
+        set_layer.argtypes = [ctypes.c_int]
+        set_layer.restype = ctypes.c_int
+        set_layer(MKL_THREADING_SEQUENTIAL)
+    _sgemm = <void*><size_t>s_addr
+    _dgemm = <void*><size_t>d_addr
+    _int64 = True
+    if not _self_test():
+        _sgemm = NULL
+        _dgemm = NULL
+        return False
+    if mapped:
+        _set_threads = <set_threads_t><size_t>set_addr
+        _get_threads = <get_threads_t><size_t>get_addr
+    version = ctypes.create_string_buffer(256)
+    try:
+        lib.MKL_Get_Version_String(version, len(version))
+        config = version.value.decode("ascii", "replace").strip()
+    except AttributeError:
+        config = None
+    _info.update(name=os.path.basename(path), path=path, int_bits=64,
+                 thread_control=bool(mapped), config=config)
+    return True
+
+
 def _load():
-    if os.environ.get("FASTCONV_BLAS", "").lower() == "builtin":
+    choice = os.environ.get("FASTCONV_BLAS", "").lower()
+    if choice == "builtin":
         return
+    if choice == "mkl":
+        for path in _mkl_libraries():
+            if _try_mkl(path):
+                return
+        import warnings
+        warnings.warn("FASTCONV_BLAS=mkl: no usable oneMKL found (a libmkl_rt with the "
+                      "ILP64 entry points cblas_sgemm_64/cblas_dgemm_64, as in the `mkl` "
+                      "wheel: pip install 'fastconv[mkl]'); using NumPy's OpenBLAS",
+                      RuntimeWarning, stacklevel=2)
     for path in _candidate_libraries():
         if _try_library(path):
+            return
+    # a NumPy built on MKL ships no OpenBLAS: use the MKL it already mapped
+    for path in _mapped_libraries("libmkl_rt"):
+        if _try_mkl(path):
             return
 
 
