@@ -1105,7 +1105,7 @@ def _mkl_installed():
 
 
 needs_mkl = pytest.mark.skipif(not _mkl_installed(),
-                               reason="no oneMKL installed (pip install 'fastconv[mkl]')")
+                               reason="no oneMKL installed (pip install mkl==2026.2.1)")
 
 # every kernel path, 1 and 2 threads: the same bits (argv[1]: the tests folder)
 THREAD_BITS_SCRIPT = textwrap.dedent("""

@@ -7,7 +7,7 @@
   against a plain NumPy im2col baseline (and PyTorch if installed).
 * ``bench``: the full speed suite as a table (see ``fastconv._bench``);
   ``FASTCONV_BLAS=mkl`` in the environment runs its GEMMs on Intel oneMKL
-  (``pip install "fastconv[mkl]"``) instead of NumPy's OpenBLAS.
+  (``pip install mkl==2026.2.1``) instead of NumPy's OpenBLAS.
 * ``config``: the configuration only.
 """
 

@@ -417,7 +417,7 @@ def _load():
         import warnings
         warnings.warn("FASTCONV_BLAS=mkl: no usable oneMKL found (a libmkl_rt with the "
                       "ILP64 entry points cblas_sgemm_64/cblas_dgemm_64, as in the `mkl` "
-                      "wheel: pip install 'fastconv[mkl]'); using NumPy's OpenBLAS",
+                      "wheel: pip install mkl==2026.2.1); using NumPy's OpenBLAS",
                       RuntimeWarning, stacklevel=2)
     for path in _candidate_libraries():
         if _try_library(path):
