@@ -544,14 +544,16 @@ def reference_gemm(a, b):
     name: "NumPy matmul" (NumPy's OpenBLAS, its own threads) unless fastconv
     runs on a oneMKL that NumPy's matmul does not use (``FASTCONV_BLAS=mkl``,
     loaded single-threaded); then that BLAS in row blocks over fastconv's
-    threads (``_blas.gemm_split_rows``), as the kernels run it."""
-    from fastconv._blas import blas_info, gemm_split_rows
+    threads (``gemm_split_rows`` in ``_kernels.pyx``), as the kernels run it."""
+    from fastconv._blas import blas_info
+    from fastconv._simd import kernels
 
     if not blas_info()["name"].startswith("libmkl"):
         return (lambda: a @ b), "NumPy matmul"
     c = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
     threads = fastconv.get_num_threads()
-    return (lambda: gemm_split_rows(a, b, c, threads)), f"row blocks on {threads} threads"
+    how = f"row blocks on {threads} threads"
+    return (lambda: kernels.gemm_split_rows(a, b, c, threads)), how
 
 
 def big_forward_vs_gemm(case, dtype, repeat=5, n=2048):

@@ -582,6 +582,34 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
     _raise_for_status(status)
 
 
+def gemm_split_rows(const floating[:, ::1] a, const floating[:, ::1] b,
+                    floating[:, ::1] c, int n_threads):
+    """``c = a @ b`` the way the kernels run their GEMMs: the rows of ``c``
+    cut into ``n_threads`` blocks, one single-threaded ``gemm`` each, in
+    one OpenMP region (shapes trusted: ``a`` m x k, ``b`` k x n, ``c`` m x n).
+
+    The speed reference of ``python -m fastconv bench`` for a BLAS that
+    NumPy's matmul does not run on (a oneMKL that ``FASTCONV_BLAS=mkl``
+    loaded single-threaded).
+    """
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[1]
+    cdef Py_ssize_t blocks = max(1, n_threads), part, r0, r1
+    if m == 0 or n == 0:
+        return
+    blas_serial_enter()
+    try:
+        with nogil:
+            for part in prange(blocks, schedule="static", num_threads=blocks):
+                r0 = part * m // blocks
+                r1 = (part + 1) * m // blocks
+                if r1 > r0:
+                    gemm(NO_TRANS, NO_TRANS, r1 - r0, n, k, <floating>1,
+                         &a[r0, 0] if k else NULL, k, &b[0, 0] if k else NULL, n,
+                         <floating>0, &c[r0, 0], n)
+    finally:
+        blas_serial_exit()
+
+
 # --- conv2d filter gradient --------------------------------------------------
 
 cdef Py_ssize_t _reduction_slots(Py_ssize_t n_parts, Py_ssize_t w_size,
