@@ -1,6 +1,7 @@
 """Assertions and data makers shared by the test modules."""
 
 import numpy as np
+import pytest
 
 # SPEC.md's worked filter-gradient example: input o, sensitivity map delta and
 # the expected 2x2 filter gradient (to 6 decimals).
@@ -154,3 +155,13 @@ def guarded_copy(a, side="after"):
     out = np.frombuffer(buf, dtype=a.dtype, count=a.size, offset=offset).reshape(a.shape)
     out[...] = a
     return out
+
+
+def _mkl_installed():
+    from fastconv._blas import _mkl_libraries
+    return bool(_mkl_libraries())
+
+
+# Tests of the opt-in oneMKL backend (FASTCONV_BLAS=mkl) run where it is installed.
+needs_mkl = pytest.mark.skipif(not _mkl_installed(),
+                               reason="no oneMKL installed (pip install mkl==2026.2.1)")

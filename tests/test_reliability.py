@@ -24,6 +24,7 @@ import pytest
 import fastconv
 from fastconv import _bench
 from fastconv._openmp import openmp_enabled
+from helpers import needs_mkl
 
 # Every kernel path (helpers.every_kernel_output), hashed, in a fresh process.
 _DIGEST_SCRIPT = r"""
@@ -60,6 +61,17 @@ def test_thread_counts_and_simd_builds_give_identical_bytes():
     base = _digest(OMP_NUM_THREADS="2", FASTCONV_SIMD="baseline")
     assert (one[0], two[0], three[0]) == (1, 2, 3)
     assert one[1] == two[1] == three[1] == base[1]
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="serial build: one thread only")
+@needs_mkl
+def test_thread_counts_give_identical_bytes_on_mkl():
+    """The same with the GEMMs on oneMKL (FASTCONV_BLAS=mkl): the work split
+    and the summation order never depend on the thread count, whatever the
+    BLAS."""
+    runs = [_digest(OMP_NUM_THREADS=str(n), FASTCONV_BLAS="mkl") for n in (1, 2, 3)]
+    assert [threads for threads, _ in runs] == [1, 2, 3]
+    assert runs[0][1] == runs[1][1] == runs[2][1]
 
 
 def _rss_bytes():
