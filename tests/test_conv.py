@@ -546,6 +546,28 @@ def test_row_shift_lowering_matches_numpy(case, tiling, dtype, n_threads, monkey
         assert_close(got, other, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("w_shape, groups", [((6, 5, 3, 3), 1), ((6, 2, 4, 2), 3),
+                                             ((4, 1, 3, 5), 4), ((3, 2, 1, 1), 1),
+                                             ((0, 2, 3, 3), 1), ((4, 0, 3, 3), 2)])
+def test_filter_rows_are_the_transposed_filters(w_shape, groups, dtype, n_threads):
+    """The row-shift lowering's filter operands are exactly these transposes
+    of the weight (forward: per filter row, in/out-swapped per group for the
+    input gradient)."""
+    from fastconv._simd import kernels
+
+    c_out, cg, kh, kw = w_shape
+    og = c_out // groups
+    w = np.arange(np.prod(w_shape), dtype=dtype).reshape(w_shape)
+    forward = w.transpose(2, 0, 1, 3).reshape(kh, c_out, cg * kw)
+    swapped = (w.reshape(groups, og, cg, kh, kw).transpose(3, 0, 2, 1, 4)
+               .reshape(kh, groups * cg, og * kw))
+    for is_swapped, expected in ((False, forward), (True, swapped)):
+        got = kernels._filter_rows(w, groups, is_swapped, n_threads)
+        assert got.dtype == dtype and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected)
+
+
 @FEW
 @given(geo=conv_geometries(max_n=2, max_hw=9, max_k=4), seed=seeds,
        with_bias=st.booleans())
