@@ -1044,11 +1044,12 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
                       Py_ssize_t groups, int n_threads):
     """Input gradient by rotated filters over the dilated sensitivity map.
 
-    ``grad_in`` must be zero-filled on entry: input positions that no
-    filter tap reaches (stride remainders, phases without taps) are left
-    untouched.  Every other position is written by exactly one work item;
-    with stride 1 that is every position (one phase spans each axis), so
-    there the caller may pass uninitialized memory.
+    ``grad_in`` must be zero-filled on entry where input positions lie in
+    a stride phase without filter taps (e.g. a 1x1 filter with stride 2):
+    those are left untouched.  Every other position is written by exactly
+    one work item; with stride 1 (one phase spans each axis), or a filter
+    whose taps meet every residue mod the stride, that is every position,
+    and the caller may pass uninitialized memory.
     """
     cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[2], in_w = grad_in.shape[3]
     cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]

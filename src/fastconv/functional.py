@@ -422,14 +422,26 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
         kernel = _kernels.conv2d_grad_input
     else:
         kernel = _kernels.conv2d_grad_input_scatter
-    # The scatter kernel clears what it adds into, and the gather kernel with
-    # stride 1 writes every position; only the strided gather (stride
-    # remainders) and the direct strided depthwise loops need zeros first.
+    # The scatter kernel clears what it adds into, and the gather kernel
+    # writes every position whose stride phase has filter taps (with stride
+    # 1, or a kernel that spans the stride, that is all of them); only the
+    # other strided gathers (rows no tap reaches) and the direct strided
+    # depthwise loops need zeros first.
     writes_all = (kernel is _kernels.conv2d_grad_input_scatter
-                  or (kernel is _kernels.conv2d_grad_input and geo.stride == (1, 1)))
+                  or (kernel is _kernels.conv2d_grad_input
+                      and all(_taps_reach_every_phase(k, s, d) for k, s, d in
+                              zip(weight.shape[2:], geo.stride, geo.dilation))))
     dx = _grad_input_buffer(input_shape, compute, writes_all)
     kernel(g, w, dx, *args)
     return _finish(dx, result)
+
+
+def _taps_reach_every_phase(k, stride, dilation):
+    """Whether along one axis every input row gets a gradient term: the
+    taps ``u*dilation`` of a k-tap filter meet every residue mod `stride`
+    (always with stride 1; never when the filter is shorter than the
+    stride, e.g. a 1x1 filter with stride 2)."""
+    return k >= stride and len({u * dilation % stride for u in range(k)}) == stride
 
 
 def _grad_input_buffer(shape, dtype, writes_all):
