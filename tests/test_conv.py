@@ -314,33 +314,41 @@ def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method,
             assert_close(a, e, dtype)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("depthwise", [False, True], ids=["dense", "depthwise"])
 @pytest.mark.parametrize("k, stride, dilation, every_phase", [
     ((3, 3), (2, 2), (1, 1), True),      # res_s2-like: 3 taps span stride 2
     ((5, 2), (2, 3), (1, 1), False),     # 2 column taps, stride 3: a phase without taps
     ((1, 1), (2, 2), (1, 1), False),     # 1x1 stride 2: odd rows/columns get nothing
     ((3, 3), (2, 2), (2, 1), False),     # rows: taps 0, 2, 4 all even
     ((3, 4), (3, 2), (2, 3), True),      # taps 0, 2, 4 = residues 0, 2, 1 mod 3
+    ((3, 2), (1, 1), (2, 1), True),      # stride 1
 ])
-def test_strided_gather_input_gradient_zeros_exactly_what_it_must(k, stride, dilation,
-                                                                 every_phase, n_threads,
-                                                                 monkeypatch):
-    """The strided gather input gradient is given uninitialized memory only
-    when its filter taps reach every stride phase; either way every element
-    comes out as the oracle's (NaN-filled uninitialized outputs)."""
+def test_input_gradient_zeros_exactly_what_it_must(k, stride, dilation, every_phase,
+                                                   depthwise, layout, n_threads, monkeypatch):
+    """The input gradient kernels get uninitialized memory only where they
+    write every element (the gather when its filter taps reach every stride
+    phase, the depthwise loops that do); with NaN-filled uninitialized
+    outputs every element still comes out as the oracle's."""
     from fastconv import functional
     monkeypatch.setattr(functional, "output_array", garbage_output_array)
     monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", "gather")
     assert all(functional._taps_reach_every_phase(*a)
                for a in zip(k, stride, dilation)) == every_phase
     rng = np.random.default_rng(3)
-    x_shape, w_shape = (2, 3, 13, 14), (4, 3) + k
-    hyper = dict(stride=stride, padding=1, dilation=dilation)
+    x_shape = (2, 3, 13, 14)
+    w_shape, groups = ((3, 1) + k, 3) if depthwise else ((4, 3) + k, 1)
+    hyper = dict(stride=stride, padding=1, dilation=dilation, groups=groups)
     w = randn(rng, w_shape)
-    out_shape = ref.conv2d(np.zeros(x_shape), w, None, **hyper).shape
-    g = randn(rng, out_shape)
+    g = randn(rng, ref.conv2d(np.zeros(x_shape), w, None, **hyper).shape)
     expected = ref.conv2d_grad_input(g, w, x_shape, **hyper)
+    if layout == "NHWC":
+        g, w = g.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0)
+        x_shape = (x_shape[0], x_shape[2], x_shape[3], x_shape[1])
+        expected = expected.transpose(0, 2, 3, 1)
     for dtype in DTYPES:
-        got = fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), x_shape, **hyper)
+        got = fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), x_shape,
+                                         layout=layout, **hyper)
         assert_close(got, expected, dtype)
 
 

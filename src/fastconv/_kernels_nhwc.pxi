@@ -489,8 +489,10 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
     per phase, ``dx_phase = patches(dY) @ W_phase`` with ``W_phase[(u, v, o),
     c] = w[u, v, c, o]`` for the phase's taps.
 
-    ``grad_in`` must be zero-filled on entry (positions no tap reaches stay
-    zero); every other position is written by exactly one work item.
+    ``grad_in`` must be zero-filled on entry where positions lie in a
+    stride phase without taps (they stay untouched); every other position
+    is written by exactly one work item -- every position when the taps
+    reach every phase (stride 1, or 3x3 with stride 2).
     """
     cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
     cdef Py_ssize_t in_w = grad_in.shape[2], c_in = grad_in.shape[3]

@@ -381,27 +381,34 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
         return _finish(np.zeros(input_shape, dtype=compute), result)
     g, w = contiguous(grad_out, compute), contiguous(weight, compute)
     args = _kernel_args(geo, grad_out.size * (weight.size // c_out))
+    # Each evaluation with whether it writes every element of dX, and so
+    # may be given uninitialized memory: the scatter kernel (NCHW) clears
+    # what it adds into, the NHWC one adds into zeros; the gather writes
+    # every position whose stride phase has filter taps (with stride 1, or
+    # a kernel that spans the stride, all of them); the NHWC depthwise
+    # loops write every pixel, the strided NCHW ones only where taps land.
+    gather_writes_all = _gather_writes_all(_weight_to_oihw(weight.shape, layout)[2:], geo)
     if layout == "NHWC":
-        dx = output_array(input_shape, compute, zero=True)
         # As below: only the gather order multiplies the zero border of the
         # full correlation (the direct depthwise loops and the scatter order
         # skip it), so an inf/NaN weight always takes the gather GEMM.
         if not np.isfinite(w).all():
-            kernel = _kernels.conv2d_grad_input_nhwc
+            kernel, writes_all = _kernels.conv2d_grad_input_nhwc, gather_writes_all
         elif _depthwise_nhwc(weight.shape, input_shape[3], geo):
-            kernel = _kernels.depthwise_grad_input_nhwc
+            kernel, writes_all = _kernels.depthwise_grad_input_nhwc, True
         elif _grad_input_method(*_to_nchw(input_shape, layout),
                                 _weight_to_oihw(weight.shape, layout), geo) == "gather":
-            kernel = _kernels.conv2d_grad_input_nhwc
+            kernel, writes_all = _kernels.conv2d_grad_input_nhwc, gather_writes_all
         else:
-            kernel = _kernels.conv2d_grad_input_scatter_nhwc
+            kernel, writes_all = _kernels.conv2d_grad_input_scatter_nhwc, False
+        dx = _grad_input_buffer(input_shape, compute, writes_all)
         kernel(g, w, dx, *args)
         return _finish(dx, result)
     # Only the gather order multiplies the zero border of the full
     # correlation, as the textbook does; with an inf/NaN weight that is
     # visible (0 * inf = NaN), so such weights always take it.
     if not np.isfinite(w).all():
-        kernel = _kernels.conv2d_grad_input
+        kernel, writes_all = _kernels.conv2d_grad_input, gather_writes_all
     elif _depthwise(weight.shape, geo) and geo.stride == (1, 1) \
             and weight.shape[0] == geo.groups:
         # The textbook form literally: correlate dY, zero-padded by
@@ -417,23 +424,22 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
                                    args[-1])
         return _finish(dx, result)
     elif _depthwise(weight.shape, geo):
-        kernel = _kernels.depthwise_grad_input
+        kernel, writes_all = _kernels.depthwise_grad_input, False
     elif _grad_input_method(*input_shape, weight.shape, geo) == "gather":
-        kernel = _kernels.conv2d_grad_input
+        kernel, writes_all = _kernels.conv2d_grad_input, gather_writes_all
     else:
-        kernel = _kernels.conv2d_grad_input_scatter
-    # The scatter kernel clears what it adds into, and the gather kernel
-    # writes every position whose stride phase has filter taps (with stride
-    # 1, or a kernel that spans the stride, that is all of them); only the
-    # other strided gathers (rows no tap reaches) and the direct strided
-    # depthwise loops need zeros first.
-    writes_all = (kernel is _kernels.conv2d_grad_input_scatter
-                  or (kernel is _kernels.conv2d_grad_input
-                      and all(_taps_reach_every_phase(k, s, d) for k, s, d in
-                              zip(weight.shape[2:], geo.stride, geo.dilation))))
+        kernel, writes_all = _kernels.conv2d_grad_input_scatter, True
     dx = _grad_input_buffer(input_shape, compute, writes_all)
     kernel(g, w, dx, *args)
     return _finish(dx, result)
+
+
+def _gather_writes_all(kernel_hw, geo):
+    """Whether the gather input gradient writes every element of ``dX``
+    (so that it may be given uninitialized memory): when along both axes
+    the filter taps reach every stride phase."""
+    return all(_taps_reach_every_phase(k, s, d)
+               for k, s, d in zip(kernel_hw, geo.stride, geo.dilation))
 
 
 def _taps_reach_every_phase(k, stride, dilation):
