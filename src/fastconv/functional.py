@@ -446,8 +446,9 @@ def _taps_reach_every_phase(k, stride, dilation):
     """Whether along one axis every input row gets a gradient term: the
     taps ``u*dilation`` of a k-tap filter meet every residue mod `stride`
     (always with stride 1; never when the filter is shorter than the
-    stride, e.g. a 1x1 filter with stride 2)."""
-    return k >= stride and len({u * dilation % stride for u in range(k)}) == stride
+    stride, e.g. a 1x1 filter with stride 2).  The residues repeat after
+    `stride` taps, so at most that many are looked at."""
+    return k >= stride and len({u * dilation % stride for u in range(stride)}) == stride
 
 
 def _grad_input_buffer(shape, dtype, writes_all):
