@@ -606,6 +606,35 @@ def test_filter_rows_are_the_transposed_filters(w_shape, groups, dtype, n_thread
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("nhwc", [False, True], ids=["NCHW", "NHWC"])
+@pytest.mark.parametrize("w_shape, groups, stride, dilation", [
+    ((6, 4, 3, 3), 1, (2, 2), (1, 1)), ((6, 2, 4, 2), 3, (3, 2), (2, 1)),
+    ((40, 20, 3, 3), 2, (2, 3), (1, 2)), ((3, 2, 1, 1), 1, (1, 1), (1, 1))])
+def test_phase_plan_packs_the_swapped_filters_of_each_phase(w_shape, groups, stride,
+                                                            dilation, nhwc):
+    """The input gradient's phase plan packs, phase after phase, each
+    group's in/out-swapped filters at the phase's taps: NCHW
+    ``Wp[g, c, (o, iu, iv)]``, NHWC ``Wp[g, (iu, iv, o), c]`` (blocked
+    transposes, larger than one block here, against NumPy's indexing)."""
+    from fastconv._simd import kernels
+
+    c_out, cg, kh, kw = w_shape
+    og = c_out // groups
+    w = np.arange(np.prod(w_shape), dtype=np.float64).reshape(w_shape)
+    rows = kernels._phases_1d(11, 1, kh, stride[0], dilation[0])
+    cols = kernels._phases_1d(9, 1, kw, stride[1], dilation[1])
+    expected = []
+    for taps_u, *_ in rows:
+        for taps_v, *_ in cols:
+            sub = w[:, :, taps_u, :][:, :, :, taps_v].reshape(groups, og, cg, len(taps_u),
+                                                             len(taps_v))
+            expected.append((sub.transpose(0, 2, 1, 3, 4) if not nhwc
+                             else sub.transpose(0, 3, 4, 1, 2)).ravel())
+    w_given = np.ascontiguousarray(w.transpose(2, 3, 1, 0)) if nhwc else w
+    plan = kernels._grad_input_plan(w_given, nhwc, groups, 2, 11, 9, 1, 1, *stride, *dilation, 8)
+    np.testing.assert_array_equal(plan[4], np.concatenate(expected))
+
+
 @FEW
 @given(geo=conv_geometries(max_n=2, max_hw=9, max_k=4), seed=seeds,
        with_bias=st.booleans())
