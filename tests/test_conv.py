@@ -314,8 +314,9 @@ def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method,
             assert_close(a, e, dtype)
 
 
+@pytest.mark.parametrize("method", ["gather", "scatter"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("depthwise", [False, True], ids=["dense", "depthwise"])
+@pytest.mark.parametrize("kind", ["dense", "grouped", "depthwise"])
 @pytest.mark.parametrize("k, stride, dilation, every_phase", [
     ((3, 3), (2, 2), (1, 1), True),      # res_s2-like: 3 taps span stride 2
     ((5, 2), (2, 3), (1, 1), False),     # 2 column taps, stride 3: a phase without taps
@@ -324,20 +325,22 @@ def test_kernels_write_every_element_of_uninitialized_outputs(grad_input_method,
     ((3, 4), (3, 2), (2, 3), True),      # taps 0, 2, 4 = residues 0, 2, 1 mod 3
     ((3, 2), (1, 1), (2, 1), True),      # stride 1
 ])
-def test_input_gradient_zeros_exactly_what_it_must(k, stride, dilation, every_phase,
-                                                   depthwise, layout, n_threads, monkeypatch):
+def test_input_gradient_zeros_exactly_what_it_must(k, stride, dilation, every_phase, method,
+                                                   kind, layout, n_threads, monkeypatch):
     """The input gradient kernels get uninitialized memory only where they
     write every element (the gather when its filter taps reach every stride
-    phase, the depthwise loops that do); with NaN-filled uninitialized
-    outputs every element still comes out as the oracle's."""
+    phase, the scatter kernels, which clear what they add into, the
+    depthwise loops that do); with NaN-filled uninitialized outputs every
+    element still comes out as the oracle's."""
     from fastconv import functional
     monkeypatch.setattr(functional, "output_array", garbage_output_array)
-    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", "gather")
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", method)
     assert all(functional._taps_reach_every_phase(*a)
                for a in zip(k, stride, dilation)) == every_phase
     rng = np.random.default_rng(3)
-    x_shape = (2, 3, 13, 14)
-    w_shape, groups = ((3, 1) + k, 3) if depthwise else ((4, 3) + k, 1)
+    x_shape = (2, 4, 13, 14)
+    w_shape, groups = {"dense": ((5, 4) + k, 1), "grouped": ((6, 2) + k, 2),
+                       "depthwise": ((4, 1) + k, 4)}[kind]
     hyper = dict(stride=stride, padding=1, dilation=dilation, groups=groups)
     w = randn(rng, w_shape)
     g = randn(rng, ref.conv2d(np.zeros(x_shape), w, None, **hyper).shape)

@@ -602,8 +602,11 @@ def conv2d_grad_input_scatter_nhwc(const floating[:, :, :, ::1] grad_out,
     per tile, then col2im.  The cheaper order when C_in/groups is too small
     for an efficient gather GEMM (the caller picks by shape).
 
-    Work items are (image, group), each writing its own slice of
-    ``grad_in`` (zero-filled on entry) in a fixed order.
+    Work items are (image, group): each clears its own slice of ``grad_in``
+    (the image, or the group's channels of every pixel) and adds into it in
+    a fixed order, so ``grad_in`` may hold anything on entry, as in the
+    NCHW kernel (the clearing is parallel and leaves the slice in cache,
+    where a zero-filled allocation is a serial pass over the whole array).
     """
     cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[1]
     cdef Py_ssize_t in_w = grad_in.shape[2], c_in = grad_in.shape[3]
@@ -613,6 +616,7 @@ def conv2d_grad_input_scatter_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
     cdef Py_ssize_t positions = out_h * out_w, in_plane = in_h * in_w
     if n_img == 0 or positions == 0 or c_out == 0 or cg == 0:
+        np.asarray(grad_in)[...] = 0
         return
     cdef Py_ssize_t tile = _tile_size(k_dim, positions, 1, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
@@ -623,7 +627,7 @@ def conv2d_grad_input_scatter_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
-    cdef Py_ssize_t item, n, g, t, p0, count
+    cdef Py_ssize_t item, n, g, t, p0, count, pix
     cdef floating* work = NULL
     cdef int status = STATUS_OK
     cdef int* status_p = &status
@@ -638,6 +642,13 @@ def conv2d_grad_input_scatter_nhwc(const floating[:, :, :, ::1] grad_out,
                 if work != NULL:
                     n = item // groups
                     g = item % groups
+                    if groups == 1:
+                        memset(dxp + n * in_plane * c_in, 0,
+                               in_plane * c_in * sizeof(floating))
+                    else:
+                        for pix in range(in_plane):
+                            memset(dxp + (n * in_plane + pix) * c_in + g * cg, 0,
+                                   cg * sizeof(floating))
                     for t in range(n_tiles):
                         p0 = t * tile
                         count = min(tile, positions - p0)

@@ -382,8 +382,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     g, w = contiguous(grad_out, compute), contiguous(weight, compute)
     args = _kernel_args(geo, grad_out.size * (weight.size // c_out))
     # Each evaluation with whether it writes every element of dX, and so
-    # may be given uninitialized memory: the scatter kernel (NCHW) clears
-    # what it adds into, the NHWC one adds into zeros; the gather writes
+    # may be given uninitialized memory: the scatter kernels clear what
+    # they add into; the gather writes
     # every position whose stride phase has filter taps (with stride 1, or
     # a kernel that spans the stride, all of them); the NHWC depthwise
     # loops write every pixel, the strided NCHW ones only where taps land.
@@ -400,7 +400,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
                                 _weight_to_oihw(weight.shape, layout), geo) == "gather":
             kernel, writes_all = _kernels.conv2d_grad_input_nhwc, gather_writes_all
         else:
-            kernel, writes_all = _kernels.conv2d_grad_input_scatter_nhwc, False
+            kernel, writes_all = _kernels.conv2d_grad_input_scatter_nhwc, True
         dx = _grad_input_buffer(input_shape, compute, writes_all)
         kernel(g, w, dx, *args)
         return _finish(dx, result)
