@@ -612,9 +612,10 @@ def test_filter_rows_are_the_transposed_filters(w_shape, groups, dtype, n_thread
 @pytest.mark.parametrize("nhwc", [False, True], ids=["NCHW", "NHWC"])
 @pytest.mark.parametrize("w_shape, groups, stride, dilation", [
     ((6, 4, 3, 3), 1, (2, 2), (1, 1)), ((6, 2, 4, 2), 3, (3, 2), (2, 1)),
-    ((40, 20, 3, 3), 2, (2, 3), (1, 2)), ((3, 2, 1, 1), 1, (1, 1), (1, 1))])
+    ((40, 20, 3, 3), 2, (2, 3), (1, 2)), ((3, 2, 1, 1), 1, (1, 1), (1, 1)),
+    ((128, 48, 3, 3), 2, (1, 1), (1, 1))])     # large enough to pack in parallel
 def test_phase_plan_packs_the_swapped_filters_of_each_phase(w_shape, groups, stride,
-                                                            dilation, nhwc):
+                                                            dilation, nhwc, n_threads):
     """The input gradient's phase plan packs, phase after phase, each
     group's in/out-swapped filters at the phase's taps: NCHW
     ``Wp[g, c, (o, iu, iv)]``, NHWC ``Wp[g, (iu, iv, o), c]`` (blocked
@@ -634,7 +635,8 @@ def test_phase_plan_packs_the_swapped_filters_of_each_phase(w_shape, groups, str
             expected.append((sub.transpose(0, 2, 1, 3, 4) if not nhwc
                              else sub.transpose(0, 3, 4, 1, 2)).ravel())
     w_given = np.ascontiguousarray(w.transpose(2, 3, 1, 0)) if nhwc else w
-    plan = kernels._grad_input_plan(w_given, nhwc, groups, 2, 11, 9, 1, 1, *stride, *dilation, 8)
+    plan = kernels._grad_input_plan(w_given, nhwc, groups, 2, 11, 9, 1, 1, *stride, *dilation, 8,
+                                    n_threads)
     np.testing.assert_array_equal(plan[4], np.concatenate(expected))
 
 

@@ -912,12 +912,13 @@ def _phases_1d(Py_ssize_t size, Py_ssize_t pad, Py_ssize_t k, Py_ssize_t stride,
 
 
 cdef enum:
-    FILTER_BLOCK = 16   # (c, o) block of _pack_phase_filters' transposes
+    FILTER_BLOCK = 16           # (c, o) block of _pack_phase_filters' transposes
+    PARALLEL_PACK = 1 << 15     # fewer packed elements than this: one thread
 
 
 def _pack_phase_filters(const floating[:, :, :, ::1] w, const Py_ssize_t[::1] taps_u,
                         const Py_ssize_t[::1] taps_v, Py_ssize_t groups, bint nhwc,
-                        floating[::1] out):
+                        floating[::1] out, int n_threads=1):
     """One phase's in/out-swapped filters, packed at the start of ``out``:
     ``out[g, c, (o, iu, iv)]`` (NCHW weights ``w[o, c, u, v]``) or
     ``out[g, (iu, iv, o), c]`` (NHWC weights ``w[u, v, c, o]``), both
@@ -927,7 +928,8 @@ def _pack_phase_filters(const floating[:, :, :, ::1] w, const Py_ssize_t[::1] ta
     blocks: a whole column of 256 filters lies 9-18 KiB apart, a stride
     that maps every read onto the same few L1 sets.  (NumPy's fancy
     indexing and transposed copy took 9-22 ms for 256 x 256 x 3 x 3
-    filters.)"""
+    filters.)  Work items are (group, tap for NHWC, block of c), which
+    write disjoint parts of ``out``."""
     cdef Py_ssize_t c_out, cg, kh, kw
     if nhwc:
         kh, kw, cg, c_out = w.shape[0], w.shape[1], w.shape[2], w.shape[3]
@@ -939,7 +941,7 @@ def _pack_phase_filters(const floating[:, :, :, ::1] w, const Py_ssize_t[::1] ta
         return
     tap_offsets = np.empty(n_taps, dtype=np.intp)
     cdef Py_ssize_t[::1] toff = tap_offsets
-    cdef Py_ssize_t g, c, o, cb, ob, c0, o0, t, t2, iu, iv
+    cdef Py_ssize_t g, c, o, cb, ob, c0, o0, t, t2, iu, iv, unit
     for iu in range(n_u):
         for iv in range(n_v):
             toff[iu * n_v + iv] = (taps_u[iu] * kw + taps_v[iv]) * (cg * c_out if nhwc else 1)
@@ -948,32 +950,36 @@ def _pack_phase_filters(const floating[:, :, :, ::1] w, const Py_ssize_t[::1] ta
     cdef const floating* src
     cdef floating* d
     cdef Py_ssize_t n_cb = _ceil_div(cg, FILTER_BLOCK), n_ob = _ceil_div(og, FILTER_BLOCK)
+    cdef Py_ssize_t per_group = (n_taps if nhwc else 1) * n_cb
+    if c_out * cg * n_taps < PARALLEL_PACK:
+        n_threads = 1
     with nogil:
-        for g in range(groups):
-            for t in range(n_taps if nhwc else 1):
-                for cb in range(n_cb):
-                    c0 = cb * FILTER_BLOCK
-                    for ob in range(n_ob):
-                        o0 = ob * FILTER_BLOCK
-                        if nhwc:    # w[u, v, c, g*og + o] -> out[g, t, o, c]
-                            src = wp + toff[t] + g * og
-                            d = dst + (g * n_taps + t) * og * cg
-                            for o in range(o0, min(o0 + FILTER_BLOCK, og)):
-                                for c in range(c0, min(c0 + FILTER_BLOCK, cg)):
-                                    d[o * cg + c] = src[c * c_out + o]
-                        else:       # w[g*og + o, c, u, v] -> out[g, c, o, t]
-                            for c in range(c0, min(c0 + FILTER_BLOCK, cg)):
-                                for o in range(o0, min(o0 + FILTER_BLOCK, og)):
-                                    src = wp + ((g * og + o) * cg + c) * kh * kw
-                                    d = dst + ((g * cg + c) * og + o) * n_taps
-                                    for t2 in range(n_taps):
-                                        d[t2] = src[toff[t2]]
+        for unit in prange(groups * per_group, schedule="static", num_threads=n_threads):
+            g = unit // per_group
+            t = unit % per_group // n_cb
+            c0 = unit % n_cb * FILTER_BLOCK
+            for ob in range(n_ob):
+                o0 = ob * FILTER_BLOCK
+                if nhwc:    # w[u, v, c, g*og + o] -> out[g, t, o, c]
+                    src = wp + toff[t] + g * og
+                    d = dst + (g * n_taps + t) * og * cg
+                    for o in range(o0, min(o0 + FILTER_BLOCK, og)):
+                        for c in range(c0, min(c0 + FILTER_BLOCK, cg)):
+                            d[o * cg + c] = src[c * c_out + o]
+                else:       # w[g*og + o, c, u, v] -> out[g, c, o, t]
+                    for c in range(c0, min(c0 + FILTER_BLOCK, cg)):
+                        for o in range(o0, min(o0 + FILTER_BLOCK, og)):
+                            src = wp + ((g * og + o) * cg + c) * kh * kw
+                            d = dst + ((g * cg + c) * og + o) * n_taps
+                            for t2 in range(n_taps):
+                                d[t2] = src[toff[t2]]
 
 
 def _grad_input_plan(w, bint nhwc, Py_ssize_t groups, Py_ssize_t n_img,
                      Py_ssize_t in_h, Py_ssize_t in_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
                      Py_ssize_t stride_h, Py_ssize_t stride_w,
-                     Py_ssize_t dil_h, Py_ssize_t dil_w, Py_ssize_t itemsize):
+                     Py_ssize_t dil_h, Py_ssize_t dil_w, Py_ssize_t itemsize,
+                     int n_threads=1):
     """Work plan of the gather-order input gradient, shared by both layouts.
 
     Splits the dilated correlation into stride phases (``_phases_1d``), packs
@@ -1012,7 +1018,7 @@ def _grad_input_plan(w, bint nhwc, Py_ssize_t groups, Py_ssize_t n_img,
         for taps_v, offs_v, x_j0, count_j in cols:
             _pack_phase_filters(w, np.array(taps_u, dtype=np.intp),
                                 np.array(taps_v, dtype=np.intp), groups, nhwc,
-                                packed[packed_size:])
+                                packed[packed_size:], n_threads)
             k_phase = og * len(taps_u) * len(taps_v)
             meta[i] = (len(row_offsets), len(taps_u), len(col_offsets), len(taps_v),
                        x_i0, count_i, x_j0, count_j, packed_size, k_phase)
@@ -1084,7 +1090,7 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
     # ---- plan (GIL): phases, swapped filters per phase, work items
     plan = _grad_input_plan(np.asarray(weight), False, groups, n_img, in_h, in_w,
                             pad_top, pad_left, stride_h, stride_w, dil_h, dil_w,
-                            sizeof(floating))
+                            sizeof(floating), n_threads)
     if plan is None:
         return
     cdef Py_ssize_t[:, ::1] meta = plan[0]

@@ -507,7 +507,7 @@ def conv2d_grad_input_nhwc(const floating[:, :, :, ::1] grad_out,
     # ---- plan (GIL): phases, swapped filters per phase, work items
     plan = _grad_input_plan(np.asarray(weight), True, groups, n_img, in_h, in_w,
                             pad_top, pad_left, stride_h, stride_w, dil_h, dil_w,
-                            sizeof(floating))
+                            sizeof(floating), n_threads)
     if plan is None:
         return
     cdef Py_ssize_t[:, ::1] meta = plan[0]
