@@ -1,11 +1,12 @@
 """Build and run-time configuration report (``fastconv.show_config()``)."""
 
+import os
 import platform
 import sys
 
 import numpy as np
 
-from fastconv._blas import blas_info
+from fastconv._blas import _mapped_libraries, blas_info
 from fastconv._cpu import compiler
 from fastconv._openmp import openmp_enabled, openmp_spec
 from fastconv import _simd
@@ -23,17 +24,9 @@ def openmp_runtime():
     if not openmp_enabled():
         return "none (serial build)"
     spec = _SPEC_NAMES.get(openmp_spec(), str(openmp_spec()))
-    library = "library not identified"
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.split()[-1]
-                if path.rsplit("/", 1)[-1].startswith(("libgomp", "libomp", "libiomp")):
-                    library = path
-                    break
-    except OSError:
-        pass
-    return f"OpenMP {spec}, {library}"
+    found = [path for path in _mapped_libraries("omp")
+             if os.path.basename(path).lower().startswith(("libgomp", "libomp", "libiomp"))]
+    return f"OpenMP {spec}, {found[0] if found else 'library not identified'}"
 
 
 def config():
