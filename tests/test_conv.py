@@ -1295,6 +1295,30 @@ def test_depthwise_grad_weight_non_finite_input(dtype, bad):
     assert_close(dw, expected, dtype)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", [(0, 0), (-1, -1), (1, 2)], ids=["corner", "far-corner", "inner"])
+@pytest.mark.parametrize("hyper", [dict(stride=2, padding=1), dict(stride=(1, 2), padding=(2, 2),
+                                                                   dilation=2),
+                                   dict(padding=40)], ids=["strided", "strided-dilated", "huge-pad"])
+def test_depthwise_grad_weight_rows_multiply_non_finite_sensitivities_by_the_padding(
+        bad, where, hyper, n_threads):
+    """The row-by-row depthwise filter gradient (strides > 1, paddings too
+    large to copy) adds ``dY * 0`` for each tap in the zero padding, as the
+    textbook does: an inf/NaN sensitivity at the border gives NaN taps
+    exactly where the oracle's are, an inner one stays an inf."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 7, 6))
+    w_shape = (3, 1, 3, 3)
+    hyper = dict(hyper, groups=3)
+    g = rng.standard_normal(ref.conv2d(x, np.ones(w_shape), **hyper).shape)
+    g[(1, 2) + where] = bad
+    expected = ref.conv2d_grad_weight(x, g, w_shape, **hyper)
+    for dtype in DTYPES:
+        assert_close(fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape,
+                                                 **hyper), expected, dtype)
+
+
 NON_FINITE_CASES = {
     # name: (x shape, weight shape, hyper-parameters)
     "scatter_shape": ((2, 2, 6, 6), (3, 2, 3, 3), dict(stride=2, padding=1)),

@@ -310,7 +310,7 @@ def test_scatter_order_input_gradient_kernel(spy, monkeypatch):
     assert spy.used[-2:] == ["depthwise_grad_input_nhwc", "conv2d_grad_input_nhwc"]
 
 
-def test_non_finite_values_take_the_gemm_kernels_on_depthwise_layers(spy):
+def test_non_finite_weights_take_the_gemm_kernels_on_depthwise_layers(spy):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 5, 5, 3))
     w = rng.standard_normal((3, 3, 1, 3))
@@ -319,8 +319,10 @@ def test_non_finite_values_take_the_gemm_kernels_on_depthwise_layers(spy):
     g = np.ones((1, 5, 5, 3))
     g[0, 2, 2, 0] = np.nan
     _conv_all(x, w, kw, g)
+    # (the depthwise filter gradient multiplies dY by the zero padding, as
+    # the textbook does, so a non-finite dY needs no GEMM)
     assert spy.used == ["conv2d_forward_nhwc", "conv2d_grad_input_nhwc",
-                        "conv2d_grad_weight_nhwc", "conv2d_grad_bias_nhwc"]
+                        "depthwise_grad_weight_nhwc", "conv2d_grad_bias_nhwc"]
 
 
 def test_nchw_still_calls_the_nchw_kernels(spy):
@@ -554,6 +556,32 @@ def test_non_finite_weight_on_a_depthwise_layer(value, kw, n_threads, grad_input
     g[0, 0, 0, 2] = value
     assert_close(fastconv.conv2d_grad_weight(x, g, w.shape, layout="NHWC", **kw),
                  ref.conv2d_grad_weight(x, g, w.shape, layout="NHWC", **kw))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", [(0, 0), (-1, -1), (1, 2)], ids=["corner", "far-corner", "inner"])
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", dilation=2),
+                                dict(stride=2, padding=(1, 2))],
+                         ids=["pad1", "same-dilated", "strided"])
+def test_depthwise_filter_gradient_multiplies_non_finite_sensitivities_by_the_padding(
+        value, where, kw, n_threads, spy):
+    """The NHWC depthwise filter gradient keeps its direct loops for an
+    inf/NaN sensitivity: a tap in the zero padding adds ``dY * 0`` as the
+    textbook does, so the NaNs land where the oracle's do (border pixels)
+    and nowhere else (an inner pixel's inf stays an inf)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 5, 4))
+    w_shape = (3, 3, 1, 4)
+    kw = dict(kw, groups=4)
+    g = rng.standard_normal(ref.conv2d(x, np.ones(w_shape), layout="NHWC", **kw).shape)
+    g[(1,) + where + (2,)] = value
+    expected = ref.conv2d_grad_weight(x, g, w_shape, layout="NHWC", **kw)
+    for dtype in DTYPES:
+        got = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape,
+                                          layout="NHWC", **kw)
+        assert_close(got, expected, dtype)
+    assert set(spy.used) == {"depthwise_grad_weight_nhwc"}
 
 
 def test_max_pool_nan_ties_and_minus_inf(n_threads):

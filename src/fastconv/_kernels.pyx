@@ -1597,10 +1597,9 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     tap's per-image dots are added in float64 in image order.
 
     The padded planes multiply every zero of the padding as the textbook
-    does, so a non-finite dY gives the textbook's NaNs.  The row-by-row
-    loops used otherwise (stride > 1, huge planes) skip the padding, so
-    there a dY holding an inf or NaN takes the GEMM (``conv2d_grad_weight``)
-    instead.
+    does, so a non-finite dY gives the textbook's NaNs; so do the row-by-row
+    loops used otherwise (stride > 1, huge planes), with a multiply by zero
+    for each term whose tap lies in the padding.
     """
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
@@ -1612,12 +1611,8 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     n_rows = _padded_extent(out_h, 1, kh, dil_h)
     n_pitch = _padded_extent(out_w, 1, kw, dil_w)
     if stride_h != 1 or stride_w != 1 or n_rows * n_pitch > limit:
-        if np.isfinite(np.asarray(grad_out)).all():
-            _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w,
-                                        pad_top, pad_left, dil_h, dil_w, groups, n_threads)
-        else:
-            conv2d_grad_weight(x, grad_out, grad_weight, stride_h, stride_w, pad_top,
-                               pad_left, dil_h, dil_w, groups, n_threads)
+        _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w,
+                                    pad_top, pad_left, dil_h, dil_w, groups, n_threads)
         return
     cdef Py_ssize_t rows = n_rows
     cdef Py_ssize_t pitch = n_pitch
@@ -1688,6 +1683,18 @@ cdef inline bint _all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
     return total == 0
 
 
+cdef inline double _times_padding(const floating* g, Py_ssize_t q0,
+                                  Py_ssize_t q1) noexcept nogil:
+    """``sum(g[q] * 0)`` over [q0, q1): the textbook's terms of sensitivities
+    whose tap lies in the zero padding -- 0 for finite ones, NaN for an inf
+    or NaN (so no scan of dY for those is needed beforehand)."""
+    cdef double total = 0
+    cdef Py_ssize_t q
+    for q in range(q0, q1):
+        total = total + g[q] * <floating>0
+    return total
+
+
 def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
                           const floating[:, :, :, ::1] grad_out,
                           floating[:, :, :, ::1] grad_weight,
@@ -1697,7 +1704,9 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
                           Py_ssize_t groups, int n_threads):
     """``depthwise_grad_weight`` one row at a time: one item per output
     channel, each tap a float64 sum of per-row dot products over images and
-    rows in order.  For strides > 1 and paddings too large to copy."""
+    rows in order.  For strides > 1 and paddings too large to copy.  Taps
+    in the zero padding add ``dY * 0`` (``_times_padding``), as the textbook
+    does, so an inf or NaN sensitivity gives its NaNs here too."""
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
     cdef Py_ssize_t kw = grad_weight.shape[3], taps = kh * kw
@@ -1722,13 +1731,16 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
                     for n in range(n_img):
                         for p in range(out_h):
                             ii = p * stride_h + u * dil_h - pad_top
-                            if ii < 0 or ii >= in_h:
-                                continue
                             grow = gp + (n * c_out + o) * out_plane + p * out_w
+                            if ii < 0 or ii >= in_h:
+                                acc = acc + _times_padding(grow, 0, out_w)
+                                continue
                             srow = xp + (n * c_in + o // og) * in_plane + ii * in_w
                             if cols.hi > cols.lo:
                                 acc = acc + _dot(grow + cols.lo, srow + cols.lo * stride_w + co,
                                                  stride_w, cols.hi - cols.lo)
+                            acc = acc + (_times_padding(grow, 0, cols.lo)
+                                         + _times_padding(grow, cols.hi, out_w))
                     dwp[o * taps + u * kw + v] = <floating>acc
 
 

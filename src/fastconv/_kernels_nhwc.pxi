@@ -850,14 +850,24 @@ cdef void _depthwise_grad_weight_rows_nhwc(const floating* xp, const floating* g
                                            Py_ssize_t pad_top, Py_ssize_t pad_left,
                                            Py_ssize_t dil_h, Py_ssize_t dil_w) noexcept nogil:
     """Add the contributions of output rows [r0, r1) (flattened n*out_h + p)
-    to ``acc[(u*kw + v)*ch + c]``, in row, column, tap order."""
+    to ``acc[(u*kw + v)*ch + c]``, in row, column, tap order.
+
+    A tap in the zero padding adds ``dY * 0`` as the textbook does: nothing
+    (+-0) for a finite dY, NaN for an inf or NaN one.  Only pixels at the
+    border pay for it, where a scan of the whole dY for non-finite values
+    (to send them elsewhere) took a fifth of the dw3x3 filter gradient."""
     cdef Py_ssize_t row, n, p, q, u, v, ii, jj, c
     cdef const floating* g
     cdef const floating* src
     cdef floating* a
+    cdef bint row_inside
+    # output columns whose taps all lie inside the input
+    cdef Span inner = _inner_columns((kw - 1) * dil_w + 1, stride_w, pad_left, in_w, out_w)
     for row in range(r0, r1):
         n = row // out_h
         p = row % out_h
+        row_inside = (p * stride_h - pad_top >= 0
+                      and p * stride_h + (kh - 1) * dil_h - pad_top < in_h)
         for q in range(out_w):
             g = gp + (row * out_w + q) * ch
             for u in range(kh):
@@ -872,6 +882,18 @@ cdef void _depthwise_grad_weight_rows_nhwc(const floating* xp, const floating* g
                     a = acc + (u * kw + v) * ch
                     for c in range(ch):
                         a[c] = a[c] + g[c] * src[c]
+            if row_inside and inner.lo <= q < inner.hi:
+                continue
+            # a border pixel: its taps in the padding (kept out of the loop
+            # above, which stays as lean as without them)
+            for u in range(kh):
+                ii = p * stride_h + u * dil_h - pad_top
+                for v in range(kw):
+                    jj = q * stride_w + v * dil_w - pad_left
+                    if ii < 0 or ii >= in_h or jj < 0 or jj >= in_w:
+                        a = acc + (u * kw + v) * ch
+                        for c in range(ch):
+                            a[c] = a[c] + g[c] * <floating>0
 
 
 def depthwise_grad_weight_nhwc(const floating[:, :, :, ::1] x,
@@ -884,8 +906,8 @@ def depthwise_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     """Depthwise NHWC filter gradient: the output rows are split into a
     fixed number of slots (shape only), each summed in order into its own
     buffer, the buffers added in order -- bitwise the same for any thread
-    count.  Taps in the zero padding are skipped (non-finite sensitivities
-    take the GEMM, see functional.conv2d_grad_weight)."""
+    count.  Taps in the zero padding multiply dY by zero, so an inf or NaN
+    sensitivity gives the textbook's NaN (no scan for them beforehand)."""
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
     cdef Py_ssize_t ch = x.shape[3]
     cdef Py_ssize_t kh = grad_weight.shape[0], kw = grad_weight.shape[1]

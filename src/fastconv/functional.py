@@ -518,12 +518,10 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
         return _finish(dw, result)
     g = contiguous(grad_out, compute)
     args = _kernel_args(geo, grad_out.size * (dw.size // c_out))
-    # The direct NHWC depthwise loops skip zero padding (see conv2d): a
-    # non-finite sensitivity takes the GEMM, which multiplies it as written.
-    # (The NCHW depthwise kernel checks that itself, only where its loops
-    # skip the padding.)
+    # The depthwise kernels give a non-finite sensitivity the textbook's
+    # NaNs themselves: their loops multiply it by the zero padding too.
     if layout == "NHWC":
-        depthwise = _depthwise_nhwc(weight_shape, x.shape[3], geo) and np.isfinite(g).all()
+        depthwise = _depthwise_nhwc(weight_shape, x.shape[3], geo)
         kernel = (_kernels.depthwise_grad_weight_nhwc if depthwise
                   else _kernels.conv2d_grad_weight_nhwc)
     else:
