@@ -1092,6 +1092,39 @@ def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype, monkeypa
             assert np.array_equal(a, c), f"{name}: 1 vs {threads} threads differ"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("tiling", [dict(gw_tile_bytes=1, gw_min_tile=1),
+                                    dict(gw_tile_bytes=4096, gw_min_tile=16)],
+                         ids=["1-position", "small"])
+@pytest.mark.parametrize("case", sorted(DETERMINISM_CASES))
+def test_filter_gradient_in_many_tiles(case, tiling, dtype, monkeypatch,
+                                       grad_weight_orientation):
+    """The filter gradient with its positions cut into many tiles (more
+    products than reduction slots, a partial last tile) still equals the
+    oracle, with the same bits for 1, 2 and 3 threads."""
+    from fastconv._simd import kernels
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)
+    x_shape, w_shape, hyper = DETERMINISM_CASES[case]
+    rng = np.random.default_rng(22)
+    x = randn(rng, x_shape)
+    g = randn(rng, np_conv2d(x, randn(rng, w_shape), **hyper).shape)
+    expected = ref.conv2d_grad_weight(x, g, w_shape, **hyper)
+    saved = kernels._tuning()
+    results = {}
+    try:
+        kernels._tuning(**tiling)
+        for threads in (1, 2, 3):
+            fastconv.set_num_threads(threads)
+            results[threads] = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype),
+                                                           w_shape, **hyper)
+    finally:
+        fastconv.set_num_threads(None)
+        kernels._tuning(gw_tile_bytes=saved["gw_tile_bytes"], gw_min_tile=saved["gw_min_tile"])
+    assert_close(results[1], expected, dtype)
+    for threads in (2, 3):
+        assert np.array_equal(results[1], results[threads]), f"1 vs {threads} threads differ"
+
+
 def test_repeated_calls_are_bitwise_identical(n_threads):
     """Calling the same kernel twice gives the same bits (no uninitialised workspace)."""
     rng = np.random.default_rng(22)

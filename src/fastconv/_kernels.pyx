@@ -57,6 +57,19 @@ cdef enum:
 cdef Py_ssize_t TILE_BYTES = 4 * 1024 * 1024
 cdef Py_ssize_t MIN_TILE = 1024
 cdef Py_ssize_t MAX_TILE = 4096
+# The NCHW filter gradient's tiles are smaller: OpenBLAS copies each patch
+# tile into its panels right after the packing wrote it, and a tile that
+# stays near L2 (2 MiB per core on the Intel guest) saves that round trip
+# through L3.  Measured there (2 threads, in-process A/B, 17 sets of 7
+# rounds), 1 MiB / at least 256 positions against the forward's 4 MiB /
+# 1024: the vgg3x3 filter gradient 0.93-1.22x (median 1.09x) in float32,
+# 1.04-1.12x (1.08x) in float64; big's within the noise (0.97-1.09x and
+# 0.87-1.24x, medians 1.03x); a 512-position minimum was slower on big
+# float32 (0.88-1.02x).  The other suite layers have one tile per image
+# either way.  (The Zen 4 machine of an earlier session had also run the
+# big filter gradient faster with 256-position tiles than with 1024.)
+cdef Py_ssize_t GW_TILE_BYTES = 1024 * 1024
+cdef Py_ssize_t GW_MIN_TILE = 256
 # Hard cap on one thread's patch workspace: for very deep patches (huge
 # C_in*kh*kw) the tile shrinks below MIN_TILE rather than grow past this.
 cdef Py_ssize_t MAX_WORK_BYTES = 16 * 1024 * 1024
@@ -129,12 +142,17 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             rowwise_max_plane=None, depthwise_max_padded=None, pool_fast_paths=None,
             fail_allocations=None, prefetch_out_rows=None, max_pool_avx512=None,
             gw_transpose_f32=None, row_shift=None, batch_columns_f32=None,
-            batch_columns_f64=None):
+            batch_columns_f64=None, gw_tile_bytes=None, gw_min_tile=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
     global POOL_FAST_PATHS, FAIL_ALLOCATIONS, PREFETCH_OUT_ROWS, MAX_POOL_AVX512
     global GW_TRANSPOSE_F32, ROW_SHIFT, BATCH_COLUMNS_F32, BATCH_COLUMNS_F64
+    global GW_TILE_BYTES, GW_MIN_TILE
+    if gw_tile_bytes is not None:
+        GW_TILE_BYTES = gw_tile_bytes
+    if gw_min_tile is not None:
+        GW_MIN_TILE = gw_min_tile
     if batch_columns_f32 is not None:
         BATCH_COLUMNS_F32 = max(0, batch_columns_f32)
     if batch_columns_f64 is not None:
@@ -175,7 +193,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 pool_fast_paths=POOL_FAST_PATHS, fail_allocations=FAIL_ALLOCATIONS,
                 prefetch_out_rows=PREFETCH_OUT_ROWS, max_pool_avx512=MAX_POOL_AVX512,
                 gw_transpose_f32=GW_TRANSPOSE_F32, row_shift=ROW_SHIFT,
-                batch_columns_f32=BATCH_COLUMNS_F32, batch_columns_f64=BATCH_COLUMNS_F64)
+                batch_columns_f32=BATCH_COLUMNS_F32, batch_columns_f64=BATCH_COLUMNS_F64,
+                gw_tile_bytes=GW_TILE_BYTES, gw_min_tile=GW_MIN_TILE)
 
 
 def _raise_for_status(int status):
@@ -191,11 +210,18 @@ cdef Py_ssize_t _tile_size(Py_ssize_t rows, Py_ssize_t positions, Py_ssize_t out
     TILE_BYTES, rounded to 16, shrunk (not below MIN_TILE) until there are
     MIN_ITEMS items, and never over MAX_WORK_BYTES.  A function of the shape
     only, so the work split never depends on the thread count."""
+    return _tile_size_for(rows, positions, outer, itemsize, TILE_BYTES, MIN_TILE)
+
+
+cdef Py_ssize_t _tile_size_for(Py_ssize_t rows, Py_ssize_t positions, Py_ssize_t outer,
+                               Py_ssize_t itemsize, Py_ssize_t tile_bytes,
+                               Py_ssize_t min_tile):
+    """``_tile_size`` for a given tile size in bytes and minimum width."""
     rows = max(rows, 1)
-    cdef Py_ssize_t tile = TILE_BYTES // (itemsize * rows)
-    tile = max(MIN_TILE, min(MAX_TILE, tile)) // 16 * 16
-    while tile > MIN_TILE and outer * _ceil_div(positions, tile) < MIN_ITEMS:
-        tile = max(MIN_TILE, tile // 2 // 16 * 16)
+    cdef Py_ssize_t tile = tile_bytes // (itemsize * rows)
+    tile = max(min_tile, min(MAX_TILE, tile)) // 16 * 16
+    while tile > min_tile and outer * _ceil_div(positions, tile) < MIN_ITEMS:
+        tile = max(min_tile, tile // 2 // 16 * 16)
     tile = min(tile, MAX_WORK_BYTES // (itemsize * rows))
     return max(1, min(tile, positions))
 
@@ -749,7 +775,8 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
         return
     cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
                         and pad_top == 0 and pad_left == 0)
-    cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img, sizeof(floating))
+    cdef Py_ssize_t tile = _tile_size_for(k_dim, positions, n_img, sizeof(floating),
+                                          GW_TILE_BYTES, GW_MIN_TILE)
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     cdef Py_ssize_t n_red = n_img * n_tiles          # products summed per group
     cdef Py_ssize_t n_slots = _reduction_slots(n_red, w_size, sizeof(floating))
