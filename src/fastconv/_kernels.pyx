@@ -968,7 +968,7 @@ def _pack_phase_filters(const floating[:, :, :, ::1] w, const Py_ssize_t[::1] ta
         return
     tap_offsets = np.empty(n_taps, dtype=np.intp)
     cdef Py_ssize_t[::1] toff = tap_offsets
-    cdef Py_ssize_t g, c, o, cb, ob, c0, o0, t, t2, iu, iv, unit
+    cdef Py_ssize_t g, c, o, ob, c0, o0, t, t2, iu, iv, unit
     for iu in range(n_u):
         for iv in range(n_v):
             toff[iu * n_v + iv] = (taps_u[iu] * kw + taps_v[iv]) * (cg * c_out if nhwc else 1)
