@@ -860,14 +860,12 @@ cdef void _depthwise_grad_weight_rows_nhwc(const floating* xp, const floating* g
     cdef const floating* g
     cdef const floating* src
     cdef floating* a
-    cdef bint row_inside
-    # output columns whose taps all lie inside the input
+    # output rows and columns whose taps all lie inside the input
+    cdef Span inner_rows = _inner_columns((kh - 1) * dil_h + 1, stride_h, pad_top, in_h, out_h)
     cdef Span inner = _inner_columns((kw - 1) * dil_w + 1, stride_w, pad_left, in_w, out_w)
     for row in range(r0, r1):
         n = row // out_h
         p = row % out_h
-        row_inside = (p * stride_h - pad_top >= 0
-                      and p * stride_h + (kh - 1) * dil_h - pad_top < in_h)
         for q in range(out_w):
             g = gp + (row * out_w + q) * ch
             for u in range(kh):
@@ -882,7 +880,7 @@ cdef void _depthwise_grad_weight_rows_nhwc(const floating* xp, const floating* g
                     a = acc + (u * kw + v) * ch
                     for c in range(ch):
                         a[c] = a[c] + g[c] * src[c]
-            if row_inside and inner.lo <= q < inner.hi:
+            if inner_rows.lo <= p < inner_rows.hi and inner.lo <= q < inner.hi:
                 continue
             # a border pixel: its taps in the padding (kept out of the loop
             # above, which stays as lean as without them)

@@ -383,10 +383,10 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     args = _kernel_args(geo, grad_out.size * (weight.size // c_out))
     # Each evaluation with whether it writes every element of dX, and so
     # may be given uninitialized memory: the scatter kernels clear what
-    # they add into; the gather writes
-    # every position whose stride phase has filter taps (with stride 1, or
-    # a kernel that spans the stride, all of them); the NHWC depthwise
-    # loops write every pixel, the strided NCHW ones only where taps land.
+    # they add into; the gather writes every position whose stride phase
+    # has filter taps (with stride 1, or a kernel that spans the stride,
+    # all of them); the NHWC depthwise loops write every pixel, the
+    # strided NCHW ones only where taps land.
     gather_writes_all = _gather_writes_all(_weight_to_oihw(weight.shape, layout)[2:], geo)
     if layout == "NHWC":
         # As below: only the gather order multiplies the zero border of the
