@@ -106,6 +106,70 @@ def test_avx512_max_rows_agree_bitwise_with_avx2_rows(monkeypatch, dtype, k):
         _kernels_avx2._tuning(max_pool_avx512=saved)
 
 
+@needs_avx2
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nhwc_pixel_pools_agree_bitwise_across_builds(monkeypatch, dtype):
+    """The channels-last pixel kernels (_pool_avx2.h: fc_max_px, fc_avg_px,
+    fc_avg_gather_px; several channel vectors side by side, the max with
+    AVX-512 where the CPU has it) give the baseline build's bits, and the
+    NCHW kernels' (the same sums in the same order), for every channel
+    count from below one vector to past four AVX-512 vectors (each
+    remainder, the last vector re-run), 2x2 and 3x3 windows with strides 1
+    and 2, padding (clipped windows at the edges), ties, NaN and
+    infinities; max values and indices also equal the oracle's."""
+    from fastconv import _kernels, _kernels_avx2, reference as ref
+    rng = np.random.default_rng(8)
+    saved = _kernels_avx2._tuning()["max_pool_avx512"]
+    levels = [(_kernels, None), (_kernels_avx2, False)]
+    if "avx512" in _simd.available():
+        levels.append((_kernels_avx2, True))
+    try:
+        for ch in list(range(1, 41)) + [63, 64, 65, 70, 97, 129]:
+            shape = (2, 7, 6, ch)
+            x = rng.integers(-2, 3, size=shape).astype(np.float64)
+            x[rng.random(shape) < 0.04] = np.nan
+            x[rng.random(shape) < 0.04] = -np.inf
+            x[rng.random(shape) < 0.02] = np.inf
+            x = x.astype(dtype)
+            finite = rng.standard_normal(shape).astype(dtype)   # sums whose order shows
+            for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 1)]:
+                out_shape = fastconv.avg_pool2d(finite, k, s, p, layout="NHWC").shape
+                g = rng.standard_normal(out_shape).astype(dtype)
+
+                def nhwc_results():
+                    return (*fastconv.max_pool2d(x, k, s, p, layout="NHWC"),
+                            fastconv.avg_pool2d(finite, k, s, p, layout="NHWC"),
+                            fastconv.avg_pool2d_grad(g, shape, k, s, p, layout="NHWC"))
+
+                results = []
+                for module, avx512 in levels:
+                    monkeypatch.setattr(functional, "_kernels", module)
+                    if avx512 is not None:
+                        _kernels_avx2._tuning(max_pool_avx512=avx512)
+                    results.append(nhwc_results())
+                y, idx = fastconv.max_pool2d(_nchw(x), k, s, p)
+                results.append((_nhwc(y), _nhwc(idx),
+                                _nhwc(fastconv.avg_pool2d(_nchw(finite), k, s, p)),
+                                _nhwc(fastconv.avg_pool2d_grad(_nchw(g), _nchw(x).shape,
+                                                               k, s, p))))
+                results.append((*ref.max_pool2d(x, k, s, p, layout="NHWC"), *results[0][2:]))
+                for other in results[1:]:
+                    for name, got, want in zip(("max", "indices", "avg", "avg grad"), other,
+                                               results[0]):
+                        np.testing.assert_array_equal(got, want,
+                                                      err_msg=f"{name}, ch {ch}, k {k}, s {s}")
+    finally:
+        _kernels_avx2._tuning(max_pool_avx512=saved)
+
+
+def _nchw(a):
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+
+def _nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
 _GUARD_SCRIPT = r"""
 import sys
 import numpy as np
@@ -134,6 +198,17 @@ for tuning in settings:
                         fastconv.max_pool2d_grad(guarded_copy(y, side), guarded_copy(idx, side),
                                                  shape)
                         fastconv.avg_pool2d_grad(guarded_copy(a, side), shape, k, (stride_h, 2))
+            # channels-last windows: vectors along C, the last one re-run
+            for ch in (8, 9, 15, 16, 17, 33, 64, 70):
+                shape = (1, 2 * k + 1, 5, ch)
+                for side in ("after", "before"):
+                    x = guarded_copy(rng.standard_normal(shape).astype(dtype), side)
+                    y, idx = fastconv.max_pool2d(x, k, 2, 1, layout="NHWC")
+                    a = fastconv.avg_pool2d(x, k, 2, 1, layout="NHWC")
+                    fastconv.max_pool2d_grad(guarded_copy(y, side), guarded_copy(idx, side),
+                                             shape, layout="NHWC")
+                    fastconv.avg_pool2d_grad(guarded_copy(a, side), shape, k, 2, 1,
+                                             layout="NHWC")
 print("ok")
 """
 
