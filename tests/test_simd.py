@@ -162,6 +162,36 @@ def test_nhwc_pixel_pools_agree_bitwise_across_builds(monkeypatch, dtype):
         _kernels_avx2._tuning(max_pool_avx512=saved)
 
 
+@needs_avx2
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nhwc_depthwise_pixels_agree_bitwise_across_builds(monkeypatch, dtype):
+    """The channels-last depthwise pixel (fc_dw_pixel in _depthwise_avx2.h:
+    four channel vectors side by side) gives the baseline build's bits in
+    the forward and the input gradient, for channel counts from below one
+    vector to past four (each remainder), with strides, dilation and
+    padding that clip taps at the edges; and stays close to the oracle."""
+    from fastconv import _kernels, _kernels_avx2, reference as ref
+    rng = np.random.default_rng(9)
+    for ch in list(range(1, 36)) + [63, 64, 65, 129]:
+        x = rng.standard_normal((2, 7, 8, ch)).astype(dtype)
+        w = rng.standard_normal((3, 3, 1, ch)).astype(dtype)
+        b = rng.standard_normal(ch).astype(dtype)
+        for kw in (dict(padding=1), dict(stride=2, padding=1), dict(dilation=2, padding=2)):
+            y = fastconv.conv2d(x, w, b, groups=ch, layout="NHWC", **kw)
+            g = rng.standard_normal(y.shape).astype(dtype)
+            results = []
+            for module in (_kernels, _kernels_avx2):
+                monkeypatch.setattr(functional, "_kernels", module)
+                results.append((fastconv.conv2d(x, w, b, groups=ch, layout="NHWC", **kw),
+                                fastconv.conv2d_grad_input(g, w, x.shape, groups=ch,
+                                                           layout="NHWC", **kw)))
+            for got, want in zip(*results):
+                np.testing.assert_array_equal(got, want, err_msg=f"ch {ch}, {kw}")
+            if dtype == np.float64:
+                np.testing.assert_allclose(results[0][0], ref.conv2d(
+                    x, w, b, groups=ch, layout="NHWC", **kw), rtol=1e-12, atol=1e-12)
+
+
 def _nchw(a):
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
 

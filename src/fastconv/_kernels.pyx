@@ -1302,6 +1302,11 @@ cdef extern from "_depthwise_avx2.h" nogil:
     void fc_dw3x3_plane_f64(const double* padded, Py_ssize_t cols, Py_ssize_t stride_h,
                             Py_ssize_t dil_h, Py_ssize_t dil_w, const double* w, double b0,
                             double* out, Py_ssize_t out_h, Py_ssize_t out_w)
+    # the NHWC depthwise pixel (_dw_pixel) in AVX2 registers, ch >= the lanes
+    void fc_dw_pixel_f32(float* dst, const float** src, const float** wts,
+                         Py_ssize_t n_taps, Py_ssize_t ch)
+    void fc_dw_pixel_f64(double* dst, const double** src, const double** wts,
+                         Py_ssize_t n_taps, Py_ssize_t ch)
 
 
 cdef struct Span:

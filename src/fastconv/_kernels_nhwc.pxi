@@ -688,11 +688,18 @@ cdef void _dw_pixel(floating* dst, const floating** src, const floating** wts,
                     Py_ssize_t n_taps, Py_ssize_t ch) noexcept nogil:
     """``dst[c] = sum_t wts[t][c] * src[t][c]`` (taps in the given order):
     block by block of channels, each block's sums kept in registers across
-    all taps and stored once."""
+    all taps and stored once (in the AVX2 build, four vectors of channels
+    at a time: _depthwise_avx2.h, the same sums)."""
     cdef floating acc[DW_BLOCK]
     cdef Py_ssize_t blk, c0, c, t, cb
     cdef const floating* a
     cdef const floating* b
+    if FC_DW_AVX2 and ch >= _avx2_lanes(sizeof(floating)):
+        if floating is float:
+            fc_dw_pixel_f32(dst, src, wts, n_taps, ch)
+        else:
+            fc_dw_pixel_f64(dst, src, wts, n_taps, ch)
+        return
     for blk in range(ch // DW_BLOCK):
         c0 = blk * DW_BLOCK
         for c in range(DW_BLOCK):
