@@ -1101,7 +1101,8 @@ def test_filter_gradient_in_many_tiles(case, tiling, dtype, monkeypatch,
                                        grad_weight_orientation):
     """The filter gradient with its positions cut into many tiles (more
     products than reduction slots, a partial last tile) still equals the
-    oracle, with the same bits for 1, 2 and 3 threads."""
+    oracle, with the same bits for 1, 2 and 3 threads; in NHWC too (the
+    same tiles)."""
     from fastconv._simd import kernels
     monkeypatch.setattr(_threads, "SMALL_WORK", 0)
     x_shape, w_shape, hyper = DETERMINISM_CASES[case]
@@ -1110,19 +1111,27 @@ def test_filter_gradient_in_many_tiles(case, tiling, dtype, monkeypatch,
     g = randn(rng, np_conv2d(x, randn(rng, w_shape), **hyper).shape)
     expected = ref.conv2d_grad_weight(x, g, w_shape, **hyper)
     saved = kernels._tuning()
-    results = {}
+    x_nhwc, g_nhwc = (np.ascontiguousarray(a.astype(dtype).transpose(0, 2, 3, 1))
+                      for a in (x, g))
+    hwio_shape = (w_shape[2], w_shape[3], w_shape[1], w_shape[0])
+    results, results_nhwc = {}, {}
     try:
         kernels._tuning(**tiling)
         for threads in (1, 2, 3):
             fastconv.set_num_threads(threads)
             results[threads] = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype),
                                                            w_shape, **hyper)
+            results_nhwc[threads] = fastconv.conv2d_grad_weight(x_nhwc, g_nhwc, hwio_shape,
+                                                                layout="NHWC", **hyper)
     finally:
         fastconv.set_num_threads(None)
         kernels._tuning(gw_tile_bytes=saved["gw_tile_bytes"], gw_min_tile=saved["gw_min_tile"])
     assert_close(results[1], expected, dtype)
+    assert_close(results_nhwc[1].transpose(3, 2, 0, 1), expected, dtype)
     for threads in (2, 3):
         assert np.array_equal(results[1], results[threads]), f"1 vs {threads} threads differ"
+        assert np.array_equal(results_nhwc[1], results_nhwc[threads]), \
+            f"NHWC: 1 vs {threads} threads differ"
 
 
 def test_repeated_calls_are_bitwise_identical(n_threads):

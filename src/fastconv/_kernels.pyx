@@ -57,7 +57,7 @@ cdef enum:
 cdef Py_ssize_t TILE_BYTES = 4 * 1024 * 1024
 cdef Py_ssize_t MIN_TILE = 1024
 cdef Py_ssize_t MAX_TILE = 4096
-# The NCHW filter gradient's tiles are smaller: OpenBLAS copies each patch
+# The filter gradients' tiles are smaller: OpenBLAS copies each patch
 # tile into its panels right after the packing wrote it, and a tile that
 # stays near L2 (2 MiB per core on the Intel guest) saves that round trip
 # through L3.  Measured there (2 threads, in-process A/B, 17 sets of 7
@@ -67,7 +67,10 @@ cdef Py_ssize_t MAX_TILE = 4096
 # 0.87-1.24x, medians 1.03x); a 512-position minimum was slower on big
 # float32 (0.88-1.02x).  The other suite layers have one tile per image
 # either way.  (The Zen 4 machine of an earlier session had also run the
-# big filter gradient faster with 256-position tiles than with 1024.)
+# big filter gradient faster with 256-position tiles than with 1024.)  The
+# NHWC filter gradient, same A/B (2 sets of 15 paired rounds): vgg3x3
+# 1.16-1.19x (float32) and 1.19-1.22x (float64), big 1.07x, the others
+# within 0.97-1.02x.
 cdef Py_ssize_t GW_TILE_BYTES = 1024 * 1024
 cdef Py_ssize_t GW_MIN_TILE = 256
 # Hard cap on one thread's patch workspace: for very deep patches (huge
