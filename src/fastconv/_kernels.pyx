@@ -68,7 +68,7 @@ cdef Py_ssize_t MAX_TILE = 4096
 # float32 (0.88-1.02x).  The other suite layers have one tile per image
 # either way.  (The Zen 4 machine of an earlier session had also run the
 # big filter gradient faster with 256-position tiles than with 1024.)  The
-# NHWC filter gradient, same A/B (2 sets of 15 paired rounds): vgg3x3
+# NHWC filter gradient, in-process paired A/B (2 sets of 15 rounds): vgg3x3
 # 1.16-1.19x (float32) and 1.19-1.22x (float64), big 1.07x, the others
 # within 0.97-1.02x.
 cdef Py_ssize_t GW_TILE_BYTES = 1024 * 1024
