@@ -630,6 +630,24 @@ ATTR FC_ALWAYS_INLINE void NAME(const T *x, Py_ssize_t in_w, Py_ssize_t ch, Py_s
         STORE(out + c + u * (LANES), out_idx + c + u * (LANES), best[u]);              \
 }
 
+/* FC_MAX_PX_ALL(NAME, VECS, T, LANES, NV, ATTR) defines NAME(x, in_w, ch,
+   h0, h1, w0, w1, out, out_idx): all ch channels of one pixel's window
+   (ch >= LANES), NV vectors at a time through VECS, then single vectors,
+   the last re-run to end at ch. */
+#define FC_MAX_PX_ALL(NAME, VECS, T, LANES, NV, ATTR)                                    \
+ATTR static inline void NAME(const T *x, Py_ssize_t in_w, Py_ssize_t ch, Py_ssize_t h0,  \
+                             Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1, T *out,         \
+                             int64_t *out_idx)                                           \
+{                                                                                        \
+    Py_ssize_t c;                                                                        \
+    for (c = 0; c + (NV) * (LANES) <= ch; c += (NV) * (LANES))                           \
+        VECS(x, in_w, ch, h0, h1, w0, w1, c, NV, out, out_idx);                          \
+    for (; c + (LANES) <= ch; c += (LANES))                                              \
+        VECS(x, in_w, ch, h0, h1, w0, w1, c, 1, out, out_idx);                           \
+    if (c < ch)                                                                          \
+        VECS(x, in_w, ch, h0, h1, w0, w1, ch - (LANES), 1, out, out_idx);                \
+}
+
 /* one tap of LANES channels and its flat index (int32 lanes for float:
    flat indices < 2**31), and the store of a window's best as int64 */
 static inline fc_best_f32 fc_px_tap_f32(const float *p, Py_ssize_t flat)
@@ -652,21 +670,8 @@ static inline void fc_px_store_f32(float *out, int64_t *out_idx, fc_best_f32 bes
 FC_MAX_PX_VECS(fc_max_px_vecs_f32, float, fc_best_f32, fc_px_tap_f32, fc_combine_f32,
                fc_px_store_f32, FC_F32_LANES, )
 
-/* All ch channels of one pixel's window, ch >= FC_F32_LANES: two vectors
-   at a time (16 ymm registers hold two chains' rows and bests), the last
-   vector re-run to end at ch. */
-static inline void fc_max_px_avx2_f32(const float *x, Py_ssize_t in_w, Py_ssize_t ch,
-                                      Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
-                                      Py_ssize_t w1, float *out, int64_t *out_idx)
-{
-    Py_ssize_t c;
-    for (c = 0; c + 2 * FC_F32_LANES <= ch; c += 2 * FC_F32_LANES)
-        fc_max_px_vecs_f32(x, in_w, ch, h0, h1, w0, w1, c, 2, out, out_idx);
-    for (; c + FC_F32_LANES <= ch; c += FC_F32_LANES)
-        fc_max_px_vecs_f32(x, in_w, ch, h0, h1, w0, w1, c, 1, out, out_idx);
-    if (c < ch)
-        fc_max_px_vecs_f32(x, in_w, ch, h0, h1, w0, w1, ch - FC_F32_LANES, 1, out, out_idx);
-}
+/* two vectors at a time: 16 ymm registers hold two chains' rows and bests */
+FC_MAX_PX_ALL(fc_max_px_avx2_f32, fc_max_px_vecs_f32, float, FC_F32_LANES, 2, )
 
 /* Channels-last window sum of one output pixel (taps in row-major order,
    from +0.0) divided by div.  Floating-point addition is not associative,
@@ -1066,7 +1071,7 @@ static inline int fc_max_grad_px_f64(const double *g, const int64_t *idx, double
     return 1;
 }
 
-/* the double twins of fc_px_tap_f32 / fc_px_store_f32 / fc_max_px_avx2_f32 */
+/* the double twins of fc_px_tap_f32 and fc_px_store_f32 */
 static inline fc_best_f64 fc_px_tap_f64(const double *p, Py_ssize_t flat)
 {
     fc_best_f64 t;
@@ -1084,18 +1089,7 @@ static inline void fc_px_store_f64(double *out, int64_t *out_idx, fc_best_f64 be
 FC_MAX_PX_VECS(fc_max_px_vecs_f64, double, fc_best_f64, fc_px_tap_f64, fc_combine_f64,
                fc_px_store_f64, FC_F64_LANES, )
 
-static inline void fc_max_px_avx2_f64(const double *x, Py_ssize_t in_w, Py_ssize_t ch,
-                                      Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
-                                      Py_ssize_t w1, double *out, int64_t *out_idx)
-{
-    Py_ssize_t c;
-    for (c = 0; c + 2 * FC_F64_LANES <= ch; c += 2 * FC_F64_LANES)
-        fc_max_px_vecs_f64(x, in_w, ch, h0, h1, w0, w1, c, 2, out, out_idx);
-    for (; c + FC_F64_LANES <= ch; c += FC_F64_LANES)
-        fc_max_px_vecs_f64(x, in_w, ch, h0, h1, w0, w1, c, 1, out, out_idx);
-    if (c < ch)
-        fc_max_px_vecs_f64(x, in_w, ch, h0, h1, w0, w1, ch - FC_F64_LANES, 1, out, out_idx);
-}
+FC_MAX_PX_ALL(fc_max_px_avx2_f64, fc_max_px_vecs_f64, double, FC_F64_LANES, 2, )
 
 FC_AVG_PX(f64, double, __m256d, _mm256_loadu_pd, _mm256_add_pd, _mm256_setzero_pd,
           _mm256_set1_pd, _mm256_div_pd, _mm256_storeu_pd, FC_F64_LANES)
@@ -1400,22 +1394,8 @@ FC_MAX_PX_VECS(fc_max_px_vecs512_f32, float, fc_best512_f32, fc_px_tap512_f32,
 FC_MAX_PX_VECS(fc_max_px_vecs512_f64, double, fc_best512_f64, fc_px_tap512_f64,
                fc_combine512_f64, fc_px_store512_f64, 8, FC_AVX512)
 
-#define FC_MAX_PX512(dt, T, LANES)                                                     \
-FC_AVX512 static void fc_max_px512_##dt(const T *x, Py_ssize_t in_w, Py_ssize_t ch,     \
-                                        Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,   \
-                                        Py_ssize_t w1, T *out, int64_t *out_idx)       \
-{                                                                                      \
-    Py_ssize_t c;                                                                      \
-    for (c = 0; c + 4 * (LANES) <= ch; c += 4 * (LANES))                               \
-        fc_max_px_vecs512_##dt(x, in_w, ch, h0, h1, w0, w1, c, 4, out, out_idx);       \
-    for (; c + (LANES) <= ch; c += (LANES))                                            \
-        fc_max_px_vecs512_##dt(x, in_w, ch, h0, h1, w0, w1, c, 1, out, out_idx);       \
-    if (c < ch)                                                                        \
-        fc_max_px_vecs512_##dt(x, in_w, ch, h0, h1, w0, w1, ch - (LANES), 1, out, out_idx); \
-}
-
-FC_MAX_PX512(f32, float, 16)
-FC_MAX_PX512(f64, double, 8)
+FC_MAX_PX_ALL(fc_max_px512_f32, fc_max_px_vecs512_f32, float, 16, 4, FC_AVX512)
+FC_MAX_PX_ALL(fc_max_px512_f64, fc_max_px_vecs512_f64, double, 8, 4, FC_AVX512)
 
 #else
 #define FC_POOL_AVX512 0
