@@ -129,7 +129,8 @@ def conv_cases(draw):
     elif kind == "grouped":
         groups, cg, og = draw(st.integers(2, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
     elif kind == "depthwise":           # channel multiplier 1: the direct NHWC loops
-        groups, cg, og = draw(st.integers(2, 4)), 1, 1
+        # channel counts below, at and past the AVX2 pixel's vectors
+        groups, cg, og = draw(st.sampled_from([2, 3, 4, 5, 8, 9, 17, 33])), 1, 1
     else:                               # depthwise with channel multiplier 2: the GEMM
         groups, cg, og = draw(st.integers(2, 3)), 1, 2
     kh, kw = (1, 1) if kind == "1x1" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
@@ -193,7 +194,9 @@ def pool_cases(draw):
     pad = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
     h = max(1, k[0] - 2 * pad[0]) + draw(st.integers(0, 4))
     w = max(1, k[1] - 2 * pad[1]) + draw(st.integers(0, 4))
-    shape = (draw(st.integers(1, 2)), h, w, draw(st.integers(1, 4)))
+    # channel counts below, at and past the pixel kernels' AVX2 / AVX-512 vectors
+    shape = (draw(st.integers(1, 2)), h, w,
+             draw(st.sampled_from([1, 2, 3, 4, 5, 8, 9, 16, 17, 33])))
     return dict(shape=shape, kernel_size=k, stride=stride, padding=pad,
                 ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()),
                 ties=draw(st.booleans()), specials=draw(st.booleans()),
