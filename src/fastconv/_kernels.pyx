@@ -229,6 +229,13 @@ cdef Py_ssize_t _tile_size_for(Py_ssize_t rows, Py_ssize_t positions, Py_ssize_t
     return max(1, min(tile, positions))
 
 
+cdef inline Py_ssize_t _grad_weight_tile_size(Py_ssize_t rows, Py_ssize_t positions,
+                                              Py_ssize_t outer, Py_ssize_t itemsize):
+    """``_tile_size`` with the filter gradients' smaller tiles (GW_TILE_BYTES,
+    GW_MIN_TILE; both layouts)."""
+    return _tile_size_for(rows, positions, outer, itemsize, GW_TILE_BYTES, GW_MIN_TILE)
+
+
 cdef Py_ssize_t _image_batch(Py_ssize_t positions, Py_ssize_t n_img,
                              Py_ssize_t rows, Py_ssize_t itemsize):
     """Images per GEMM for layers whose images are too small for a wide
@@ -778,8 +785,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
         return
     cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
                         and pad_top == 0 and pad_left == 0)
-    cdef Py_ssize_t tile = _tile_size_for(k_dim, positions, n_img, sizeof(floating),
-                                          GW_TILE_BYTES, GW_MIN_TILE)
+    cdef Py_ssize_t tile = _grad_weight_tile_size(k_dim, positions, n_img, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     cdef Py_ssize_t n_red = n_img * n_tiles          # products summed per group
     cdef Py_ssize_t n_slots = _reduction_slots(n_red, w_size, sizeof(floating))

@@ -329,8 +329,7 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
         return
     cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
                         and pad_top == 0 and pad_left == 0)
-    cdef Py_ssize_t tile = _tile_size_for(k_dim, positions, n_img, sizeof(floating),
-                                          GW_TILE_BYTES, GW_MIN_TILE)
+    cdef Py_ssize_t tile = _grad_weight_tile_size(k_dim, positions, n_img, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     cdef Py_ssize_t n_red = n_img * n_tiles
     cdef Py_ssize_t n_slots = _reduction_slots(n_red, w_size, sizeof(floating))
