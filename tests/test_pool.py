@@ -359,6 +359,92 @@ def test_prefetch_distance_changes_no_result(n_threads):
             np.testing.assert_array_equal(a, b)
 
 
+def _kernel_builds():
+    """The kernel modules this machine runs: the baseline build, and the AVX2
+    build where it is compiled and the CPU has AVX2/FMA."""
+    from fastconv import _kernels, _simd
+    builds = [_kernels]
+    if "avx2" in _simd.available():
+        from fastconv import _kernels_avx2
+        builds.append(_kernels_avx2)
+    return builds
+
+
+# (kernel, stride, padding, ceil_mode): the written-once 2x2 and 3x3 planes,
+# the max gradient's scatter (overlapping and padded windows) and the
+# average gradient's general loops
+_STREAM_POOLS = [(2, 2, 0, False), (3, 2, 0, False), (3, 2, 1, False), (2, 1, 1, False),
+                 (3, (1, 2), 1, True), ((2, 3), 2, 0, True)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streamed_gradients_agree_bitwise_with_in_place(dtype, n_threads, monkeypatch):
+    """Large pool gradients are built plane by plane in a thread's scratch
+    plane and copied out with streaming stores (STREAM_MIN_BYTES; here
+    forced on for small arrays): the same bits as the planes written in
+    place, on both builds, with the stride-2 loops on and off.  Plane sizes
+    in bytes that are not multiples of 16 put every plane's start at another
+    alignment (the copy's plain head and tail); a plane past
+    STREAM_MAX_PLANE is written in place."""
+    from fastconv import functional
+    rng = np.random.default_rng(17)
+    shapes = [(2, 3, 5, 5), (1, 3, 7, 9), (2, 2, 9, 40), (1, 3, 12, 56), (2, 2, 11, 57),
+              (1, 1, 200, 201)]
+    for module in _kernel_builds():
+        monkeypatch.setattr(functional, "_kernels", module)
+        saved = module._tuning()["stream_min_bytes"]
+        try:
+            for fast in (True, False):
+                module._tuning(pool_fast_paths=fast)
+                for shape in shapes:
+                    x = special_values(rng, shape, dtype)
+                    for k, s, p, ceil in _STREAM_POOLS:
+                        kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil)
+                        y, idx = fastconv.max_pool2d(x, **kw)
+                        g = randn(rng, y.shape, dtype)
+                        results = []
+                        for threshold in (-1, 0):
+                            module._tuning(stream_min_bytes=threshold)
+                            results.append([fastconv.max_pool2d_grad(g, idx, shape)] + [
+                                fastconv.avg_pool2d_grad(g, shape, count_include_pad=inc, **kw)
+                                for inc in (True, False)])
+                        where = f"{module.__name__}, fast {fast}, {shape}, {kw}"
+                        for in_place, streamed in zip(*results):
+                            np.testing.assert_array_equal(streamed, in_place, err_msg=where)
+                        if shape[2] < 100:
+                            assert_close(results[1][0], ref.max_pool2d_grad(g, idx, shape),
+                                         dtype)
+                            assert_close(results[1][1], ref.avg_pool2d_grad(g, shape, **kw),
+                                         dtype)
+                # a bad index still raises, the other planes streamed
+                y, idx = fastconv.max_pool2d(x, 2, 2)
+                idx[0, 0, 1, 1] = shape[2] * shape[3]
+                with pytest.raises(ValueError, match="indices"):
+                    fastconv.max_pool2d_grad(y, idx, x.shape)
+        finally:
+            module._tuning(stream_min_bytes=saved, pool_fast_paths=True)
+
+
+def test_streamed_max_gradient_without_scratch_writes_in_place(n_threads):
+    """When a thread's scratch plane cannot be allocated, the max-pool
+    gradient writes its planes in place instead (the same values, no error);
+    the average-pool gradient, which needs workspace anyway, raises
+    MemoryError as it always did."""
+    from fastconv._simd import kernels
+    rng = np.random.default_rng(2)
+    x = randn(rng, (2, 3, 14, 15), np.float64)
+    y, idx = fastconv.max_pool2d(x, 3, 2, 1)
+    expected = fastconv.max_pool2d_grad(y, idx, x.shape)
+    saved = kernels._tuning()["stream_min_bytes"]
+    kernels._tuning(stream_min_bytes=0, fail_allocations=True)
+    try:
+        np.testing.assert_array_equal(fastconv.max_pool2d_grad(y, idx, x.shape), expected)
+        with pytest.raises(MemoryError):
+            fastconv.avg_pool2d_grad(y, x.shape, 3, 2, 1)
+    finally:
+        kernels._tuning(stream_min_bytes=saved, fail_allocations=False)
+
+
 # ---------------------------------------------------------------------------
 # 2. named edge cases
 # ---------------------------------------------------------------------------

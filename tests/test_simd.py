@@ -239,6 +239,24 @@ for tuning in settings:
                                              shape, layout="NHWC")
                     fastconv.avg_pool2d_grad(guarded_copy(a, side), shape, k, 2, 1,
                                              layout="NHWC")
+# large gradients stream their planes out (forced on here): written into
+# results that end, or start, next to a no-access page, a store one element
+# outside would fault
+from fastconv import functional
+kernels._tuning(stream_min_bytes=0)
+for side in ("after", "before"):
+    functional.output_array = (
+        lambda shape, dtype, zero=False, side=side:
+        guarded_copy(np.zeros(shape, dtype) if zero
+                     else np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype),
+                     side))
+    for dtype in (np.float32, np.float64):
+        for shape in ((2, 3, 5, 5), (1, 2, 7, 9), (2, 2, 12, 56), (1, 2, 11, 57)):
+            x = rng.standard_normal(shape).astype(dtype)
+            for k, s, p in ((2, 2, 0), (3, 2, 0), (3, 2, 1), (2, 1, 1)):
+                y, idx = fastconv.max_pool2d(x, k, s, p)
+                fastconv.max_pool2d_grad(y, idx, shape)
+                fastconv.avg_pool2d_grad(y, shape, k, s, p)
 print("ok")
 """
 
@@ -249,7 +267,8 @@ def test_pool_row_kernels_read_nothing_outside_their_arrays():
     where the CPU has them) on inputs that end or start next to a no-access
     page, for rows of every width up to a few vectors: a read one element
     outside would fault (in a subprocess, so a fault fails this test instead
-    of the run)."""
+    of the run).  The streamed gradients write into results placed the same
+    way."""
     import os
     env = dict(os.environ, FASTCONV_SIMD="auto")   # the best level this CPU runs
     proc = subprocess.run([sys.executable, "-c", _GUARD_SCRIPT, os.path.dirname(__file__)],

@@ -104,6 +104,16 @@ cdef bint POOL_FAST_PATHS = True
 # ahead, so memory waits and compute add up instead of overlapping.  See
 # fc_prefetch_rows_ahead and fc_prefetch_grad_rows in _pool_avx2.h.
 cdef Py_ssize_t PREFETCH_OUT_ROWS = 8
+# Pool gradients (NCHW) of at least STREAM_MIN_BYTES are built one plane at a
+# time in a per-thread scratch plane (planes of at most STREAM_MAX_PLANE
+# bytes) and copied to grad_in with streaming stores (fc_stream_copy in
+# _pool_avx2.h).  A gradient that large is written far past what the caches
+# keep: plain stores first read every line of grad_in from memory (read for
+# ownership) and evict the operands still to be read.  Measured on the
+# Xeon (AVX-512, 2 threads), forward + gradient as in the bench: see
+# docs/speed-history.md.  0 = always, -1 = never.
+cdef Py_ssize_t STREAM_MIN_BYTES = 8 << 20
+cdef Py_ssize_t STREAM_MAX_PLANE = 256 << 10
 # Whole-plane max pools use the header's AVX-512 rows (AVX2 build, a CPU
 # with AVX-512F; fastconv._simd switches them on).
 cdef bint MAX_POOL_AVX512 = False
@@ -145,13 +155,16 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             rowwise_max_plane=None, depthwise_max_padded=None, pool_fast_paths=None,
             fail_allocations=None, prefetch_out_rows=None, max_pool_avx512=None,
             gw_transpose_f32=None, row_shift=None, batch_columns_f32=None,
-            batch_columns_f64=None, gw_tile_bytes=None, gw_min_tile=None):
+            batch_columns_f64=None, gw_tile_bytes=None, gw_min_tile=None,
+            stream_min_bytes=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
     global POOL_FAST_PATHS, FAIL_ALLOCATIONS, PREFETCH_OUT_ROWS, MAX_POOL_AVX512
     global GW_TRANSPOSE_F32, ROW_SHIFT, BATCH_COLUMNS_F32, BATCH_COLUMNS_F64
-    global GW_TILE_BYTES, GW_MIN_TILE
+    global GW_TILE_BYTES, GW_MIN_TILE, STREAM_MIN_BYTES
+    if stream_min_bytes is not None:
+        STREAM_MIN_BYTES = stream_min_bytes
     if gw_tile_bytes is not None:
         GW_TILE_BYTES = gw_tile_bytes
     if gw_min_tile is not None:
@@ -197,7 +210,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 prefetch_out_rows=PREFETCH_OUT_ROWS, max_pool_avx512=MAX_POOL_AVX512,
                 gw_transpose_f32=GW_TRANSPOSE_F32, row_shift=ROW_SHIFT,
                 batch_columns_f32=BATCH_COLUMNS_F32, batch_columns_f64=BATCH_COLUMNS_F64,
-                gw_tile_bytes=GW_TILE_BYTES, gw_min_tile=GW_MIN_TILE)
+                gw_tile_bytes=GW_TILE_BYTES, gw_min_tile=GW_MIN_TILE,
+                stream_min_bytes=STREAM_MIN_BYTES)
 
 
 def _raise_for_status(int status):
@@ -1824,6 +1838,8 @@ cdef extern from "_pool_avx2.h" nogil:
     # is 0 in the baseline build, whose Cython loops then do all the work
     bint FC_POOL_AVX2
     int fc_set_max_avx512(int on)
+    void fc_stream_copy(void* dst, const void* src, Py_ssize_t nbytes)
+    void fc_stream_fence()
     void fc_prefetch_grad_rows(const void* g, const int64_t* idx, Py_ssize_t elem,
                                Py_ssize_t g_left, Py_ssize_t out_w, void* dx,
                                Py_ssize_t dx_left, Py_ssize_t in_w, Py_ssize_t p,
@@ -2217,6 +2233,14 @@ cdef inline void _zero_block_row_tails(floating* row0, Py_ssize_t in_w, Py_ssize
                (in_w - 2 * out_w) * ch * sizeof(floating))
 
 
+cdef inline bint _streams(Py_ssize_t planes, Py_ssize_t in_size,
+                          Py_ssize_t itemsize) noexcept nogil:
+    """Whether a pool gradient of planes x in_size elements streams its
+    planes out (see STREAM_MIN_BYTES)."""
+    return (STREAM_MIN_BYTES >= 0 and in_size * itemsize <= STREAM_MAX_PLANE
+            and planes * in_size * itemsize >= STREAM_MIN_BYTES)
+
+
 cdef bint _max_backward_plane_k2s2(const floating* g, const int64_t* idx, floating* dx,
                                    Py_ssize_t in_h, Py_ssize_t in_w, Py_ssize_t out_h,
                                    Py_ssize_t out_w, Py_ssize_t g_left,
@@ -2256,7 +2280,9 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     summed in a fixed order; an index outside ``[0, H*W)`` is never written
     and makes the call raise ``ValueError``.  A plane whose indices all lie
     in their own 2x2 blocks (2x2, stride-2 pooling) is written once instead
-    (``_max_backward_plane_k2s2``; the same values).
+    (``_max_backward_plane_k2s2``; the same values).  A large gradient is
+    built plane by plane in a per-thread scratch plane and streamed out
+    (``STREAM_MIN_BYTES``; the same values).
     """
     cdef Py_ssize_t planes = grad_out.shape[0] * grad_out.shape[1]
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
@@ -2270,24 +2296,39 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
     cdef bint blocks = (FC_POOL_AVX2 and POOL_FAST_PATHS and 2 * out_h <= in_h
                         and 2 * out_w <= in_w and out_w >= _avx2_lanes(sizeof(floating)))
+    cdef bint stream = _streams(planes, in_size, sizeof(floating))
     cdef Py_ssize_t pl, l
     cdef int64_t idx
     cdef int status = STATUS_OK
     cdef int* status_p = &status
-    with nogil:
-        for pl in prange(planes, schedule="static", num_threads=n_threads):
-            if blocks and _max_backward_plane_k2s2(gp + pl * out_size, ip + pl * out_size,
-                                                   dxp + pl * in_size, in_h, in_w,
-                                                   out_h, out_w, (planes - pl) * out_size,
-                                                   (planes - pl) * in_size):
-                continue
-            memset(dxp + pl * in_size, 0, in_size * sizeof(floating))
-            for l in range(out_size):
-                idx = ip[pl * out_size + l]
-                if idx < 0 or idx >= in_size:
-                    status_p[0] = STATUS_BAD_INDEX
-                else:
-                    dxp[pl * in_size + idx] += gp[pl * out_size + l]
+    cdef void* scratch_mem = NULL
+    cdef floating* scratch = NULL
+    cdef floating* dst
+    with nogil, parallel(num_threads=n_threads):
+        # a thread's scratch plane when the gradient streams; if that
+        # allocation fails, its planes are written in place (same values)
+        scratch_mem = _workspace(in_size * sizeof(floating) + 64) if stream else NULL
+        scratch = <floating*>_align64(scratch_mem) if scratch_mem != NULL else NULL
+        for pl in prange(planes, schedule="static"):
+            # the plane is built in place, or in the scratch plane and then
+            # streamed out
+            dst = scratch if scratch != NULL else dxp + pl * in_size
+            if not (blocks and _max_backward_plane_k2s2(
+                    gp + pl * out_size, ip + pl * out_size, dst, in_h, in_w, out_h, out_w,
+                    (planes - pl) * out_size,
+                    in_size if scratch != NULL else (planes - pl) * in_size)):
+                memset(dst, 0, in_size * sizeof(floating))
+                for l in range(out_size):
+                    idx = ip[pl * out_size + l]
+                    if idx < 0 or idx >= in_size:
+                        status_p[0] = STATUS_BAD_INDEX
+                    else:
+                        dst[idx] += gp[pl * out_size + l]
+            if scratch != NULL:
+                fc_stream_copy(dxp + pl * in_size, scratch, in_size * sizeof(floating))
+        if scratch != NULL:
+            fc_stream_fence()
+        free(scratch_mem)
     _raise_for_status(status)
 
 
@@ -2702,10 +2743,14 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
     cdef const AvgGeometry* geo_p = &geo
-    cdef Py_ssize_t pl
+    cdef bint stream = _streams(planes, in_size, sizeof(floating))
+    cdef Py_ssize_t pl, dx_left
     cdef floating* ring = NULL
     cdef int status = STATUS_OK
     cdef int* status_p = &status
+    cdef void* scratch_mem = NULL
+    cdef floating* scratch = NULL
+    cdef floating* dst
     with nogil, parallel(num_threads=n_threads):
         ring = <floating*>_workspace((ring_rows * geo_p.ring_w + share_len) * sizeof(floating))
         if ring == NULL:
@@ -2713,31 +2758,46 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
         else:
             # (the spread kernel reads zeros around the shares it is given)
             memset(ring + ring_rows * geo_p.ring_w, 0, share_len * sizeof(floating))
+        # a thread's scratch plane when the gradient streams; if that
+        # allocation fails, its planes are written in place (same values)
+        scratch_mem = _workspace(in_size * sizeof(floating) + 64) if stream else NULL
+        scratch = <floating*>_align64(scratch_mem) if scratch_mem != NULL else NULL
         for pl in prange(planes, schedule="static"):
+            # the plane is built in place, or in the scratch plane and then
+            # streamed out (dx_left: what the prefetch may reach past it)
+            if scratch != NULL:
+                dst = scratch
+                dx_left = in_size
+            else:
+                dst = dxp + pl * in_size
+                dx_left = (planes - pl) * in_size
             if square2:
-                _avg_backward_plane_k2s2(gp + pl * out_size, dxp + pl * in_size, geo_p,
-                                         (planes - pl) * out_size, (planes - pl) * in_size)
+                _avg_backward_plane_k2s2(gp + pl * out_size, dst, geo_p,
+                                         (planes - pl) * out_size, dx_left)
             elif square3:
                 if ring != NULL:
                     # every row in the header (the same sums as
                     # _avg_backward_plane, see fc_avg_grad_plane_k3s2)
                     if floating is float:
-                        fc_avg_grad_plane_k3s2_f32(gp + pl * out_size, dxp + pl * in_size,
+                        fc_avg_grad_plane_k3s2_f32(gp + pl * out_size, dst,
                                                    ring + ring_rows * geo_p.ring_w,
                                                    geo_p.in_h, geo_p.in_w, geo_p.out_h,
                                                    geo_p.out_w, PREFETCH_OUT_ROWS,
-                                                   (planes - pl) * out_size,
-                                                   (planes - pl) * in_size)
+                                                   (planes - pl) * out_size, dx_left)
                     else:
-                        fc_avg_grad_plane_k3s2_f64(gp + pl * out_size, dxp + pl * in_size,
+                        fc_avg_grad_plane_k3s2_f64(gp + pl * out_size, dst,
                                                    ring + ring_rows * geo_p.ring_w,
                                                    geo_p.in_h, geo_p.in_w, geo_p.out_h,
                                                    geo_p.out_w, PREFETCH_OUT_ROWS,
-                                                   (planes - pl) * out_size,
-                                                   (planes - pl) * in_size)
+                                                   (planes - pl) * out_size, dx_left)
             elif ring != NULL:
-                _avg_backward_plane(gp + pl * out_size, dxp + pl * in_size, ring, ring_rows,
+                _avg_backward_plane(gp + pl * out_size, dst, ring, ring_rows,
                                     ring + ring_rows * geo_p.ring_w, geo_p, cdiv)
+            if scratch != NULL:
+                fc_stream_copy(dxp + pl * in_size, scratch, in_size * sizeof(floating))
+        if scratch != NULL:
+            fc_stream_fence()
+        free(scratch_mem)
         free(ring)
     _raise_for_status(status)
 

@@ -4,7 +4,10 @@
  * build sees FC_POOL_AVX2 == 0 and keeps its portable Cython loops, which
  * remain the reference these kernels are tested against bit for bit.
  *
- * Contents, each in float (8 lanes) and double (4 lanes):
+ * Both builds: the prefetch helpers and fc_stream_copy (streaming stores
+ * of a finished gradient plane).
+ *
+ * Contents of the AVX2 build, each in float (8 lanes) and double (4 lanes):
  * - NCHW rows of k x k windows, k = 2 or 3, stride 2 along the row: max and
  *   average forward (fc_max_s2, fc_avg_s2, and whole planes of them,
  *   fc_max_plane_s2, fc_avg_plane_s2), the 2x2 and 3x3 average
@@ -143,6 +146,57 @@ static inline void fc_prefetch_grad_rows(const void *g, const int64_t *idx, Py_s
         fc_prefetch_clipped(idx, sizeof(int64_t), g_left, (p + ahead) * out_w, out_w, 0);
     fc_prefetch_clipped(dx, elem, dx_left, 2 * (p + ahead) * in_w, 2 * in_w, 1);
 }
+
+/* Copy a finished gradient plane from a thread's scratch plane to its place
+ * in grad_in with streaming (non-temporal) stores, both builds: the stores
+ * go around the caches, so the destination's lines are neither read first
+ * (a plain store's read-for-ownership) nor left to evict the operands still
+ * to be read.  For gradients far larger than the caches (see
+ * STREAM_MIN_BYTES in _kernels.pyx).  The head and tail that are not whole
+ * aligned 16-byte blocks are copied plainly.  The caller ends its streaming
+ * with fc_stream_fence() before other threads may read the data. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static inline void fc_stream_copy(void *dst, const void *src, Py_ssize_t bytes)
+{
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    Py_ssize_t head = (Py_ssize_t)((16 - ((uintptr_t)d & 15)) & 15);
+    if (head > bytes)
+        head = bytes;
+    memcpy(d, s, (size_t)head);
+    d += head;
+    s += head;
+    bytes -= head;
+    for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)s);
+        __m128i b = _mm_loadu_si128((const __m128i *)(s + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(s + 32));
+        __m128i e = _mm_loadu_si128((const __m128i *)(s + 48));
+        _mm_stream_si128((__m128i *)d, a);
+        _mm_stream_si128((__m128i *)(d + 16), b);
+        _mm_stream_si128((__m128i *)(d + 32), c);
+        _mm_stream_si128((__m128i *)(d + 48), e);
+    }
+    for (; bytes >= 16; bytes -= 16, d += 16, s += 16)
+        _mm_stream_si128((__m128i *)d, _mm_loadu_si128((const __m128i *)s));
+    memcpy(d, s, (size_t)bytes);
+}
+
+static inline void fc_stream_fence(void)
+{
+    _mm_sfence();
+}
+#else
+static inline void fc_stream_copy(void *dst, const void *src, Py_ssize_t bytes)
+{
+    memcpy(dst, src, (size_t)bytes);
+}
+
+static inline void fc_stream_fence(void)
+{
+}
+#endif
 
 #if defined(__AVX2__)
 #include <immintrin.h>
