@@ -206,7 +206,7 @@ import numpy as np
 import fastconv
 from fastconv import _simd
 sys.path.insert(0, sys.argv[1])
-from helpers import guarded_copy
+from helpers import garbage_output_array, guarded_copy
 
 kernels = _simd.kernels
 assert _simd.level == _simd.available()[-1], (_simd.level, _simd.available())
@@ -245,11 +245,8 @@ for tuning in settings:
 from fastconv import functional
 kernels._tuning(stream_min_bytes=0)
 for side in ("after", "before"):
-    functional.output_array = (
-        lambda shape, dtype, zero=False, side=side:
-        guarded_copy(np.zeros(shape, dtype) if zero
-                     else np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype),
-                     side))
+    functional.output_array = (lambda shape, dtype, zero=False, side=side:
+                               guarded_copy(garbage_output_array(shape, dtype, zero), side))
     for dtype in (np.float32, np.float64):
         for shape in ((2, 3, 5, 5), (1, 2, 7, 9), (2, 2, 12, 56), (1, 2, 11, 57)):
             x = rng.standard_normal(shape).astype(dtype)
