@@ -22,13 +22,20 @@ def rng():
     return np.random.default_rng(12345)
 
 
-@pytest.fixture(params=["gather", "scatter"])
+@pytest.fixture(params=["gather", "scatter", "scatter-position-major"])
 def grad_input_method(request, monkeypatch):
-    """Force each of the two evaluations of the input gradient in turn (the
-    API picks one by a cost model, so small test shapes would see only one)."""
+    """Force each evaluation of the input gradient in turn (the API picks
+    gather or scatter by a cost model, and the scatter kernel its GEMM's
+    orientation by shape, so small test shapes would see only one):
+    gather, scatter with its planar ``W^T @ dY`` product, and scatter with
+    the position-major ``dY^T @ W`` one."""
     from fastconv import functional
-    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", request.param)
-    return request.param
+    from fastconv._simd import kernels
+    method = "gather" if request.param == "gather" else "scatter"
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", method)
+    kernels._tuning(scatter_position_major=int(request.param == "scatter-position-major"))
+    yield method
+    kernels._tuning(scatter_position_major=-1)
 
 
 @pytest.fixture(params=["im2col", "row-shift"])

@@ -78,8 +78,8 @@ def numgrad(f, a, eps=1e-6):
 
 def every_kernel_output(rng, dtype):
     """Outputs of every kernel path on one random problem: grouped, depthwise,
-    strided-dilated depthwise, 1x1 and 'same' convolutions (both input-gradient
-    evaluations), and max/avg pools through the stride-2 and the general loops.
+    strided-dilated depthwise, 1x1 and 'same' convolutions (the gather and both
+    scatter input gradients), and max/avg pools through the stride-2 and the general loops.
     Used to compare builds, thread counts and processes bit for bit."""
     import fastconv
     from fastconv import functional
@@ -100,11 +100,13 @@ def every_kernel_output(rng, dtype):
         y = fastconv.conv2d(x, w, b, **kw)
         g = rng.standard_normal(y.shape).astype(dtype)
         try:
-            for method in ("gather", "scatter"):
+            for method, position_major in (("gather", -1), ("scatter", 0), ("scatter", 1)):
                 functional._FORCE_GRAD_INPUT_METHOD = method
+                functional._kernels._tuning(scatter_position_major=position_major)
                 out.append(fastconv.conv2d_grad_input(g, w, x.shape, **kw))
         finally:
             functional._FORCE_GRAD_INPUT_METHOD = None
+            functional._kernels._tuning(scatter_position_major=-1)
         out += [y, fastconv.conv2d_grad_weight(x, g, w.shape, **kw), fastconv.conv2d_grad_bias(g)]
     for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 3, 1), (4, 3, 2)]:
         m, idx = fastconv.max_pool2d(x, k, s, p, ceil_mode=True)

@@ -355,6 +355,48 @@ def test_input_gradient_zeros_exactly_what_it_must(k, stride, dilation, every_ph
         assert_close(got, expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("block", ["whole", "one", "three"])
+@pytest.mark.parametrize("x_shape, w_shape, hyper", [
+    ((2, 12, 9, 8), (10, 6, 3, 3), dict(stride=2, padding=1, groups=2)),
+    ((3, 7, 11, 10), (5, 7, 3, 2), dict(stride=(1, 3), padding=(2, 0), dilation=(2, 1))),
+    ((1, 20, 6, 7), (8, 20, 5, 5), dict(stride=3, padding=2)),  # taps past every edge
+    ((2, 9, 5, 5), (4, 9, 1, 1), dict(stride=2)),               # positions no tap reaches
+], ids=["grouped_stride2", "dilated_stride1x3", "one_image_k5_stride3", "1x1_stride2"])
+def test_position_major_scatter_in_channel_blocks(x_shape, w_shape, hyper, block, dtype,
+                                                  monkeypatch):
+    """The scatter input gradient with its position-major GEMM and the
+    channels-last staging block (``_grad_input_scatter_position_major``):
+    whole-group blocks, one channel per block, and blocks of three (a
+    partial last block), each into NaN-filled uninitialized memory -- the
+    oracle's result with the same bits on 1, 2 and 3 threads."""
+    from fastconv import functional
+    from fastconv._simd import kernels
+    monkeypatch.setattr(functional, "output_array", garbage_output_array)
+    monkeypatch.setattr(functional, "_FORCE_GRAD_INPUT_METHOD", "scatter")
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)
+    rng = np.random.default_rng(8)
+    w = randn(rng, w_shape)
+    g = randn(rng, ref.conv2d(np.zeros(x_shape), w, None, **hyper).shape)
+    expected = ref.conv2d_grad_input(g, w, x_shape, **hyper)
+    plane_bytes = x_shape[2] * x_shape[3] * np.dtype(dtype).itemsize
+    stage_bytes = {"whole": 1 << 20, "one": 1, "three": 3 * plane_bytes}[block]
+    saved = kernels._tuning()["scatter_stage_bytes"]
+    results = {}
+    try:
+        kernels._tuning(scatter_position_major=1, scatter_stage_bytes=stage_bytes)
+        for threads in (1, 2, 3):
+            fastconv.set_num_threads(threads)
+            results[threads] = fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype),
+                                                          x_shape, **hyper)
+    finally:
+        fastconv.set_num_threads(None)
+        kernels._tuning(scatter_position_major=-1, scatter_stage_bytes=saved)
+    assert_close(results[1], expected, dtype)
+    for threads in (2, 3):
+        assert np.array_equal(results[1], results[threads]), f"1 vs {threads} threads differ"
+
+
 def test_conv_results_start_on_a_cache_line(rng):
     """conv2d and its gradients return 64-byte aligned arrays (see
     ``_validation.output_array``), for stride 1 and 2."""

@@ -172,13 +172,15 @@ def _kernel_calls(rng):
     g = rng.standard_normal((2, 6, 6, 5))
     gd = rng.standard_normal((2, 4, 11, 10))
 
-    def grad_input(method):
+    def grad_input(method, position_major=-1):
         def call():
             functional._FORCE_GRAD_INPUT_METHOD = method
+            functional._kernels._tuning(scatter_position_major=position_major)
             try:
                 return fastconv.conv2d_grad_input(g, w, x.shape, stride=2, padding=1, groups=2)
             finally:
                 functional._FORCE_GRAD_INPUT_METHOD = None
+                functional._kernels._tuning(scatter_position_major=-1)
         return call
 
     return {
@@ -186,7 +188,8 @@ def _kernel_calls(rng):
         "grad_weight": lambda: fastconv.conv2d_grad_weight(x, g, w.shape, stride=2, padding=1,
                                                            groups=2),
         "grad_input_gather": grad_input("gather"),
-        "grad_input_scatter": grad_input("scatter"),
+        "grad_input_scatter": grad_input("scatter", 0),
+        "grad_input_scatter_position_major": grad_input("scatter", 1),
         "depthwise": lambda: fastconv.conv2d(x, wd, padding=1, groups=4),
         "depthwise_grad_weight": lambda: fastconv.conv2d_grad_weight(x, gd, wd.shape, padding=1,
                                                                      groups=4),

@@ -139,6 +139,13 @@ cdef bint ROW_SHIFT = True
 # by side: pw1x1 float64 0.77-0.80x).
 cdef Py_ssize_t BATCH_COLUMNS_F32 = 0
 cdef Py_ssize_t BATCH_COLUMNS_F64 = 768
+# The scatter input gradient's GEMM in the position-major orientation
+# (dY^T @ W: -1 = by shape, 0 = never, 1 = always; see _scatter_position_major),
+# with (image, group, channel block) items, at least SCATTER_MIN_ITEMS of them,
+# and each block's staged planes at most SCATTER_STAGE_BYTES.
+cdef int SCATTER_POSITION_MAJOR = -1
+cdef Py_ssize_t SCATTER_MIN_ITEMS = 8
+cdef Py_ssize_t SCATTER_STAGE_BYTES = 1 << 20
 # Test hook: make every kernel workspace allocation fail (see _workspace).
 cdef bint FAIL_ALLOCATIONS = False
 
@@ -156,13 +163,19 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             fail_allocations=None, prefetch_out_rows=None, max_pool_avx512=None,
             gw_transpose_f32=None, row_shift=None, batch_columns_f32=None,
             batch_columns_f64=None, gw_tile_bytes=None, gw_min_tile=None,
-            stream_min_bytes=None):
+            stream_min_bytes=None, scatter_position_major=None,
+            scatter_stage_bytes=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
     global POOL_FAST_PATHS, FAIL_ALLOCATIONS, PREFETCH_OUT_ROWS, MAX_POOL_AVX512
     global GW_TRANSPOSE_F32, ROW_SHIFT, BATCH_COLUMNS_F32, BATCH_COLUMNS_F64
-    global GW_TILE_BYTES, GW_MIN_TILE, STREAM_MIN_BYTES
+    global GW_TILE_BYTES, GW_MIN_TILE, STREAM_MIN_BYTES, SCATTER_POSITION_MAJOR
+    global SCATTER_STAGE_BYTES
+    if scatter_position_major is not None:
+        SCATTER_POSITION_MAJOR = scatter_position_major
+    if scatter_stage_bytes is not None:
+        SCATTER_STAGE_BYTES = scatter_stage_bytes
     if stream_min_bytes is not None:
         STREAM_MIN_BYTES = stream_min_bytes
     if gw_tile_bytes is not None:
@@ -211,7 +224,9 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 gw_transpose_f32=GW_TRANSPOSE_F32, row_shift=ROW_SHIFT,
                 batch_columns_f32=BATCH_COLUMNS_F32, batch_columns_f64=BATCH_COLUMNS_F64,
                 gw_tile_bytes=GW_TILE_BYTES, gw_min_tile=GW_MIN_TILE,
-                stream_min_bytes=STREAM_MIN_BYTES)
+                stream_min_bytes=STREAM_MIN_BYTES,
+                scatter_position_major=SCATTER_POSITION_MAJOR,
+                scatter_stage_bytes=SCATTER_STAGE_BYTES)
 
 
 def _raise_for_status(int status):
@@ -1258,6 +1273,10 @@ def conv2d_grad_input_scatter(const floating[:, :, :, ::1] grad_out,
     if n_img == 0 or positions == 0 or c_out == 0 or cg == 0:
         np.asarray(grad_in)[...] = 0
         return
+    if _scatter_position_major(cg, kw, in_plane, og, sizeof(floating)):
+        _grad_input_scatter_position_major(grad_out, weight, grad_in, stride_h, stride_w,
+                                           pad_top, pad_left, dil_h, dil_w, groups, n_threads)
+        return
     # channel blocks: enough items for MIN_ITEMS threads, by shape only
     cdef Py_ssize_t n_blocks = max(1, min(cg, _ceil_div(MIN_ITEMS, n_img * groups)))
     cdef Py_ssize_t block = _ceil_div(cg, n_blocks)
@@ -1302,6 +1321,162 @@ def conv2d_grad_input_scatter(const floating[:, :, :, ::1] grad_out,
                                             &row_off[0], kh, &col_off[0], kw,
                                             stride_h, stride_w, out_w, p0, count,
                                             dxp + (n * c_in + g * cg + c0) * in_plane)
+            free(work)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+
+
+cdef inline bint _scatter_position_major(Py_ssize_t cg, Py_ssize_t kw, Py_ssize_t in_plane,
+                                         Py_ssize_t og, size_t itemsize) noexcept nogil:
+    """Whether the scatter input gradient runs position-major (see
+    ``_grad_input_scatter_position_major``); a function of the shape only.
+
+    Its channels-last col2im adds runs of C_in/groups channels where the
+    planar one adds runs of an output row, so it pays where output rows are
+    short and channels many -- but not with few channels per kernel row
+    (``_narrow_patches``), nor with planes of 1024 pixels or more, whose
+    staged block spills from L2.  Its GEMM, ``dY^T @ W``, is the faster
+    orientation of OpenBLAS's dgemm there, not of its sgemm once C_out/groups
+    passes 128.  Measured (input gradient alone, 2 threads, in-process A/B):
+    float64 res_s2 1.11-1.14x, 16x256x14x14 -> 512 1.45-1.57x, lenet2
+    1.27-1.28x; float32 lenet2 1.18-1.23x, 32x32x16x16 -> 64 1.26-1.34x; losses
+    left to the planar order: float64 8x64x56x56 0.90-0.93x, float32
+    res_s2 0.92-0.95x, 3-channel 7x7 0.56-0.72x.
+    """
+    if SCATTER_POSITION_MAJOR >= 0:
+        return SCATTER_POSITION_MAJOR == 1
+    return (not _narrow_patches(cg, kw) and in_plane < 1024
+            and (itemsize == 8 or og <= 128))
+
+
+def _pack_filters_position_major(const floating[:, :, :, ::1] weight, Py_ssize_t groups,
+                                 Py_ssize_t block, int n_threads):
+    """The filters as the position-major scatter's right operands: per group
+    and block of ``block`` input channels, an ``og x (taps * nc)`` matrix
+    ``Wp[o, (t, c)] = w[g*og + o, c0 + c, t]`` (tap-major, so each tap's
+    channel run is contiguous), the blocks of a group one after another."""
+    cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]
+    cdef Py_ssize_t taps = weight.shape[2] * weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups, k_dim = cg * taps
+    packed = np.empty(c_out * k_dim, dtype=np.float32 if floating is float else np.float64)
+    if packed.size == 0:
+        return packed
+    cdef floating[::1] packed_view = packed
+    cdef floating* dst = &packed_view[0]
+    cdef const floating* src = &weight[0, 0, 0, 0]
+    cdef Py_ssize_t r, g, o, c0, nc, t, c
+    cdef floating* d
+    cdef const floating* w_row
+    with nogil:
+        for r in prange(c_out, schedule="static", num_threads=n_threads):
+            g = r // og
+            o = r - g * og
+            w_row = src + r * k_dim
+            c0 = 0
+            while c0 < cg:
+                nc = min(block, cg - c0)
+                d = dst + g * og * k_dim + og * taps * c0 + o * taps * nc
+                for t in range(taps):
+                    for c in range(nc):
+                        d[t * nc + c] = w_row[(c0 + c) * taps + t]
+                c0 = c0 + nc
+    return packed
+
+
+cdef void _stage_to_planes(const floating* stage, Py_ssize_t plane, Py_ssize_t n_ch,
+                           floating* dst) noexcept nogil:
+    """Transpose a channels-last ``plane x n_ch`` staging block into ``n_ch``
+    planes, 64 pixels at a time (their staged rows stay in L1 while every
+    channel's run is written)."""
+    cdef Py_ssize_t p0 = 0, p1, p, c
+    cdef const floating* s
+    cdef floating* d
+    while p0 < plane:
+        p1 = min(p0 + 64, plane)
+        for c in range(n_ch):
+            s = stage + c
+            d = dst + c * plane
+            for p in range(p0, p1):
+                d[p] = s[p * n_ch]
+        p0 = p1
+
+
+def _grad_input_scatter_position_major(const floating[:, :, :, ::1] grad_out,
+                                       const floating[:, :, :, ::1] weight,
+                                       floating[:, :, :, ::1] grad_in,
+                                       Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                       Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                       Py_ssize_t dil_h, Py_ssize_t dil_w,
+                                       Py_ssize_t groups, int n_threads):
+    """``conv2d_grad_input_scatter`` with its GEMM the other way round.
+
+    ``dCols^T = dY^T @ W`` (one row per output position; the faster
+    orientation of OpenBLAS's float64 GEMM at res_s2's shapes), added
+    channels-last into a per-thread staging block of the image's planes
+    (contiguous channel runs, as the NHWC col2im does), which is then
+    transposed into ``grad_in``.  Work items are (image, group, block of
+    input channels), the block's staged planes at most SCATTER_STAGE_BYTES;
+    each item writes its slice of ``grad_in`` whole, in a fixed order.
+    """
+    cdef Py_ssize_t n_img = grad_in.shape[0], in_h = grad_in.shape[2], in_w = grad_in.shape[3]
+    cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]
+    cdef Py_ssize_t kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups, c_in = cg * groups, taps = kh * kw
+    cdef Py_ssize_t k_dim = cg * taps
+    cdef Py_ssize_t out_w = grad_out.shape[3]
+    cdef Py_ssize_t positions = grad_out.shape[2] * out_w, in_plane = in_h * in_w
+    cdef Py_ssize_t n_blocks = max(1, min(cg, _ceil_div(SCATTER_MIN_ITEMS, n_img * groups)))
+    cdef Py_ssize_t block = _ceil_div(cg, n_blocks)
+    block = max(1, min(block, SCATTER_STAGE_BYTES // (in_plane * sizeof(floating))))
+    n_blocks = _ceil_div(cg, block)
+    cdef Py_ssize_t n_items = n_img * groups * n_blocks
+    # (the blocks make the items: a tile only bounds the GEMM's result, and
+    # a narrower one ran its GEMM slower -- res_s2 0.67-0.91x at 512 KiB)
+    cdef Py_ssize_t tile = _tile_size(block * taps, positions, n_items, sizeof(floating))
+    cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
+    cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
+    cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
+    cdef const floating[::1] packed = _pack_filters_position_major(weight, groups, block,
+                                                                    n_threads)
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* wpp = &packed[0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, g, blk, c0, nc, t, p0, count
+    cdef floating* work = NULL
+    cdef floating* stage
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            # [dCols^T tile (tile x taps*block)] [staged planes (in_plane x block)]
+            work = <floating*>_workspace((tile * taps + in_plane) * block * sizeof(floating))
+            if work == NULL:
+                status_p[0] = STATUS_NO_MEMORY
+            for item in prange(n_items, schedule="static"):
+                if work != NULL:
+                    n = item // (groups * n_blocks)
+                    g = (item // n_blocks) % groups
+                    blk = item % n_blocks
+                    c0 = blk * block
+                    nc = min(block, cg - c0)
+                    stage = work + tile * taps * block
+                    memset(stage, 0, in_plane * nc * sizeof(floating))
+                    for t in range(n_tiles):
+                        p0 = t * tile
+                        count = min(tile, positions - p0)
+                        # dCols^T (count x taps*nc) = dY[n, g, :, tile]^T @ Wp[g, block]
+                        gemm(TRANS, NO_TRANS, count, taps * nc, og, <floating>1,
+                             gp + (n * c_out + g * og) * positions + p0, positions,
+                             wpp + g * og * k_dim + og * taps * c0, taps * nc,
+                             <floating>0, work, taps * nc)
+                        _unpack_add_patches_nhwc(work, in_h, in_w, nc, 0, nc,
+                                                 &row_off[0], kh, &col_off[0], kw,
+                                                 stride_h, stride_w, out_w, p0, count, stage)
+                    _stage_to_planes(stage, in_plane, nc,
+                                     dxp + (n * c_in + g * cg + c0) * in_plane)
             free(work)
     finally:
         blas_serial_exit()
