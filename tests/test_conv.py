@@ -629,6 +629,51 @@ def test_row_shift_lowering_matches_numpy(case, tiling, dtype, n_threads, monkey
         assert_close(got, other, dtype)
 
 
+PACKING_CASES = {
+    # the phase planes as wide as the output grid: one copy per tap, the
+    # wrapped columns and the padding rows zeroed after
+    "k3_stride2_pad1": ((2, 3, 14, 12), (4, 3, 3, 3), dict(stride=2, padding=1)),
+    "k3_stride2_pad3": ((1, 2, 9, 10), (3, 2, 3, 3), dict(stride=2, padding=3)),
+    # narrower phase planes than the grid, and odd widths: row by row
+    "k3_stride2_odd": ((2, 2, 15, 13), (3, 2, 3, 3), dict(stride=2)),
+    "k2_stride3x2_dil2": ((1, 3, 17, 16), (2, 3, 2, 3), dict(stride=(3, 2), padding=(2, 1),
+                                                            dilation=(2, 3))),
+    "k1_stride2": ((2, 4, 11, 11), (3, 4, 1, 1), dict(stride=2)),
+    # taps in a row phase the image has no row of (height 1, stride 3)
+    "k3_dil1_stride3_flat": ((2, 2, 1, 12), (2, 2, 3, 2), dict(stride=3, padding=(1, 0))),
+    # stride 1 (the plane itself is the phase plane): 'same' and 'valid'
+    "k3_same": ((2, 3, 10, 9), (4, 3, 3, 3), dict(padding=1)),
+    "k5_valid": ((2, 2, 12, 12), (3, 2, 5, 5), {}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("tiling", [dict(tile_bytes=1, gw_tile_bytes=1),
+                                    dict(tile_bytes=1 << 22, gw_tile_bytes=1 << 22)],
+                         ids=["1-position-tiles", "whole-image-tiles"])
+@pytest.mark.parametrize("case", sorted(PACKING_CASES))
+def test_patch_packing_matches_numpy(case, tiling, dtype, n_threads, image_batching):
+    """The im2col forward and the filter gradient pack their patches from
+    phase planes (``_pack_patches``): tiles that start and end mid-row,
+    every wrap and padding edge, strides, dilations -- the NumPy results."""
+    from fastconv._simd import kernels
+    x_shape, w_shape, hyper = PACKING_CASES[case]
+    rng = np.random.default_rng(9)
+    x, w, b = randn(rng, x_shape), randn(rng, w_shape), randn(rng, (w_shape[0],))
+    y_np = np_conv2d(x, w, b, **hyper)
+    g = randn(rng, y_np.shape)
+    saved = kernels._tuning()
+    try:
+        kernels._tuning(min_tile=1, gw_min_tile=1, row_shift=False, **tiling)
+        y = fastconv.conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), **hyper)
+        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape, **hyper)
+    finally:
+        kernels._tuning(**{k: saved[k] for k in ("tile_bytes", "min_tile", "gw_tile_bytes",
+                                                 "gw_min_tile", "row_shift")})
+    assert_close(y, y_np, dtype)
+    assert_close(dw, ref.conv2d_grad_weight(x, g, w_shape, **hyper), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("w_shape, groups", [((6, 5, 3, 3), 1), ((6, 2, 4, 2), 3),
                                              ((4, 1, 3, 5), 4), ((3, 2, 1, 1), 1),

@@ -314,7 +314,7 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
                         const Py_ssize_t* col_off, Py_ssize_t n_v,
                         Py_ssize_t step_i, Py_ssize_t step_j,
                         Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
-                        floating* dst, Py_ssize_t ld) noexcept nogil:
+                        floating* dst, Py_ssize_t ld, floating* phases) noexcept nogil:
     """Pack a (n_ch*n_u*n_v) x count patch matrix, row-major, rows ``ld``
     elements apart.
 
@@ -322,7 +322,182 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
     ``src[c, qi*step_i + row_off[iu], qj*step_j + col_off[iv]]`` where
     ``(qi, qj) = divmod(p0 + l, grid_w)``, and zero where that falls outside
     the ``src_h x src_w`` plane (the zero padding of the textbook).
+
+    Each tap reads a *phase plane*: the plane itself for stride 1, else the
+    plane's rows and columns of one residue mod the stride, split off into
+    ``phases`` (``src_h * src_w`` elements of the caller's scratch; NULL
+    sends strided taps to the row-by-row gather of ``_pack_patches_rows``).
+    Within its phase plane a tap is a shift, so when the phase plane is as
+    wide as the grid, the tap's whole row of the patch matrix is one
+    contiguous copy, its rows and columns outside the plane zeroed after --
+    where the row-by-row gather made a call or two per output row (for
+    res_s2, 14 positions).
     """
+    if (step_i > 1 or step_j > 1) and phases == NULL:
+        _pack_patches_rows(src, n_ch, src_h, src_w, row_off, n_u, col_off, n_v,
+                           step_i, step_j, grid_w, p0, count, dst, ld)
+        return
+    cdef bint split = step_i > 1 or step_j > 1
+    cdef Py_ssize_t plane = src_h * src_w
+    cdef Py_ssize_t q_first = p0 // grid_w, q_last = (p0 + count - 1) // grid_w
+    # phase-plane rows the tile reads (row_off ascends with the tap)
+    cdef Py_ssize_t a_lo = q_first + _floor_div(row_off[0], step_i)
+    cdef Py_ssize_t a_hi = q_last + _floor_div(row_off[n_u - 1], step_i) + 1
+    cdef Py_ssize_t c, iu, iv, ri, rj, ph_h, ph_w
+    cdef const floating* ph
+    for c in range(n_ch):
+        if split:
+            _split_phases(src + c * plane, src_h, src_w, step_i, step_j,
+                          row_off, n_u, col_off, n_v, a_lo, a_hi, phases)
+        for iu in range(n_u):
+            ri = row_off[iu] - _floor_div(row_off[iu], step_i) * step_i
+            ph_h = max(0, _ceil_div(src_h - ri, step_i))
+            for iv in range(n_v):
+                rj = col_off[iv] - _floor_div(col_off[iv], step_j) * step_j
+                ph_w = max(0, _ceil_div(src_w - rj, step_j))
+                if ph_h == 0 or ph_w == 0:
+                    ph = NULL           # every element of the row is padding
+                elif split:
+                    ph = phases + _phase_offset(src_h, src_w, step_i, step_j, ri, rj)
+                else:
+                    ph = src + c * plane
+                _pack_tap(ph, ph_h, ph_w, _floor_div(row_off[iu], step_i),
+                          _floor_div(col_off[iv], step_j), grid_w, p0, count,
+                          dst + ((c * n_u + iu) * n_v + iv) * ld)
+
+
+cdef inline Py_ssize_t _phase_offset(Py_ssize_t src_h, Py_ssize_t src_w,
+                                     Py_ssize_t step_i, Py_ssize_t step_j,
+                                     Py_ssize_t ri, Py_ssize_t rj) noexcept nogil:
+    """Where phase plane (ri, rj) starts in ``_split_phases``' layout: the
+    row phases one after another, each a block of its rows split into its
+    column phases, each plane row-major (``src_h * src_w`` in all)."""
+    cdef Py_ssize_t rows_before = 0, cols_before = 0, r
+    for r in range(ri):
+        rows_before += _ceil_div(src_h - r, step_i)
+    for r in range(rj):
+        cols_before += _ceil_div(src_w - r, step_j)
+    return rows_before * src_w + _ceil_div(src_h - ri, step_i) * cols_before
+
+
+cdef void _split_phases(const floating* plane, Py_ssize_t src_h, Py_ssize_t src_w,
+                        Py_ssize_t step_i, Py_ssize_t step_j,
+                        const Py_ssize_t* row_off, Py_ssize_t n_u,
+                        const Py_ssize_t* col_off, Py_ssize_t n_v,
+                        Py_ssize_t a_lo, Py_ssize_t a_hi, floating* phases) noexcept nogil:
+    """Copy rows ``[a_lo, a_hi)`` of the phase planes some tap reads:
+    ``P[ri, rj][a, b] = plane[a*step_i + ri, b*step_j + rj]``."""
+    cdef Py_ssize_t ri, rj, iu, iv, a, b, ph_h, ph_w, lo, hi
+    cdef bint used
+    cdef floating* ph
+    cdef floating* odd
+    cdef const floating* row
+    cdef bint both_columns = False     # step_j == 2 and taps of either parity
+    if step_j == 2 and src_w >= 2:
+        for iv in range(n_v):
+            both_columns = both_columns or (col_off[iv] - col_off[0]) % 2 == 1   # ascending
+    for ri in range(min(step_i, src_h)):
+        used = False
+        for iu in range(n_u):
+            used = used or row_off[iu] - _floor_div(row_off[iu], step_i) * step_i == ri
+        if not used:
+            continue
+        ph_h = _ceil_div(src_h - ri, step_i)
+        lo = max(a_lo, 0)
+        hi = min(a_hi, ph_h)
+        if both_columns:
+            # each row read once, into its even and odd columns
+            ph = phases + _phase_offset(src_h, src_w, step_i, step_j, ri, 0)
+            odd = phases + _phase_offset(src_h, src_w, step_i, step_j, ri, 1)
+            for a in range(lo, hi):
+                _deinterleave(plane + (a * step_i + ri) * src_w, ph + a * ((src_w + 1) // 2),
+                              odd + a * (src_w // 2), src_w // 2, src_w % 2 == 1)
+            continue
+        for rj in range(min(step_j, src_w)):
+            used = False
+            for iv in range(n_v):
+                used = used or col_off[iv] - _floor_div(col_off[iv], step_j) * step_j == rj
+            if not used:
+                continue
+            ph_w = _ceil_div(src_w - rj, step_j)
+            ph = phases + _phase_offset(src_h, src_w, step_i, step_j, ri, rj)
+            for a in range(lo, hi):
+                row = plane + (a * step_i + ri) * src_w + rj
+                if step_j == 1:
+                    memcpy(ph + a * ph_w, row, ph_w * sizeof(floating))
+                elif step_j == 2:
+                    # reads row[2b] for b < ph_w: inside the plane's row
+                    if floating is float:
+                        fc_gather_even_f32(ph + a * ph_w, row, ph_w)
+                    else:
+                        fc_gather_even_f64(ph + a * ph_w, row, ph_w)
+                else:
+                    for b in range(ph_w):
+                        ph[a * ph_w + b] = row[b * step_j]
+
+
+cdef void _pack_tap(const floating* ph, Py_ssize_t ph_h, Py_ssize_t ph_w,
+                    Py_ssize_t sr, Py_ssize_t sc, Py_ssize_t grid_w,
+                    Py_ssize_t p0, Py_ssize_t count, floating* d) noexcept nogil:
+    """One patch-matrix row: ``d[l] = ph[qi + sr, qj + sc]`` for
+    ``(qi, qj) = divmod(p0 + l, grid_w)``, zero outside the ``ph_h x ph_w``
+    phase plane."""
+    cdef Py_ssize_t qi = p0 // grid_w, qj = p0 - qi * grid_w
+    cdef Py_ssize_t lo_c = max(0, -sc), hi_c = min(grid_w, ph_w - sc)   # grid columns inside
+    cdef Py_ssize_t base, lo, hi, l, seg, a, x0, x1, q, j
+    if ph_w == grid_w and ph_h > 0:
+        # one shift for the whole tile: phase index p0 + l + base
+        base = p0 + sr * ph_w + sc
+        lo = min(count, max(0, -base))
+        hi = max(lo, min(count, ph_h * ph_w - base))
+        if lo > 0:
+            memset(d, 0, lo * sizeof(floating))
+        if hi > lo:
+            memcpy(d + lo, ph + base + lo, (hi - lo) * sizeof(floating))
+        if count > hi:
+            memset(d + hi, 0, (count - hi) * sizeof(floating))
+        if sc != 0:
+            # zero the columns the shift wrapped into a neighbouring row
+            hi_c = max(hi_c, lo_c)
+            for q in range(qi, (p0 + count - 1) // grid_w + 1):
+                for j in range(lo_c):
+                    l = q * grid_w + j - p0
+                    if 0 <= l < count:
+                        d[l] = 0
+                for j in range(hi_c, grid_w):
+                    l = q * grid_w + j - p0
+                    if 0 <= l < count:
+                        d[l] = 0
+        return
+    l = 0
+    while l < count:
+        seg = min(grid_w - qj, count - l)
+        a = qi + sr
+        if a < 0 or a >= ph_h or hi_c <= lo_c:
+            memset(d + l, 0, seg * sizeof(floating))
+        else:
+            x0 = min(max(lo_c, qj), qj + seg)
+            x1 = max(min(hi_c, qj + seg), x0)
+            if x0 > qj:
+                memset(d + l, 0, (x0 - qj) * sizeof(floating))
+            if x1 > x0:
+                fc_copy_row(d + l + (x0 - qj), ph + a * ph_w + x0 + sc,
+                            (x1 - x0) * sizeof(floating))
+            if qj + seg > x1:
+                memset(d + l + (x1 - qj), 0, (qj + seg - x1) * sizeof(floating))
+        l += seg
+        qi += 1
+        qj = 0
+
+
+cdef void _pack_patches_rows(const floating* src, Py_ssize_t n_ch,
+                             Py_ssize_t src_h, Py_ssize_t src_w,
+                             const Py_ssize_t* row_off, Py_ssize_t n_u,
+                             const Py_ssize_t* col_off, Py_ssize_t n_v,
+                             Py_ssize_t step_i, Py_ssize_t step_j,
+                             Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
+                             floating* dst, Py_ssize_t ld) noexcept nogil:
+    """``_pack_patches`` without phase planes: row by row from ``src``."""
     cdef Py_ssize_t c, iu, iv, l, qi, qj, seg, ii, co, lo, hi, a, b, t, base
     cdef Py_ssize_t plane = src_h * src_w
     cdef floating* d
@@ -481,6 +656,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t n_batches = _ceil_div(n_img, batch)
     cdef Py_ssize_t n_items = n_batches * groups * n_tiles
     cdef Py_ssize_t work_size = (k_dim + og) * batch * positions if batch > 1 else k_dim * tile
+    # strided: one plane of scratch for _pack_patches' phase planes, after the rest
+    cdef Py_ssize_t phases_at = work_size
+    if stride_h > 1 or stride_w > 1:
+        work_size += in_plane
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef const floating* bp = &bias[0] if has_bias else NULL
@@ -512,7 +691,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
                         _pack_patches(xp + ((n + i) * groups + g) * cg * in_plane, cg,
                                       in_h, in_w, &row_off[0], kh, &col_off[0], kw,
                                       stride_h, stride_w, out_w, 0, positions,
-                                      work + i * positions, cols)
+                                      work + i * positions, cols, work + phases_at)
                     gemm(NO_TRANS, NO_TRANS, og, cols, k_dim,
                          <floating>1, wp + g * og * k_dim, k_dim,
                          work, cols, <floating>0, res, cols)
@@ -537,7 +716,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
                              src + p0, positions, <floating>0, dst, positions)
                     else:
                         _pack_patches(src, cg, in_h, in_w, &row_off[0], kh, &col_off[0], kw,
-                                      stride_h, stride_w, out_w, p0, count, work, count)
+                                      stride_h, stride_w, out_w, p0, count, work, count,
+                                      work + phases_at)
                         gemm(NO_TRANS, NO_TRANS, og, count, k_dim,
                              <floating>1, wp + g * og * k_dim, k_dim,
                              work, count, <floating>0, dst, positions)
@@ -676,7 +856,7 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
                     # [p0, p0 + rows + halo)
                     _pack_patches(sp + (n * groups + g) * cs * src_plane, cs, src_h, src_w,
                                   &top, 1, &col_off[0], kw, 1, stride_w, out_w,
-                                  p0 * out_w, packed, work, packed)
+                                  p0 * out_w, packed, work, packed, NULL)
                     dst = yp + (n * c_dst + g * cd) * positions + p0 * out_w
                     for iu in range(kh):
                         gemm(NO_TRANS, NO_TRANS, cd, rows * out_w, k_row,
@@ -814,6 +994,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
         return
     cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
                         and pad_top == 0 and pad_left == 0)
+    cdef bint strided = stride_h > 1 or stride_w > 1
     cdef Py_ssize_t tile = _grad_weight_tile_size(k_dim, positions, n_img, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     cdef Py_ssize_t n_red = n_img * n_tiles          # products summed per group
@@ -846,7 +1027,9 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
         with nogil, parallel(num_threads=n_threads):
             work = NULL
             if not direct:
-                work = <floating*>_workspace(k_dim * tile * sizeof(floating))
+                # [patch tile (k_dim x tile)] [phase planes, strided layers]
+                work = <floating*>_workspace((k_dim * tile + (in_plane if strided else 0))
+                                             * sizeof(floating))
                 if work == NULL:
                     status_p[0] = STATUS_NO_MEMORY
             for unit in prange(n_units, schedule="static"):
@@ -864,7 +1047,8 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
                         if not direct:
                             _pack_patches(xp + (n * groups + g) * cg * in_plane, cg, in_h, in_w,
                                           &row_off[0], kh, &col_off[0], kw,
-                                          stride_h, stride_w, out_w, p0, count, work, count)
+                                          stride_h, stride_w, out_w, p0, count, work, count,
+                                          work + k_dim * tile)
                         # patches: the input rows themselves for 1x1 layers
                         patches = (xp + (n * groups + g) * cg * in_plane + p0 if direct
                                    else work)
@@ -1218,7 +1402,7 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
                         _pack_patches(gp + (n * c_out + g * og) * out_plane, og, out_h, out_w,
                                       rop + meta[ph, 0], meta[ph, 1],
                                       cop + meta[ph, 2], meta[ph, 3],
-                                      1, 1, grid_w, p0, count, work, count)
+                                      1, 1, grid_w, p0, count, work, count, NULL)
                         gemm(NO_TRANS, NO_TRANS, cg, count, kp, <floating>1,
                              wpp + meta[ph, 8] + g * cg * kp, kp,
                              work, count, <floating>0,
