@@ -325,18 +325,13 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
 
     Each tap reads a *phase plane*: the plane itself for stride 1, else the
     plane's rows and columns of one residue mod the stride, split off into
-    ``phases`` (``src_h * src_w`` elements of the caller's scratch; NULL
-    sends strided taps to the row-by-row gather of ``_pack_patches_rows``).
-    Within its phase plane a tap is a shift, so when the phase plane is as
-    wide as the grid, the tap's whole row of the patch matrix is one
-    contiguous copy, its rows and columns outside the plane zeroed after --
-    where the row-by-row gather made a call or two per output row (for
-    res_s2, 14 positions).
+    ``phases`` (``src_h * src_w`` elements of the caller's scratch, needed
+    only with a stride).  Within its phase plane a tap is a shift, so when
+    the phase plane is as wide as the grid, the tap's whole row of the
+    patch matrix is one contiguous copy, its rows and columns outside the
+    plane zeroed after -- where a row-by-row stride-2 gather made a call or
+    two per output row (for res_s2, 14 positions).
     """
-    if (step_i > 1 or step_j > 1) and phases == NULL:
-        _pack_patches_rows(src, n_ch, src_h, src_w, row_off, n_u, col_off, n_v,
-                           step_i, step_j, grid_w, p0, count, dst, ld)
-        return
     cdef bint split = step_i > 1 or step_j > 1
     cdef Py_ssize_t plane = src_h * src_w
     cdef Py_ssize_t q_first = p0 // grid_w, q_last = (p0 + count - 1) // grid_w
@@ -488,59 +483,6 @@ cdef void _pack_tap(const floating* ph, Py_ssize_t ph_h, Py_ssize_t ph_w,
         l += seg
         qi += 1
         qj = 0
-
-
-cdef void _pack_patches_rows(const floating* src, Py_ssize_t n_ch,
-                             Py_ssize_t src_h, Py_ssize_t src_w,
-                             const Py_ssize_t* row_off, Py_ssize_t n_u,
-                             const Py_ssize_t* col_off, Py_ssize_t n_v,
-                             Py_ssize_t step_i, Py_ssize_t step_j,
-                             Py_ssize_t grid_w, Py_ssize_t p0, Py_ssize_t count,
-                             floating* dst, Py_ssize_t ld) noexcept nogil:
-    """``_pack_patches`` without phase planes: row by row from ``src``."""
-    cdef Py_ssize_t c, iu, iv, l, qi, qj, seg, ii, co, lo, hi, a, b, t, base
-    cdef Py_ssize_t plane = src_h * src_w
-    cdef floating* d
-    for c in range(n_ch):
-        for iu in range(n_u):
-            for iv in range(n_v):
-                d = dst + ((c * n_u + iu) * n_v + iv) * ld
-                co = col_off[iv]
-                # grid columns whose source column lies inside the plane
-                lo = max(0, _ceil_div(-co, step_j))
-                hi = _floor_div(src_w - 1 - co, step_j) + 1
-                qi = p0 // grid_w
-                qj = p0 - qi * grid_w
-                l = 0
-                while l < count:
-                    seg = min(grid_w - qj, count - l)
-                    ii = qi * step_i + row_off[iu]
-                    if ii < 0 or ii >= src_h or hi <= lo:
-                        memset(d + l, 0, seg * sizeof(floating))
-                    else:
-                        a = min(max(lo, qj), qj + seg)      # first in-plane column
-                        b = max(min(hi, qj + seg), a)       # one past the last
-                        if a > qj:
-                            memset(d + l, 0, (a - qj) * sizeof(floating))
-                        # integer offsets: no pointer is formed outside the plane
-                        base = c * plane + ii * src_w + co
-                        if step_j == 1:
-                            if b > a:
-                                memcpy(d + l + (a - qj), src + base + a,
-                                       (b - a) * sizeof(floating))
-                        elif step_j == 2 and b > a:
-                            if floating is float:
-                                fc_gather_even_f32(d + l + (a - qj), src + base + 2 * a, b - a)
-                            else:
-                                fc_gather_even_f64(d + l + (a - qj), src + base + 2 * a, b - a)
-                        else:
-                            for t in range(a, b):
-                                d[l + t - qj] = src[base + t * step_j]
-                        if qj + seg > b:
-                            memset(d + l + (b - qj), 0, (qj + seg - b) * sizeof(floating))
-                    l += seg
-                    qi += 1
-                    qj = 0
 
 
 cdef void _unpack_add_patches(const floating* src, Py_ssize_t n_ch,
@@ -827,6 +769,8 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
     cdef Py_ssize_t n_tiles = _ceil_div(out_h, tile_rows)
     cdef Py_ssize_t n_items = n_img * groups * n_tiles
     cdef Py_ssize_t work_len = (tile_rows + halo) * out_w
+    # [packed patches (k_row x work_len)] [phase planes, column stride > 1]
+    cdef Py_ssize_t work_size = k_row * work_len + (src_plane if stride_w > 1 else 0)
     cdef const floating* sp = &src[0, 0, 0, 0]
     cdef const floating* wp = &w_rows[0, 0, 0]
     cdef const floating* bp = &bias[0] if has_bias else NULL
@@ -841,7 +785,7 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
     blas_serial_enter()
     try:
         with nogil, parallel(num_threads=n_threads):
-            work = <floating*>_workspace(k_row * work_len * sizeof(floating))
+            work = <floating*>_workspace(work_size * sizeof(floating))
             if work == NULL:
                 status_p[0] = STATUS_NO_MEMORY
             for item in prange(n_items, schedule="static"):
@@ -856,7 +800,7 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
                     # [p0, p0 + rows + halo)
                     _pack_patches(sp + (n * groups + g) * cs * src_plane, cs, src_h, src_w,
                                   &top, 1, &col_off[0], kw, 1, stride_w, out_w,
-                                  p0 * out_w, packed, work, packed, NULL)
+                                  p0 * out_w, packed, work, packed, work + k_row * work_len)
                     dst = yp + (n * c_dst + g * cd) * positions + p0 * out_w
                     for iu in range(kh):
                         gemm(NO_TRANS, NO_TRANS, cd, rows * out_w, k_row,
@@ -1402,7 +1346,7 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
                         _pack_patches(gp + (n * c_out + g * og) * out_plane, og, out_h, out_w,
                                       rop + meta[ph, 0], meta[ph, 1],
                                       cop + meta[ph, 2], meta[ph, 3],
-                                      1, 1, grid_w, p0, count, work, count, NULL)
+                                      1, 1, grid_w, p0, count, work, count, NULL)   # stride 1
                         gemm(NO_TRANS, NO_TRANS, cg, count, kp, <floating>1,
                              wpp + meta[ph, 8] + g * cg * kp, kp,
                              work, count, <floating>0,
