@@ -306,6 +306,11 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return -_floor_div(-a, b)
 
 
+cdef inline Py_ssize_t _floor_mod(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """``a`` modulo b > 0, in [0, b) also for negative a (a stride phase)."""
+    return a - _floor_div(a, b) * b
+
+
 # --- patch packing (im2col of one tile) ------------------------------------
 
 cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
@@ -345,10 +350,10 @@ cdef void _pack_patches(const floating* src, Py_ssize_t n_ch,
             _split_phases(src + c * plane, src_h, src_w, step_i, step_j,
                           row_off, n_u, col_off, n_v, a_lo, a_hi, phases)
         for iu in range(n_u):
-            ri = row_off[iu] - _floor_div(row_off[iu], step_i) * step_i
+            ri = _floor_mod(row_off[iu], step_i)
             ph_h = max(0, _ceil_div(src_h - ri, step_i))
             for iv in range(n_v):
-                rj = col_off[iv] - _floor_div(col_off[iv], step_j) * step_j
+                rj = _floor_mod(col_off[iv], step_j)
                 ph_w = max(0, _ceil_div(src_w - rj, step_j))
                 if ph_h == 0 or ph_w == 0:
                     ph = NULL           # every element of the row is padding
@@ -390,11 +395,11 @@ cdef void _split_phases(const floating* plane, Py_ssize_t src_h, Py_ssize_t src_
     cdef bint both_columns = False     # step_j == 2 and taps of either parity
     if step_j == 2 and src_w >= 2:
         for iv in range(n_v):
-            both_columns = both_columns or (col_off[iv] - col_off[0]) % 2 == 1   # ascending
+            both_columns = both_columns or _floor_mod(col_off[iv], 2) != _floor_mod(col_off[0], 2)
     for ri in range(min(step_i, src_h)):
         used = False
         for iu in range(n_u):
-            used = used or row_off[iu] - _floor_div(row_off[iu], step_i) * step_i == ri
+            used = used or _floor_mod(row_off[iu], step_i) == ri
         if not used:
             continue
         ph_h = _ceil_div(src_h - ri, step_i)
@@ -411,7 +416,7 @@ cdef void _split_phases(const floating* plane, Py_ssize_t src_h, Py_ssize_t src_
         for rj in range(min(step_j, src_w)):
             used = False
             for iv in range(n_v):
-                used = used or col_off[iv] - _floor_div(col_off[iv], step_j) * step_j == rj
+                used = used or _floor_mod(col_off[iv], step_j) == rj
             if not used:
                 continue
             ph_w = _ceil_div(src_w - rj, step_j)
