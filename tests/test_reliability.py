@@ -171,6 +171,8 @@ def _kernel_calls(rng):
     wd = rng.standard_normal((4, 1, 3, 3))
     g = rng.standard_normal((2, 6, 6, 5))
     gd = rng.standard_normal((2, 4, 11, 10))
+    ww = rng.standard_normal((3, 4, 3, 3))
+    gw = rng.standard_normal((2, 3, 11, 10))
 
     def grad_input(method, position_major=-1):
         def call():
@@ -183,8 +185,22 @@ def _kernel_calls(rng):
                 functional._kernels._tuning(scatter_position_major=-1)
         return call
 
+    def winograd(grad):
+        def call():
+            saved = functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE
+            functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE = 1, 1
+            try:
+                if grad:
+                    return fastconv.conv2d_grad_input(gw, ww, x.shape, padding=1)
+                return fastconv.conv2d(x, ww, padding=1)
+            finally:
+                functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE = saved
+        return call
+
     return {
         "conv2d": lambda: fastconv.conv2d(x, w, stride=2, padding=1, groups=2),
+        "winograd": winograd(False),
+        "winograd_grad_input": winograd(True),
         "grad_weight": lambda: fastconv.conv2d_grad_weight(x, g, w.shape, stride=2, padding=1,
                                                            groups=2),
         "grad_input_gather": grad_input("gather"),

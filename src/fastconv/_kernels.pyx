@@ -3112,4 +3112,5 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
 
 # --- channels-last (NHWC) kernels --------------------------------------------
 
+include "_winograd.pxi"
 include "_kernels_nhwc.pxi"

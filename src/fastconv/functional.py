@@ -257,10 +257,59 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
         depthwise = _depthwise_nhwc(weight.shape, x.shape[3], geo) and np.isfinite(w).all()
         kernel = _kernels.depthwise_forward_nhwc if depthwise else _kernels.conv2d_forward_nhwc
     else:
+        if _winograd(weight.shape, geo) and np.isfinite(w).all():
+            x = contiguous(x, compute)
+            if _winograd_correlate(x, w, b, bias is not None, out, geo.pad_top, geo.pad_left,
+                                   args[-1]):
+                return _finish(out, result)
+            # an output was not finite: recomputed as the textbook sums it
         depthwise = _depthwise(weight.shape, geo) and np.isfinite(w).all()
         kernel = _kernels.depthwise_forward if depthwise else _kernels.conv2d_forward
     kernel(contiguous(x, compute), w, b, bias is not None, out, *args)
     return _finish(out, result)
+
+
+# Winograd F(2x2, 3x3) (_winograd.pxi) takes the NCHW 3x3 stride-1
+# correlations -- the forward and the input gradient -- with at least
+# _WINOGRAD_MIN_CHANNELS input and output channels and output planes of at
+# least _WINOGRAD_MIN_PLANE positions: 2.25x fewer multiply-adds, for
+# transforms that cost about what packing the patches does.  Measured
+# against the GEMM kernels (2 threads, Xeon): 1.3-1.7x on 64 channels of
+# 56x56 and 256 of 100x100, 1.05-1.4x on 32 of 56x56; it lost on 16
+# channels (0.76-0.83x) and on planes of 28x28 and less (0.4-1.16x: rows
+# of a few tiles leave the transforms' vectors mostly empty).  Tests lower
+# both to reach small shapes; _WINOGRAD_MIN_CHANNELS = None turns it off.
+_WINOGRAD_MIN_CHANNELS = 32
+_WINOGRAD_MIN_PLANE = 48 * 48
+# Tiles of a work item: the N of its sixteen GEMMs.
+_WINOGRAD_BLOCK_TILES = 128
+
+
+def _winograd(w_shape, geo):
+    """Whether an NCHW correlation with filters `w_shape` (C_out, C_in, kh,
+    kw) and geometry `geo` takes Winograd F(2x2, 3x3); for the input
+    gradient, whose output plane is the input's, `geo` is that of the
+    forward."""
+    c_out, c_in, kh, kw = w_shape
+    return (_WINOGRAD_MIN_CHANNELS is not None and (kh, kw) == (3, 3) and geo.groups == 1
+            and geo.stride == (1, 1) and geo.dilation == (1, 1)
+            and min(c_out, c_in) >= _WINOGRAD_MIN_CHANNELS
+            and geo.out_h * geo.out_w >= _WINOGRAD_MIN_PLANE)
+
+
+def _winograd_correlate(x, w, b, has_bias, out, pad_top, pad_left, n_threads,
+                        rotate_swap=False):
+    """``out = conv2d(x, w) + b`` (3x3, stride 1, leading paddings given) by
+    Winograd F(2x2, 3x3), or with `rotate_swap` the correlation with
+    ``w[:, :, ::-1, ::-1]`` swapped in/out (the input gradient's); False,
+    with `out` incomplete, if an output was not finite (the transforms would
+    not give the textbook's inf/NaN)."""
+    c_out, c_in = out.shape[1], x.shape[1]
+    u = np.empty((16, c_out, c_in), dtype=out.dtype)
+    _kernels.winograd_filters(w, u, rotate_swap)
+    return _kernels.conv2d_winograd(x, u, b, has_bias, out, pad_top, pad_left,
+                                    _WINOGRAD_BLOCK_TILES,
+                                    n_threads)
 
 
 def _depthwise(w_shape, geo):
@@ -404,10 +453,19 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
         dx = _grad_input_buffer(input_shape, compute, writes_all)
         kernel(g, w, dx, *args)
         return _finish(dx, result)
+    finite_w = np.isfinite(w).all()
+    if (finite_w and _FORCE_GRAD_INPUT_METHOD is None and _winograd(weight.shape, geo)
+            and geo.pad_top <= 2 and geo.pad_left <= 2):
+        # the full correlation itself: dY padded by 2 less the forward
+        # padding, with the rotated filters, in and out channels swapped
+        dx = output_array(input_shape, compute)
+        if _winograd_correlate(g, w, np.empty(0, dtype=compute), False, dx,
+                               2 - geo.pad_top, 2 - geo.pad_left, args[-1], rotate_swap=True):
+            return _finish(dx, result)
     # Only the gather order multiplies the zero border of the full
     # correlation, as the textbook does; with an inf/NaN weight that is
     # visible (0 * inf = NaN), so such weights always take it.
-    if not np.isfinite(w).all():
+    if not finite_w:
         kernel, writes_all = _kernels.conv2d_grad_input, gather_writes_all
     elif _depthwise(weight.shape, geo) and geo.stride == (1, 1) \
             and weight.shape[0] == geo.groups:

@@ -1,0 +1,189 @@
+"""Tests of the Winograd F(2x2, 3x3) kernels (``_winograd.pxi``): the NCHW 3x3
+stride-1 forward and input gradient with enough channels on large planes.
+
+The thresholds (``functional._WINOGRAD_MIN_CHANNELS``, ``_MIN_PLANE``) are
+lowered here so that small shapes, which the oracles can check, take the
+Winograd kernels; a spy on ``conv2d_winograd`` makes sure they did.  Checked:
+the oracles on hypothesis-drawn shapes and paddings, work items that cut tile
+rows and images, bitwise thread-count determinism, the filter transform,
+the fallback to the GEMM kernels on non-finite values, and which shapes the
+default thresholds send to Winograd.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import functional
+from fastconv import reference as ref
+from helpers import DTYPES, assert_close
+
+SETTINGS = settings(max_examples=40, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    """Winograd for every eligible geometry (thresholds at 1); yields the
+    list of results of the kernel's calls (True: finished, False: fell
+    back)."""
+    monkeypatch.setattr(functional, "_WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(functional, "_WINOGRAD_MIN_PLANE", 1)
+    calls = []
+    kernel = functional._kernels.conv2d_winograd
+
+    def spy(*args):
+        calls.append(kernel(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(functional._kernels, "conv2d_winograd", spy)
+    yield calls
+
+
+@st.composite
+def winograd_problems(draw):
+    """Shapes, paddings (0-2 per axis, or 'same') and the tiles per work item."""
+    n = draw(st.integers(1, 3))
+    c_in, c_out = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    pad = draw(st.one_of(st.just("same"), st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    ph, pw = (1, 1) if pad == "same" else pad
+    h = draw(st.integers(max(1, 3 - 2 * ph), 13))
+    w = draw(st.integers(max(1, 3 - 2 * pw), 13))
+    block = draw(st.sampled_from([1, 2, 5, 16, 128]))
+    return (n, c_in, h, w), (c_out, c_in, 3, 3), pad, block
+
+
+@SETTINGS
+@given(problem=winograd_problems(), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans())
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_forward_and_input_gradient_match_oracles(winograd_calls, n_threads, monkeypatch,
+                                                  dtype, problem, seed, with_bias):
+    x_shape, w_shape, pad, block = problem
+    monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
+    del winograd_calls[:]
+    y = fastconv.conv2d(x, w, b, padding=pad)
+    assert_close(y, ref.conv2d(x.astype(np.float64), w.astype(np.float64),
+                               None if b is None else b.astype(np.float64), padding=pad), dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx = fastconv.conv2d_grad_input(g, w, x_shape, padding=pad)
+    assert_close(dx, ref.conv2d_grad_input(g.astype(np.float64), w.astype(np.float64),
+                                           x_shape, padding=pad), dtype)
+    assert winograd_calls == [True, True]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("x_shape, pad, block", [
+    ((5, 6, 20, 17), 1, 128),        # blocks across images, odd output width
+    ((2, 3, 31, 8), (2, 0), 3),      # blocks that cut tile rows, padding 2 and 0
+    ((3, 4, 3, 3), 0, 1),            # a 1x1 output: one tile, three of its outputs dropped
+])
+def test_bitwise_identical_for_1_and_2_threads(winograd_calls, monkeypatch, dtype, x_shape,
+                                               pad, block):
+    monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((9, x_shape[1], 3, 3)).astype(dtype)
+    b = rng.standard_normal(9).astype(dtype)
+    results = []
+    for threads in (1, 2):
+        fastconv.set_num_threads(threads)
+        try:
+            y = fastconv.conv2d(x, w, b, padding=pad)
+            results.append((y, fastconv.conv2d_grad_input(np.cos(y), w, x_shape, padding=pad)))
+        finally:
+            fastconv.set_num_threads(None)
+    for a, c in zip(*results):
+        np.testing.assert_array_equal(a, c)
+    assert winograd_calls == [True] * 4
+
+
+def test_read_only_and_strided_inputs(winograd_calls, rng):
+    x = rng.standard_normal((2, 6, 11, 9))[:, ::2]
+    w = rng.standard_normal((4, 3, 3, 3))
+    x_ro, w_ro = x.copy(), w.copy()
+    x_ro.flags.writeable = w_ro.flags.writeable = False
+    y = fastconv.conv2d(x_ro, w_ro, padding=1)
+    assert_close(y, ref.conv2d(x, w, padding=1))
+    np.testing.assert_array_equal(y, fastconv.conv2d(x, w, padding=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("rotate_swap", [False, True])
+def test_filter_transform_is_g_w_gt(dtype, rotate_swap, rng):
+    w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    filters = (w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if rotate_swap else w)
+    expected = np.einsum("au,ocuv,bv->aboc", G, filters.astype(np.float64), G)
+    u = np.empty((16,) + filters.shape[:2], dtype=dtype)
+    functional._kernels.winograd_filters(w, u, rotate_swap)
+    # summed in double precision (in another order than einsum's), rounded once
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(u, expected.reshape(u.shape), rtol=2 * eps,
+                               atol=2 * eps * np.abs(expected).max())
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", [(0, 0), (4, 5), (8, 9)], ids=["corner", "inner", "far"])
+def test_non_finite_inputs_fall_back_to_the_textbook_sums(winograd_calls, bad, where, rng):
+    # An infinity minus itself inside a transform is NaN where the textbook
+    # sum has an infinity: such calls are recomputed by the GEMM kernels.
+    x = rng.standard_normal((2, 3, 9, 10))
+    x[1, 2][where] = bad
+    w = np.abs(rng.standard_normal((4, 3, 3, 3)))     # one sign: the sums stay infinite
+    y = fastconv.conv2d(x, w, padding=1)
+    assert winograd_calls == [False]
+    assert_close(y, ref.conv2d(x, w, padding=1))
+    if not np.isnan(bad):
+        assert np.isinf(y).any()
+    dx = fastconv.conv2d_grad_input(x[:, :3], np.abs(w[:3]), x.shape, padding=1)
+    assert_close(dx, ref.conv2d_grad_input(x[:, :3], np.abs(w[:3]), x.shape, padding=1))
+    assert winograd_calls == [False, False]
+
+
+def test_non_finite_weights_never_take_winograd(winograd_calls, rng):
+    x = rng.standard_normal((1, 2, 6, 6))
+    w = rng.standard_normal((2, 2, 3, 3))
+    w[1, 0, 2, 2] = np.inf
+    with np.errstate(invalid="ignore"):
+        y = fastconv.conv2d(x, w, padding=1)
+        expected = ref.conv2d(x, w, padding=1)
+    assert_close(y, expected)
+    assert winograd_calls == []
+
+
+def test_overflowing_transform_falls_back(winograd_calls):
+    # finite inputs whose transformed sums overflow float32
+    x = np.full((1, 1, 4, 4), 3e38, dtype=np.float32)
+    x[0, 0, 1::2] = -3e38
+    w = np.zeros((1, 1, 3, 3), dtype=np.float32)
+    w[0, 0, 1, 1] = 1
+    y = fastconv.conv2d(x, w, padding=1)
+    assert winograd_calls == [False]
+    np.testing.assert_array_equal(y, x)
+
+
+def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
+    calls = []
+    kernel = functional._kernels.conv2d_winograd
+    monkeypatch.setattr(functional._kernels, "conv2d_winograd",
+                        lambda *a: calls.append(a[0].shape) or kernel(*a))
+    x = np.zeros((1, 32, 48, 48), dtype=np.float32)
+    fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=1)      # taken
+    fastconv.conv2d_grad_input(x, np.zeros((32, 32, 3, 3), np.float32), x.shape, padding=1)
+    fastconv.conv2d(x, np.zeros((16, 32, 3, 3), np.float32), padding=1)      # 16 channels
+    fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32))                 # 46x46 output
+    fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=1, stride=2)
+    fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=2, dilation=2)
+    fastconv.conv2d(x, np.zeros((32, 16, 3, 3), np.float32), padding=1, groups=2)
+    fastconv.conv2d(x, np.zeros((32, 32, 3, 5), np.float32), padding=(1, 2))
+    fastconv.conv2d(x.transpose(0, 2, 3, 1), np.zeros((3, 3, 32, 32), np.float32), padding=1,
+                    layout="NHWC")
+    assert calls == [(1, 32, 48, 48)] * 2
