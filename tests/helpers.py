@@ -132,7 +132,7 @@ def every_kernel_output(rng, dtype):
             out.append(fastconv.conv2d_grad_input(g, w, x.shape, stride=2, padding=pad))
         finally:
             functional._FORCE_GRAD_INPUT_METHOD = None
-    # Winograd F(2x2, 3x3), forward and input gradient, in blocks that cut
+    # Winograd, forward and both gradients, in blocks that cut
     # tile rows and images (the thresholds lowered to reach this size)
     x = rng.standard_normal((3, 5, 9, 12)).astype(dtype)
     w = rng.standard_normal((7, 5, 3, 3)).astype(dtype)
@@ -144,7 +144,8 @@ def every_kernel_output(rng, dtype):
         functional._WINOGRAD_BLOCK_TILES = 7
         for pad in (1, (0, 2)):
             y = fastconv.conv2d(x, w, b, padding=pad)
-            out += [y, fastconv.conv2d_grad_input(np.sin(y), w, x.shape, padding=pad)]
+            out += [y, fastconv.conv2d_grad_input(np.sin(y), w, x.shape, padding=pad),
+                    fastconv.conv2d_grad_weight(x, np.sin(y), w.shape, padding=pad)]
     finally:
         (functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE,
          functional._WINOGRAD_BLOCK_TILES) = saved

@@ -190,8 +190,10 @@ def _kernel_calls(rng):
             saved = functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE
             functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE = 1, 1
             try:
-                if grad:
+                if grad == "input":
                     return fastconv.conv2d_grad_input(gw, ww, x.shape, padding=1)
+                if grad == "weight":
+                    return fastconv.conv2d_grad_weight(x, gw, ww.shape, padding=1)
                 return fastconv.conv2d(x, ww, padding=1)
             finally:
                 functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE = saved
@@ -199,8 +201,9 @@ def _kernel_calls(rng):
 
     return {
         "conv2d": lambda: fastconv.conv2d(x, w, stride=2, padding=1, groups=2),
-        "winograd": winograd(False),
-        "winograd_grad_input": winograd(True),
+        "winograd": winograd(None),
+        "winograd_grad_input": winograd("input"),
+        "winograd_grad_weight": winograd("weight"),
         "grad_weight": lambda: fastconv.conv2d_grad_weight(x, g, w.shape, stride=2, padding=1,
                                                            groups=2),
         "grad_input_gather": grad_input("gather"),

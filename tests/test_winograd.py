@@ -1,9 +1,11 @@
-"""Tests of the Winograd F(2x2, 3x3) kernels (``_winograd.pxi``): the NCHW 3x3
-stride-1 forward and input gradient with enough channels on large planes.
+"""Tests of the Winograd kernels (``_winograd.pxi``): the NCHW 3x3 stride-1
+forward and input gradient (F(2x2, 3x3)) and filter gradient (F(3x3, 2x2))
+with enough channels on large planes.
 
 The thresholds (``functional._WINOGRAD_MIN_CHANNELS``, ``_MIN_PLANE``) are
 lowered here so that small shapes, which the oracles can check, take the
-Winograd kernels; a spy on ``conv2d_winograd`` makes sure they did.  Checked:
+Winograd kernels; spies on ``conv2d_winograd`` and
+``conv2d_grad_weight_winograd`` make sure they did.  Checked:
 the oracles on hypothesis-drawn shapes and paddings, work items that cut tile
 rows and images, bitwise thread-count determinism, the filter transform,
 the fallback to the GEMM kernels on non-finite values, and which shapes the
@@ -33,13 +35,12 @@ def winograd_calls(monkeypatch):
     monkeypatch.setattr(functional, "_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(functional, "_WINOGRAD_MIN_PLANE", 1)
     calls = []
-    kernel = functional._kernels.conv2d_winograd
+    for name in ("conv2d_winograd", "conv2d_grad_weight_winograd"):
+        def spy(*args, kernel=getattr(functional._kernels, name)):
+            calls.append(kernel(*args))
+            return calls[-1]
 
-    def spy(*args):
-        calls.append(kernel(*args))
-        return calls[-1]
-
-    monkeypatch.setattr(functional._kernels, "conv2d_winograd", spy)
+        monkeypatch.setattr(functional._kernels, name, spy)
     yield calls
 
 
@@ -59,7 +60,7 @@ def winograd_problems(draw):
 @SETTINGS
 @given(problem=winograd_problems(), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans())
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-def test_forward_and_input_gradient_match_oracles(winograd_calls, n_threads, monkeypatch,
+def test_forward_and_gradients_match_oracles(winograd_calls, n_threads, monkeypatch,
                                                   dtype, problem, seed, with_bias):
     x_shape, w_shape, pad, block = problem
     monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
@@ -75,7 +76,10 @@ def test_forward_and_input_gradient_match_oracles(winograd_calls, n_threads, mon
     dx = fastconv.conv2d_grad_input(g, w, x_shape, padding=pad)
     assert_close(dx, ref.conv2d_grad_input(g.astype(np.float64), w.astype(np.float64),
                                            x_shape, padding=pad), dtype)
-    assert winograd_calls == [True, True]
+    dw = fastconv.conv2d_grad_weight(x, g, w_shape, padding=pad)
+    assert_close(dw, ref.conv2d_grad_weight(x.astype(np.float64), g.astype(np.float64),
+                                            w_shape, padding=pad), dtype)
+    assert winograd_calls == [True, True, True]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -96,12 +100,13 @@ def test_bitwise_identical_for_1_and_2_threads(winograd_calls, monkeypatch, dtyp
         fastconv.set_num_threads(threads)
         try:
             y = fastconv.conv2d(x, w, b, padding=pad)
-            results.append((y, fastconv.conv2d_grad_input(np.cos(y), w, x_shape, padding=pad)))
+            results.append((y, fastconv.conv2d_grad_input(np.cos(y), w, x_shape, padding=pad),
+                            fastconv.conv2d_grad_weight(x, np.cos(y), w.shape, padding=pad)))
         finally:
             fastconv.set_num_threads(None)
     for a, c in zip(*results):
         np.testing.assert_array_equal(a, c)
-    assert winograd_calls == [True] * 4
+    assert winograd_calls == [True] * 6
 
 
 def test_read_only_and_strided_inputs(winograd_calls, rng):
@@ -145,7 +150,16 @@ def test_non_finite_inputs_fall_back_to_the_textbook_sums(winograd_calls, bad, w
         assert np.isinf(y).any()
     dx = fastconv.conv2d_grad_input(x[:, :3], np.abs(w[:3]), x.shape, padding=1)
     assert_close(dx, ref.conv2d_grad_input(x[:, :3], np.abs(w[:3]), x.shape, padding=1))
-    assert winograd_calls == [False, False]
+    # the filter gradient with a non-finite input, then sensitivity: the
+    # textbook multiplies the latter by the zero padding too (NaN)
+    g = rng.standard_normal(y.shape)
+    dw = fastconv.conv2d_grad_weight(x, g, w.shape, padding=1)
+    assert_close(dw, ref.conv2d_grad_weight(x, g, w.shape, padding=1))
+    dw = fastconv.conv2d_grad_weight(x[:, :, :, ::-1].copy(), x[:, :, :, ::-1][:, :3].copy(),
+                                     (3, 3, 3, 3), padding=1)
+    assert_close(dw, ref.conv2d_grad_weight(x[:, :, :, ::-1], x[:, :, :, ::-1][:, :3],
+                                            (3, 3, 3, 3), padding=1))
+    assert winograd_calls == [False] * 4
 
 
 def test_non_finite_weights_never_take_winograd(winograd_calls, rng):
@@ -172,12 +186,14 @@ def test_overflowing_transform_falls_back(winograd_calls):
 
 def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     calls = []
-    kernel = functional._kernels.conv2d_winograd
-    monkeypatch.setattr(functional._kernels, "conv2d_winograd",
-                        lambda *a: calls.append(a[0].shape) or kernel(*a))
+    for name in ("conv2d_winograd", "conv2d_grad_weight_winograd"):
+        kernel = getattr(functional._kernels, name)
+        monkeypatch.setattr(functional._kernels, name,
+                            lambda *a, kernel=kernel: calls.append(a[0].shape) or kernel(*a))
     x = np.zeros((1, 32, 48, 48), dtype=np.float32)
     fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=1)      # taken
     fastconv.conv2d_grad_input(x, np.zeros((32, 32, 3, 3), np.float32), x.shape, padding=1)
+    fastconv.conv2d_grad_weight(x, x, (32, 32, 3, 3), padding=1)
     fastconv.conv2d(x, np.zeros((16, 32, 3, 3), np.float32), padding=1)      # 16 channels
     fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32))                 # 46x46 output
     fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=1, stride=2)
@@ -186,4 +202,4 @@ def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     fastconv.conv2d(x, np.zeros((32, 32, 3, 5), np.float32), padding=(1, 2))
     fastconv.conv2d(x.transpose(0, 2, 3, 1), np.zeros((3, 3, 32, 32), np.float32), padding=1,
                     layout="NHWC")
-    assert calls == [(1, 32, 48, 48)] * 2
+    assert calls == [(1, 32, 48, 48)] * 3

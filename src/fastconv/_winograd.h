@@ -112,9 +112,37 @@ static inline int fc_winograd_out_##dt(const T *restrict m, Py_ssize_t ms,      
     return bad;                                                                        \
 }
 
+/* fc_winograd_grad_dt: A g A^T of the 2x2 blocks jj < n of a sensitivity
+ * map (the filter gradient's "filters"): block jj is ge[jj], go[jj] (row 0)
+ * and ge[n + jj], go[n + jj] (row 1), its even and odd columns.  Entry
+ * xi = 4a + b to w[xi*ws + jj].  Rows of A: (1, 0), (1, 1), (1, -1), (0, -1). */
+#define FC_WINOGRAD_GRAD(dt, T)                                                        \
+static inline void fc_winograd_grad_##dt(const T *restrict ge, const T *restrict go,   \
+                                         Py_ssize_t n, T *restrict w, Py_ssize_t ws)   \
+{                                                                                      \
+    Py_ssize_t jj;                                                                     \
+    FC_NO_OVERLAP                                                                      \
+    for (jj = 0; jj < n; jj++) {                                                       \
+        const T e0 = ge[jj], o0 = go[jj], e1 = ge[n + jj], o1 = go[n + jj];            \
+        /* A g: rows g0, g0 + g1, g0 - g1, -g1 (even and odd columns) */               \
+        const T pe = e0 + e1, po = o0 + o1, me = e0 - e1, mo = o0 - o1;                \
+        /* then A^T on the right: columns c0, c0 + c1, c0 - c1, -c1 */                 \
+        w[jj] = e0;                 w[ws + jj] = e0 + o0;                              \
+        w[2 * ws + jj] = e0 - o0;   w[3 * ws + jj] = -o0;                              \
+        w[4 * ws + jj] = pe;        w[5 * ws + jj] = pe + po;                          \
+        w[6 * ws + jj] = pe - po;   w[7 * ws + jj] = -po;                              \
+        w[8 * ws + jj] = me;        w[9 * ws + jj] = me + mo;                          \
+        w[10 * ws + jj] = me - mo;  w[11 * ws + jj] = -mo;                             \
+        w[12 * ws + jj] = -e1;      w[13 * ws + jj] = -(e1 + o1);                      \
+        w[14 * ws + jj] = o1 - e1;  w[15 * ws + jj] = o1;                              \
+    }                                                                                  \
+}
+
 FC_WINOGRAD_IN(f32, float)
 FC_WINOGRAD_IN(f64, double)
 FC_WINOGRAD_OUT(f32, float)
 FC_WINOGRAD_OUT(f64, double)
+FC_WINOGRAD_GRAD(f32, float)
+FC_WINOGRAD_GRAD(f64, double)
 
 #endif

@@ -35,6 +35,18 @@ cdef extern from "_winograd.h" nogil:
                             float* row0, float* row1, int odd_last)
     int fc_winograd_out_f64(const double* m, Py_ssize_t m_stride, Py_ssize_t n, double b,
                             double* row0, double* row1, int odd_last)
+    void fc_winograd_grad_f32(const float* ge, const float* go, Py_ssize_t n, float* w,
+                              Py_ssize_t w_stride)
+    void fc_winograd_grad_f64(const double* ge, const double* go, Py_ssize_t n, double* w,
+                              Py_ssize_t w_stride)
+
+
+cdef enum:
+    # Elements between the sixteen matrices V[xi] (and M[xi], W[xi]) beyond
+    # their size: without it a block's sixteen rows of one tile lie a
+    # multiple of 4 KiB apart and the transforms' sixteen load or store
+    # streams fight over one L1 set.
+    WINOGRAD_SKEW = 16
 
 
 cdef void _winograd_input_rows(const floating* plane, Py_ssize_t in_h, Py_ssize_t in_w,
@@ -110,9 +122,11 @@ def winograd_filters(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
 cdef void _winograd_inputs(const floating* xp, Py_ssize_t c_in, Py_ssize_t in_h,
                            Py_ssize_t in_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
                            Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g0,
-                           Py_ssize_t g1, floating* v, floating* scratch) noexcept nogil:
-    """V[xi][c][g - g0] for the tiles g0 <= g < g1 of the whole batch (tile
-    g is tile g % tiles of image g // tiles), tile row by tile row."""
+                           Py_ssize_t g1, floating* v, Py_ssize_t vs,
+                           floating* scratch) noexcept nogil:
+    """V[xi][c][g - g0] at ``v[xi*vs + c*(g1 - g0) + g - g0]`` for the tiles
+    g0 <= g < g1 of the whole batch (tile g is tile g % tiles of image
+    g // tiles), tile row by tile row."""
     cdef Py_ssize_t nt = g1 - g0, c, n, t0, t1, i, j0, j1
     for c in range(c_in):
         for n in range(g0 // tiles, (g1 - 1) // tiles + 1):
@@ -123,15 +137,17 @@ cdef void _winograd_inputs(const floating* xp, Py_ssize_t c_in, Py_ssize_t in_h,
                 j1 = min(t1 - i * tiles_w, tiles_w)
                 _winograd_input_rows(xp + (n * c_in + c) * in_h * in_w, in_h, in_w,
                                      2 * i - pad_top, 2 * j0 - pad_left, j1 - j0, scratch,
-                                     v + c * nt + n * tiles + i * tiles_w + j0 - g0, c_in * nt)
+                                     v + c * nt + n * tiles + i * tiles_w + j0 - g0, vs)
 
 
-cdef bint _winograd_outputs(const floating* m, Py_ssize_t c_out, const floating* bp,
+cdef bint _winograd_outputs(const floating* m, Py_ssize_t ms, Py_ssize_t c_out,
+                            const floating* bp,
                             floating* yp, Py_ssize_t out_h, Py_ssize_t out_w,
                             Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g0,
                             Py_ssize_t g1, floating* spare) noexcept nogil:
-    """A^T M A + bias of the tiles g0 <= g < g1 into the output planes
-    (``bp`` NULL: no bias); False if some value was not finite."""
+    """A^T M A + bias of the tiles g0 <= g < g1 (M[xi][o][g - g0] at
+    ``m[xi*ms + o*(g1 - g0) + g - g0]``) into the output planes (``bp``
+    NULL: no bias); False if some value was not finite."""
     cdef Py_ssize_t nt = g1 - g0, o, n, t0, t1, i, j0, j1
     cdef floating* row0
     cdef floating* row1
@@ -150,11 +166,11 @@ cdef bint _winograd_outputs(const floating* m, Py_ssize_t c_out, const floating*
                 row1 = row0 + out_w if 2 * i + 1 < out_h else spare
                 if floating is float:
                     bad |= fc_winograd_out_f32(m + o * nt + n * tiles + i * tiles_w + j0 - g0,
-                                               c_out * nt, j1 - j0, b, row0, row1,
+                                               ms, j1 - j0, b, row0, row1,
                                                j1 == tiles_w and out_w % 2 == 1)
                 else:
                     bad |= fc_winograd_out_f64(m + o * nt + n * tiles + i * tiles_w + j0 - g0,
-                                               c_out * nt, j1 - j0, b, row0, row1,
+                                               ms, j1 - j0, b, row0, row1,
                                                j1 == tiles_w and out_w % 2 == 1)
     return not bad
 
@@ -189,14 +205,14 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t n_items = _ceil_div(n_img * tiles, block)
     # per thread: V and M of one block, the input rows' scratch, and a
     # spare output row (an odd Ho's missing second row)
-    cdef Py_ssize_t scratch_at = 16 * (c_in + c_out) * block
+    cdef Py_ssize_t scratch_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
     cdef Py_ssize_t spare_at = scratch_at + 8 * (tiles_w + 1)
     cdef Py_ssize_t work_size = spare_at + 2 * tiles_w
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* up = &u[0, 0, 0]
     cdef const floating* bp = &bias[0] if has_bias else NULL
     cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t item, g0, g1, nt, xi
+    cdef Py_ssize_t item, g0, g1, nt, xi, vs, ms
     cdef floating* work = NULL
     cdef int status = STATUS_OK
     cdef int* status_p = &status
@@ -216,18 +232,177 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
                 g1 = min(g0 + block, n_img * tiles)
                 nt = g1 - g0
                 # V (16 x C_in x nt) at work, M (16 x C_out x nt) after it
+                vs = c_in * nt + WINOGRAD_SKEW
+                ms = c_out * nt + WINOGRAD_SKEW
                 _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
-                                 g0, g1, work, work + scratch_at)
+                                 g0, g1, work, vs, work + scratch_at)
                 for xi in range(16):
                     gemm(NO_TRANS, NO_TRANS, c_out, nt, c_in,
-                         <floating>1, up + xi * c_out * c_in, c_in,
-                         work + xi * c_in * nt, nt,
-                         <floating>0, work + (16 * c_in + xi * c_out) * nt, nt)
-                if not _winograd_outputs(work + 16 * c_in * nt, c_out, bp, yp, out_h, out_w,
+                         <floating>1, up + xi * c_out * c_in, c_in, work + xi * vs, nt,
+                         <floating>0, work + 16 * vs + xi * ms, nt)
+                if not _winograd_outputs(work + 16 * vs, ms, c_out, bp, yp, out_h, out_w,
                                          tiles_w, tiles, g0, g1, work + spare_at):
                     finite_p[0] = False
             free(work)
     finally:
         blas_serial_exit()
+    _raise_for_status(status)
+    return finite
+
+
+# --- the filter gradient: F(3x3, 2x2) ------------------------------------------
+#
+# dW[o, c] = sum over tiles of the correlation of the tile's 4x4 input patch
+# d with its 2x2 block g of the sensitivity map.  The forward's identity,
+# transposed (sum_rs g_rs y_rs for every filter w), gives each tile's part
+# as G^T [ (A g A^T) . (B^T d B) ] G: the same B^T d B as the forward, the
+# sensitivity blocks through A, and one G^T M G per filter at the end, after
+# the sixteen GEMMs  M[xi] (C_out x C_in) += W[xi] (C_out x tiles) @
+# V[xi]^T  have summed all tiles.  As conv2d_grad_weight, the work items go
+# to a number of reduction slots fixed by the shape, each summed in order,
+# and the slots are added in order: the same bits for any thread count.
+
+
+cdef void _winograd_grad_blocks(const floating* gp, Py_ssize_t c_out, Py_ssize_t out_h,
+                                Py_ssize_t out_w, Py_ssize_t tiles_w, Py_ssize_t tiles,
+                                Py_ssize_t g0, Py_ssize_t g1, floating* w, Py_ssize_t ws,
+                                floating* scratch) noexcept nogil:
+    """W[xi][o][g - g0] = (A g A^T)[xi], at ``w[xi*ws + o*(g1 - g0) + g - g0]``,
+    for the 2x2 sensitivity blocks of the tiles g0 <= g < g1 (zero past the
+    map's last row or column)."""
+    cdef Py_ssize_t nt = g1 - g0, o, n, t0, t1, i, j0, j1, r, jj, cnt, pairs
+    cdef const floating* src
+    cdef floating* ge
+    cdef floating* go
+    for o in range(c_out):
+        for n in range(g0 // tiles, (g1 - 1) // tiles + 1):
+            t0 = max(g0 - n * tiles, 0)
+            t1 = min(g1 - n * tiles, tiles)
+            for i in range(t0 // tiles_w, (t1 - 1) // tiles_w + 1):
+                j0 = max(t0 - i * tiles_w, 0)
+                j1 = min(t1 - i * tiles_w, tiles_w)
+                cnt = j1 - j0
+                # blocks whose odd column lies inside the map
+                pairs = min(cnt, out_w // 2 - j0)
+                ge = scratch
+                go = scratch + 2 * cnt
+                for r in range(2):
+                    if 2 * i + r >= out_h:
+                        memset(ge + r * cnt, 0, cnt * sizeof(floating))
+                        memset(go + r * cnt, 0, cnt * sizeof(floating))
+                        continue
+                    src = gp + ((n * c_out + o) * out_h + 2 * i + r) * out_w + 2 * j0
+                    for jj in range(pairs):
+                        ge[r * cnt + jj] = src[2 * jj]
+                        go[r * cnt + jj] = src[2 * jj + 1]
+                    for jj in range(pairs, cnt):
+                        ge[r * cnt + jj] = src[2 * jj]
+                        go[r * cnt + jj] = 0
+                if floating is float:
+                    fc_winograd_grad_f32(ge, go, cnt, w + o * nt + n * tiles + i * tiles_w + j0 - g0,
+                                         ws)
+                else:
+                    fc_winograd_grad_f64(ge, go, cnt, w + o * nt + n * tiles + i * tiles_w + j0 - g0,
+                                         ws)
+
+
+cdef bint _winograd_filter_grads(const floating* m, Py_ssize_t c_out, Py_ssize_t c_in,
+                                 floating* dw) noexcept nogil:
+    """``dw[o, c] = G^T M[:, o, c] G`` (3x3 from the 4x4 entries); False if
+    some value is not finite.  Rows of G^T: (1, 1/2, 1/2, 0),
+    (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1)."""
+    cdef Py_ssize_t size = c_out * c_in, k, a
+    cdef floating t[4][3]
+    cdef floating q[16]
+    cdef floating z = 0
+    for k in range(size):
+        for a in range(16):
+            q[a] = m[a * size + k]
+        for a in range(4):          # M G: each row's three columns
+            t[a][0] = q[4 * a] + <floating>0.5 * (q[4 * a + 1] + q[4 * a + 2])
+            t[a][1] = <floating>0.5 * (q[4 * a + 1] - q[4 * a + 2])
+            t[a][2] = <floating>0.5 * (q[4 * a + 1] + q[4 * a + 2]) + q[4 * a + 3]
+        for a in range(3):          # then G^T on the left
+            dw[k * 9 + a] = t[0][a] + <floating>0.5 * (t[1][a] + t[2][a])
+            dw[k * 9 + 3 + a] = <floating>0.5 * (t[1][a] - t[2][a])
+            dw[k * 9 + 6 + a] = <floating>0.5 * (t[1][a] + t[2][a]) + t[3][a]
+        for a in range(9):
+            z = z + (dw[k * 9 + a] - dw[k * 9 + a])
+    return z == 0
+
+
+def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
+                                const floating[:, :, :, ::1] grad_out,
+                                floating[:, :, :, ::1] grad_weight,
+                                Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                Py_ssize_t block_tiles, int n_threads):
+    """Filter gradient of a 3x3 stride-1 correlation by Winograd F(3x3, 2x2)
+    (inputs trusted): ``grad_weight`` (C_out, C_in, 3, 3) of ``x`` (N, C_in,
+    H, W) and ``grad_out`` (N, C_out, Ho, Wo), leading paddings given.
+    Work items of ``block_tiles`` tiles, as ``conv2d_winograd``.  Returns
+    False, with ``grad_weight`` incomplete, if some value was not finite."""
+    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1]
+    cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = grad_out.shape[1], out_h = grad_out.shape[2]
+    cdef Py_ssize_t out_w = grad_out.shape[3]
+    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
+    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
+    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
+    if n_img == 0 or tiles == 0:
+        memset(dwp, 0, grad_weight.size * sizeof(floating))
+        return True
+    cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
+    cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
+    cdef Py_ssize_t m_size = 16 * c_out * c_in
+    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
+    # per thread: V and W of one block, then the rows' scratch
+    cdef Py_ssize_t scratch_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
+    cdef Py_ssize_t work_size = scratch_at + 8 * (tiles_w + 1)
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef Py_ssize_t s, r, g0, g1, nt, xi, vs, ws
+    cdef floating* acc
+    cdef floating* work = NULL
+    cdef floating* partial = <floating*>_workspace(n_slots * m_size * sizeof(floating))
+    cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
+    cdef int* status_p = &status
+    cdef bint finite = True
+
+    blas_serial_enter()
+    try:
+        if partial != NULL:
+            with nogil, parallel(num_threads=n_threads):
+                work = <floating*>_workspace(work_size * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+                for s in prange(n_slots, schedule="static"):
+                    if work == NULL:
+                        continue
+                    acc = partial + s * m_size
+                    for r in range(s * n_red // n_slots, (s + 1) * n_red // n_slots):
+                        g0 = r * block
+                        g1 = min(g0 + block, n_img * tiles)
+                        nt = g1 - g0
+                        # V (16 x C_in x nt) at work, W (16 x C_out x nt) after it
+                        vs = c_in * nt + WINOGRAD_SKEW
+                        ws = c_out * nt + WINOGRAD_SKEW
+                        _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
+                                         tiles, g0, g1, work, vs, work + scratch_at)
+                        _winograd_grad_blocks(gp, c_out, out_h, out_w, tiles_w, tiles, g0, g1,
+                                              work + 16 * vs, ws, work + scratch_at)
+                        # the slot's first item overwrites (no clearing pass)
+                        for xi in range(16):
+                            gemm(NO_TRANS, TRANS, c_out, c_in, nt, <floating>1,
+                                 work + 16 * vs + xi * ws, nt, work + xi * vs, nt,
+                                 <floating>(0 if r == s * n_red // n_slots else 1),
+                                 acc + xi * c_out * c_in, c_in)
+                free(work)
+            if status == STATUS_OK:
+                with nogil:
+                    _add_slots(partial, n_slots, m_size, partial, n_threads)
+                    finite = _winograd_filter_grads(partial, c_out, c_in, dwp)
+    finally:
+        blas_serial_exit()
+        free(partial)
     _raise_for_status(status)
     return finite

@@ -269,19 +269,24 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
     return _finish(out, result)
 
 
-# Winograd F(2x2, 3x3) (_winograd.pxi) takes the NCHW 3x3 stride-1
-# correlations -- the forward and the input gradient -- with at least
-# _WINOGRAD_MIN_CHANNELS input and output channels and output planes of at
-# least _WINOGRAD_MIN_PLANE positions: 2.25x fewer multiply-adds, for
-# transforms that cost about what packing the patches does.  Measured
-# against the GEMM kernels (2 threads, Xeon): 1.3-1.7x on 64 channels of
-# 56x56 and 256 of 100x100, 1.05-1.4x on 32 of 56x56; it lost on 16
-# channels (0.76-0.83x) and on planes of 28x28 and less (0.4-1.16x: rows
-# of a few tiles leave the transforms' vectors mostly empty).  Tests lower
-# both to reach small shapes; _WINOGRAD_MIN_CHANNELS = None turns it off.
+# Winograd (_winograd.pxi) takes the NCHW 3x3 stride-1 correlations -- the
+# forward and the input gradient by F(2x2, 3x3), the filter gradient by
+# F(3x3, 2x2) -- with at least _WINOGRAD_MIN_CHANNELS input and output
+# channels and output planes of at least _WINOGRAD_MIN_PLANE positions:
+# 2.25x fewer multiply-adds, for transforms that cost about what packing
+# the patches does.  Measured against the GEMM kernels (in-process A/B,
+# 2 threads, Xeon): vgg3x3 forward 1.69x / 1.22x (float32 / float64), input
+# gradient 1.70x / 1.25x, filter gradient 1.07x / 1.14x; big 1.48x / 1.36x,
+# 1.42x / 1.38x, 1.20x / 1.23x; 32 channels of 56x56 1.18-1.47x.  Below
+# the thresholds it was mixed: 16 channels of 56x56 0.98-1.41x, planes of
+# 28x28 0.86-1.36x, of 14x14 and 7x7 0.49-2.05x (the forward loses on
+# small planes: tile rows of a few tiles leave the transforms' vectors
+# mostly empty).  Tests lower both to reach small shapes;
+# _WINOGRAD_MIN_CHANNELS = None turns Winograd off.
 _WINOGRAD_MIN_CHANNELS = 32
 _WINOGRAD_MIN_PLANE = 48 * 48
-# Tiles of a work item: the N of its sixteen GEMMs.
+# Tiles of a work item: the N (forward, input gradient) or K (filter
+# gradient) of its sixteen GEMMs.
 _WINOGRAD_BLOCK_TILES = 128
 
 
@@ -584,6 +589,12 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
                   else _kernels.conv2d_grad_weight_nhwc)
     else:
         depthwise = _depthwise(weight_shape, geo)
+        if not depthwise and _winograd(weight_shape, geo):
+            x = contiguous(x, compute)
+            if _kernels.conv2d_grad_weight_winograd(x, g, dw, geo.pad_top, geo.pad_left,
+                                                    _WINOGRAD_BLOCK_TILES, args[-1]):
+                return _finish(dw, result)
+            # a value was not finite: recomputed as the textbook sums it
         kernel = _kernels.depthwise_grad_weight if depthwise else _kernels.conv2d_grad_weight
     kernel(contiguous(x, compute), g, dw, *args)
     return _finish(dw, result)
