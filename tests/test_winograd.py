@@ -12,6 +12,11 @@ the fallback to the GEMM kernels on non-finite values, and which shapes the
 default thresholds send to Winograd.
 """
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -203,3 +208,26 @@ def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     fastconv.conv2d(x.transpose(0, 2, 3, 1), np.zeros((3, 3, 32, 32), np.float32), padding=1,
                     layout="NHWC")
     assert calls == [(1, 32, 48, 48)] * 3
+
+
+def test_environment_switch_turns_winograd_off():
+    # FASTCONV_WINOGRAD=0 at import: the GEMM kernels' results, bit for bit,
+    # and show_config says so
+    script = textwrap.dedent("""
+        import io, numpy as np, fastconv
+        from fastconv import functional
+        x = np.random.default_rng(0).standard_normal((1, 32, 48, 48))
+        w = np.random.default_rng(1).standard_normal((32, 32, 3, 3))
+        y = fastconv.conv2d(x, w, padding=1)
+        buf = io.StringIO()
+        fastconv.show_config(file=buf)
+        functional._WINOGRAD_MIN_CHANNELS = None
+        print(np.array_equal(y, fastconv.conv2d(x, w, padding=1)),
+              [l.split(":", 1)[1].strip() for l in buf.getvalue().splitlines()
+               if l.strip().startswith("winograd")])
+    """)
+    for value, expected in (("0", "True ['off']"), ("1", "False ['NCHW 3x3")):
+        env = dict(os.environ, FASTCONV_WINOGRAD=value)
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        assert out.startswith(expected), out

@@ -12,6 +12,7 @@ from fastconv._openmp import openmp_enabled, openmp_spec
 from fastconv import _simd
 from fastconv._threads import get_num_threads
 from fastconv._version import __version__
+from fastconv.functional import winograd_config
 
 
 _SPEC_NAMES = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 201511: "4.5",
@@ -48,6 +49,7 @@ def config():
         "blas_int_bits": blas["int_bits"],
         "blas_thread_control": blas["thread_control"],
         "blas_config": blas["config"],
+        "winograd": winograd_config(),
     }
 
 

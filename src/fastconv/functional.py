@@ -21,6 +21,7 @@ strided and negative-stride views, read-only and big-endian arrays).
 """
 
 import math
+import os
 from collections import namedtuple
 
 import numpy as np
@@ -282,12 +283,21 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
 # 28x28 0.86-1.36x, of 14x14 and 7x7 0.49-2.05x (the forward loses on
 # small planes: tile rows of a few tiles leave the transforms' vectors
 # mostly empty).  Tests lower both to reach small shapes;
-# _WINOGRAD_MIN_CHANNELS = None turns Winograd off.
-_WINOGRAD_MIN_CHANNELS = 32
+# _WINOGRAD_MIN_CHANNELS = None turns Winograd off, as FASTCONV_WINOGRAD=0
+# in the environment at import does (the GEMM kernels' sums everywhere).
+_WINOGRAD_MIN_CHANNELS = None if os.environ.get("FASTCONV_WINOGRAD") == "0" else 32
 _WINOGRAD_MIN_PLANE = 48 * 48
 # Tiles of a work item: the N (forward, input gradient) or K (filter
 # gradient) of its sixteen GEMMs.
 _WINOGRAD_BLOCK_TILES = 128
+
+
+def winograd_config():
+    """Where Winograd is used, for ``show_config``."""
+    if _WINOGRAD_MIN_CHANNELS is None:
+        return "off"
+    return (f"NCHW 3x3 stride 1, >= {_WINOGRAD_MIN_CHANNELS} channels, "
+            f">= {_WINOGRAD_MIN_PLANE} output positions")
 
 
 def _winograd(w_shape, geo):
