@@ -208,6 +208,13 @@ def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     fastconv.conv2d(x.transpose(0, 2, 3, 1), np.zeros((3, 3, 32, 32), np.float32), padding=1,
                     layout="NHWC")
     assert calls == [(1, 32, 48, 48)] * 3
+    # a filter gradient whose sums M (16 x 32 x 32 float32: 64 KiB) exceed
+    # the budget keeps the GEMM kernels
+    monkeypatch.setattr(functional, "_WINOGRAD_MAX_SUMS_BYTES", 64 << 10)
+    fastconv.conv2d_grad_weight(x, x, (32, 32, 3, 3), padding=1)
+    monkeypatch.setattr(functional, "_WINOGRAD_MAX_SUMS_BYTES", (64 << 10) - 1)
+    fastconv.conv2d_grad_weight(x, x, (32, 32, 3, 3), padding=1)
+    assert calls == [(1, 32, 48, 48)] * 4
 
 
 def test_environment_switch_turns_winograd_off():

@@ -290,6 +290,11 @@ _WINOGRAD_MIN_PLANE = 48 * 48
 # Tiles of a work item: the N (forward, input gradient) or K (filter
 # gradient) of its sixteen GEMMs.
 _WINOGRAD_BLOCK_TILES = 128
+# The filter gradient's sums M (16 x C_out x C_in) fill a reduction slot
+# each (at most 8, within the kernels' 64 MiB slot budget); a larger M
+# would leave too few slots to share among the threads, so such layers
+# keep the GEMM kernels (float64 from 512 channels).
+_WINOGRAD_MAX_SUMS_BYTES = 16 << 20
 
 
 def winograd_config():
@@ -599,7 +604,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
                   else _kernels.conv2d_grad_weight_nhwc)
     else:
         depthwise = _depthwise(weight_shape, geo)
-        if not depthwise and _winograd(weight_shape, geo):
+        if (not depthwise and _winograd(weight_shape, geo)
+                and 16 * dw.size // 9 * dw.itemsize <= _WINOGRAD_MAX_SUMS_BYTES):
             x = contiguous(x, compute)
             if _kernels.conv2d_grad_weight_winograd(x, g, dw, geo.pad_top, geo.pad_left,
                                                     _WINOGRAD_BLOCK_TILES, args[-1]):
