@@ -1,7 +1,8 @@
-# Winograd F(2x2, 3x3) for 3x3, stride-1, undilated, ungrouped NCHW
-# correlations (the forward, and the input gradient as the full correlation
-# of the padded sensitivity map with the rotated, swapped filters); included
-# by _kernels.pyx.
+# Winograd's minimal filtering for 3x3, stride-1, undilated, ungrouped NCHW
+# convolutions, included by _kernels.pyx: F(2x2, 3x3) for the forward and
+# for the input gradient (the full correlation of the padded sensitivity
+# map with the rotated, swapped filters), F(3x3, 2x2) for the filter
+# gradient (at the end of this file).
 #
 # Each 2x2 block of outputs (a "tile") is read from the 4x4 input patch d
 # that covers its four 3x3 windows:  y = A^T [ (G g G^T) . (B^T d B) ] A
@@ -10,13 +11,14 @@
 # each of the sixteen entries xi is one GEMM
 #     M[xi] (C_out x tiles) = U[xi] (C_out x C_in) @ V[xi] (C_in x tiles),
 # 16 * C_out * C_in multiply-adds per tile against the textbook's
-# 36 * C_out * C_in: 2.25x fewer.  U (the transformed filters) comes from
-# the Python layer; B^T d B and A^T M A are additions and subtractions only.
+# 36 * C_out * C_in: 2.25x fewer.  U (the transformed filters,
+# winograd_filters) is computed once per call; B^T d B and A^T M A are
+# additions and subtractions only (_winograd.h).
 #
-# Work items are (image, block of consecutive tiles), the block sized so a
-# thread's V and M stay in its L2 (``block_tiles``, from the Python layer),
-# so the workspace is threads x block, whatever the batch size, and the
-# tiling (and every bit of the result) does not depend on the thread count.
+# Work items are blocks of ``block_tiles`` consecutive tiles of the batch
+# (image after image, so small planes' tiles share a block), so the
+# workspace is threads x block, whatever the batch size, and the blocks
+# (and every bit of the result) do not depend on the thread count.
 #
 # The transforms mix neighbouring inputs, so an infinite or NaN input (or a
 # transform that overflows) can leave NaN where the textbook sum gives an
