@@ -142,10 +142,14 @@ def every_kernel_output(rng, dtype):
     try:
         functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE = 1, 1
         functional._WINOGRAD_BLOCK_TILES = 7
-        for pad in (1, (0, 2)):
-            y = fastconv.conv2d(x, w, b, padding=pad)
-            out += [y, fastconv.conv2d_grad_input(np.sin(y), w, x.shape, padding=pad),
-                    fastconv.conv2d_grad_weight(x, np.sin(y), w.shape, padding=pad)]
+        for pad, layout in ((1, "NCHW"), ((0, 2), "NCHW"), ((2, 1), "NHWC")):
+            xl, wl = x, w
+            if layout == "NHWC":
+                xl, wl = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+            kw = dict(padding=pad, layout=layout)
+            y = fastconv.conv2d(xl, wl, b, **kw)
+            out += [y, fastconv.conv2d_grad_input(np.sin(y), wl, xl.shape, **kw),
+                    fastconv.conv2d_grad_weight(xl, np.sin(y), wl.shape, **kw)]
     finally:
         (functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE,
          functional._WINOGRAD_BLOCK_TILES) = saved

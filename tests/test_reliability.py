@@ -194,6 +194,13 @@ def _kernel_calls(rng):
                     return fastconv.conv2d_grad_input(gw, ww, x.shape, padding=1)
                 if grad == "weight":
                     return fastconv.conv2d_grad_weight(x, gw, ww.shape, padding=1)
+                if grad == "nhwc":
+                    xn, wn = x.transpose(0, 2, 3, 1), ww.transpose(2, 3, 1, 0)
+                    gn = gw.transpose(0, 2, 3, 1)
+                    kw = dict(padding=1, layout="NHWC")
+                    return (fastconv.conv2d(xn, wn, **kw),
+                            fastconv.conv2d_grad_input(gn, wn, xn.shape, **kw),
+                            fastconv.conv2d_grad_weight(xn, gn, wn.shape, **kw))
                 return fastconv.conv2d(x, ww, padding=1)
             finally:
                 functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE = saved
@@ -204,6 +211,7 @@ def _kernel_calls(rng):
         "winograd": winograd(None),
         "winograd_grad_input": winograd("input"),
         "winograd_grad_weight": winograd("weight"),
+        "winograd_nhwc": winograd("nhwc"),
         "grad_weight": lambda: fastconv.conv2d_grad_weight(x, g, w.shape, stride=2, padding=1,
                                                            groups=2),
         "grad_input_gather": grad_input("gather"),

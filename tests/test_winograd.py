@@ -40,7 +40,8 @@ def winograd_calls(monkeypatch):
     monkeypatch.setattr(functional, "_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(functional, "_WINOGRAD_MIN_PLANE", 1)
     calls = []
-    for name in ("conv2d_winograd", "conv2d_grad_weight_winograd"):
+    for name in ("conv2d_winograd", "conv2d_grad_weight_winograd", "conv2d_winograd_nhwc",
+                 "conv2d_grad_weight_winograd_nhwc"):
         def spy(*args, kernel=getattr(functional._kernels, name)):
             calls.append(kernel(*args))
             return calls[-1]
@@ -64,49 +65,56 @@ def winograd_problems(draw):
 
 @SETTINGS
 @given(problem=winograd_problems(), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans())
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_forward_and_gradients_match_oracles(winograd_calls, n_threads, monkeypatch,
-                                                  dtype, problem, seed, with_bias):
+                                             dtype, layout, problem, seed, with_bias):
     x_shape, w_shape, pad, block = problem
     monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
+    if layout == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    kw = dict(padding=pad, layout=layout)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
     del winograd_calls[:]
-    y = fastconv.conv2d(x, w, b, padding=pad)
-    assert_close(y, ref.conv2d(x.astype(np.float64), w.astype(np.float64),
-                               None if b is None else b.astype(np.float64), padding=pad), dtype)
+    y = fastconv.conv2d(x, w, b, **kw)
+    assert_close(y, ref.conv2d(x64, w64, None if b is None else b.astype(np.float64), **kw),
+                 dtype)
     g = rng.standard_normal(y.shape).astype(dtype)
-    dx = fastconv.conv2d_grad_input(g, w, x_shape, padding=pad)
-    assert_close(dx, ref.conv2d_grad_input(g.astype(np.float64), w.astype(np.float64),
-                                           x_shape, padding=pad), dtype)
-    dw = fastconv.conv2d_grad_weight(x, g, w_shape, padding=pad)
-    assert_close(dw, ref.conv2d_grad_weight(x.astype(np.float64), g.astype(np.float64),
-                                            w_shape, padding=pad), dtype)
+    dx = fastconv.conv2d_grad_input(g, w, x.shape, **kw)
+    assert_close(dx, ref.conv2d_grad_input(g.astype(np.float64), w64, x.shape, **kw), dtype)
+    dw = fastconv.conv2d_grad_weight(x, g, w.shape, **kw)
+    assert_close(dw, ref.conv2d_grad_weight(x64, g.astype(np.float64), w.shape, **kw), dtype)
     assert winograd_calls == [True, True, True]
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("x_shape, pad, block", [
     ((5, 6, 20, 17), 1, 128),        # blocks across images, odd output width
     ((2, 3, 31, 8), (2, 0), 3),      # blocks that cut tile rows, padding 2 and 0
     ((3, 4, 3, 3), 0, 1),            # a 1x1 output: one tile, three of its outputs dropped
 ])
-def test_bitwise_identical_for_1_and_2_threads(winograd_calls, monkeypatch, dtype, x_shape,
-                                               pad, block):
+def test_bitwise_identical_for_1_and_2_threads(winograd_calls, monkeypatch, dtype, layout,
+                                               x_shape, pad, block):
     monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
     rng = np.random.default_rng(7)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal((9, x_shape[1], 3, 3)).astype(dtype)
     b = rng.standard_normal(9).astype(dtype)
+    if layout == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    kw = dict(padding=pad, layout=layout)
     results = []
     for threads in (1, 2):
         fastconv.set_num_threads(threads)
         try:
-            y = fastconv.conv2d(x, w, b, padding=pad)
-            results.append((y, fastconv.conv2d_grad_input(np.cos(y), w, x_shape, padding=pad),
-                            fastconv.conv2d_grad_weight(x, np.cos(y), w.shape, padding=pad)))
+            y = fastconv.conv2d(x, w, b, **kw)
+            results.append((y, fastconv.conv2d_grad_input(np.cos(y), w, x.shape, **kw),
+                            fastconv.conv2d_grad_weight(x, np.cos(y), w.shape, **kw)))
         finally:
             fastconv.set_num_threads(None)
     for a, c in zip(*results):
@@ -191,7 +199,7 @@ def test_overflowing_transform_falls_back(winograd_calls):
 
 def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     calls = []
-    for name in ("conv2d_winograd", "conv2d_grad_weight_winograd"):
+    for name in ("conv2d_winograd", "conv2d_grad_weight_winograd", "conv2d_winograd_nhwc"):
         kernel = getattr(functional._kernels, name)
         monkeypatch.setattr(functional._kernels, name,
                             lambda *a, kernel=kernel: calls.append(a[0].shape) or kernel(*a))
@@ -207,14 +215,15 @@ def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     fastconv.conv2d(x, np.zeros((32, 32, 3, 5), np.float32), padding=(1, 2))
     fastconv.conv2d(x.transpose(0, 2, 3, 1), np.zeros((3, 3, 32, 32), np.float32), padding=1,
                     layout="NHWC")
-    assert calls == [(1, 32, 48, 48)] * 3
+    assert calls == [(1, 32, 48, 48)] * 3 + [(1, 48, 48, 32)]
+    del calls[:]
     # a filter gradient whose sums M (16 x 32 x 32 float32: 64 KiB) exceed
     # the budget keeps the GEMM kernels
     monkeypatch.setattr(functional, "_WINOGRAD_MAX_SUMS_BYTES", 64 << 10)
     fastconv.conv2d_grad_weight(x, x, (32, 32, 3, 3), padding=1)
     monkeypatch.setattr(functional, "_WINOGRAD_MAX_SUMS_BYTES", (64 << 10) - 1)
     fastconv.conv2d_grad_weight(x, x, (32, 32, 3, 3), padding=1)
-    assert calls == [(1, 32, 48, 48)] * 4
+    assert calls == [(1, 32, 48, 48)]
 
 
 def test_environment_switch_turns_winograd_off():
@@ -238,3 +247,22 @@ def test_environment_switch_turns_winograd_off():
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                              text=True, check=True).stdout
         assert out.startswith(expected), out
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_non_finite_inputs_fall_back_in_nhwc(winograd_calls, bad, rng):
+    x = rng.standard_normal((2, 9, 10, 3))
+    x[1, 4, 5, 2] = bad
+    w = np.abs(rng.standard_normal((3, 3, 3, 4)))
+    kw = dict(padding=1, layout="NHWC")
+    y = fastconv.conv2d(x, w, **kw)
+    assert_close(y, ref.conv2d(x, w, **kw))
+    g = rng.standard_normal(y.shape)
+    assert_close(fastconv.conv2d_grad_weight(x, g, w.shape, **kw),
+                 ref.conv2d_grad_weight(x, g, w.shape, **kw))
+    gx = x[..., :3].copy()
+    w3 = w[:, :, :3, :3].copy()
+    assert_close(fastconv.conv2d_grad_input(gx, w3, x.shape, **kw),
+                 ref.conv2d_grad_input(gx, w3, x.shape, **kw))
+    assert winograd_calls == [False] * 3

@@ -138,11 +138,102 @@ static inline void fc_winograd_grad_##dt(const T *restrict ge, const T *restrict
     }                                                                                  \
 }
 
+/* Channels last (NHWC): the same transforms for one tile, vectorized along
+ * the channels.  fc_winograd_in_nhwc_dt: d[4r + s] is the patch's pixel
+ * (r, s), ch channels (a zero pixel outside the image); entry xi to
+ * v[xi*vs + c]. */
+#define FC_WINOGRAD_IN_NHWC(dt, T)                                                     \
+static inline void fc_winograd_in_nhwc_##dt(const T *const *d, Py_ssize_t ch,          \
+                                            T *restrict v, Py_ssize_t vs)              \
+{                                                                                      \
+    const T *d0 = d[0], *d1 = d[1], *d2 = d[2], *d3 = d[3];                            \
+    const T *d4 = d[4], *d5 = d[5], *d6 = d[6], *d7 = d[7];                            \
+    const T *d8 = d[8], *d9 = d[9], *d10 = d[10], *d11 = d[11];                        \
+    const T *d12 = d[12], *d13 = d[13], *d14 = d[14], *d15 = d[15];                    \
+    Py_ssize_t c;                                                                      \
+    FC_NO_OVERLAP                                                                      \
+    for (c = 0; c < ch; c++) {                                                         \
+        /* B^T d, column s of row combination a in a_s (rows r = 0..3 of      */      \
+        /* column s are d[s], d[4 + s], d[8 + s], d[12 + s])                  */      \
+        const T a0 = d0[c] - d8[c], a1 = d1[c] - d9[c];                                \
+        const T a2 = d2[c] - d10[c], a3 = d3[c] - d11[c];                              \
+        const T b0 = d4[c] + d8[c], b1 = d5[c] + d9[c];                                \
+        const T b2 = d6[c] + d10[c], b3 = d7[c] + d11[c];                              \
+        const T c0 = d8[c] - d4[c], c1 = d9[c] - d5[c];                                \
+        const T c2 = d10[c] - d6[c], c3 = d11[c] - d7[c];                              \
+        const T e0 = d4[c] - d12[c], e1 = d5[c] - d13[c];                              \
+        const T e2 = d6[c] - d14[c], e3 = d7[c] - d15[c];                              \
+        v[c] = a0 - a2;            v[vs + c] = a1 + a2;                                \
+        v[2 * vs + c] = a2 - a1;   v[3 * vs + c] = a1 - a3;                            \
+        v[4 * vs + c] = b0 - b2;   v[5 * vs + c] = b1 + b2;                            \
+        v[6 * vs + c] = b2 - b1;   v[7 * vs + c] = b1 - b3;                            \
+        v[8 * vs + c] = c0 - c2;   v[9 * vs + c] = c1 + c2;                            \
+        v[10 * vs + c] = c2 - c1;  v[11 * vs + c] = c1 - c3;                           \
+        v[12 * vs + c] = e0 - e2;  v[13 * vs + c] = e1 + e2;                           \
+        v[14 * vs + c] = e2 - e1;  v[15 * vs + c] = e1 - e3;                           \
+    }                                                                                  \
+}
+
+/* fc_winograd_out_nhwc_dt: A^T M A + b of one tile (entry xi, channel c at
+ * m[xi*ms + c]) into its four output pixels y00, y01, y10, y11 (distinct
+ * spare vectors for those outside the image).  Returns 1 if some value is
+ * not finite. */
+#define FC_WINOGRAD_OUT_NHWC(dt, T)                                                    \
+static inline int fc_winograd_out_nhwc_##dt(const T *restrict m, Py_ssize_t ms,        \
+                                            Py_ssize_t ch, const T *restrict bias,     \
+                                            T *restrict p00, T *restrict p01,          \
+                                            T *restrict p10, T *restrict p11)          \
+{                                                                                      \
+    int bad = 0;                                                                       \
+    Py_ssize_t c;                                                                      \
+    FC_NO_OVERLAP                                                                      \
+    for (c = 0; c < ch; c++) {                                                         \
+        FC_WINOGRAD_TILE(T, m, ms, c, bias[c])                                         \
+        bad |= z != z;                                                                 \
+        p00[c] = y00;                                                                  \
+        p01[c] = y01;                                                                  \
+        p10[c] = y10;                                                                  \
+        p11[c] = y11;                                                                  \
+    }                                                                                  \
+    return bad;                                                                        \
+}
+
+/* fc_winograd_grad_nhwc_dt: A g A^T of one 2x2 sensitivity block, its pixels
+ * g00, g01, g10, g11 (a zero pixel outside the map), ch channels; entry xi
+ * to w[xi*ws + c]. */
+#define FC_WINOGRAD_GRAD_NHWC(dt, T)                                                   \
+static inline void fc_winograd_grad_nhwc_##dt(const T *g00, const T *g01,              \
+                                              const T *g10, const T *g11,              \
+                                              Py_ssize_t ch, T *restrict w,            \
+                                              Py_ssize_t ws)                           \
+{                                                                                      \
+    Py_ssize_t c;                                                                      \
+    FC_NO_OVERLAP                                                                      \
+    for (c = 0; c < ch; c++) {                                                         \
+        const T e0 = g00[c], o0 = g01[c], e1 = g10[c], o1 = g11[c];                    \
+        const T pe = e0 + e1, po = o0 + o1, me = e0 - e1, mo = o0 - o1;                \
+        w[c] = e0;                  w[ws + c] = e0 + o0;                               \
+        w[2 * ws + c] = e0 - o0;    w[3 * ws + c] = -o0;                               \
+        w[4 * ws + c] = pe;         w[5 * ws + c] = pe + po;                           \
+        w[6 * ws + c] = pe - po;    w[7 * ws + c] = -po;                               \
+        w[8 * ws + c] = me;         w[9 * ws + c] = me + mo;                           \
+        w[10 * ws + c] = me - mo;   w[11 * ws + c] = -mo;                              \
+        w[12 * ws + c] = -e1;       w[13 * ws + c] = -(e1 + o1);                       \
+        w[14 * ws + c] = o1 - e1;   w[15 * ws + c] = o1;                               \
+    }                                                                                  \
+}
+
 FC_WINOGRAD_IN(f32, float)
 FC_WINOGRAD_IN(f64, double)
 FC_WINOGRAD_OUT(f32, float)
 FC_WINOGRAD_OUT(f64, double)
 FC_WINOGRAD_GRAD(f32, float)
 FC_WINOGRAD_GRAD(f64, double)
+FC_WINOGRAD_IN_NHWC(f32, float)
+FC_WINOGRAD_IN_NHWC(f64, double)
+FC_WINOGRAD_OUT_NHWC(f32, float)
+FC_WINOGRAD_OUT_NHWC(f64, double)
+FC_WINOGRAD_GRAD_NHWC(f32, float)
+FC_WINOGRAD_GRAD_NHWC(f64, double)
 
 #endif

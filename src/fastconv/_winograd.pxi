@@ -39,6 +39,21 @@ cdef extern from "_winograd.h" nogil:
                             double* row0, double* row1, int odd_last)
     void fc_winograd_grad_f32(const float* ge, const float* go, Py_ssize_t n, float* w,
                               Py_ssize_t w_stride)
+    void fc_winograd_in_nhwc_f32(const float** d, Py_ssize_t ch, float* v, Py_ssize_t v_stride)
+    void fc_winograd_in_nhwc_f64(const double** d, Py_ssize_t ch, double* v,
+                                 Py_ssize_t v_stride)
+    int fc_winograd_out_nhwc_f32(const float* m, Py_ssize_t m_stride, Py_ssize_t ch,
+                                 const float* bias, float* p00, float* p01, float* p10,
+                                 float* p11)
+    int fc_winograd_out_nhwc_f64(const double* m, Py_ssize_t m_stride, Py_ssize_t ch,
+                                 const double* bias, double* p00, double* p01, double* p10,
+                                 double* p11)
+    void fc_winograd_grad_nhwc_f32(const float* g00, const float* g01, const float* g10,
+                                   const float* g11, Py_ssize_t ch, float* w,
+                                   Py_ssize_t w_stride)
+    void fc_winograd_grad_nhwc_f64(const double* g00, const double* g01, const double* g10,
+                                   const double* g11, Py_ssize_t ch, double* w,
+                                   Py_ssize_t w_stride)
     void fc_winograd_grad_f64(const double* ge, const double* go, Py_ssize_t n, double* w,
                               Py_ssize_t w_stride)
 
@@ -403,6 +418,228 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
                 with nogil:
                     _add_slots(partial, n_slots, m_size, partial, n_threads)
                     finite = _winograd_filter_grads(partial, c_out, c_in, dwp)
+    finally:
+        blas_serial_exit()
+        free(partial)
+    _raise_for_status(status)
+    return finite
+
+
+# --- channels last (NHWC) -----------------------------------------------------
+#
+# The same three kernels with the channels innermost: a tile's transforms
+# run along the channel vectors of its pixels (_winograd.h), and the GEMMs
+# take the transposed orientation, M[xi]^T (tiles x C_out) = V[xi]^T (tiles
+# x C_in) @ U[xi] (C_in x C_out), and M[xi] (C_in x C_out) += V[xi] W[xi]^T
+# for the filter gradient.
+
+
+cdef void _winograd_inputs_nhwc(const floating* xp, Py_ssize_t c_in, Py_ssize_t in_h,
+                                Py_ssize_t in_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g0,
+                                Py_ssize_t g1, floating* v, Py_ssize_t vs,
+                                const floating* zeros) noexcept nogil:
+    """V[xi][g - g0][c] at ``v[xi*vs + (g - g0)*c_in + c]`` for the tiles
+    g0 <= g < g1 of the batch; pixels outside the image read ``zeros``."""
+    cdef const floating* d[16]
+    cdef Py_ssize_t g, n, t, i, j, r, q, row, col
+    for g in range(g0, g1):
+        n = g // tiles
+        t = g % tiles
+        i = t // tiles_w
+        j = t % tiles_w
+        for r in range(4):
+            row = 2 * i - pad_top + r
+            for q in range(4):
+                col = 2 * j - pad_left + q
+                if 0 <= row < in_h and 0 <= col < in_w:
+                    d[4 * r + q] = xp + ((n * in_h + row) * in_w + col) * c_in
+                else:
+                    d[4 * r + q] = zeros
+        if floating is float:
+            fc_winograd_in_nhwc_f32(d, c_in, v + (g - g0) * c_in, vs)
+        else:
+            fc_winograd_in_nhwc_f64(d, c_in, v + (g - g0) * c_in, vs)
+
+
+def conv2d_winograd_nhwc(const floating[:, :, :, ::1] x,
+                         const floating[:, :, ::1] u,
+                         const floating[::1] bias,
+                         floating[:, :, :, ::1] out,
+                         Py_ssize_t pad_top, Py_ssize_t pad_left,
+                         Py_ssize_t block_tiles, int n_threads):
+    """``conv2d_winograd`` in NHWC (inputs trusted): ``x`` (N, H, W, C_in),
+    ``u`` (16, C_in, C_out), ``bias`` (C_out,) (zeros for none), ``out``
+    (N, Ho, Wo, C_out).  Returns False, with ``out`` incomplete, if some
+    output was not finite."""
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
+    cdef Py_ssize_t c_in = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2], c_out = out.shape[3]
+    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
+    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
+    if n_img == 0 or c_out == 0 or tiles == 0:
+        return True
+    cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
+    cdef Py_ssize_t n_items = _ceil_div(n_img * tiles, block)
+    # per thread: V and M of one block, a zero pixel, three spare pixels
+    # (a tile's outputs past the image's last row or column)
+    cdef Py_ssize_t zeros_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
+    cdef Py_ssize_t spare_at = zeros_at + c_in
+    cdef Py_ssize_t work_size = spare_at + 3 * c_out
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* up = &u[0, 0, 0]
+    cdef const floating* bp = &bias[0]
+    cdef floating* yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t item, g0, g1, nt, xi, vs, ms, g, n, t, i, j
+    cdef floating* work = NULL
+    # (scalars, not an array: prange makes assigned scalars thread-private)
+    cdef floating* p00
+    cdef floating* p01
+    cdef floating* p10
+    cdef floating* p11
+    cdef int bad
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    cdef bint finite = True
+    cdef bint* finite_p = &finite
+
+    blas_serial_enter()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            work = <floating*>_workspace(work_size * sizeof(floating))
+            if work == NULL:
+                status_p[0] = STATUS_NO_MEMORY
+            else:
+                memset(work + zeros_at, 0, c_in * sizeof(floating))
+            for item in prange(n_items, schedule="static"):
+                if work == NULL:
+                    continue
+                g0 = item * block
+                g1 = min(g0 + block, n_img * tiles)
+                nt = g1 - g0
+                vs = nt * c_in + WINOGRAD_SKEW
+                ms = nt * c_out + WINOGRAD_SKEW
+                _winograd_inputs_nhwc(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
+                                      tiles, g0, g1, work, vs, work + zeros_at)
+                for xi in range(16):
+                    gemm(NO_TRANS, NO_TRANS, nt, c_out, c_in,
+                         <floating>1, work + xi * vs, c_in, up + xi * c_in * c_out, c_out,
+                         <floating>0, work + 16 * vs + xi * ms, c_out)
+                for g in range(g0, g1):
+                    n = g // tiles
+                    t = g % tiles
+                    i = t // tiles_w
+                    j = t % tiles_w
+                    p00 = yp + ((n * out_h + 2 * i) * out_w + 2 * j) * c_out
+                    p01 = p00 + c_out if 2 * j + 1 < out_w else work + spare_at
+                    p10 = p00 + out_w * c_out if 2 * i + 1 < out_h else work + spare_at + c_out
+                    p11 = (p10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
+                           else work + spare_at + 2 * c_out)
+                    if floating is float:
+                        bad = fc_winograd_out_nhwc_f32(work + 16 * vs + (g - g0) * c_out, ms,
+                                                       c_out, bp, p00, p01, p10, p11)
+                    else:
+                        bad = fc_winograd_out_nhwc_f64(work + 16 * vs + (g - g0) * c_out, ms,
+                                                       c_out, bp, p00, p01, p10, p11)
+                    if bad:
+                        finite_p[0] = False
+            free(work)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+    return finite
+
+
+def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
+                                     const floating[:, :, :, ::1] grad_out,
+                                     floating[:, :, :, ::1] sums,
+                                     Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                     Py_ssize_t block_tiles, int n_threads):
+    """``conv2d_grad_weight_winograd`` in NHWC (inputs trusted): ``x`` (N, H,
+    W, C_in), ``grad_out`` (N, Ho, Wo, C_out); the filter gradient goes to
+    ``sums`` as (C_in, C_out, 3, 3), for the caller to lay out as (3, 3,
+    C_in, C_out).  Returns False if some value was not finite."""
+    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
+    cdef Py_ssize_t c_in = x.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t c_out = grad_out.shape[3]
+    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
+    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
+    cdef floating* dwp = &sums[0, 0, 0, 0]
+    if n_img == 0 or tiles == 0:
+        memset(dwp, 0, sums.size * sizeof(floating))
+        return True
+    cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
+    cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
+    cdef Py_ssize_t m_size = 16 * c_in * c_out
+    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
+    # per thread: V and W of one block, then a zero pixel (wide enough for
+    # either side)
+    cdef Py_ssize_t zeros_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
+    cdef Py_ssize_t work_size = zeros_at + max(c_in, c_out)
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef Py_ssize_t s, r, g0, g1, nt, xi, vs, ws, g, n, t, i, j
+    cdef const floating* g00
+    cdef const floating* g01
+    cdef const floating* g10
+    cdef const floating* g11
+    cdef floating* acc
+    cdef floating* work = NULL
+    cdef floating* partial = <floating*>_workspace(n_slots * m_size * sizeof(floating))
+    cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
+    cdef int* status_p = &status
+    cdef bint finite = True
+
+    blas_serial_enter()
+    try:
+        if partial != NULL:
+            with nogil, parallel(num_threads=n_threads):
+                work = <floating*>_workspace(work_size * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+                else:
+                    memset(work + zeros_at, 0, max(c_in, c_out) * sizeof(floating))
+                for s in prange(n_slots, schedule="static"):
+                    if work == NULL:
+                        continue
+                    acc = partial + s * m_size
+                    for r in range(s * n_red // n_slots, (s + 1) * n_red // n_slots):
+                        g0 = r * block
+                        g1 = min(g0 + block, n_img * tiles)
+                        nt = g1 - g0
+                        vs = nt * c_in + WINOGRAD_SKEW
+                        ws = nt * c_out + WINOGRAD_SKEW
+                        _winograd_inputs_nhwc(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
+                                              tiles, g0, g1, work, vs, work + zeros_at)
+                        for g in range(g0, g1):
+                            n = g // tiles
+                            t = g % tiles
+                            i = t // tiles_w
+                            j = t % tiles_w
+                            g00 = gp + ((n * out_h + 2 * i) * out_w + 2 * j) * c_out
+                            g01 = g00 + c_out if 2 * j + 1 < out_w else work + zeros_at
+                            g10 = (g00 + out_w * c_out if 2 * i + 1 < out_h
+                                   else work + zeros_at)
+                            g11 = (g10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
+                                   else work + zeros_at)
+                            if floating is float:
+                                fc_winograd_grad_nhwc_f32(g00, g01, g10, g11, c_out,
+                                                          work + 16 * vs + (g - g0) * c_out, ws)
+                            else:
+                                fc_winograd_grad_nhwc_f64(g00, g01, g10, g11, c_out,
+                                                          work + 16 * vs + (g - g0) * c_out, ws)
+                        # the slot's first item overwrites (no clearing pass)
+                        for xi in range(16):
+                            gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
+                                 work + xi * vs, c_in, work + 16 * vs + xi * ws, c_out,
+                                 <floating>(0 if r == s * n_red // n_slots else 1),
+                                 acc + xi * c_in * c_out, c_out)
+                free(work)
+            if status == STATUS_OK:
+                with nogil:
+                    _add_slots(partial, n_slots, m_size, partial, n_threads)
+                    finite = _winograd_filter_grads(partial, c_in, c_out, dwp)
     finally:
         blas_serial_exit()
         free(partial)

@@ -263,6 +263,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
     # The direct depthwise loops skip zero padding; a non-finite weight times
     # that padding is NaN in the textbook sum, so such weights take the GEMM.
     if nhwc:
+        if _winograd(_weight_to_oihw(weight.shape, layout), geo) and np.isfinite(w).all():
+            x = contiguous(x, compute)
+            if _winograd_correlate_nhwc(x, w, b if bias is not None else None, out,
+                                        geo.pad_top, geo.pad_left, args[-1]):
+                return _finish(out, result)
+            # an output was not finite: recomputed as the textbook sums it
         depthwise = _depthwise_nhwc(weight.shape, x.shape[3], geo) and np.isfinite(w).all()
         kernel = _kernels.depthwise_forward_nhwc if depthwise else _kernels.conv2d_forward_nhwc
     else:
@@ -336,6 +342,20 @@ def _winograd_correlate(x, w, b, has_bias, out, pad_top, pad_left, n_threads,
     _kernels.winograd_filters(w, u, rotate_swap)
     return _kernels.conv2d_winograd(x, u, b, has_bias, out, pad_top, pad_left,
                                     _WINOGRAD_BLOCK_TILES, n_threads)
+
+
+def _winograd_correlate_nhwc(x, w, b, out, pad_top, pad_left, n_threads, rotate_swap=False):
+    """:func:`_winograd_correlate` in NHWC: `x` (N, H, W, C_in), `w` (3, 3,
+    C_in, C_out) of the forward, `b` (C_out,) or None, `out` (N, Ho, Wo,
+    C_out) of the correlation."""
+    c_out, c_in = out.shape[3], x.shape[3]
+    u = np.empty((16, c_out, c_in), dtype=out.dtype)
+    _kernels.winograd_filters(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), u, rotate_swap)
+    # the kernel's GEMMs take U[xi] as (C_in x C_out)
+    u = np.ascontiguousarray(u.transpose(0, 2, 1))
+    b = np.zeros(c_out, dtype=out.dtype) if b is None else b
+    return _kernels.conv2d_winograd_nhwc(x, u, b, out, pad_top, pad_left,
+                                         _WINOGRAD_BLOCK_TILES, n_threads)
 
 
 def _depthwise(w_shape, geo):
@@ -469,10 +489,19 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     # strided NCHW ones only where taps land.
     gather_writes_all = _gather_writes_all(_weight_to_oihw(weight.shape, layout)[2:], geo)
     if layout == "NHWC":
+        finite_w = np.isfinite(w).all()
+        if (finite_w and _FORCE_GRAD_INPUT_METHOD is None
+                and _winograd(_weight_to_oihw(weight.shape, layout), geo)
+                and geo.pad_top <= 2 and geo.pad_left <= 2):
+            # as in NCHW below
+            dx = output_array(input_shape, compute)
+            if _winograd_correlate_nhwc(g, w, None, dx, 2 - geo.pad_top, 2 - geo.pad_left,
+                                        args[-1], rotate_swap=True):
+                return _finish(dx, result)
         # As below: only the gather order multiplies the zero border of the
         # full correlation (the direct depthwise loops and the scatter order
         # skip it), so an inf/NaN weight always takes the gather GEMM.
-        if not np.isfinite(w).all():
+        if not finite_w:
             kernel, writes_all = _kernels.conv2d_grad_input_nhwc, gather_writes_all
         elif _depthwise_nhwc(weight.shape, input_shape[3], geo):
             kernel, writes_all = _kernels.depthwise_grad_input_nhwc, True
@@ -618,6 +647,16 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     # NaNs themselves: their loops multiply it by the zero padding too.
     if layout == "NHWC":
         depthwise = _depthwise_nhwc(weight_shape, x.shape[3], geo)
+        if (not depthwise and _winograd(_weight_to_oihw(weight_shape, layout), geo)
+                and 16 * dw.size // 9 * dw.itemsize <= _WINOGRAD_MAX_SUMS_BYTES):
+            x = contiguous(x, compute)
+            kh, kw, c_in, c_out = weight_shape
+            sums = np.empty((c_in, c_out, kh, kw), dtype=compute)
+            if _kernels.conv2d_grad_weight_winograd_nhwc(x, g, sums, geo.pad_top, geo.pad_left,
+                                                         _WINOGRAD_BLOCK_TILES, args[-1]):
+                dw[...] = sums.transpose(2, 3, 0, 1)
+                return _finish(dw, result)
+            # a value was not finite: recomputed as the textbook sums it
         kernel = (_kernels.depthwise_grad_weight_nhwc if depthwise
                   else _kernels.conv2d_grad_weight_nhwc)
     else:
