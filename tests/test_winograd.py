@@ -1,6 +1,6 @@
-"""Tests of the Winograd kernels (``_winograd.pxi``): the NCHW 3x3 stride-1
-forward and input gradient (F(2x2, 3x3)) and filter gradient (F(3x3, 2x2))
-with enough channels on large planes.
+"""Tests of the Winograd kernels (``_winograd.pxi``): the 3x3 stride-1 forward
+and input gradient (F(2x2, 3x3)) and filter gradient (F(3x3, 2x2)) with
+enough channels on large planes, in both layouts.
 
 The thresholds (``functional._WINOGRAD_MIN_CHANNELS``, ``_MIN_PLANE``) are
 lowered here so that small shapes, which the oracles can check, take the
@@ -242,7 +242,7 @@ def test_environment_switch_turns_winograd_off():
               [l.split(":", 1)[1].strip() for l in buf.getvalue().splitlines()
                if l.strip().startswith("winograd")])
     """)
-    for value, expected in (("0", "True ['off']"), ("1", "False ['NCHW 3x3")):
+    for value, expected in (("0", "True ['off']"), ("1", "False ['3x3 stride 1")):
         env = dict(os.environ, FASTCONV_WINOGRAD=value)
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                              text=True, check=True).stdout

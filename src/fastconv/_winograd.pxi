@@ -1,5 +1,5 @@
-# Winograd's minimal filtering for 3x3, stride-1, undilated, ungrouped NCHW
-# convolutions, included by _kernels.pyx: F(2x2, 3x3) for the forward and
+# Winograd's minimal filtering for 3x3, stride-1, undilated, ungrouped
+# convolutions (NCHW; NHWC at the end), included by _kernels.pyx: F(2x2, 3x3) for the forward and
 # for the input gradient (the full correlation of the padded sensitivity
 # map with the rotated, swapped filters), F(3x3, 2x2) for the filter
 # gradient (at the end of this file).
@@ -114,7 +114,7 @@ def winograd_filters(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
     in double precision and rounded once.  Rows of G: (1, 0, 0),
     (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1)."""
     cdef Py_ssize_t n_out = u.shape[1], n_in = u.shape[2]
-    cdef Py_ssize_t o, c, r, a, b
+    cdef Py_ssize_t o, c, r, a
     cdef double g[3][3]
     cdef double t[4][3]
     cdef const floating* src

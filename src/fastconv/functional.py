@@ -205,7 +205,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
 
     Notes
     -----
-    Lowered to GEMM.  NCHW 3x3 stride-1 layers with at least 32 input and
+    Lowered to GEMM.  3x3 stride-1 layers with at least 32 input and
     output channels and 48x48 outputs are evaluated by Winograd's
     F(2x2, 3x3) instead (2.25x fewer multiply-adds; rounding comparable to
     the GEMM's; ``FASTCONV_WINOGRAD=0`` turns it off).  Values that are not
@@ -284,15 +284,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
     return _finish(out, result)
 
 
-# Winograd (_winograd.pxi) takes the NCHW 3x3 stride-1 correlations -- the
+# Winograd (_winograd.pxi) takes the 3x3 stride-1 correlations -- the
 # forward and the input gradient by F(2x2, 3x3), the filter gradient by
 # F(3x3, 2x2) -- with at least _WINOGRAD_MIN_CHANNELS input and output
 # channels and output planes of at least _WINOGRAD_MIN_PLANE positions:
 # 2.25x fewer multiply-adds, for transforms that cost about what packing
 # the patches does.  Measured against the GEMM kernels (in-process A/B,
-# 2 threads, Xeon): vgg3x3 forward 1.69x / 1.22x (float32 / float64), input
-# gradient 1.70x / 1.25x, filter gradient 1.07x / 1.14x; big 1.48x / 1.36x,
-# 1.42x / 1.38x, 1.20x / 1.23x; 32 channels of 56x56 1.18-1.47x.  Below
+# 2 threads, Xeon), NCHW: vgg3x3 forward 1.69x / 1.22x (float32 / float64),
+# input gradient 1.70x / 1.25x, filter gradient 1.07x / 1.14x; big 1.48x /
+# 1.36x, 1.42x / 1.38x, 1.20x / 1.23x; 32 channels of 56x56 1.18-1.47x.
+# NHWC: vgg3x3 2.02x / 2.14x, 2.02x / 2.06x, 1.79x / 1.66x; big 1.42x /
+# 1.82x, 1.96x / 1.83x, 1.30x / 1.62x.  Below
 # the thresholds it was mixed: 16 channels of 56x56 0.98-1.41x, planes of
 # 28x28 0.86-1.36x, of 14x14 and 7x7 0.49-2.05x (the forward loses on
 # small planes: tile rows of a few tiles leave the transforms' vectors
@@ -315,7 +317,7 @@ def winograd_config():
     """Where Winograd is used, for ``show_config``."""
     if _WINOGRAD_MIN_CHANNELS is None:
         return "off"
-    return (f"NCHW 3x3 stride 1, >= {_WINOGRAD_MIN_CHANNELS} channels, "
+    return (f"3x3 stride 1, >= {_WINOGRAD_MIN_CHANNELS} channels, "
             f">= {_WINOGRAD_MIN_PLANE} output positions")
 
 
