@@ -25,6 +25,17 @@
 #define FC_NO_OVERLAP
 #endif
 
+/* One row combination t0..t3 of B^T d times B on the right: entries xi0 ..
+ * xi0 + 3 stored to v[xi*vs + i] (both layouts' loops).  Columns of B:
+ * (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1). */
+#define FC_WINOGRAD_B_ROW(t0, t1, t2, t3, v, vs, xi0, i)                               \
+    do {                                                                               \
+        v[(xi0) * (vs) + i] = (t0) - (t2);                                             \
+        v[((xi0) + 1) * (vs) + i] = (t1) + (t2);                                       \
+        v[((xi0) + 2) * (vs) + i] = (t2) - (t1);                                       \
+        v[((xi0) + 3) * (vs) + i] = (t1) - (t3);                                       \
+    } while (0)
+
 /* fc_winograd_in_dt: B^T d B of tiles jj < n.  Row k (k < 4) of the patches
  * is held as its even columns at e + k*width and its odd ones at
  * od + k*width (width >= n + 1): tile jj's patch row k is
@@ -51,14 +62,10 @@ static inline void fc_winograd_in_##dt(const T *restrict e, const T *restrict od
         const T d0 = e1[jj] - e3[jj], d1 = o1[jj] - o3[jj];                            \
         const T d2 = e1[jj + 1] - e3[jj + 1], d3 = o1[jj + 1] - o3[jj + 1];            \
         /* then B on the right, row by row */                                          \
-        v[jj] = a0 - a2;            v[vs + jj] = a1 + a2;                              \
-        v[2 * vs + jj] = a2 - a1;   v[3 * vs + jj] = a1 - a3;                          \
-        v[4 * vs + jj] = b0 - b2;   v[5 * vs + jj] = b1 + b2;                          \
-        v[6 * vs + jj] = b2 - b1;   v[7 * vs + jj] = b1 - b3;                          \
-        v[8 * vs + jj] = c0 - c2;   v[9 * vs + jj] = c1 + c2;                          \
-        v[10 * vs + jj] = c2 - c1;  v[11 * vs + jj] = c1 - c3;                         \
-        v[12 * vs + jj] = d0 - d2;  v[13 * vs + jj] = d1 + d2;                         \
-        v[14 * vs + jj] = d2 - d1;  v[15 * vs + jj] = d1 - d3;                         \
+        FC_WINOGRAD_B_ROW(a0, a1, a2, a3, v, vs, 0, jj);                               \
+        FC_WINOGRAD_B_ROW(b0, b1, b2, b3, v, vs, 4, jj);                               \
+        FC_WINOGRAD_B_ROW(c0, c1, c2, c3, v, vs, 8, jj);                               \
+        FC_WINOGRAD_B_ROW(d0, d1, d2, d3, v, vs, 12, jj);                              \
     }                                                                                  \
 }
 
@@ -112,6 +119,24 @@ static inline int fc_winograd_out_##dt(const T *restrict m, Py_ssize_t ms,      
     return bad;                                                                        \
 }
 
+/* A g A^T of one 2x2 sensitivity block e0 o0 / e1 o1 (row 0, row 1), its
+ * entry xi stored to w[xi*ws + i] (both layouts' loops).  Rows of A: (1, 0),
+ * (1, 1), (1, -1), (0, -1). */
+#define FC_WINOGRAD_GRAD_BLOCK(T, e0, o0, e1, o1, w, ws, i)                            \
+    do {                                                                               \
+        /* A g: rows g0, g0 + g1, g0 - g1, -g1 (even and odd columns) */               \
+        const T pe = (e0) + (e1), po = (o0) + (o1), me = (e0) - (e1), mo = (o0) - (o1); \
+        /* then A^T on the right: columns c0, c0 + c1, c0 - c1, -c1 */                 \
+        w[i] = (e0);                  w[(ws) + i] = (e0) + (o0);                       \
+        w[2 * (ws) + i] = (e0) - (o0); w[3 * (ws) + i] = -(o0);                        \
+        w[4 * (ws) + i] = pe;         w[5 * (ws) + i] = pe + po;                       \
+        w[6 * (ws) + i] = pe - po;    w[7 * (ws) + i] = -po;                           \
+        w[8 * (ws) + i] = me;         w[9 * (ws) + i] = me + mo;                       \
+        w[10 * (ws) + i] = me - mo;   w[11 * (ws) + i] = -mo;                          \
+        w[12 * (ws) + i] = -(e1);     w[13 * (ws) + i] = -((e1) + (o1));               \
+        w[14 * (ws) + i] = (o1) - (e1); w[15 * (ws) + i] = (o1);                       \
+    } while (0)
+
 /* fc_winograd_grad_dt: A g A^T of the 2x2 blocks jj < n of a sensitivity
  * map (the filter gradient's "filters"): block jj is ge[jj], go[jj] (row 0)
  * and ge[n + jj], go[n + jj] (row 1), its even and odd columns.  Entry
@@ -124,17 +149,7 @@ static inline void fc_winograd_grad_##dt(const T *restrict ge, const T *restrict
     FC_NO_OVERLAP                                                                      \
     for (jj = 0; jj < n; jj++) {                                                       \
         const T e0 = ge[jj], o0 = go[jj], e1 = ge[n + jj], o1 = go[n + jj];            \
-        /* A g: rows g0, g0 + g1, g0 - g1, -g1 (even and odd columns) */               \
-        const T pe = e0 + e1, po = o0 + o1, me = e0 - e1, mo = o0 - o1;                \
-        /* then A^T on the right: columns c0, c0 + c1, c0 - c1, -c1 */                 \
-        w[jj] = e0;                 w[ws + jj] = e0 + o0;                              \
-        w[2 * ws + jj] = e0 - o0;   w[3 * ws + jj] = -o0;                              \
-        w[4 * ws + jj] = pe;        w[5 * ws + jj] = pe + po;                          \
-        w[6 * ws + jj] = pe - po;   w[7 * ws + jj] = -po;                              \
-        w[8 * ws + jj] = me;        w[9 * ws + jj] = me + mo;                          \
-        w[10 * ws + jj] = me - mo;  w[11 * ws + jj] = -mo;                             \
-        w[12 * ws + jj] = -e1;      w[13 * ws + jj] = -(e1 + o1);                      \
-        w[14 * ws + jj] = o1 - e1;  w[15 * ws + jj] = o1;                              \
+        FC_WINOGRAD_GRAD_BLOCK(T, e0, o0, e1, o1, w, ws, jj);                          \
     }                                                                                  \
 }
 
@@ -163,14 +178,10 @@ static inline void fc_winograd_in_nhwc_##dt(const T *const *d, Py_ssize_t ch,   
         const T c2 = d10[c] - d6[c], c3 = d11[c] - d7[c];                              \
         const T e0 = d4[c] - d12[c], e1 = d5[c] - d13[c];                              \
         const T e2 = d6[c] - d14[c], e3 = d7[c] - d15[c];                              \
-        v[c] = a0 - a2;            v[vs + c] = a1 + a2;                                \
-        v[2 * vs + c] = a2 - a1;   v[3 * vs + c] = a1 - a3;                            \
-        v[4 * vs + c] = b0 - b2;   v[5 * vs + c] = b1 + b2;                            \
-        v[6 * vs + c] = b2 - b1;   v[7 * vs + c] = b1 - b3;                            \
-        v[8 * vs + c] = c0 - c2;   v[9 * vs + c] = c1 + c2;                            \
-        v[10 * vs + c] = c2 - c1;  v[11 * vs + c] = c1 - c3;                           \
-        v[12 * vs + c] = e0 - e2;  v[13 * vs + c] = e1 + e2;                           \
-        v[14 * vs + c] = e2 - e1;  v[15 * vs + c] = e1 - e3;                           \
+        FC_WINOGRAD_B_ROW(a0, a1, a2, a3, v, vs, 0, c);                                \
+        FC_WINOGRAD_B_ROW(b0, b1, b2, b3, v, vs, 4, c);                                \
+        FC_WINOGRAD_B_ROW(c0, c1, c2, c3, v, vs, 8, c);                                \
+        FC_WINOGRAD_B_ROW(e0, e1, e2, e3, v, vs, 12, c);                               \
     }                                                                                  \
 }
 
@@ -211,15 +222,7 @@ static inline void fc_winograd_grad_nhwc_##dt(const T *g00, const T *g01,       
     FC_NO_OVERLAP                                                                      \
     for (c = 0; c < ch; c++) {                                                         \
         const T e0 = g00[c], o0 = g01[c], e1 = g10[c], o1 = g11[c];                    \
-        const T pe = e0 + e1, po = o0 + o1, me = e0 - e1, mo = o0 - o1;                \
-        w[c] = e0;                  w[ws + c] = e0 + o0;                               \
-        w[2 * ws + c] = e0 - o0;    w[3 * ws + c] = -o0;                               \
-        w[4 * ws + c] = pe;         w[5 * ws + c] = pe + po;                           \
-        w[6 * ws + c] = pe - po;    w[7 * ws + c] = -po;                               \
-        w[8 * ws + c] = me;         w[9 * ws + c] = me + mo;                           \
-        w[10 * ws + c] = me - mo;   w[11 * ws + c] = -mo;                              \
-        w[12 * ws + c] = -e1;       w[13 * ws + c] = -(e1 + o1);                       \
-        w[14 * ws + c] = o1 - e1;   w[15 * ws + c] = o1;                               \
+        FC_WINOGRAD_GRAD_BLOCK(T, e0, o0, e1, o1, w, ws, c);                           \
     }                                                                                  \
 }
 
