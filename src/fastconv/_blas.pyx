@@ -52,6 +52,19 @@ cdef bint _int64 = False
 cdef set_threads_t _set_threads = NULL
 cdef get_threads_t _get_threads = NULL
 
+cdef extern from "_gemm_avx512.h" nogil:
+    int fc_gemm_avx512_cpu()
+    int fc_dgemm_avx512(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                        double alpha, const double* a, Py_ssize_t lda,
+                        const double* b, Py_ssize_t ldb, double beta,
+                        double* c, Py_ssize_t ldc)
+
+# fastconv's own float64 GEMM (_gemm_avx512.h) for mid-sized products on
+# AVX-512 CPUs, in front of OpenBLAS or the built-in loop (not of oneMKL,
+# which is faster still); FASTCONV_GEMM=blas turns it off
+cdef bint _own_dgemm = False
+cdef bint _own_dgemm_every_shape = False      # tests: skip _own_gemm_fits
+
 cdef int _serial_depth = 0
 cdef int _saved_threads = 1
 
@@ -78,6 +91,11 @@ cdef void gemm(Transpose trans_a, Transpose trans_b,
     if k <= 0:
         _scale(m, n, beta, c, ldc)
         return
+    if floating is double and _own_dgemm and (_own_dgemm_every_shape
+                                              or _own_gemm_fits(m, n, k)):
+        if fc_dgemm_avx512(trans_a == TRANS, trans_b == TRANS, m, n, k,
+                           alpha, a, lda, b, ldb, beta, c, ldc) == 0:
+            return
     if floating is float:
         if _sgemm != NULL:
             if _int64:
@@ -103,6 +121,15 @@ cdef void gemm(Transpose trans_a, Transpose trans_b,
                                     beta, c, <int32_t>ldc)
                 return
     _builtin_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+cdef inline bint _own_gemm_fits(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """Whether ``_gemm_avx512.h`` takes this product: every side >= 32 and
+    m*n*k >= 2**19, where its per-call packing pays off (the suite's lenet
+    products are smaller, and OpenBLAS ran them faster), and C at most 2**18
+    elements (2 MiB, an L2): it has no cache blocking beyond that."""
+    return (m >= 32 and n >= 32 and k >= 32 and m * n <= (1 << 18)
+            and m * n * k >= (1 << 19))
 
 
 cdef void _scale(Py_ssize_t m, Py_ssize_t n, floating beta,
@@ -408,9 +435,49 @@ def blas_info():
         ``name`` (library file or ``"builtin"``), ``path``, ``int_bits``
         (32 or 64, None for the built-in), ``thread_control`` (whether
         fastconv pins it to one thread inside its parallel regions) and
-        ``config`` (OpenBLAS's own configuration string).
+        ``config`` (OpenBLAS's own configuration string); ``own_dgemm``
+        says whether fastconv's AVX-512 float64 GEMM takes the mid-sized
+        products in front of that library.
     """
-    return dict(_info)
+    return dict(_info, own_dgemm=bool(_own_dgemm))
+
+
+def _gemm_for_tests(bint trans_a, bint trans_b, const floating[:, ::1] a,
+                    const floating[:, ::1] b, floating[:, ::1] c, double alpha, double beta):
+    """Test hook: ``c = alpha * op(a) @ op(b) + beta * c`` through ``gemm``."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    if (a.shape[1] if trans_a else a.shape[0]) != m or \
+            (b.shape[1] if trans_b else b.shape[0]) != k or \
+            (b.shape[0] if trans_b else b.shape[1]) != n:
+        raise ValueError("_gemm_for_tests: shapes do not match")
+    if m == 0 or n == 0:
+        return
+    cdef const floating* pa = &a[0, 0] if a.shape[0] and a.shape[1] else NULL
+    cdef const floating* pb = &b[0, 0] if b.shape[0] and b.shape[1] else NULL
+    with nogil:
+        gemm(TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k,
+             <floating>alpha, pa, max(1, a.shape[1]), pb, max(1, b.shape[1]),
+             <floating>beta, &c[0, 0], c.shape[1])
+
+
+def _set_own_dgemm(bint on, bint every_shape=False):
+    """Test hook: switch the own float64 GEMM on (where the CPU has AVX-512F)
+    or off, for the products ``_own_gemm_fits`` picks or for every shape;
+    returns the previous ``(on, every_shape)``."""
+    global _own_dgemm, _own_dgemm_every_shape
+    previous = (bool(_own_dgemm), bool(_own_dgemm_every_shape))
+    _own_dgemm = on and bool(fc_gemm_avx512_cpu())
+    _own_dgemm_every_shape = every_shape
+    return previous
+
+
+def _init_own_dgemm():
+    global _own_dgemm
+    _own_dgemm = (os.environ.get("FASTCONV_GEMM", "").lower() != "blas"
+                  and not (_info["name"] or "").startswith("libmkl")
+                  and bool(fc_gemm_avx512_cpu()))
 
 
 _load()
+_init_own_dgemm()
