@@ -1,11 +1,12 @@
 """The GEMM behind every kernel (``_blas.pyx``): the library it wraps and
-fastconv's own AVX-512 float64 GEMM (``_gemm_avx512.h``) in front of it.
+fastconv's own AVX-512 GEMM (``_gemm_avx512.h``) in front of it.
 
-The own GEMM is checked here against NumPy's ``@`` on every shape class its
-blocking has (row panels of 8, column panels of 24/16/8 and their ragged
-ends, K blocks of 128 and their remainders, M blocks of 128), forced onto
-small shapes too, and through the convolution kernels elsewhere (it is on
-by default where the CPU has AVX-512F).
+The own GEMM is checked here against NumPy's ``@`` in both dtypes on every
+shape class its blocking has (row panels of 8, column panels of three, two
+and one vectors and their ragged ends, K blocks of 128 and their
+remainders, M blocks of 128), forced onto small shapes too, and through the
+convolution kernels elsewhere (it is on by default where the CPU has
+AVX-512F).
 """
 
 import os
@@ -27,17 +28,17 @@ needs_avx512 = pytest.mark.skipif(not _cpu.has_avx512f(),
 
 @pytest.fixture
 def own_every_shape():
-    """The own float64 GEMM on for every product (where the CPU has it)."""
-    previous = _blas._set_own_dgemm(True, every_shape=True)
+    """The own GEMM on for every product (where the CPU has it)."""
+    previous = _blas._set_own_gemm(True, every_shape=True)
     yield
-    _blas._set_own_dgemm(*previous)
+    _blas._set_own_gemm(*previous)
 
 
 @pytest.fixture
 def blas_only():
-    previous = _blas._set_own_dgemm(False)
+    previous = _blas._set_own_gemm(False)
     yield
-    _blas._set_own_dgemm(*previous)
+    _blas._set_own_gemm(*previous)
 
 
 def _operands(rng, m, n, k, trans_a, trans_b, dtype):
@@ -67,21 +68,24 @@ def _check(m, n, k, trans_a, trans_b, alpha, beta, dtype, seed=0):
 
 
 @needs_avx512
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("m, n, k", [
-    (8, 24, 8),        # one full tile, one 8-step of k
+    (8, 24, 8),        # one full float64 tile, one 8-step of k
+    (8, 48, 16),       # one full float32 tile
     (1, 1, 1),         # everything ragged
-    (7, 25, 9),        # row tail, a 1-column panel, k tail
-    (9, 16, 15),       # 2-vector panel, an 8-step plus a tail
+    (7, 25, 9),        # row tail, a 1-column panel (float64), k tail
+    (9, 16, 15),       # 2-vector float64 panel, 1-vector float32 one
     (17, 40, 129),     # 24 + 16 columns, a K block plus one
+    (15, 47, 17),      # float32: a 3-vector panel with a ragged last vector
     (130, 23, 257),    # an M block plus 2 rows, 3 K blocks
     (64, 196, 256),    # pw1x1's forward
     (33, 200, 3),      # k below one transpose block
 ])
-def test_own_dgemm_edges_match_numpy(own_every_shape, m, n, k, trans_a, trans_b):
+def test_own_gemm_edges_match_numpy(own_every_shape, m, n, k, trans_a, trans_b, dtype):
     for alpha, beta in ((1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)):
-        _check(m, n, k, trans_a, trans_b, alpha, beta, np.float64)
+        _check(m, n, k, trans_a, trans_b, alpha, beta, dtype)
 
 
 @needs_avx512
@@ -89,13 +93,13 @@ def test_own_dgemm_edges_match_numpy(own_every_shape, m, n, k, trans_a, trans_b)
 @given(m=st.integers(1, 150), n=st.integers(1, 100), k=st.integers(1, 300),
        trans_a=st.booleans(), trans_b=st.booleans(),
        alpha=st.sampled_from([1.0, -0.5]), beta=st.sampled_from([0.0, 1.0, 0.5]),
-       seed=st.integers(0, 2**16))
-def test_own_dgemm_matches_numpy(m, n, k, trans_a, trans_b, alpha, beta, seed):
-    previous = _blas._set_own_dgemm(True, every_shape=True)
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_own_gemm_matches_numpy(m, n, k, trans_a, trans_b, alpha, beta, dtype, seed):
+    previous = _blas._set_own_gemm(True, every_shape=True)
     try:
-        _check(m, n, k, trans_a, trans_b, alpha, beta, np.float64, seed)
+        _check(m, n, k, trans_a, trans_b, alpha, beta, dtype, seed)
     finally:
-        _blas._set_own_dgemm(*previous)
+        _blas._set_own_gemm(*previous)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -107,24 +111,27 @@ def test_gemm_matches_numpy_on_the_default_path(dtype, m, n, k):
 
 
 @needs_avx512
-def test_own_dgemm_beta_zero_never_reads_c(own_every_shape):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_own_gemm_beta_zero_never_reads_c(own_every_shape, dtype):
     """BLAS semantics: with beta == 0, NaN or Inf already in C is overwritten."""
     rng = np.random.default_rng(1)
-    a, b = _operands(rng, 37, 50, 70, False, False, np.float64)
-    c = np.full((37, 50), np.nan)
+    a, b = _operands(rng, 37, 50, 70, False, False, dtype)
+    c = np.full((37, 50), np.nan, dtype=dtype)
     c[::3] = np.inf
     _blas._gemm_for_tests(False, False, a, b, c, 1.0, 0.0)
-    np.testing.assert_allclose(c, a @ b, rtol=1e-13, atol=1e-12)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=tol, atol=tol)
 
 
 @needs_avx512
-def test_own_dgemm_propagates_nan_and_inf_like_numpy(own_every_shape):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_own_gemm_propagates_nan_and_inf_like_numpy(own_every_shape, dtype):
     rng = np.random.default_rng(2)
-    a, b = _operands(rng, 20, 30, 40, False, True, np.float64)
+    a, b = _operands(rng, 20, 30, 40, False, True, dtype)
     a[3, 5] = np.nan
     a[7, 1] = np.inf
     b[11, 2] = -np.inf
-    c = np.zeros((20, 30))
+    c = np.zeros((20, 30), dtype=dtype)
     _blas._gemm_for_tests(False, True, a, b, c, 1.0, 0.0)
     with np.errstate(invalid="ignore"):
         want = a @ b.T
@@ -132,11 +139,13 @@ def test_own_dgemm_propagates_nan_and_inf_like_numpy(own_every_shape):
     np.testing.assert_array_equal(np.isposinf(c), np.isposinf(want))
     np.testing.assert_array_equal(np.isneginf(c), np.isneginf(want))
     finite = np.isfinite(want)
-    np.testing.assert_allclose(c[finite], want[finite], rtol=1e-12, atol=1e-12)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(c[finite], want[finite], rtol=tol, atol=tol)
 
 
 @needs_avx512
-def test_own_and_blas_paths_agree_on_the_suite_products():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_own_and_blas_paths_agree_on_the_suite_products(dtype):
     """Each path is checked against NumPy; here the two against each other on
     the products the conv suite makes (the own GEMM's rule takes them)."""
     shapes = [(64, 196, 256, False, False), (256, 196, 64, False, False),
@@ -144,18 +153,19 @@ def test_own_and_blas_paths_agree_on_the_suite_products():
               (256, 128, 256, False, False), (64, 500, 50, True, False)]
     rng = np.random.default_rng(3)
     for m, n, k, ta, tb in shapes:
-        a, b = _operands(rng, m, n, k, ta, tb, np.float64)
+        a, b = _operands(rng, m, n, k, ta, tb, dtype)
         results = []
         for on in (True, False):
-            previous = _blas._set_own_dgemm(on)
+            previous = _blas._set_own_gemm(on)
             try:
-                c = np.empty((m, n))
+                c = np.empty((m, n), dtype=dtype)
                 _blas._gemm_for_tests(ta, tb, a, b, c, 1.0, 0.0)
                 results.append(c)
             finally:
-                _blas._set_own_dgemm(*previous)
+                _blas._set_own_gemm(*previous)
+        tol = 1e-12 if dtype == np.float64 else 1e-5
         np.testing.assert_allclose(results[0], results[1], rtol=0,
-                                   atol=1e-12 * np.sqrt(k) * np.abs(results[1]).max())
+                                   atol=tol * np.sqrt(k) * np.abs(results[1]).max())
 
 
 @needs_avx512
@@ -189,7 +199,7 @@ def test_gemm_switch_is_reported_and_honoured():
     code = textwrap.dedent("""
         from fastconv._blas import blas_info
         from fastconv._config import config
-        print(blas_info()["own_dgemm"], config()["own_gemm"])
+        print(blas_info()["own_gemm"], config()["own_gemm"])
     """)
 
     def own(env):

@@ -54,16 +54,20 @@ cdef get_threads_t _get_threads = NULL
 
 cdef extern from "_gemm_avx512.h" nogil:
     int fc_gemm_avx512_cpu()
-    int fc_dgemm_avx512(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                        double alpha, const double* a, Py_ssize_t lda,
-                        const double* b, Py_ssize_t ldb, double beta,
-                        double* c, Py_ssize_t ldc)
+    int fc_gemm_avx512_d(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         double alpha, const double* a, Py_ssize_t lda,
+                         const double* b, Py_ssize_t ldb, double beta,
+                         double* c, Py_ssize_t ldc)
+    int fc_gemm_avx512_s(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         float alpha, const float* a, Py_ssize_t lda,
+                         const float* b, Py_ssize_t ldb, float beta,
+                         float* c, Py_ssize_t ldc)
 
-# fastconv's own float64 GEMM (_gemm_avx512.h) for mid-sized products on
-# AVX-512 CPUs, in front of OpenBLAS or the built-in loop (not of oneMKL,
-# which is faster still); FASTCONV_GEMM=blas turns it off
-cdef bint _own_dgemm = False
-cdef bint _own_dgemm_every_shape = False      # tests: skip _own_gemm_fits
+# fastconv's own GEMM (_gemm_avx512.h) for mid-sized products on AVX-512
+# CPUs, in front of OpenBLAS or the built-in loop (not of oneMKL, which is
+# faster still); FASTCONV_GEMM=blas turns it off
+cdef bint _own_gemm = False
+cdef bint _own_gemm_every_shape = False      # tests: skip _own_gemm_fits
 
 cdef int _serial_depth = 0
 cdef int _saved_threads = 1
@@ -91,11 +95,15 @@ cdef void gemm(Transpose trans_a, Transpose trans_b,
     if k <= 0:
         _scale(m, n, beta, c, ldc)
         return
-    if floating is double and _own_dgemm and (_own_dgemm_every_shape
-                                              or _own_gemm_fits(m, n, k)):
-        if fc_dgemm_avx512(trans_a == TRANS, trans_b == TRANS, m, n, k,
-                           alpha, a, lda, b, ldb, beta, c, ldc) == 0:
-            return
+    if _own_gemm and (_own_gemm_every_shape or _own_gemm_fits(m, n, k, sizeof(floating))):
+        if floating is float:
+            if fc_gemm_avx512_s(trans_a == TRANS, trans_b == TRANS, m, n, k,
+                                alpha, a, lda, b, ldb, beta, c, ldc) == 0:
+                return
+        else:
+            if fc_gemm_avx512_d(trans_a == TRANS, trans_b == TRANS, m, n, k,
+                                alpha, a, lda, b, ldb, beta, c, ldc) == 0:
+                return
     if floating is float:
         if _sgemm != NULL:
             if _int64:
@@ -123,13 +131,16 @@ cdef void gemm(Transpose trans_a, Transpose trans_b,
     _builtin_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
-cdef inline bint _own_gemm_fits(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+cdef inline bint _own_gemm_fits(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                size_t itemsize) noexcept nogil:
     """Whether ``_gemm_avx512.h`` takes this product: every side >= 32 and
-    m*n*k >= 2**19, where its per-call packing pays off (the suite's lenet
-    products are smaller, and OpenBLAS ran them faster), and C at most 2**18
-    elements (2 MiB, an L2): it has no cache blocking beyond that."""
-    return (m >= 32 and n >= 32 and k >= 32 and m * n <= (1 << 18)
-            and m * n * k >= (1 << 19))
+    m*n*k >= 2**19 multiply-adds in float64, 2**20 in float32 (which runs
+    them twice as fast), where its per-call packing pays off -- the suite's
+    lenet products and the float32 64x128x64 are smaller, and OpenBLAS ran
+    them faster -- and C within 2 MiB (an L2): the kernel has no cache
+    blocking beyond that, and lost to OpenBLAS on 1024^2 and larger."""
+    return (m >= 32 and n >= 32 and k >= 32 and m * n * <Py_ssize_t>itemsize <= (1 << 21)
+            and m * n * k >= ((1 << 19) if itemsize == 8 else (1 << 20)))
 
 
 cdef void _scale(Py_ssize_t m, Py_ssize_t n, floating beta,
@@ -435,11 +446,11 @@ def blas_info():
         ``name`` (library file or ``"builtin"``), ``path``, ``int_bits``
         (32 or 64, None for the built-in), ``thread_control`` (whether
         fastconv pins it to one thread inside its parallel regions) and
-        ``config`` (OpenBLAS's own configuration string); ``own_dgemm``
-        says whether fastconv's AVX-512 float64 GEMM takes the mid-sized
-        products in front of that library.
+        ``config`` (OpenBLAS's own configuration string); ``own_gemm``
+        says whether fastconv's AVX-512 GEMM takes the mid-sized products
+        in front of that library.
     """
-    return dict(_info, own_dgemm=bool(_own_dgemm))
+    return dict(_info, own_gemm=bool(_own_gemm))
 
 
 def _gemm_for_tests(bint trans_a, bint trans_b, const floating[:, ::1] a,
@@ -461,23 +472,23 @@ def _gemm_for_tests(bint trans_a, bint trans_b, const floating[:, ::1] a,
              <floating>beta, &c[0, 0], c.shape[1])
 
 
-def _set_own_dgemm(bint on, bint every_shape=False):
-    """Test hook: switch the own float64 GEMM on (where the CPU has AVX-512F)
-    or off, for the products ``_own_gemm_fits`` picks or for every shape;
-    returns the previous ``(on, every_shape)``."""
-    global _own_dgemm, _own_dgemm_every_shape
-    previous = (bool(_own_dgemm), bool(_own_dgemm_every_shape))
-    _own_dgemm = on and bool(fc_gemm_avx512_cpu())
-    _own_dgemm_every_shape = every_shape
+def _set_own_gemm(bint on, bint every_shape=False):
+    """Test hook: switch the own GEMM on (where the CPU has AVX-512F) or off,
+    for the products ``_own_gemm_fits`` picks or for every shape; returns
+    the previous ``(on, every_shape)``."""
+    global _own_gemm, _own_gemm_every_shape
+    previous = (bool(_own_gemm), bool(_own_gemm_every_shape))
+    _own_gemm = on and bool(fc_gemm_avx512_cpu())
+    _own_gemm_every_shape = every_shape
     return previous
 
 
-def _init_own_dgemm():
-    global _own_dgemm
-    _own_dgemm = (os.environ.get("FASTCONV_GEMM", "").lower() != "blas"
-                  and not (_info["name"] or "").startswith("libmkl")
-                  and bool(fc_gemm_avx512_cpu()))
+def _init_own_gemm():
+    global _own_gemm
+    _own_gemm = (os.environ.get("FASTCONV_GEMM", "").lower() != "blas"
+                 and not (_info["name"] or "").startswith("libmkl")
+                 and bool(fc_gemm_avx512_cpu()))
 
 
 _load()
-_init_own_dgemm()
+_init_own_gemm()

@@ -49,8 +49,8 @@ def config():
         "blas_int_bits": blas["int_bits"],
         "blas_thread_control": blas["thread_control"],
         "blas_config": blas["config"],
-        "own_gemm": ("float64, AVX-512 (FASTCONV_GEMM=blas turns it off)"
-                     if blas["own_dgemm"] else "off"),
+        "own_gemm": ("on, AVX-512 (FASTCONV_GEMM=blas turns it off)"
+                     if blas["own_gemm"] else "off"),
         "winograd": winograd_config(),
     }
 
