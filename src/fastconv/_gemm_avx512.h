@@ -52,8 +52,12 @@
 #endif
 
 #define FC_GEMM_MR 8
+#ifndef FC_GEMM_KC
 #define FC_GEMM_KC 128
-#define FC_GEMM_MC 128
+#endif
+#ifndef FC_GEMM_MC
+#define FC_GEMM_MC 256
+#endif
 #define FC_GEMM_WORK_BYTES \
     (sizeof(double) * (FC_GEMM_MC * FC_GEMM_KC + FC_GEMM_KC * 24) + 64)
 
