@@ -409,7 +409,7 @@ def set_threads(n):
 
 def blas_note():
     """One line naming the BLAS (and OpenBLAS's kernel family) the GEMMs run
-    on, with a warning when ``OPENBLAS_CORETYPE`` forces the kernel family:
+    on, one more when fastconv's own GEMM takes the mid-sized products, with a warning when ``OPENBLAS_CORETYPE`` forces the kernel family:
     some machines set it (e.g. to Haswell) for old OpenBLAS builds, and on
     an AVX-512 CPU that halves a current OpenBLAS's GEMM speed, and so the
     convolutions' (PyTorch's oneDNN is not affected)."""
@@ -418,6 +418,9 @@ def blas_note():
 
     info = blas_info()
     line = f"BLAS: {info['name']}" + (f" ({info['config']})" if info["config"] else "")
+    if info["own_gemm"]:
+        line += ("\nGEMM: fastconv's own AVX-512 kernel for the mid-sized products, "
+                 "the BLAS for the rest (FASTCONV_GEMM=blas: the BLAS for all)")
     forced = os.environ.get("OPENBLAS_CORETYPE")
     if forced:
         line += (f"\nnote: OPENBLAS_CORETYPE={forced} is set, so OpenBLAS runs its {forced} "
