@@ -409,8 +409,9 @@ def set_threads(n):
 
 def blas_note():
     """One line naming the BLAS (and OpenBLAS's kernel family) the GEMMs run
-    on, one more when fastconv's own GEMM takes the mid-sized products, with a warning when ``OPENBLAS_CORETYPE`` forces the kernel family:
-    some machines set it (e.g. to Haswell) for old OpenBLAS builds, and on
+    on, one more when fastconv's own GEMM takes the mid-sized products, and
+    a warning when ``OPENBLAS_CORETYPE`` forces the kernel family: some
+    machines set it (e.g. to Haswell) for old OpenBLAS builds, and on
     an AVX-512 CPU that halves a current OpenBLAS's GEMM speed, and so the
     convolutions' (PyTorch's oneDNN is not affected)."""
     import os
