@@ -8,18 +8,17 @@
  *
  * Why: the kernels call GEMM single-threaded, once per tile, on products of
  * a few hundred rows and columns.  On the AVX-512 Xeon that issue 3 was
- * measured on, one core ran the suite's float64 products at 55-70 GFLOP/s
- * in NumPy's OpenBLAS, 70-85 in this kernel and 75-85 in oneMKL; float32
- * at 100-145, 120-160 and 120-175 (docs/speed-history.md).
+ * measured on, one core ran the suite's float64 products at 45-71 GFLOP/s
+ * in NumPy's OpenBLAS, 54-83 in this kernel and 67-85 in oneMKL; float32
+ * at 73-147, 108-162 and 121-173 (docs/speed-history.md).
  *
  * Structure (the usual one, after BLIS): K is cut into blocks of FC_GEMM_KC,
  * M into blocks of FC_GEMM_MC.  A block of op(A) is packed into panels of
  * FC_GEMM_MR = 8 rows stored k-major; each panel of op(B), three vectors
  * wide (24 doubles, 48 floats), is packed just before use (k-major,
  * zero-padded), so it sits in L1 while every A panel of the block passes
- * over it.  Packing B panel by panel also keeps a matrix whose rows lie 2^k
- * bytes apart from piling its rows onto a few L1 sets, as reading it in
- * place did.  The micro-kernel keeps an 8-row tile of C in 24 zmm
+ * over it.  Packing B panel by panel also avoids what reading it in place
+ * met where its rows lie 9 KiB apart (probably L1 set conflicts).  The micro-kernel keeps an 8-row tile of C in 24 zmm
  * registers; per k it loads three vectors of B and broadcasts eight values
  * of A (24 FMAs).  Narrow edge panels get a tile of 2 or 1 vectors, and
  * only the stores of a ragged panel's last vector are masked: masked loads
