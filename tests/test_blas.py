@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from fastconv import _blas, _cpu
 
+from helpers import _mkl_installed
+
 needs_avx512 = pytest.mark.skipif(not _cpu.has_avx512f(),
                                   reason="the own GEMM needs AVX-512F")
 
@@ -213,6 +215,8 @@ def test_gemm_switch_is_reported_and_honoured():
     assert own({"FASTCONV_GEMM": ""}) == _cpu.has_avx512f()
     assert not own({"FASTCONV_GEMM": "blas"})
     assert own({"FASTCONV_GEMM": "", "FASTCONV_BLAS": "builtin"}) == _cpu.has_avx512f()
+    if _mkl_installed():
+        assert not own({"FASTCONV_GEMM": "", "FASTCONV_BLAS": "mkl"})
 
 
 def test_gemm_for_tests_rejects_mismatched_shapes():
