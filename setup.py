@@ -19,6 +19,7 @@ and OS support.  ``-ffp-contract=off`` keeps every multiply and add
 separately rounded, so both builds return bitwise identical results.
 """
 
+import glob
 import os
 import platform
 import shutil
@@ -109,6 +110,9 @@ def _extensions():
         base_cflags.append("-ffp-contract=off")
     common = dict(
         include_dirs=[np.get_include(), "src/fastconv"],
+        # C headers the modules include (some only through another header,
+        # which cythonize does not follow): a change to any rebuilds them
+        depends=sorted(glob.glob("src/fastconv/*.h")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=base_cflags + omp_cflags,
         extra_link_args=omp_lflags,

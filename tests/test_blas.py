@@ -4,7 +4,7 @@ fastconv's own AVX-512 GEMM (``_gemm_avx512.h``) in front of it.
 The own GEMM is checked here against NumPy's ``@`` in both dtypes on every
 shape class its blocking has (row panels of 8, column panels of three, two
 and one vectors and their ragged ends, K blocks of 128 and their
-remainders, M blocks of 128), forced onto small shapes too, and through the
+remainders, M blocks of 256, leading dimensions above the row length), forced onto small shapes too, and through the
 convolution kernels elsewhere (it is on by default where the CPU has
 AVX-512F).
 """
@@ -81,7 +81,8 @@ def _check(m, n, k, trans_a, trans_b, alpha, beta, dtype, seed=0):
     (9, 16, 15),       # 2-vector float64 panel, 1-vector float32 one
     (17, 40, 129),     # 24 + 16 columns, a K block plus one
     (15, 47, 17),      # float32: a 3-vector panel with a ragged last vector
-    (130, 23, 257),    # an M block plus 2 rows, 3 K blocks
+    (130, 23, 257),    # 16 row panels plus 2 rows, 3 K blocks
+    (260, 30, 140),    # an M block (256 rows) plus 4, 2 K blocks
     (64, 196, 256),    # pw1x1's forward
     (33, 200, 3),      # k below one transpose block
 ])
@@ -171,18 +172,45 @@ def test_own_and_blas_paths_agree_on_the_suite_products(dtype):
 
 
 @needs_avx512
-def test_own_dgemm_from_many_threads(own_every_shape):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_own_gemm_with_padded_rows(own_every_shape, trans_a, trans_b, dtype):
+    """Operands and result as row slices of wider arrays (lda, ldb, ldc above
+    the row length), as the kernels pass tiles of their planes; the padding
+    is neither read into the result nor written."""
+    rng = np.random.default_rng(5)
+    for m, n, k, pad in ((9, 25, 17, 3), (64, 50, 130, 1), (33, 49, 8, 9)):
+        a, b = _operands(rng, m, n, k, trans_a, trans_b, dtype)
+        wide_a = np.full((a.shape[0], a.shape[1] + pad), np.nan, dtype=dtype)
+        wide_b = np.full((b.shape[0], b.shape[1] + pad), np.inf, dtype=dtype)
+        wide_c = np.full((m, n + pad), -7.0, dtype=dtype)
+        wide_a[:, :a.shape[1]] = a
+        wide_b[:, :b.shape[1]] = b
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        wide_c[:, :n] = c0
+        _blas._gemm_for_tests(trans_a, trans_b, wide_a[:, :a.shape[1]],
+                              wide_b[:, :b.shape[1]], wide_c[:, :n], 0.5, 1.0)
+        want = _expected(a, b, c0, trans_a, trans_b, 0.5, 1.0)
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(wide_c[:, :n], want, rtol=0, atol=tol * np.sqrt(k))
+        assert np.all(wide_c[:, n:] == -7.0)
+
+
+@needs_avx512
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_own_gemm_from_many_threads(own_every_shape, dtype):
     """Each thread has its own workspace (freed when the thread ends): many
     short-lived threads at once give the serial results, bit for bit."""
     rng = np.random.default_rng(4)
     jobs = [_operands(rng, 40 + i, 30 + 2 * i, 50 + 3 * i, i % 2 == 1, i % 3 == 0,
-                      np.float64) + (i % 2 == 1, i % 3 == 0) for i in range(12)]
+                      dtype) + (i % 2 == 1, i % 3 == 0) for i in range(12)]
 
     def run(job):
         a, b, ta, tb = job
         m = a.shape[1] if ta else a.shape[0]
         n = b.shape[0] if tb else b.shape[1]
-        c = np.empty((m, n))
+        c = np.empty((m, n), dtype=a.dtype)
         _blas._gemm_for_tests(ta, tb, a, b, c, 1.0, 0.0)
         return c
 
@@ -214,12 +242,16 @@ def test_gemm_switch_is_reported_and_honoured():
 
     assert own({"FASTCONV_GEMM": ""}) == _cpu.has_avx512f()
     assert not own({"FASTCONV_GEMM": "blas"})
+    assert not own({"FASTCONV_GEMM": " BLAS "})
     assert own({"FASTCONV_GEMM": "", "FASTCONV_BLAS": "builtin"}) == _cpu.has_avx512f()
     if _mkl_installed():
         assert not own({"FASTCONV_GEMM": "", "FASTCONV_BLAS": "mkl"})
 
 
-def test_gemm_for_tests_rejects_mismatched_shapes():
+def test_gemm_for_tests_rejects_mismatched_shapes_and_strided_rows():
     with pytest.raises(ValueError, match="shapes do not match"):
         _blas._gemm_for_tests(False, False, np.ones((3, 4)), np.ones((5, 2)),
+                              np.empty((3, 2)), 1.0, 0.0)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _blas._gemm_for_tests(False, False, np.ones((3, 8))[:, ::2], np.ones((4, 2)),
                               np.empty((3, 2)), 1.0, 0.0)

@@ -453,29 +453,44 @@ def blas_info():
     return dict(_info, own_gemm=bool(_own_gemm))
 
 
-def _gemm_for_tests(bint trans_a, bint trans_b, const floating[:, ::1] a,
-                    const floating[:, ::1] b, floating[:, ::1] c, double alpha, double beta):
-    """Test hook: ``c = alpha * op(a) @ op(b) + beta * c`` through ``gemm``."""
+cdef Py_ssize_t _leading_dimension(const floating[:, :] x, str name) except -1:
+    """Row stride of a matrix whose rows are contiguous (rows may be padded)."""
+    if x.shape[1] > 1 and x.strides[1] != sizeof(floating):
+        raise ValueError(f"_gemm_for_tests: {name} needs contiguous rows")
+    if x.shape[0] > 1 and (x.strides[0] < x.shape[1] * <Py_ssize_t>sizeof(floating)
+                           or x.strides[0] % sizeof(floating)):
+        raise ValueError(f"_gemm_for_tests: {name} needs rows one after another")
+    return max(1, x.shape[1], x.strides[0] // <Py_ssize_t>sizeof(floating))
+
+
+def _gemm_for_tests(bint trans_a, bint trans_b, const floating[:, :] a,
+                    const floating[:, :] b, floating[:, :] c, double alpha, double beta):
+    """Test hook: ``c = alpha * op(a) @ op(b) + beta * c`` through ``gemm``;
+    each matrix may be a row slice of a wider one (leading dimension above
+    its row length)."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
     if (a.shape[1] if trans_a else a.shape[0]) != m or \
             (b.shape[1] if trans_b else b.shape[0]) != k or \
             (b.shape[0] if trans_b else b.shape[1]) != n:
         raise ValueError("_gemm_for_tests: shapes do not match")
+    cdef Py_ssize_t lda = _leading_dimension(a, "a")
+    cdef Py_ssize_t ldb = _leading_dimension(b, "b")
+    cdef Py_ssize_t ldc = _leading_dimension(c, "c")
     if m == 0 or n == 0:
         return
     cdef const floating* pa = &a[0, 0] if a.shape[0] and a.shape[1] else NULL
     cdef const floating* pb = &b[0, 0] if b.shape[0] and b.shape[1] else NULL
     with nogil:
         gemm(TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k,
-             <floating>alpha, pa, max(1, a.shape[1]), pb, max(1, b.shape[1]),
-             <floating>beta, &c[0, 0], c.shape[1])
+             <floating>alpha, pa, lda, pb, ldb, <floating>beta, &c[0, 0], ldc)
 
 
 def _set_own_gemm(bint on, bint every_shape=False):
     """Test hook: switch the own GEMM on (where the CPU has AVX-512F) or off,
-    for the products ``_own_gemm_fits`` picks or for every shape; returns
-    the previous ``(on, every_shape)``."""
+    for the products ``_own_gemm_fits`` picks or for every shape, whatever
+    ``FASTCONV_GEMM`` and the BLAS in use say; returns the previous
+    ``(on, every_shape)``."""
     global _own_gemm, _own_gemm_every_shape
     previous = (bool(_own_gemm), bool(_own_gemm_every_shape))
     _own_gemm = on and bool(fc_gemm_avx512_cpu())
@@ -485,7 +500,7 @@ def _set_own_gemm(bint on, bint every_shape=False):
 
 def _init_own_gemm():
     global _own_gemm
-    _own_gemm = (os.environ.get("FASTCONV_GEMM", "").lower() != "blas"
+    _own_gemm = (os.environ.get("FASTCONV_GEMM", "").strip().lower() != "blas"
                  and not (_info["name"] or "").startswith("libmkl")
                  and bool(fc_gemm_avx512_cpu()))
 

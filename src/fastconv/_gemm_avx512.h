@@ -18,16 +18,18 @@
  * wide (24 doubles, 48 floats), is packed just before use (k-major,
  * zero-padded), so it sits in L1 while every A panel of the block passes
  * over it.  Packing B panel by panel also avoids what reading it in place
- * met where its rows lie 9 KiB apart (probably L1 set conflicts).  The micro-kernel keeps an 8-row tile of C in 24 zmm
- * registers; per k it loads three vectors of B and broadcasts eight values
- * of A (24 FMAs).  Narrow edge panels get a tile of 2 or 1 vectors, and
+ * met where its rows lie 9 KiB apart (probably L1 set conflicts).  The
+ * micro-kernel keeps an 8-row tile of C in 24 zmm registers; per k it
+ * loads three vectors of B and broadcasts eight values of A (24 FMAs).  Narrow edge panels get a tile of 2 or 1 vectors, and
  * only the stores of a ragged panel's last vector are masked: masked loads
  * in the inner loop cost a third of the speed.  The code for both types is
  * _gemm_avx512_body.h, included twice below.
  *
  * The sums run over k in order, blocks of FC_GEMM_KC added to C in order, so
  * a product's result depends only on its operands and shape -- never on the
- * thread that computes it.  beta == 0 never reads C (BLAS semantics).
+ * thread that computes it.  beta == 0 never reads C (BLAS semantics);
+ * alpha == 0 still reads A and B (an Inf there gives NaN, where the
+ * reference BLAS would skip them: the kernels always pass alpha = 1).
  *
  * Workspace: one buffer per thread (FC_GEMM_WORK_BYTES), from a pthread key
  * whose destructor frees it when the thread ends.  The entry points return
@@ -57,6 +59,11 @@
 #ifndef FC_GEMM_MC
 #define FC_GEMM_MC 256
 #endif
+#if FC_GEMM_MC % FC_GEMM_MR != 0
+#error "FC_GEMM_MC must be a multiple of FC_GEMM_MR (the packed A panels fill whole rows of 8)"
+#endif
+/* sized for doubles (floats use half the A block and the same bytes of B
+   panel, 48 x 4 = 24 x 8), plus the alignment slack */
 #define FC_GEMM_WORK_BYTES \
     (sizeof(double) * (FC_GEMM_MC * FC_GEMM_KC + FC_GEMM_KC * 24) + 64)
 
