@@ -61,7 +61,7 @@ def _check(m, n, k, trans_a, trans_b, alpha, beta, dtype, seed=0):
     a, b = _operands(rng, m, n, k, trans_a, trans_b, dtype)
     c0 = rng.standard_normal((m, n)).astype(dtype)
     c = c0.copy()
-    _blas._gemm_for_tests(trans_a, trans_b, a, b, c, alpha, beta)
+    _blas._gemm_serial(trans_a, trans_b, a, b, c, alpha, beta)
     want = _expected(a, b, c0, trans_a, trans_b, alpha, beta)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     scale = max(1.0, np.sqrt(k)) * max(1.0, abs(alpha)) + abs(beta)
@@ -121,7 +121,7 @@ def test_own_gemm_beta_zero_never_reads_c(own_every_shape, dtype):
     a, b = _operands(rng, 37, 50, 70, False, False, dtype)
     c = np.full((37, 50), np.nan, dtype=dtype)
     c[::3] = np.inf
-    _blas._gemm_for_tests(False, False, a, b, c, 1.0, 0.0)
+    _blas._gemm_serial(False, False, a, b, c, 1.0, 0.0)
     tol = 1e-12 if dtype == np.float64 else 1e-4
     np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=tol, atol=tol)
 
@@ -135,7 +135,7 @@ def test_own_gemm_propagates_nan_and_inf_like_numpy(own_every_shape, dtype):
     a[7, 1] = np.inf
     b[11, 2] = -np.inf
     c = np.zeros((20, 30), dtype=dtype)
-    _blas._gemm_for_tests(False, True, a, b, c, 1.0, 0.0)
+    _blas._gemm_serial(False, True, a, b, c, 1.0, 0.0)
     with np.errstate(invalid="ignore"):
         want = a @ b.T
     np.testing.assert_array_equal(np.isnan(c), np.isnan(want))
@@ -162,7 +162,7 @@ def test_own_and_blas_paths_agree_on_the_suite_products(dtype):
             previous = _blas._set_own_gemm(on)
             try:
                 c = np.empty((m, n), dtype=dtype)
-                _blas._gemm_for_tests(ta, tb, a, b, c, 1.0, 0.0)
+                _blas._gemm_serial(ta, tb, a, b, c, 1.0, 0.0)
                 results.append(c)
             finally:
                 _blas._set_own_gemm(*previous)
@@ -189,7 +189,7 @@ def test_own_gemm_with_padded_rows(own_every_shape, trans_a, trans_b, dtype):
         wide_b[:, :b.shape[1]] = b
         c0 = rng.standard_normal((m, n)).astype(dtype)
         wide_c[:, :n] = c0
-        _blas._gemm_for_tests(trans_a, trans_b, wide_a[:, :a.shape[1]],
+        _blas._gemm_serial(trans_a, trans_b, wide_a[:, :a.shape[1]],
                               wide_b[:, :b.shape[1]], wide_c[:, :n], 0.5, 1.0)
         want = _expected(a, b, c0, trans_a, trans_b, 0.5, 1.0)
         tol = 1e-12 if dtype == np.float64 else 1e-5
@@ -211,7 +211,7 @@ def test_own_gemm_from_many_threads(own_every_shape, dtype):
         m = a.shape[1] if ta else a.shape[0]
         n = b.shape[0] if tb else b.shape[1]
         c = np.empty((m, n), dtype=a.dtype)
-        _blas._gemm_for_tests(ta, tb, a, b, c, 1.0, 0.0)
+        _blas._gemm_serial(ta, tb, a, b, c, 1.0, 0.0)
         return c
 
     serial = [run(job) for job in jobs]
@@ -248,10 +248,10 @@ def test_gemm_switch_is_reported_and_honoured():
         assert not own({"FASTCONV_GEMM": "", "FASTCONV_BLAS": "mkl"})
 
 
-def test_gemm_for_tests_rejects_mismatched_shapes_and_strided_rows():
+def test_gemm_serial_rejects_mismatched_shapes_and_strided_rows():
     with pytest.raises(ValueError, match="shapes do not match"):
-        _blas._gemm_for_tests(False, False, np.ones((3, 4)), np.ones((5, 2)),
+        _blas._gemm_serial(False, False, np.ones((3, 4)), np.ones((5, 2)),
                               np.empty((3, 2)), 1.0, 0.0)
     with pytest.raises(ValueError, match="contiguous rows"):
-        _blas._gemm_for_tests(False, False, np.ones((3, 8))[:, ::2], np.ones((4, 2)),
+        _blas._gemm_serial(False, False, np.ones((3, 8))[:, ::2], np.ones((4, 2)),
                               np.empty((3, 2)), 1.0, 0.0)

@@ -240,6 +240,58 @@ def signal_impl(name, a, b):
     return lambda: signal.correlate2d(a, b, "same")
 
 
+# --- the GEMM behind the kernels ---------------------------------------------
+
+GemmCase = namedtuple("GemmCase", "name m n k trans_a trans_b")
+
+# single-threaded products the conv suite makes (one per kernel call site;
+# _blas.pyx's _own_gemm_fits sends them to the own GEMM on AVX-512 CPUs)
+GEMM_SUITE = [
+    GemmCase("pw1x1_fwd", 64, 196, 256, False, False),
+    GemmCase("pw1x1_gi", 256, 196, 64, False, False),
+    GemmCase("pw1x1_gw", 64, 256, 196, False, True),
+    GemmCase("res_s2_fwd", 256, 784, 1152, False, False),
+    GemmCase("res_s2_gi", 196, 1152, 256, True, False),
+    GemmCase("big_winograd", 256, 128, 256, False, False),
+    GemmCase("big_winograd_gw", 256, 256, 128, False, True),
+    GemmCase("lenet2_gi", 64, 500, 50, True, False),
+]
+
+
+def gemm_arrays(case, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((case.k, case.m) if case.trans_a else (case.m, case.k))
+    b = rng.standard_normal((case.n, case.k) if case.trans_b else (case.k, case.n))
+    return a.astype(dtype), b.astype(dtype), np.empty((case.m, case.n), dtype=dtype)
+
+
+def gemm_impl(name, case, a, b, c):
+    """One single-threaded product ``c = op(a) @ op(b)``: ``own`` (fastconv's
+    AVX-512 GEMM, None without AVX-512F), ``blas`` (the library fastconv
+    wraps), or ``torch`` (``torch.mm``, oneMKL inside; None without torch).
+    Returns (callable, restore) -- call restore() when done timing."""
+    from fastconv import _blas, _cpu
+
+    if name == "torch":
+        try:
+            import torch
+        except ImportError:
+            return None, None
+        ta = torch.from_numpy(a).T if case.trans_a else torch.from_numpy(a)
+        tb = torch.from_numpy(b).T if case.trans_b else torch.from_numpy(b)
+        tc = torch.from_numpy(c)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return (lambda: torch.mm(ta, tb, out=tc)), (lambda: torch.set_num_threads(threads))
+    if name == "own" and not _cpu.has_avx512f():
+        return None, None
+    previous = _blas._set_own_gemm(name == "own", every_shape=name == "own")
+
+    def run():
+        _blas._gemm_serial(case.trans_a, case.trans_b, a, b, c, 1.0, 0.0)
+    return run, (lambda: _blas._set_own_gemm(*previous))
+
+
 def run_signal_suite(dtypes=("float32", "float64"), repeat=5, out=print):
     """Time correlate2d against SciPy on the SIGNAL_SUITE; returns row dicts."""
     rows = []

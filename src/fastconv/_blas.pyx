@@ -456,24 +456,24 @@ def blas_info():
 cdef Py_ssize_t _leading_dimension(const floating[:, :] x, str name) except -1:
     """Row stride of a matrix whose rows are contiguous (rows may be padded)."""
     if x.shape[1] > 1 and x.strides[1] != sizeof(floating):
-        raise ValueError(f"_gemm_for_tests: {name} needs contiguous rows")
+        raise ValueError(f"_gemm_serial: {name} needs contiguous rows")
     if x.shape[0] > 1 and (x.strides[0] < x.shape[1] * <Py_ssize_t>sizeof(floating)
                            or x.strides[0] % sizeof(floating)):
-        raise ValueError(f"_gemm_for_tests: {name} needs rows one after another")
+        raise ValueError(f"_gemm_serial: {name} needs rows one after another")
     return max(1, x.shape[1], x.strides[0] // <Py_ssize_t>sizeof(floating))
 
 
-def _gemm_for_tests(bint trans_a, bint trans_b, const floating[:, :] a,
-                    const floating[:, :] b, floating[:, :] c, double alpha, double beta):
-    """Test hook: ``c = alpha * op(a) @ op(b) + beta * c`` through ``gemm``;
-    each matrix may be a row slice of a wider one (leading dimension above
-    its row length)."""
+def _gemm_serial(bint trans_a, bint trans_b, const floating[:, :] a,
+                 const floating[:, :] b, floating[:, :] c, double alpha, double beta):
+    """For tests and bench/: ``c = alpha * op(a) @ op(b) + beta * c`` through
+    ``gemm``, single-threaded as the kernels call it; each matrix may be a
+    row slice of a wider one (leading dimension above its row length)."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
     if (a.shape[1] if trans_a else a.shape[0]) != m or \
             (b.shape[1] if trans_b else b.shape[0]) != k or \
             (b.shape[0] if trans_b else b.shape[1]) != n:
-        raise ValueError("_gemm_for_tests: shapes do not match")
+        raise ValueError("_gemm_serial: shapes do not match")
     cdef Py_ssize_t lda = _leading_dimension(a, "a")
     cdef Py_ssize_t ldb = _leading_dimension(b, "b")
     cdef Py_ssize_t ldc = _leading_dimension(c, "c")
@@ -481,13 +481,17 @@ def _gemm_for_tests(bint trans_a, bint trans_b, const floating[:, :] a,
         return
     cdef const floating* pa = &a[0, 0] if a.shape[0] and a.shape[1] else NULL
     cdef const floating* pb = &b[0, 0] if b.shape[0] and b.shape[1] else NULL
-    with nogil:
-        gemm(TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k,
-             <floating>alpha, pa, lda, pb, ldb, <floating>beta, &c[0, 0], ldc)
+    blas_serial_enter()
+    try:
+        with nogil:
+            gemm(TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k,
+                 <floating>alpha, pa, lda, pb, ldb, <floating>beta, &c[0, 0], ldc)
+    finally:
+        blas_serial_exit()
 
 
 def _set_own_gemm(bint on, bint every_shape=False):
-    """Test hook: switch the own GEMM on (where the CPU has AVX-512F) or off,
+    """For tests and bench/: switch the own GEMM on (where the CPU has AVX-512F) or off,
     for the products ``_own_gemm_fits`` picks or for every shape, whatever
     ``FASTCONV_GEMM`` and the BLAS in use say; returns the previous
     ``(on, every_shape)``."""
