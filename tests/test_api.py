@@ -560,6 +560,28 @@ def test_bench_markdown_table_lists_fwd_bwd_rows():
     assert lines[3].endswith("| 5.00x | - |")
 
 
+@pytest.mark.parametrize("impl", ["own", "blas", "torch"])
+def test_bench_gemm_impls_compute_the_product_and_restore_the_switch(impl):
+    """bench/test_bench_gemm.py's implementations: each computes op(a) @ op(b)
+    (or is None where it cannot run), and restore() puts the own GEMM's
+    switch back as it was."""
+    from fastconv import _bench, _blas
+
+    before = _blas.blas_info()["own_gemm"]
+    for case in _bench.GEMM_SUITE[:2] + [_bench.GEMM_SUITE[4]]:
+        a, b, c = _bench.gemm_arrays(case, np.float64)
+        fn, restore = _bench.gemm_impl(impl, case, a, b, c)
+        if fn is None:
+            continue
+        try:
+            fn()
+        finally:
+            restore()
+        want = (a.T if case.trans_a else a) @ (b.T if case.trans_b else b)
+        np.testing.assert_allclose(c, want, rtol=1e-12, atol=1e-10)
+        assert _blas.blas_info()["own_gemm"] == before
+
+
 def test_bench_pool_bytes_counts_the_unavoidable_traffic():
     """The bandwidth lines of the bench: x read and dx written, y written and
     read back, plus the int64 indices both ways for a max pool."""
