@@ -170,6 +170,7 @@ static inline void fc_gemm_tr8x8_s(const float* src, fc_gsize ld, float* dst,
 #define FC_MASK __mmask8
 #define FC_OP(x) _mm512_##x##_pd
 #define FC_TR8X8 fc_gemm_tr8x8_d
+#define FC_PF_AHEAD 32
 #include "_gemm_avx512_body.h"
 #undef FC_T
 #undef FC_SFX
@@ -178,6 +179,7 @@ static inline void fc_gemm_tr8x8_s(const float* src, fc_gsize ld, float* dst,
 #undef FC_MASK
 #undef FC_OP
 #undef FC_TR8X8
+#undef FC_PF_AHEAD
 
 #define FC_T float
 #define FC_SFX(x) x##_s
@@ -186,6 +188,7 @@ static inline void fc_gemm_tr8x8_s(const float* src, fc_gsize ld, float* dst,
 #define FC_MASK __mmask16
 #define FC_OP(x) _mm512_##x##_ps
 #define FC_TR8X8 fc_gemm_tr8x8_s
+#define FC_PF_AHEAD 0
 #include "_gemm_avx512_body.h"
 #undef FC_T
 #undef FC_SFX
@@ -194,6 +197,7 @@ static inline void fc_gemm_tr8x8_s(const float* src, fc_gsize ld, float* dst,
 #undef FC_MASK
 #undef FC_OP
 #undef FC_TR8X8
+#undef FC_PF_AHEAD
 
 #else  /* no AVX-512 target: the caller always uses BLAS */
 
