@@ -65,6 +65,20 @@ def image_batching(request):
                     batch_columns_f64=saved["batch_columns_f64"])
 
 
+@pytest.fixture(params=["one-block", "channel-blocks"])
+def grad_weight_blocks(request):
+    """Run the NCHW filter gradient as one block per group, then cut into
+    column blocks of one input channel each (the kernel cuts float64
+    gradients into blocks of at most 512 KiB; see conv2d_grad_weight)."""
+    from fastconv._simd import kernels
+    saved = kernels._tuning()
+    limit = 1 if request.param == "channel-blocks" else 0
+    kernels._tuning(gw_block_bytes_f32=limit, gw_block_bytes_f64=limit)
+    yield request.param
+    kernels._tuning(gw_block_bytes_f32=saved["gw_block_bytes_f32"],
+                    gw_block_bytes_f64=saved["gw_block_bytes_f64"])
+
+
 @pytest.fixture(params=["dW", "dW^T"])
 def grad_weight_orientation(request):
     """Run the filter gradient's float32 GEMMs in each orientation (the

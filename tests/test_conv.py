@@ -412,9 +412,10 @@ def test_conv_results_start_on_a_cache_line(rng):
 
 @SETTINGS
 @given(geo=conv_geometries(), seed=seeds)
-def test_conv2d_grad_weight_matches_oracle(n_threads, grad_weight_orientation, geo, seed):
+def test_conv2d_grad_weight_matches_oracle(n_threads, grad_weight_orientation,
+                                           grad_weight_blocks, geo, seed):
     """Filter gradient equals ``reference.conv2d_grad_weight`` (both GEMM
-    orientations)."""
+    orientations, one block or a column block per input channel)."""
     x, w, _, g = _data(seed, geo)
     expected = ref.conv2d_grad_weight(x, g, geo.w_shape, **_hyper(geo))
     for dtype in DTYPES:
@@ -652,7 +653,8 @@ PACKING_CASES = {
                                     dict(tile_bytes=1 << 22, gw_tile_bytes=1 << 22)],
                          ids=["1-position-tiles", "whole-image-tiles"])
 @pytest.mark.parametrize("case", sorted(PACKING_CASES))
-def test_patch_packing_matches_numpy(case, tiling, dtype, n_threads, image_batching):
+def test_patch_packing_matches_numpy(case, tiling, dtype, n_threads, image_batching,
+                                     grad_weight_blocks):
     """The im2col forward and the filter gradient pack their patches from
     phase planes (``_pack_patches``): tiles that start and end mid-row,
     every wrap and padding edge, strides, dilations -- the NumPy results."""
@@ -1153,7 +1155,7 @@ DETERMINISM_CASES = {
 def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype, monkeypatch,
                                                            grad_input_method,
                                                            grad_weight_orientation,
-                                                           conv_lowering):
+                                                           grad_weight_blocks, conv_lowering):
     """All four kernels give the same bits whatever the thread count."""
     monkeypatch.setattr(_threads, "SMALL_WORK", 0)   # small cases too run threaded
     x_shape, w_shape, hyper = DETERMINISM_CASES[case]
@@ -1185,7 +1187,7 @@ def test_results_are_bitwise_identical_for_1_and_2_threads(case, dtype, monkeypa
                          ids=["1-position", "small"])
 @pytest.mark.parametrize("case", sorted(DETERMINISM_CASES))
 def test_filter_gradient_in_many_tiles(case, tiling, dtype, monkeypatch,
-                                       grad_weight_orientation):
+                                       grad_weight_orientation, grad_weight_blocks):
     """The filter gradient with its positions cut into many tiles (more
     products than reduction slots, a partial last tile) still equals the
     oracle, with the same bits for 1, 2 and 3 threads; in NHWC too (the
@@ -1219,6 +1221,37 @@ def test_filter_gradient_in_many_tiles(case, tiling, dtype, monkeypatch,
         assert np.array_equal(results[1], results[threads]), f"1 vs {threads} threads differ"
         assert np.array_equal(results_nhwc[1], results_nhwc[threads]), \
             f"NHWC: 1 vs {threads} threads differ"
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_float64_filter_gradient_in_default_column_blocks(groups, n_threads):
+    """A float64 filter gradient over 512 KiB per group (96 x 81 x 3 x 3)
+    is cut by default into two uneven column blocks (41 + 40 channels) with
+    fewer reduction slots: the oracle's numbers, the same bits for 1 and 2
+    threads, and the same as in one block to rounding."""
+    from fastconv._simd import kernels
+    assert kernels._tuning()["gw_block_bytes_f64"] == 512 * 1024
+    rng = np.random.default_rng(24)
+    x, w = randn(rng, (3, 81 * groups, 9, 8)), randn(rng, (96 * groups, 81, 3, 3))
+    hyper = dict(stride=(1, 2), padding=1, groups=groups)
+    g = randn(rng, np_conv2d(x, w, **hyper).shape)
+    expected = ref.conv2d_grad_weight(x, g, w.shape, **hyper)
+    results = {}
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            results[threads] = fastconv.conv2d_grad_weight(x, g, w.shape, **hyper)
+    finally:
+        fastconv.set_num_threads(None)
+    assert_close(results[1], expected, np.float64)
+    assert np.array_equal(results[1], results[2])
+    saved = kernels._tuning()["gw_block_bytes_f64"]
+    try:
+        kernels._tuning(gw_block_bytes_f64=0)
+        one_block = fastconv.conv2d_grad_weight(x, g, w.shape, **hyper)
+    finally:
+        kernels._tuning(gw_block_bytes_f64=saved)
+    assert_close(one_block, results[1], np.float64)
 
 
 def test_repeated_calls_are_bitwise_identical(n_threads):
