@@ -98,7 +98,7 @@ def test_forward_and_gradients_match_oracles(winograd_calls, n_threads, monkeypa
     ((2, 3, 31, 8), (2, 0), 3),      # blocks that cut tile rows, padding 2 and 0
     ((3, 4, 3, 3), 0, 1),            # a 1x1 output: one tile, three of its outputs dropped
 ])
-def test_bitwise_identical_for_1_and_2_threads(winograd_calls, monkeypatch, dtype, layout,
+def test_bitwise_identical_for_1_2_and_3_threads(winograd_calls, monkeypatch, dtype, layout,
                                                x_shape, pad, block):
     monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
     rng = np.random.default_rng(7)
@@ -109,7 +109,7 @@ def test_bitwise_identical_for_1_and_2_threads(winograd_calls, monkeypatch, dtyp
         x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
     kw = dict(padding=pad, layout=layout)
     results = []
-    for threads in (1, 2):
+    for threads in (1, 2, 3):
         fastconv.set_num_threads(threads)
         try:
             y = fastconv.conv2d(x, w, b, **kw)
@@ -117,9 +117,10 @@ def test_bitwise_identical_for_1_and_2_threads(winograd_calls, monkeypatch, dtyp
                             fastconv.conv2d_grad_weight(x, np.cos(y), w.shape, **kw)))
         finally:
             fastconv.set_num_threads(None)
-    for a, c in zip(*results):
-        np.testing.assert_array_equal(a, c)
-    assert winograd_calls == [True] * 6
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            np.testing.assert_array_equal(a, c)
+    assert winograd_calls == [True] * 9
 
 
 def test_read_only_and_strided_inputs(winograd_calls, rng):

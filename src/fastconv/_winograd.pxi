@@ -140,12 +140,12 @@ cdef void _winograd_inputs(const floating* xp, Py_ssize_t c_in, Py_ssize_t in_h,
                            Py_ssize_t in_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
                            Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g0,
                            Py_ssize_t g1, floating* v, Py_ssize_t vs,
-                           floating* scratch) noexcept nogil:
+                           floating* scratch, Py_ssize_t c_lo, Py_ssize_t c_hi) noexcept nogil:
     """V[xi][c][g - g0] at ``v[xi*vs + c*(g1 - g0) + g - g0]`` for the tiles
     g0 <= g < g1 of the whole batch (tile g is tile g % tiles of image
-    g // tiles), tile row by tile row."""
+    g // tiles), tile row by tile row, for the channels c_lo <= c < c_hi."""
     cdef Py_ssize_t nt = g1 - g0, c, n, t0, t1, i, j0, j1
-    for c in range(c_in):
+    for c in range(c_lo, c_hi):
         for n in range(g0 // tiles, (g1 - 1) // tiles + 1):
             t0 = max(g0 - n * tiles, 0)
             t1 = min(g1 - n * tiles, tiles)
@@ -252,7 +252,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
                 vs = c_in * nt + WINOGRAD_SKEW
                 ms = c_out * nt + WINOGRAD_SKEW
                 _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
-                                 g0, g1, work, vs, work + scratch_at)
+                                 g0, g1, work, vs, work + scratch_at, 0, c_in)
                 for xi in range(16):
                     gemm(NO_TRANS, NO_TRANS, c_out, nt, c_in,
                          <floating>1, up + xi * c_out * c_in, c_in, work + xi * vs, nt,
@@ -283,15 +283,16 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
 cdef void _winograd_grad_blocks(const floating* gp, Py_ssize_t c_out, Py_ssize_t out_h,
                                 Py_ssize_t out_w, Py_ssize_t tiles_w, Py_ssize_t tiles,
                                 Py_ssize_t g0, Py_ssize_t g1, floating* w, Py_ssize_t ws,
-                                floating* scratch) noexcept nogil:
+                                floating* scratch, Py_ssize_t o_lo,
+                                Py_ssize_t o_hi) noexcept nogil:
     """W[xi][o][g - g0] = (A g A^T)[xi], at ``w[xi*ws + o*(g1 - g0) + g - g0]``,
     for the 2x2 sensitivity blocks of the tiles g0 <= g < g1 (zero past the
-    map's last row or column)."""
+    map's last row or column), for the channels o_lo <= o < o_hi."""
     cdef Py_ssize_t nt = g1 - g0, o, n, t0, t1, i, j0, j1, r, jj, cnt, pairs
     cdef const floating* src
     cdef floating* ge
     cdef floating* go
-    for o in range(c_out):
+    for o in range(o_lo, o_hi):
         for n in range(g0 // tiles, (g1 - 1) // tiles + 1):
             t0 = max(g0 - n * tiles, 0)
             t1 = min(g1 - n * tiles, tiles)
@@ -356,8 +357,18 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     """Filter gradient of a 3x3 stride-1 correlation by Winograd F(3x3, 2x2)
     (inputs trusted): ``grad_weight`` (C_out, C_in, 3, 3) of ``x`` (N, C_in,
     H, W) and ``grad_out`` (N, C_out, Ho, Wo), leading paddings given.
-    Work items of ``block_tiles`` tiles, as ``conv2d_winograd``.  Returns
-    False, with ``grad_weight`` incomplete, if some value was not finite."""
+    Returns False, with ``grad_weight`` incomplete, if some value was not
+    finite.
+
+    The batch's tiles are taken ``block_tiles`` at a time, and all threads
+    work on one block: first its transforms V and W, a channel each, then
+    the sixteen sums ``M[xi] += W[xi] V[xi]^T``, an ``xi`` each, straight
+    into the one M.  Every M[xi] adds the blocks in order, so the result is
+    the same bit for bit for any thread count; with no partial sums to
+    clear, fill and add, the workspace is M and one block's transforms
+    (reduction slots of the whole M, one per work item, took 59 MiB for the
+    big layer's float64 gradient and page-faulted it in on every call).
+    """
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t c_out = grad_out.shape[1], out_h = grad_out.shape[2]
@@ -369,58 +380,64 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
         memset(dwp, 0, grad_weight.size * sizeof(floating))
         return True
     cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
-    cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
+    cdef Py_ssize_t n_blocks = _ceil_div(n_img * tiles, block)
     cdef Py_ssize_t m_size = 16 * c_out * c_in
-    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
-    # per thread: V and W of one block, then the rows' scratch
-    cdef Py_ssize_t scratch_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
-    cdef Py_ssize_t work_size = scratch_at + 8 * (tiles_w + 1)
+    # [M (16 x C_out x C_in)] [V (16 x C_in x nt)] [W (16 x C_out x nt)], shared
+    cdef Py_ssize_t v_at = m_size
+    cdef Py_ssize_t shared_size = m_size + 16 * (c_in * block + c_out * block
+                                                 + 2 * WINOGRAD_SKEW)
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef Py_ssize_t s, r, g0, g1, nt, xi, vs, ws
-    cdef floating* acc
-    cdef floating* work = NULL
-    cdef floating* partial = <floating*>_workspace(n_slots * m_size * sizeof(floating))
-    cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
+    cdef Py_ssize_t r, g0, g1, nt, xi, vs, ws, ch
+    cdef floating* scratch = NULL
+    cdef floating* shared = <floating*>_workspace(shared_size * sizeof(floating))
+    cdef floating* v
+    cdef floating* w
+    cdef int status = STATUS_OK if shared != NULL else STATUS_NO_MEMORY
     cdef int* status_p = &status
     cdef bint finite = True
 
     blas_serial_enter()
     try:
-        if partial != NULL:
+        if shared != NULL:
             with nogil, parallel(num_threads=n_threads):
-                work = <floating*>_workspace(work_size * sizeof(floating))
-                if work == NULL:
+                # per thread: the rows' scratch of the input transforms
+                scratch = <floating*>_workspace(8 * (tiles_w + 1) * sizeof(floating))
+                if scratch == NULL:
                     status_p[0] = STATUS_NO_MEMORY
-                for s in prange(n_slots, schedule="static"):
-                    if work == NULL:
-                        continue
-                    acc = partial + s * m_size
-                    for r in range(s * n_red // n_slots, (s + 1) * n_red // n_slots):
-                        g0 = r * block
-                        g1 = min(g0 + block, n_img * tiles)
-                        nt = g1 - g0
-                        # V (16 x C_in x nt) at work, W (16 x C_out x nt) after it
-                        vs = c_in * nt + WINOGRAD_SKEW
-                        ws = c_out * nt + WINOGRAD_SKEW
-                        _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
-                                         tiles, g0, g1, work, vs, work + scratch_at)
-                        _winograd_grad_blocks(gp, c_out, out_h, out_w, tiles_w, tiles, g0, g1,
-                                              work + 16 * vs, ws, work + scratch_at)
-                        # the slot's first item overwrites (no clearing pass)
-                        for xi in range(16):
-                            gemm(NO_TRANS, TRANS, c_out, c_in, nt, <floating>1,
-                                 work + 16 * vs + xi * ws, nt, work + xi * vs, nt,
-                                 <floating>(0 if r == s * n_red // n_slots else 1),
-                                 acc + xi * c_out * c_in, c_in)
-                free(work)
+                for r in range(n_blocks):           # every thread, in step
+                    g0 = r * block
+                    g1 = min(g0 + block, n_img * tiles)
+                    nt = g1 - g0
+                    vs = c_in * nt + WINOGRAD_SKEW
+                    ws = c_out * nt + WINOGRAD_SKEW
+                    v = shared + v_at
+                    w = v + 16 * vs
+                    # round-robin: each thread gets input and gradient channels
+                    for ch in prange(c_in + c_out, schedule="static", chunksize=1):
+                        if scratch == NULL:
+                            continue
+                        if ch < c_in:
+                            _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left,
+                                             tiles_w, tiles, g0, g1, v, vs, scratch, ch, ch + 1)
+                        else:
+                            _winograd_grad_blocks(gp, c_out, out_h, out_w, tiles_w, tiles,
+                                                  g0, g1, w, ws, scratch, ch - c_in,
+                                                  ch - c_in + 1)
+                    fc_omp_barrier()                # the transforms are all in
+                    # the first block overwrites (no clearing pass)
+                    for xi in prange(16, schedule="static"):
+                        gemm(NO_TRANS, TRANS, c_out, c_in, nt, <floating>1,
+                             w + xi * ws, nt, v + xi * vs, nt,
+                             <floating>(0 if r == 0 else 1), shared + xi * c_out * c_in, c_in)
+                    fc_omp_barrier()                # before the next block's transforms
+                free(scratch)
             if status == STATUS_OK:
                 with nogil:
-                    _add_slots(partial, n_slots, m_size, partial, n_threads)
-                    finite = _winograd_filter_grads(partial, c_out, c_in, dwp)
+                    finite = _winograd_filter_grads(shared, c_out, c_in, dwp)
     finally:
         blas_serial_exit()
-        free(partial)
+        free(shared)
     _raise_for_status(status)
     return finite
 
@@ -558,7 +575,8 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
     """``conv2d_grad_weight_winograd`` in NHWC (inputs trusted): ``x`` (N, H,
     W, C_in), ``grad_out`` (N, Ho, Wo, C_out); the filter gradient goes to
     ``sums`` as (C_in, C_out, 3, 3), for the caller to lay out as (3, 3,
-    C_in, C_out).  Returns False if some value was not finite."""
+    C_in, C_out).  The same blocks in step, the transforms a tile each.
+    Returns False if some value was not finite."""
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
     cdef Py_ssize_t c_in = x.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
@@ -570,78 +588,70 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
         memset(dwp, 0, sums.size * sizeof(floating))
         return True
     cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
-    cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
+    cdef Py_ssize_t n_blocks = _ceil_div(n_img * tiles, block)
     cdef Py_ssize_t m_size = 16 * c_in * c_out
-    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
-    # per thread: V and W of one block, then a zero pixel (wide enough for
-    # either side)
-    cdef Py_ssize_t zeros_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
-    cdef Py_ssize_t work_size = zeros_at + max(c_in, c_out)
+    # [M (16 x C_in x C_out)] [V (16 x nt x C_in)] [W (16 x nt x C_out)]
+    # [a zero pixel, wide enough for either side], shared
+    cdef Py_ssize_t v_at = m_size
+    cdef Py_ssize_t zeros_at = m_size + 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
+    cdef Py_ssize_t shared_size = zeros_at + max(c_in, c_out)
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef Py_ssize_t s, r, g0, g1, nt, xi, vs, ws, g, n, t, i, j
+    cdef Py_ssize_t r, g0, g1, nt, xi, vs, ws, g, n, t, i, j
     cdef const floating* g00
     cdef const floating* g01
     cdef const floating* g10
     cdef const floating* g11
-    cdef floating* acc
-    cdef floating* work = NULL
-    cdef floating* partial = <floating*>_workspace(n_slots * m_size * sizeof(floating))
-    cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
-    cdef int* status_p = &status
+    cdef floating* shared = <floating*>_workspace(shared_size * sizeof(floating))
+    cdef floating* v
+    cdef floating* w
+    cdef floating* zeros
+    cdef int status = STATUS_OK if shared != NULL else STATUS_NO_MEMORY
     cdef bint finite = True
 
     blas_serial_enter()
     try:
-        if partial != NULL:
+        if shared != NULL:
+            zeros = shared + zeros_at
+            memset(zeros, 0, max(c_in, c_out) * sizeof(floating))
             with nogil, parallel(num_threads=n_threads):
-                work = <floating*>_workspace(work_size * sizeof(floating))
-                if work == NULL:
-                    status_p[0] = STATUS_NO_MEMORY
-                else:
-                    memset(work + zeros_at, 0, max(c_in, c_out) * sizeof(floating))
-                for s in prange(n_slots, schedule="static"):
-                    if work == NULL:
-                        continue
-                    acc = partial + s * m_size
-                    for r in range(s * n_red // n_slots, (s + 1) * n_red // n_slots):
-                        g0 = r * block
-                        g1 = min(g0 + block, n_img * tiles)
-                        nt = g1 - g0
-                        vs = nt * c_in + WINOGRAD_SKEW
-                        ws = nt * c_out + WINOGRAD_SKEW
+                for r in range(n_blocks):           # every thread, in step
+                    g0 = r * block
+                    g1 = min(g0 + block, n_img * tiles)
+                    nt = g1 - g0
+                    vs = nt * c_in + WINOGRAD_SKEW
+                    ws = nt * c_out + WINOGRAD_SKEW
+                    v = shared + v_at
+                    w = v + 16 * vs
+                    for g in prange(g0, g1, schedule="static"):
                         _winograd_inputs_nhwc(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
-                                              tiles, g0, g1, work, vs, work + zeros_at)
-                        for g in range(g0, g1):
-                            n = g // tiles
-                            t = g % tiles
-                            i = t // tiles_w
-                            j = t % tiles_w
-                            g00 = gp + ((n * out_h + 2 * i) * out_w + 2 * j) * c_out
-                            g01 = g00 + c_out if 2 * j + 1 < out_w else work + zeros_at
-                            g10 = (g00 + out_w * c_out if 2 * i + 1 < out_h
-                                   else work + zeros_at)
-                            g11 = (g10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
-                                   else work + zeros_at)
-                            if floating is float:
-                                fc_winograd_grad_nhwc_f32(g00, g01, g10, g11, c_out,
-                                                          work + 16 * vs + (g - g0) * c_out, ws)
-                            else:
-                                fc_winograd_grad_nhwc_f64(g00, g01, g10, g11, c_out,
-                                                          work + 16 * vs + (g - g0) * c_out, ws)
-                        # the slot's first item overwrites (no clearing pass)
-                        for xi in range(16):
-                            gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
-                                 work + xi * vs, c_in, work + 16 * vs + xi * ws, c_out,
-                                 <floating>(0 if r == s * n_red // n_slots else 1),
-                                 acc + xi * c_in * c_out, c_out)
-                free(work)
-            if status == STATUS_OK:
-                with nogil:
-                    _add_slots(partial, n_slots, m_size, partial, n_threads)
-                    finite = _winograd_filter_grads(partial, c_in, c_out, dwp)
+                                              tiles, g, g + 1, v + (g - g0) * c_in, vs, zeros)
+                        n = g // tiles
+                        t = g % tiles
+                        i = t // tiles_w
+                        j = t % tiles_w
+                        g00 = gp + ((n * out_h + 2 * i) * out_w + 2 * j) * c_out
+                        g01 = g00 + c_out if 2 * j + 1 < out_w else zeros
+                        g10 = (g00 + out_w * c_out if 2 * i + 1 < out_h else zeros)
+                        g11 = (g10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
+                               else zeros)
+                        if floating is float:
+                            fc_winograd_grad_nhwc_f32(g00, g01, g10, g11, c_out,
+                                                      w + (g - g0) * c_out, ws)
+                        else:
+                            fc_winograd_grad_nhwc_f64(g00, g01, g10, g11, c_out,
+                                                      w + (g - g0) * c_out, ws)
+                    fc_omp_barrier()                # the transforms are all in
+                    # the first block overwrites (no clearing pass)
+                    for xi in prange(16, schedule="static"):
+                        gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
+                             v + xi * vs, c_in, w + xi * ws, c_out,
+                             <floating>(0 if r == 0 else 1), shared + xi * c_in * c_out, c_out)
+                    fc_omp_barrier()                # before the next block's transforms
+            with nogil:
+                finite = _winograd_filter_grads(shared, c_in, c_out, dwp)
     finally:
         blas_serial_exit()
-        free(partial)
+        free(shared)
     _raise_for_status(status)
     return finite

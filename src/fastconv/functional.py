@@ -306,10 +306,12 @@ _WINOGRAD_MIN_PLANE = 48 * 48
 # Tiles of a work item: the N (forward, input gradient) or K (filter
 # gradient) of its sixteen GEMMs.
 _WINOGRAD_BLOCK_TILES = 128
-# The filter gradient's sums M (16 x C_out x C_in) fill a reduction slot
-# each (at most 8, within the kernels' 64 MiB slot budget); a larger M
-# would leave too few slots to share among the threads, so such layers
-# keep the GEMM kernels (float64 from 512 channels).
+# The filter gradient's workspace is its sums M (16 x C_out x C_in, 16/9 of
+# the weight) plus one block's transforms; layers with a larger M (float64
+# from 512 channels) keep the GEMM kernels, whose workspace is per thread.
+# (Until 2026-12 each work item summed into its own copy of M -- up to 8,
+# 59 MiB for the big layer in float64 -- which is where this bound came
+# from; the kernels now share one M, and larger ones are unmeasured.)
 _WINOGRAD_MAX_SUMS_BYTES = 16 << 20
 
 
