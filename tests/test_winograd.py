@@ -50,6 +50,18 @@ def winograd_calls(monkeypatch):
     yield calls
 
 
+@pytest.fixture(params=["slot-sums", "shared-sums"])
+def winograd_sums(request):
+    """Run the Winograd filter gradients with a copy of M per reduction
+    slot, then with all threads summing one block at a time into one M (the
+    kernels pick that from 4 MiB of M; see conv2d_grad_weight_winograd)."""
+    from fastconv._simd import kernels
+    saved = kernels._tuning()["winograd_shared_sums_bytes"]
+    kernels._tuning(winograd_shared_sums_bytes=0 if request.param == "shared-sums" else 1 << 62)
+    yield request.param
+    kernels._tuning(winograd_shared_sums_bytes=saved)
+
+
 @st.composite
 def winograd_problems(draw):
     """Shapes, paddings (0-2 per axis, or 'same') and the tiles per work item."""
@@ -67,8 +79,9 @@ def winograd_problems(draw):
 @given(problem=winograd_problems(), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans())
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-def test_forward_and_gradients_match_oracles(winograd_calls, n_threads, monkeypatch,
-                                             dtype, layout, problem, seed, with_bias):
+def test_forward_and_gradients_match_oracles(winograd_calls, winograd_sums, n_threads,
+                                             monkeypatch, dtype, layout, problem, seed,
+                                             with_bias):
     x_shape, w_shape, pad, block = problem
     monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
     rng = np.random.default_rng(seed)
@@ -98,8 +111,8 @@ def test_forward_and_gradients_match_oracles(winograd_calls, n_threads, monkeypa
     ((2, 3, 31, 8), (2, 0), 3),      # blocks that cut tile rows, padding 2 and 0
     ((3, 4, 3, 3), 0, 1),            # a 1x1 output: one tile, three of its outputs dropped
 ])
-def test_bitwise_identical_for_1_2_and_3_threads(winograd_calls, monkeypatch, dtype, layout,
-                                               x_shape, pad, block):
+def test_bitwise_identical_for_1_2_and_3_threads(winograd_calls, winograd_sums, monkeypatch,
+                                                 dtype, layout, x_shape, pad, block):
     monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
     rng = np.random.default_rng(7)
     x = rng.standard_normal(x_shape).astype(dtype)
@@ -151,7 +164,8 @@ def test_filter_transform_is_g_w_gt(dtype, rotate_swap, rng):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("where", [(0, 0), (4, 5), (8, 9)], ids=["corner", "inner", "far"])
-def test_non_finite_inputs_fall_back_to_the_textbook_sums(winograd_calls, bad, where, rng):
+def test_non_finite_inputs_fall_back_to_the_textbook_sums(winograd_calls, winograd_sums, bad,
+                                                         where, rng):
     # An infinity minus itself inside a transform is NaN where the textbook
     # sum has an infinity: such calls are recomputed by the GEMM kernels.
     x = rng.standard_normal((2, 3, 9, 10))
@@ -187,7 +201,7 @@ def test_non_finite_weights_never_take_winograd(winograd_calls, rng):
     assert winograd_calls == []
 
 
-def test_overflowing_transform_falls_back(winograd_calls):
+def test_overflowing_transform_falls_back(winograd_calls, winograd_sums):
     # finite inputs whose transformed sums overflow float32
     x = np.full((1, 1, 4, 4), 3e38, dtype=np.float32)
     x[0, 0, 1::2] = -3e38
@@ -252,7 +266,7 @@ def test_environment_switch_turns_winograd_off():
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
-def test_non_finite_inputs_fall_back_in_nhwc(winograd_calls, bad, rng):
+def test_non_finite_inputs_fall_back_in_nhwc(winograd_calls, winograd_sums, bad, rng):
     x = rng.standard_normal((2, 9, 10, 3))
     x[1, 4, 5, 2] = bad
     w = np.abs(rng.standard_normal((3, 3, 3, 4)))

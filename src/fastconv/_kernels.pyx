@@ -177,7 +177,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             gw_transpose_f32=None, row_shift=None, batch_columns_f32=None,
             batch_columns_f64=None, gw_tile_bytes=None, gw_min_tile=None,
             stream_min_bytes=None, scatter_position_major=None,
-            scatter_stage_bytes=None, gw_block_bytes_f32=None, gw_block_bytes_f64=None):
+            scatter_stage_bytes=None, gw_block_bytes_f32=None, gw_block_bytes_f64=None,
+            winograd_shared_sums_bytes=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
@@ -185,6 +186,9 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     global GW_TRANSPOSE_F32, ROW_SHIFT, BATCH_COLUMNS_F32, BATCH_COLUMNS_F64
     global GW_TILE_BYTES, GW_MIN_TILE, STREAM_MIN_BYTES, SCATTER_POSITION_MAJOR
     global SCATTER_STAGE_BYTES, GW_BLOCK_BYTES_F32, GW_BLOCK_BYTES_F64
+    global WINOGRAD_SHARED_SUMS_BYTES
+    if winograd_shared_sums_bytes is not None:
+        WINOGRAD_SHARED_SUMS_BYTES = winograd_shared_sums_bytes
     if gw_block_bytes_f32 is not None:
         GW_BLOCK_BYTES_F32 = gw_block_bytes_f32
     if gw_block_bytes_f64 is not None:
@@ -244,7 +248,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 stream_min_bytes=STREAM_MIN_BYTES,
                 scatter_position_major=SCATTER_POSITION_MAJOR,
                 scatter_stage_bytes=SCATTER_STAGE_BYTES,
-                gw_block_bytes_f32=GW_BLOCK_BYTES_F32, gw_block_bytes_f64=GW_BLOCK_BYTES_F64)
+                gw_block_bytes_f32=GW_BLOCK_BYTES_F32, gw_block_bytes_f64=GW_BLOCK_BYTES_F64,
+                winograd_shared_sums_bytes=WINOGRAD_SHARED_SUMS_BYTES)
 
 
 def _raise_for_status(int status):

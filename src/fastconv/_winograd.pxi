@@ -58,6 +58,18 @@ cdef extern from "_winograd.h" nogil:
                               Py_ssize_t w_stride)
 
 
+# The Winograd filter gradients sum M (16 x C_out x C_in) of at least this
+# many bytes with all threads on one block of tiles at a time, smaller ones
+# in a copy of M per reduction slot (see conv2d_grad_weight_winograd).
+# Measured (2 threads, 5 alternating rounds, NCHW / NHWC): M of 4 MiB and
+# 8 MiB -- 256 channels, big's 100x100 planes or 2 x 56x56 -- 1.27-1.54x /
+# 1.50-1.91x faster shared (the big layer's float64 copies took 59 MiB,
+# page-faulted in on every call); M of 1-2 MiB (128 channels) 0.77-0.84x /
+# 0.92-0.98x, vgg3x3's 256-512 KiB 0.65-0.70x / 0.90-0.94x (a barrier pair
+# per block around GEMMs as small as 64 x 64 x 128).
+cdef Py_ssize_t WINOGRAD_SHARED_SUMS_BYTES = 4 * 1024 * 1024
+
+
 cdef enum:
     # Elements between the sixteen matrices V[xi] (and M[xi], W[xi]) beyond
     # their size: without it a block's sixteen rows of one tile lie a
@@ -360,14 +372,14 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     Returns False, with ``grad_weight`` incomplete, if some value was not
     finite.
 
-    The batch's tiles are taken ``block_tiles`` at a time, and all threads
-    work on one block: first its transforms V and W, a channel each, then
-    the sixteen sums ``M[xi] += W[xi] V[xi]^T``, an ``xi`` each, straight
-    into the one M.  Every M[xi] adds the blocks in order, so the result is
-    the same bit for bit for any thread count; with no partial sums to
-    clear, fill and add, the workspace is M and one block's transforms
-    (reduction slots of the whole M, one per work item, took 59 MiB for the
-    big layer's float64 gradient and page-faulted it in on every call).
+    The batch's tiles are taken ``block_tiles`` at a time.  Sums M of fewer
+    than WINOGRAD_SHARED_SUMS_BYTES: each work item (a reduction slot of
+    blocks) transforms its blocks and sums ``W[xi] V[xi]^T`` into its own
+    copy of M, and the copies are added in order.  Larger M: all threads
+    work on one block at a time -- its transforms, a channel each, then the
+    sixteen ``M[xi] += W[xi] V[xi]^T``, an ``xi`` each -- straight into the
+    one M.  Either way every sum runs in an order fixed by the shape, so
+    the result is the same bit for bit for any thread count.
     """
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
@@ -380,64 +392,100 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
         memset(dwp, 0, grad_weight.size * sizeof(floating))
         return True
     cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
-    cdef Py_ssize_t n_blocks = _ceil_div(n_img * tiles, block)
+    cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
     cdef Py_ssize_t m_size = 16 * c_out * c_in
-    # [M (16 x C_out x C_in)] [V (16 x C_in x nt)] [W (16 x C_out x nt)], shared
+    cdef bint shared_sums = m_size * <Py_ssize_t>sizeof(floating) >= WINOGRAD_SHARED_SUMS_BYTES
+    cdef Py_ssize_t n_slots = 1 if shared_sums else _reduction_slots(n_red, m_size,
+                                                                     sizeof(floating))
+    # per block: V (16 x C_in x nt), then W (16 x C_out x nt)
+    cdef Py_ssize_t vw_size = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
+    # the shared variant's V and W follow M; the slots' are per thread
     cdef Py_ssize_t v_at = m_size
-    cdef Py_ssize_t shared_size = m_size + 16 * (c_in * block + c_out * block
-                                                 + 2 * WINOGRAD_SKEW)
+    cdef Py_ssize_t scratch_size = 8 * (tiles_w + 1)
+    cdef Py_ssize_t work_size = scratch_size + (0 if shared_sums else vw_size)
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef Py_ssize_t r, g0, g1, nt, xi, vs, ws, ch
-    cdef floating* scratch = NULL
-    cdef floating* shared = <floating*>_workspace(shared_size * sizeof(floating))
+    cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, ch
+    cdef floating* acc
+    cdef floating* work = NULL
     cdef floating* v
     cdef floating* w
-    cdef int status = STATUS_OK if shared != NULL else STATUS_NO_MEMORY
+    cdef floating* partial = <floating*>_workspace(
+        (m_size + vw_size if shared_sums else n_slots * m_size) * sizeof(floating))
+    cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
     cdef int* status_p = &status
     cdef bint finite = True
 
     blas_serial_enter()
     try:
-        if shared != NULL:
+        if partial != NULL and shared_sums:
             with nogil, parallel(num_threads=n_threads):
                 # per thread: the rows' scratch of the input transforms
-                scratch = <floating*>_workspace(8 * (tiles_w + 1) * sizeof(floating))
-                if scratch == NULL:
+                work = <floating*>_workspace(work_size * sizeof(floating))
+                if work == NULL:
                     status_p[0] = STATUS_NO_MEMORY
-                for r in range(n_blocks):           # every thread, in step
+                for r in range(n_red):              # every thread, in step
                     g0 = r * block
                     g1 = min(g0 + block, n_img * tiles)
                     nt = g1 - g0
                     vs = c_in * nt + WINOGRAD_SKEW
                     ws = c_out * nt + WINOGRAD_SKEW
-                    v = shared + v_at
+                    v = partial + v_at
                     w = v + 16 * vs
                     # round-robin: each thread gets input and gradient channels
                     for ch in prange(c_in + c_out, schedule="static", chunksize=1):
-                        if scratch == NULL:
+                        if work == NULL:
                             continue
                         if ch < c_in:
                             _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left,
-                                             tiles_w, tiles, g0, g1, v, vs, scratch, ch, ch + 1)
+                                             tiles_w, tiles, g0, g1, v, vs, work, ch, ch + 1)
                         else:
                             _winograd_grad_blocks(gp, c_out, out_h, out_w, tiles_w, tiles,
-                                                  g0, g1, w, ws, scratch, ch - c_in,
-                                                  ch - c_in + 1)
+                                                  g0, g1, w, ws, work, ch - c_in, ch - c_in + 1)
                     fc_omp_barrier()                # the transforms are all in
                     # the first block overwrites (no clearing pass)
                     for xi in prange(16, schedule="static"):
                         gemm(NO_TRANS, TRANS, c_out, c_in, nt, <floating>1,
                              w + xi * ws, nt, v + xi * vs, nt,
-                             <floating>(0 if r == 0 else 1), shared + xi * c_out * c_in, c_in)
+                             <floating>(0 if r == 0 else 1), partial + xi * c_out * c_in, c_in)
                     fc_omp_barrier()                # before the next block's transforms
-                free(scratch)
+                free(work)
+        elif partial != NULL:
+            with nogil, parallel(num_threads=n_threads):
+                # per thread: V and W of one block, then the rows' scratch
+                work = <floating*>_workspace(work_size * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+                for s in prange(n_slots, schedule="static"):
+                    if work == NULL:
+                        continue
+                    acc = partial + s * m_size
+                    r0 = s * n_red // n_slots
+                    for r in range(r0, (s + 1) * n_red // n_slots):
+                        g0 = r * block
+                        g1 = min(g0 + block, n_img * tiles)
+                        nt = g1 - g0
+                        vs = c_in * nt + WINOGRAD_SKEW
+                        ws = c_out * nt + WINOGRAD_SKEW
+                        _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
+                                         tiles, g0, g1, work, vs, work + vw_size, 0, c_in)
+                        _winograd_grad_blocks(gp, c_out, out_h, out_w, tiles_w, tiles, g0, g1,
+                                              work + 16 * vs, ws, work + vw_size, 0, c_out)
+                        # the slot's first block overwrites (no clearing pass)
+                        for xi in range(16):
+                            gemm(NO_TRANS, TRANS, c_out, c_in, nt, <floating>1,
+                                 work + 16 * vs + xi * ws, nt, work + xi * vs, nt,
+                                 <floating>(0 if r == r0 else 1), acc + xi * c_out * c_in, c_in)
+                free(work)
             if status == STATUS_OK:
                 with nogil:
-                    finite = _winograd_filter_grads(shared, c_out, c_in, dwp)
+                    _add_slots(partial, n_slots, m_size, partial, n_threads)
+        if status == STATUS_OK:
+            with nogil:
+                finite = _winograd_filter_grads(partial, c_out, c_in, dwp)
     finally:
         blas_serial_exit()
-        free(shared)
+        free(partial)
     _raise_for_status(status)
     return finite
 
@@ -567,6 +615,27 @@ def conv2d_winograd_nhwc(const floating[:, :, :, ::1] x,
     return finite
 
 
+cdef inline void _winograd_grad_tile_nhwc(const floating* gp, Py_ssize_t c_out,
+                                          Py_ssize_t out_h, Py_ssize_t out_w,
+                                          Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g,
+                                          floating* w, Py_ssize_t ws,
+                                          const floating* zeros) noexcept nogil:
+    """W[xi][g][:] = (A g A^T)[xi] of tile g's 2x2 sensitivity block (the
+    channel vectors; ``zeros`` past the map's last row or column), at
+    ``w[xi*ws + o]``."""
+    cdef Py_ssize_t n = g // tiles, t = g % tiles
+    cdef Py_ssize_t i = t // tiles_w, j = t % tiles_w
+    cdef const floating* g00 = gp + ((n * out_h + 2 * i) * out_w + 2 * j) * c_out
+    cdef const floating* g01 = g00 + c_out if 2 * j + 1 < out_w else zeros
+    cdef const floating* g10 = g00 + out_w * c_out if 2 * i + 1 < out_h else zeros
+    cdef const floating* g11 = (g10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
+                                else zeros)
+    if floating is float:
+        fc_winograd_grad_nhwc_f32(g00, g01, g10, g11, c_out, w, ws)
+    else:
+        fc_winograd_grad_nhwc_f64(g00, g01, g10, g11, c_out, w, ws)
+
+
 def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
                                      const floating[:, :, :, ::1] grad_out,
                                      floating[:, :, :, ::1] sums,
@@ -575,8 +644,8 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
     """``conv2d_grad_weight_winograd`` in NHWC (inputs trusted): ``x`` (N, H,
     W, C_in), ``grad_out`` (N, Ho, Wo, C_out); the filter gradient goes to
     ``sums`` as (C_in, C_out, 3, 3), for the caller to lay out as (3, 3,
-    C_in, C_out).  The same blocks in step, the transforms a tile each.
-    Returns False if some value was not finite."""
+    C_in, C_out).  The same two variants (the shared one's transforms a
+    tile each).  Returns False if some value was not finite."""
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
     cdef Py_ssize_t c_in = x.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
@@ -588,70 +657,93 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
         memset(dwp, 0, sums.size * sizeof(floating))
         return True
     cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
-    cdef Py_ssize_t n_blocks = _ceil_div(n_img * tiles, block)
+    cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
     cdef Py_ssize_t m_size = 16 * c_in * c_out
-    # [M (16 x C_in x C_out)] [V (16 x nt x C_in)] [W (16 x nt x C_out)]
-    # [a zero pixel, wide enough for either side], shared
-    cdef Py_ssize_t v_at = m_size
-    cdef Py_ssize_t zeros_at = m_size + 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
-    cdef Py_ssize_t shared_size = zeros_at + max(c_in, c_out)
+    cdef bint shared_sums = m_size * <Py_ssize_t>sizeof(floating) >= WINOGRAD_SHARED_SUMS_BYTES
+    cdef Py_ssize_t n_slots = 1 if shared_sums else _reduction_slots(n_red, m_size,
+                                                                     sizeof(floating))
+    # per block: V (16 x nt x C_in), then W (16 x nt x C_out), then a zero
+    # pixel (wide enough for either side); after M when shared, else per thread
+    cdef Py_ssize_t zeros_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
+    cdef Py_ssize_t vw_size = zeros_at + max(c_in, c_out)
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef Py_ssize_t r, g0, g1, nt, xi, vs, ws, g, n, t, i, j
-    cdef const floating* g00
-    cdef const floating* g01
-    cdef const floating* g10
-    cdef const floating* g11
-    cdef floating* shared = <floating*>_workspace(shared_size * sizeof(floating))
+    cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, g
+    cdef floating* acc
+    cdef floating* work = NULL
     cdef floating* v
     cdef floating* w
     cdef floating* zeros
-    cdef int status = STATUS_OK if shared != NULL else STATUS_NO_MEMORY
+    cdef floating* partial = <floating*>_workspace(
+        (m_size + vw_size if shared_sums else n_slots * m_size) * sizeof(floating))
+    cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
+    cdef int* status_p = &status
     cdef bint finite = True
 
     blas_serial_enter()
     try:
-        if shared != NULL:
-            zeros = shared + zeros_at
+        if partial != NULL and shared_sums:
+            v = partial + m_size
+            zeros = v + zeros_at
             memset(zeros, 0, max(c_in, c_out) * sizeof(floating))
             with nogil, parallel(num_threads=n_threads):
-                for r in range(n_blocks):           # every thread, in step
+                for r in range(n_red):              # every thread, in step
                     g0 = r * block
                     g1 = min(g0 + block, n_img * tiles)
                     nt = g1 - g0
                     vs = nt * c_in + WINOGRAD_SKEW
                     ws = nt * c_out + WINOGRAD_SKEW
-                    v = shared + v_at
                     w = v + 16 * vs
                     for g in prange(g0, g1, schedule="static"):
                         _winograd_inputs_nhwc(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
                                               tiles, g, g + 1, v + (g - g0) * c_in, vs, zeros)
-                        n = g // tiles
-                        t = g % tiles
-                        i = t // tiles_w
-                        j = t % tiles_w
-                        g00 = gp + ((n * out_h + 2 * i) * out_w + 2 * j) * c_out
-                        g01 = g00 + c_out if 2 * j + 1 < out_w else zeros
-                        g10 = (g00 + out_w * c_out if 2 * i + 1 < out_h else zeros)
-                        g11 = (g10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
-                               else zeros)
-                        if floating is float:
-                            fc_winograd_grad_nhwc_f32(g00, g01, g10, g11, c_out,
-                                                      w + (g - g0) * c_out, ws)
-                        else:
-                            fc_winograd_grad_nhwc_f64(g00, g01, g10, g11, c_out,
-                                                      w + (g - g0) * c_out, ws)
+                        _winograd_grad_tile_nhwc(gp, c_out, out_h, out_w, tiles_w, tiles, g,
+                                                 w + (g - g0) * c_out, ws, zeros)
                     fc_omp_barrier()                # the transforms are all in
                     # the first block overwrites (no clearing pass)
                     for xi in prange(16, schedule="static"):
                         gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
                              v + xi * vs, c_in, w + xi * ws, c_out,
-                             <floating>(0 if r == 0 else 1), shared + xi * c_in * c_out, c_out)
+                             <floating>(0 if r == 0 else 1), partial + xi * c_in * c_out, c_out)
                     fc_omp_barrier()                # before the next block's transforms
+        elif partial != NULL:
+            with nogil, parallel(num_threads=n_threads):
+                work = <floating*>_workspace(vw_size * sizeof(floating))
+                if work == NULL:
+                    status_p[0] = STATUS_NO_MEMORY
+                else:
+                    memset(work + zeros_at, 0, max(c_in, c_out) * sizeof(floating))
+                for s in prange(n_slots, schedule="static"):
+                    if work == NULL:
+                        continue
+                    acc = partial + s * m_size
+                    r0 = s * n_red // n_slots
+                    for r in range(r0, (s + 1) * n_red // n_slots):
+                        g0 = r * block
+                        g1 = min(g0 + block, n_img * tiles)
+                        nt = g1 - g0
+                        vs = nt * c_in + WINOGRAD_SKEW
+                        ws = nt * c_out + WINOGRAD_SKEW
+                        _winograd_inputs_nhwc(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
+                                              tiles, g0, g1, work, vs, work + zeros_at)
+                        for g in range(g0, g1):
+                            _winograd_grad_tile_nhwc(gp, c_out, out_h, out_w, tiles_w, tiles, g,
+                                                     work + 16 * vs + (g - g0) * c_out, ws,
+                                                     work + zeros_at)
+                        # the slot's first block overwrites (no clearing pass)
+                        for xi in range(16):
+                            gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
+                                 work + xi * vs, c_in, work + 16 * vs + xi * ws, c_out,
+                                 <floating>(0 if r == r0 else 1), acc + xi * c_in * c_out, c_out)
+                free(work)
+            if status == STATUS_OK:
+                with nogil:
+                    _add_slots(partial, n_slots, m_size, partial, n_threads)
+        if status == STATUS_OK:
             with nogil:
-                finite = _winograd_filter_grads(shared, c_in, c_out, dwp)
+                finite = _winograd_filter_grads(partial, c_in, c_out, dwp)
     finally:
         blas_serial_exit()
-        free(shared)
+        free(partial)
     _raise_for_status(status)
     return finite
