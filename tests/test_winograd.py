@@ -136,6 +136,28 @@ def test_bitwise_identical_for_1_2_and_3_threads(winograd_calls, winograd_sums, 
     assert winograd_calls == [True] * 9
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_filter_gradient_workspace_failure_is_a_memory_error(winograd_calls, winograd_sums,
+                                                             layout, rng):
+    """Both filter-gradient variants report a failed workspace allocation
+    as MemoryError, and give the same numbers afterwards."""
+    from fastconv._simd import kernels
+    x, g, w_shape = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((2, 4, 9, 9)), \
+        (4, 3, 3, 3)
+    if layout == "NHWC":
+        x, g, w_shape = x.transpose(0, 2, 3, 1).copy(), g.transpose(0, 2, 3, 1).copy(), \
+            (3, 3, 3, 4)
+    expected = fastconv.conv2d_grad_weight(x, g, w_shape, padding=1, layout=layout)
+    kernels._tuning(fail_allocations=True)
+    try:
+        with pytest.raises(MemoryError):
+            fastconv.conv2d_grad_weight(x, g, w_shape, padding=1, layout=layout)
+    finally:
+        kernels._tuning(fail_allocations=False)
+    np.testing.assert_array_equal(
+        fastconv.conv2d_grad_weight(x, g, w_shape, padding=1, layout=layout), expected)
+
+
 def test_read_only_and_strided_inputs(winograd_calls, rng):
     x = rng.standard_normal((2, 6, 11, 9))[:, ::2]
     w = rng.standard_normal((4, 3, 3, 3))
