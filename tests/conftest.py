@@ -65,14 +65,16 @@ def image_batching(request):
                     batch_columns_f64=saved["batch_columns_f64"])
 
 
-@pytest.fixture(params=["one-block", "channel-blocks"])
+@pytest.fixture(params=["one-block", "channel-blocks", "2KB-blocks"])
 def grad_weight_blocks(request):
     """Run the NCHW filter gradient as one block per group, then cut into
-    column blocks of one input channel each (the kernel cuts float64
-    gradients into blocks of at most 512 KiB; see conv2d_grad_weight)."""
+    column blocks of one input channel each, then into blocks of at most
+    2 KB (a few channels each, the last one short, on these tests' shapes;
+    the kernel cuts float64 gradients into blocks of at most 512 KiB; see
+    conv2d_grad_weight)."""
     from fastconv._simd import kernels
     saved = kernels._tuning()
-    limit = 1 if request.param == "channel-blocks" else 0
+    limit = {"one-block": 0, "channel-blocks": 1, "2KB-blocks": 2000}[request.param]
     kernels._tuning(gw_block_bytes_f32=limit, gw_block_bytes_f64=limit)
     yield request.param
     kernels._tuning(gw_block_bytes_f32=saved["gw_block_bytes_f32"],

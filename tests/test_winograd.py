@@ -158,6 +158,46 @@ def test_filter_gradient_workspace_failure_is_a_memory_error(winograd_calls, win
         fastconv.conv2d_grad_weight(x, g, w_shape, padding=1, layout=layout), expected)
 
 
+@pytest.mark.parametrize("own_gemm", [False, True], ids=["default-gemm", "own-gemm-everywhere"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_shared_sums_with_wide_channels(winograd_calls, monkeypatch, dtype, layout, own_gemm):
+    """The shared-M filter gradient on 40 input and 36 output channels, with
+    a ragged last block of tiles, its GEMMs as the kernels pick them or all
+    in the own AVX-512 GEMM (where the CPU has it): the GEMM kernels'
+    numbers, and the same bits for 1, 2, 3 and 5 threads (more threads than
+    some phases have items)."""
+    from fastconv import _blas
+    from fastconv._simd import kernels
+    monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", 50)
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((2, 40, 15, 14)).astype(dtype)
+    g = rng.standard_normal((2, 36, 15, 14)).astype(dtype)
+    w_shape = (36, 40, 3, 3)
+    if layout == "NHWC":
+        x, g, w_shape = x.transpose(0, 2, 3, 1).copy(), g.transpose(0, 2, 3, 1).copy(), \
+            (3, 3, 40, 36)
+    saved = kernels._tuning()["winograd_shared_sums_bytes"]
+    previous = _blas._set_own_gemm(True, every_shape=True) if own_gemm else None
+    results = []
+    try:
+        kernels._tuning(winograd_shared_sums_bytes=0)
+        for threads in (1, 2, 3, 5):
+            fastconv.set_num_threads(threads)
+            results.append(fastconv.conv2d_grad_weight(x, g, w_shape, padding=1, layout=layout))
+    finally:
+        fastconv.set_num_threads(None)
+        kernels._tuning(winograd_shared_sums_bytes=saved)
+        if previous is not None:
+            _blas._set_own_gemm(*previous)
+    assert winograd_calls == [True] * 4
+    monkeypatch.setattr(functional, "_WINOGRAD_MIN_CHANNELS", None)
+    gemm_kernels = fastconv.conv2d_grad_weight(x, g, w_shape, padding=1, layout=layout)
+    assert_close(results[0], gemm_kernels, dtype)
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+
+
 def test_read_only_and_strided_inputs(winograd_calls, rng):
     x = rng.standard_normal((2, 6, 11, 9))[:, ::2]
     w = rng.standard_normal((4, 3, 3, 3))

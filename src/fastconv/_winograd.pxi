@@ -406,10 +406,12 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, ch
-    cdef floating* acc
+    cdef floating* acc = NULL
     cdef floating* work = NULL
-    cdef floating* v
-    cdef floating* w
+    # (set here, though each thread sets its own: the parallel blocks copy
+    # them in, and GCC would warn of the copy)
+    cdef floating* v = NULL
+    cdef floating* w = NULL
     cdef floating* partial = <floating*>_workspace(
         (m_size + vw_size if shared_sums else n_slots * m_size) * sizeof(floating))
     cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
@@ -669,10 +671,10 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, g
-    cdef floating* acc
+    cdef floating* acc = NULL
     cdef floating* work = NULL
-    cdef floating* v
-    cdef floating* w
+    cdef floating* v = NULL
+    cdef floating* w = NULL     # (each thread sets its own; see the NCHW kernel)
     cdef floating* zeros
     cdef floating* partial = <floating*>_workspace(
         (m_size + vw_size if shared_sums else n_slots * m_size) * sizeof(floating))
