@@ -20,7 +20,7 @@ IMPLS = ["fastconv", "numpy", "torch"]
 @pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", _bench.CONV_SUITE, ids=lambda c: c.name)
-def test_conv(benchmark, case, impl, direction, dtype):
+def test_conv(benchmark, record_rate, case, impl, direction, dtype):
     if impl == "torch":
         pytest.importorskip("torch")
     arrays = _bench.conv_arrays(case, np.dtype(dtype))
@@ -32,16 +32,16 @@ def test_conv(benchmark, case, impl, direction, dtype):
     benchmark.group = f"{case.name}-{dtype}-{direction}"
     benchmark(fn)
     flops = (2 if direction == "fwd" else 6) * _bench.conv_macs(case)
-    benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.min / 1e9
+    record_rate("gflops", flops)
 
 
 TINY = _bench.ConvCase("tiny", 2, 3, 10, 4, 3, 1, 1, 1)
 
 
 @pytest.mark.parametrize("impl", ["fastconv", "oracle"])
-def test_tiny_against_oracle(benchmark, impl):
+def test_tiny_against_oracle(benchmark, record_rate, impl):
     x, w, b, g = _bench.conv_arrays(TINY, np.float64)
     mod = fastconv if impl == "fastconv" else ref
     benchmark.group = "tiny-float64-fwd"
     benchmark(mod.conv2d, x, w, b, padding=1)
-    benchmark.extra_info["gflops"] = 2 * _bench.conv_macs(TINY) / benchmark.stats.stats.min / 1e9
+    record_rate("gflops", 2 * _bench.conv_macs(TINY))

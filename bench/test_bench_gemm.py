@@ -12,7 +12,7 @@ from fastconv import _bench
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("impl", ["own", "blas", "torch"])
 @pytest.mark.parametrize("case", _bench.GEMM_SUITE, ids=lambda c: c.name)
-def test_gemm(benchmark, case, impl, dtype):
+def test_gemm(benchmark, record_rate, case, impl, dtype):
     a, b, c = _bench.gemm_arrays(case, np.dtype(dtype))
     fn, restore = _bench.gemm_impl(impl, case, a, b, c)
     if fn is None:
@@ -22,4 +22,4 @@ def test_gemm(benchmark, case, impl, dtype):
         benchmark(fn)
     finally:
         restore()
-    benchmark.extra_info["gflops"] = 2 * case.m * case.n * case.k / benchmark.stats.stats.min / 1e9
+    record_rate("gflops", 2 * case.m * case.n * case.k)

@@ -14,12 +14,11 @@ CASES = ([(c, _bench.conv_layout_impl) for c in _bench.CONV_SUITE]
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case,make", CASES, ids=lambda c: getattr(c, "name", ""))
-def test_layout(benchmark, case, make, impl, dtype):
+def test_layout(benchmark, record_rate, case, make, impl, dtype):
     if impl.startswith("torch"):
         pytest.importorskip("torch")
     fn = make(impl, case, np.dtype(dtype))
     benchmark.group = f"layout-{case.name}-{dtype}"
     benchmark(fn)
     if hasattr(case, "c_out"):
-        benchmark.extra_info["gflops"] = (6 * _bench.conv_macs(case)
-                                          / benchmark.stats.stats.min / 1e9)
+        record_rate("gflops", 6 * _bench.conv_macs(case))

@@ -9,11 +9,11 @@ from fastconv import _bench
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("impl", ["fastconv", "numpy", "torch"])
 @pytest.mark.parametrize("case", _bench.POOL_SUITE, ids=lambda c: c.name)
-def test_pool(benchmark, case, impl, dtype):
+def test_pool(benchmark, record_rate, case, impl, dtype):
     if impl == "torch":
         pytest.importorskip("torch")
     x = _bench.pool_arrays(case, np.dtype(dtype))
     fn = _bench.POOL_IMPLS[impl](case, x)
     benchmark.group = f"{case.name}-{dtype}"
     benchmark(fn)
-    benchmark.extra_info["gbytes_per_s"] = 3 * x.nbytes / benchmark.stats.stats.min / 1e9
+    record_rate("gbytes_per_s", 3 * x.nbytes)
