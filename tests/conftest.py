@@ -67,18 +67,20 @@ def image_batching(request):
 
 @pytest.fixture(params=["one-block", "channel-blocks", "2KB-blocks"])
 def grad_weight_blocks(request):
-    """Run the NCHW filter gradient as one block per group, then cut into
-    column blocks of one input channel each, then into blocks of at most
-    2 KB (a few channels each, the last one short, on these tests' shapes;
-    the kernel cuts float64 gradients into blocks of at most 512 KiB; see
-    conv2d_grad_weight)."""
+    """Run the filter gradient as one block per group, then cut into
+    blocks of one input channel (NCHW columns) or kernel row (NHWC rows)
+    each, then into blocks of at most 2 KB (a few channels or rows each,
+    the last one short, on these tests' shapes; the kernels cut NCHW
+    float64 gradients and all NHWC ones into blocks of at most 512 KiB;
+    see conv2d_grad_weight and conv2d_grad_weight_nhwc)."""
     from fastconv._simd import kernels
     saved = kernels._tuning()
     limit = {"one-block": 0, "channel-blocks": 1, "2KB-blocks": 2000}[request.param]
-    kernels._tuning(gw_block_bytes_f32=limit, gw_block_bytes_f64=limit)
+    kernels._tuning(gw_block_bytes_f32=limit, gw_block_bytes_f64=limit, gw_row_block_bytes=limit)
     yield request.param
     kernels._tuning(gw_block_bytes_f32=saved["gw_block_bytes_f32"],
-                    gw_block_bytes_f64=saved["gw_block_bytes_f64"])
+                    gw_block_bytes_f64=saved["gw_block_bytes_f64"],
+                    gw_row_block_bytes=saved["gw_row_block_bytes"])
 
 
 @pytest.fixture(params=["dW", "dW^T"])

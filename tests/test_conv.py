@@ -1223,34 +1223,42 @@ def test_filter_gradient_in_many_tiles(case, tiling, dtype, monkeypatch,
             f"NHWC: 1 vs {threads} threads differ"
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_float64_filter_gradient_in_default_column_blocks(groups, n_threads):
+def test_float64_filter_gradient_in_default_blocks(groups, layout, n_threads):
     """A float64 filter gradient over 512 KiB per group (96 x 81 x 3 x 3)
-    is cut by default into two uneven column blocks (41 + 40 channels) with
-    fewer reduction slots: the oracle's numbers, the same bits for 1 and 2
+    is cut by default into two uneven blocks -- NCHW: column blocks of 41 +
+    40 channels, NHWC: row blocks of 2 + 1 kernel rows -- with fewer
+    reduction slots: the oracle's numbers, the same bits for 1 and 2
     threads, and the same as in one block to rounding."""
     from fastconv._simd import kernels
-    assert kernels._tuning()["gw_block_bytes_f64"] == 512 * 1024
+    saved = kernels._tuning()
+    assert saved["gw_block_bytes_f64"] == saved["gw_row_block_bytes"] == 512 * 1024
     rng = np.random.default_rng(24)
     x, w = randn(rng, (3, 81 * groups, 9, 8)), randn(rng, (96 * groups, 81, 3, 3))
     hyper = dict(stride=(1, 2), padding=1, groups=groups)
     g = randn(rng, np_conv2d(x, w, **hyper).shape)
-    expected = ref.conv2d_grad_weight(x, g, w.shape, **hyper)
+    w_shape = w.shape
+    if layout == "NHWC":
+        x, g = x.transpose(0, 2, 3, 1).copy(), g.transpose(0, 2, 3, 1).copy()
+        w_shape = (3, 3, 81, 96 * groups)
+    expected = ref.conv2d_grad_weight(x, g, w_shape, layout=layout, **hyper)
     results = {}
     try:
         for threads in (1, 2):
             fastconv.set_num_threads(threads)
-            results[threads] = fastconv.conv2d_grad_weight(x, g, w.shape, **hyper)
+            results[threads] = fastconv.conv2d_grad_weight(x, g, w_shape, layout=layout,
+                                                           **hyper)
     finally:
         fastconv.set_num_threads(None)
     assert_close(results[1], expected, np.float64)
     assert np.array_equal(results[1], results[2])
-    saved = kernels._tuning()["gw_block_bytes_f64"]
     try:
-        kernels._tuning(gw_block_bytes_f64=0)
-        one_block = fastconv.conv2d_grad_weight(x, g, w.shape, **hyper)
+        kernels._tuning(gw_block_bytes_f64=0, gw_row_block_bytes=0)
+        one_block = fastconv.conv2d_grad_weight(x, g, w_shape, layout=layout, **hyper)
     finally:
-        kernels._tuning(gw_block_bytes_f64=saved)
+        kernels._tuning(gw_block_bytes_f64=saved["gw_block_bytes_f64"],
+                        gw_row_block_bytes=saved["gw_row_block_bytes"])
     assert_close(one_block, results[1], np.float64)
 
 

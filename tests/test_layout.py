@@ -158,7 +158,7 @@ def conv_cases(draw):
 
 @EXAMPLES
 @given(case=conv_cases())
-def test_conv_functions_nhwc(case, n_threads, grad_input_method):
+def test_conv_functions_nhwc(case, n_threads, grad_input_method, grad_weight_blocks):
     rng = np.random.default_rng(case["seed"])
     x64 = rng.standard_normal(case["x_shape"])
     w64 = rng.standard_normal(case["w_shape"])
@@ -390,7 +390,8 @@ WIDE_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(WIDE_CASES))
-def test_wide_channels_and_tiles(case, tiles, n_threads, grad_input_method):
+def test_wide_channels_and_tiles(case, tiles, n_threads, grad_input_method,
+                                 grad_weight_blocks):
     x_shape, w_shape, kw = WIDE_CASES[case]
     rng = np.random.default_rng(13)
     x = rng.standard_normal(x_shape)

@@ -308,9 +308,12 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
                             Py_ssize_t groups, int n_threads):
     """NHWC ``grad_weight = sum over images and tiles of patches^T @ dY``.
 
-    Reduced in a fixed number of slots that depends on the shape only and
-    the slots added in order (as ``conv2d_grad_weight``): bitwise the same
-    for any thread count.
+    A group's ``k_dim x og`` gradient may be cut into row blocks of whole
+    kernel rows (``_grad_weight_row_block``, the NHWC counterpart of the
+    NCHW column blocks: dW's rows run kernel row by kernel row), each
+    packing only its kernel rows' patches.  Reduced in a fixed number of
+    slots that depends on the shape only and the slots added in order (as
+    ``conv2d_grad_weight``): bitwise the same for any thread count.
     """
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
     cdef Py_ssize_t c_in = x.shape[3]
@@ -329,11 +332,17 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
         return
     cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
                         and pad_top == 0 and pad_left == 0)
-    cdef Py_ssize_t tile = _grad_weight_tile_size(k_dim, positions, n_img, sizeof(floating))
+    # row blocks of `rb` kernel rows (the last one may have fewer)
+    cdef Py_ssize_t rb = _grad_weight_row_block(og, cg, kh, kw, sizeof(floating))
+    cdef Py_ssize_t n_rb = _ceil_div(kh, rb)
+    cdef Py_ssize_t block_rows = rb * kw * cg        # patch rows of a full block
+    cdef Py_ssize_t tile = _grad_weight_tile_size(block_rows, positions, n_img,
+                                                  sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     cdef Py_ssize_t n_red = n_img * n_tiles
-    cdef Py_ssize_t n_slots = _reduction_slots(n_red, w_size, sizeof(floating))
-    cdef Py_ssize_t n_units = groups * n_slots
+    cdef Py_ssize_t n_slots = _reduction_slots(n_red, w_size, sizeof(floating),
+                                               groups * n_rb if n_rb > 1 else 1)
+    cdef Py_ssize_t n_units = groups * n_rb * n_slots
     cdef bint narrow = _narrow_patches(cg, kw)
     cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
     cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
@@ -344,8 +353,9 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
         partial = <floating*>_workspace(n_slots * w_size * sizeof(floating))
         if partial == NULL:
             raise MemoryError("fastconv: could not allocate filter-gradient partial sums")
-    cdef Py_ssize_t unit, g, s, r, r0, r1, n, t, p0, count
+    cdef Py_ssize_t unit, g, blk, u0, nu, rows, s, r, r0, r1, n, t, p0, count
     cdef floating* acc
+    cdef const floating* dy
     cdef floating* work = NULL
     cdef int status = STATUS_OK
     cdef int* status_p = &status
@@ -355,16 +365,20 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
         with nogil, parallel(num_threads=n_threads):
             work = NULL
             if not direct:
-                work = <floating*>_workspace(k_dim * tile * sizeof(floating))
+                work = <floating*>_workspace(block_rows * tile * sizeof(floating))
                 if work == NULL:
                     status_p[0] = STATUS_NO_MEMORY
             for unit in prange(n_units, schedule="static"):
                 if direct or work != NULL:
-                    g = unit // n_slots
+                    g = unit // (n_rb * n_slots)
+                    blk = unit // n_slots % n_rb
                     s = unit % n_slots
-                    # this group's columns of slot s (row stride c_out)
-                    acc = partial + s * w_size + g * og
-                    for r in range(k_dim):
+                    u0 = blk * rb
+                    nu = min(rb, kh - u0)
+                    rows = nu * kw * cg
+                    # this group's columns of the block's rows of slot s (row stride c_out)
+                    acc = partial + s * w_size + u0 * kw * cg * c_out + g * og
+                    for r in range(rows):
                         memset(acc + r * c_out, 0, og * sizeof(floating))
                     r0 = s * n_red // n_slots
                     r1 = (s + 1) * n_red // n_slots
@@ -373,27 +387,23 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
                         t = r % n_tiles
                         p0 = t * tile
                         count = min(tile, positions - p0)
+                        dy = gp + (n * positions + p0) * c_out + g * og
                         if direct:
                             gemm(TRANS, NO_TRANS, k_dim, og, count, <floating>1,
                                  xp + (n * in_plane + p0) * c_in + g * cg, c_in,
-                                 gp + (n * positions + p0) * c_out + g * og, c_out,
-                                 <floating>1, acc, c_out)
+                                 dy, c_out, <floating>1, acc, c_out)
                         elif narrow:
                             _pack_patches_nhwc_t(xp + n * in_plane * c_in, in_h, in_w, c_in,
-                                                 g * cg, cg, &row_off[0], kh, &col_off[0], kw,
+                                                 g * cg, cg, &row_off[u0], nu, &col_off[0], kw,
                                                  stride_h, stride_w, out_w, p0, count, work)
-                            gemm(NO_TRANS, NO_TRANS, k_dim, og, count, <floating>1,
-                                 work, count,
-                                 gp + (n * positions + p0) * c_out + g * og, c_out,
-                                 <floating>1, acc, c_out)
+                            gemm(NO_TRANS, NO_TRANS, rows, og, count, <floating>1,
+                                 work, count, dy, c_out, <floating>1, acc, c_out)
                         else:
                             _pack_patches_nhwc(xp + n * in_plane * c_in, in_h, in_w, c_in,
-                                               g * cg, cg, &row_off[0], kh, &col_off[0], kw,
+                                               g * cg, cg, &row_off[u0], nu, &col_off[0], kw,
                                                stride_h, stride_w, out_w, p0, count, work)
-                            gemm(TRANS, NO_TRANS, k_dim, og, count, <floating>1,
-                                 work, k_dim,
-                                 gp + (n * positions + p0) * c_out + g * og, c_out,
-                                 <floating>1, acc, c_out)
+                            gemm(TRANS, NO_TRANS, rows, og, count, <floating>1,
+                                 work, rows, dy, c_out, <floating>1, acc, c_out)
             free(work)
         if n_slots > 1 and status == STATUS_OK:
             with nogil:
