@@ -900,29 +900,17 @@ cdef Py_ssize_t _reduction_slots(Py_ssize_t n_parts, Py_ssize_t w_size,
     return max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * itemsize)))
 
 
-cdef Py_ssize_t _grad_weight_channel_block(Py_ssize_t og, Py_ssize_t cg, Py_ssize_t k_row,
-                                           Py_ssize_t itemsize):
-    """Input channels per column block of a group's ``og x (cg*k_row)``
-    filter gradient: the fewest blocks of at most GW_BLOCK_BYTES_F32/_F64
-    bytes each (all ``cg`` at once for a limit <= 0), cut evenly.  A
-    function of the shape only."""
-    cdef Py_ssize_t limit = GW_BLOCK_BYTES_F64 if itemsize == 8 else GW_BLOCK_BYTES_F32
-    if limit <= 0 or cg <= 1:
-        return max(cg, 1)
-    cdef Py_ssize_t n_cb = min(cg, _ceil_div(og * cg * k_row * itemsize, limit))
-    return _ceil_div(cg, max(n_cb, 1))
-
-
-cdef Py_ssize_t _grad_weight_row_block(Py_ssize_t og, Py_ssize_t cg, Py_ssize_t kh,
-                                       Py_ssize_t kw, Py_ssize_t itemsize):
-    """Kernel rows per row block of a group's NHWC ``(kh*kw*cg) x og``
-    filter gradient: the fewest blocks of at most GW_ROW_BLOCK_BYTES each
-    (whole kernel rows: at most kh blocks; one block for a limit <= 0), cut
-    evenly.  A function of the shape only."""
-    if GW_ROW_BLOCK_BYTES <= 0 or kh <= 1:
-        return max(kh, 1)
-    cdef Py_ssize_t n_rb = min(kh, _ceil_div(og * cg * kh * kw * itemsize, GW_ROW_BLOCK_BYTES))
-    return _ceil_div(kh, max(n_rb, 1))
+cdef Py_ssize_t _grad_weight_block(Py_ssize_t n_units, Py_ssize_t unit_bytes,
+                                   Py_ssize_t limit):
+    """Units per block of a group's filter gradient cut into blocks of
+    whole units (NCHW: input channels, a column block each ``og x k_row``;
+    NHWC: kernel rows, a row block each ``kw*cg x og``): the fewest blocks
+    of at most ``limit`` bytes each (all units at once for a limit <= 0),
+    cut evenly.  A function of the shape only."""
+    if limit <= 0 or n_units <= 1:
+        return max(n_units, 1)
+    cdef Py_ssize_t n_blocks = min(n_units, _ceil_div(n_units * unit_bytes, limit))
+    return _ceil_div(n_units, max(n_blocks, 1))
 
 
 cdef void _add_slots_transposed(floating* partial, Py_ssize_t n_slots,
@@ -980,7 +968,7 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
     """``grad_weight = sum over images and positions of dY x patches(X)^T``.
 
     Each group's ``og x k_dim`` gradient may be cut into column blocks of
-    whole input channels (``_grad_weight_channel_block``: a block stays in
+    whole input channels (``_grad_weight_block``: a block stays in
     L2 while the products over all images add into it).  The (image, tile)
     products of a block are split into a fixed number of reduction slots
     (with several blocks, few enough that blocks x slots just reaches
@@ -1015,7 +1003,9 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
                         and pad_top == 0 and pad_left == 0)
     cdef bint strided = stride_h > 1 or stride_w > 1
     # column blocks of `cb` input channels (the last one may have fewer)
-    cdef Py_ssize_t cb = _grad_weight_channel_block(og, cg, k_row, sizeof(floating))
+    cdef Py_ssize_t cb = _grad_weight_block(
+        cg, og * k_row * sizeof(floating),
+        GW_BLOCK_BYTES_F64 if floating is double else GW_BLOCK_BYTES_F32)
     cdef Py_ssize_t n_cb = _ceil_div(cg, cb)
     cdef Py_ssize_t tile = _grad_weight_tile_size(cb * k_row, positions, n_img,
                                                   sizeof(floating))

@@ -309,7 +309,7 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     """NHWC ``grad_weight = sum over images and tiles of patches^T @ dY``.
 
     A group's ``k_dim x og`` gradient may be cut into row blocks of whole
-    kernel rows (``_grad_weight_row_block``, the NHWC counterpart of the
+    kernel rows (``_grad_weight_block``, the NHWC counterpart of the
     NCHW column blocks: dW's rows run kernel row by kernel row), each
     packing only its kernel rows' patches.  Reduced in a fixed number of
     slots that depends on the shape only and the slots added in order (as
@@ -333,7 +333,8 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
                         and pad_top == 0 and pad_left == 0)
     # row blocks of `rb` kernel rows (the last one may have fewer)
-    cdef Py_ssize_t rb = _grad_weight_row_block(og, cg, kh, kw, sizeof(floating))
+    cdef Py_ssize_t rb = _grad_weight_block(kh, kw * cg * og * sizeof(floating),
+                                            GW_ROW_BLOCK_BYTES)
     cdef Py_ssize_t n_rb = _ceil_div(kh, rb)
     cdef Py_ssize_t block_rows = rb * kw * cg        # patch rows of a full block
     cdef Py_ssize_t tile = _grad_weight_tile_size(block_rows, positions, n_img,

@@ -421,6 +421,7 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     blas_serial_enter()
     try:
         if partial != NULL and shared_sums:
+            v = partial + v_at
             with nogil, parallel(num_threads=n_threads):
                 # per thread: the rows' scratch of the input transforms
                 work = <floating*>_workspace(work_size * sizeof(floating))
@@ -432,7 +433,6 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
                     nt = g1 - g0
                     vs = c_in * nt + WINOGRAD_SKEW
                     ws = c_out * nt + WINOGRAD_SKEW
-                    v = partial + v_at
                     w = v + 16 * vs
                     # round-robin: each thread gets input and gradient channels
                     for ch in prange(c_in + c_out, schedule="static", chunksize=1):
