@@ -308,11 +308,14 @@ _WINOGRAD_MIN_PLANE = 48 * 48
 _WINOGRAD_BLOCK_TILES = 128
 # The filter gradient's workspace is its sums M (16 x C_out x C_in, 16/9 of
 # the weight) plus one block's transforms; layers with a larger M (float64
-# from 512 channels) keep the GEMM kernels, whose workspace is per thread.
-# (Until 2026-12 each work item summed into its own copy of M -- up to 8,
-# 59 MiB for the big layer in float64 -- which is where this bound came
-# from; the kernels now share one M, and larger ones are unmeasured.)
-_WINOGRAD_MAX_SUMS_BYTES = 16 << 20
+# beyond about 1000 channels) keep the GEMM kernels, whose workspace is per
+# thread.  Winograd against the GEMM kernels above the earlier 16 MiB bound
+# (2 threads, 3 alternating rounds, NCHW / NHWC): float64 384-768 channels
+# of 48x48-64x64 (M 18-72 MiB) 1.39-2.17x / 1.38-2.48x faster, float32
+# 640-768 channels (M 25-36 MiB) 1.68-1.90x / 1.41-1.43x; 16 MiB had been
+# the budget of the per-work-item copies of M, which the larger M no longer
+# take (see conv2d_grad_weight_winograd).
+_WINOGRAD_MAX_SUMS_BYTES = 128 << 20
 
 
 def winograd_config():
@@ -621,7 +624,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     Where :func:`conv2d` takes Winograd (see its Notes), the sums over the
     positions are evaluated by F(3x3, 2x2), in a fixed order (the same bits
     for any thread count), unless ``16 * C_out * C_in`` partial sums would
-    exceed 16 MiB.
+    exceed 128 MiB.
     """
     fn = "conv2d_grad_weight"
     layout = _check_layout(layout, fn)
