@@ -170,6 +170,8 @@ def test_show_config_prints_version_openmp_threads_blas(capsys):
     if lines.get("openmp") == "True" and sys.platform.startswith("linux"):
         assert "OpenMP" in lines["openmp_runtime"] and "gomp" in lines["openmp_runtime"], out
     assert lines.get("simd") in {"baseline", "avx2", "avx512"}, out
+    assert lines.get("l3_cache") == "not reported" or lines["l3_cache"].endswith(" MiB"), out
+    assert lines.get("pool_grad_streaming"), out
 
 
 def test_show_config_reports_set_threads(capsys):

@@ -425,6 +425,20 @@ def test_streamed_gradients_agree_bitwise_with_in_place(dtype, n_threads, monkey
             module._tuning(stream_min_bytes=saved, pool_fast_paths=True)
 
 
+def test_stream_threshold_is_a_quarter_of_the_l3():
+    """Pool gradients stream out from a quarter of the L3 the OS reports
+    (8 MiB when it reports none), in both builds; show_config says so."""
+    from fastconv import _config, _cpu
+    l3 = _cpu.l3_cache_bytes()
+    assert isinstance(l3, int) and l3 >= 0
+    expected = l3 // 4 if l3 else 8 << 20
+    for module in _kernel_builds():
+        assert module._default_stream_min_bytes() == expected
+        assert module._tuning()["stream_min_bytes"] == expected
+    line = _config.config()["pool_grad_streaming"]
+    assert line == f"NCHW gradients of {expected / 2**20:g} MiB or more"
+
+
 def test_streamed_max_gradient_without_scratch_writes_in_place(n_threads):
     """When a thread's scratch plane cannot be allocated, the max-pool
     gradient writes its planes in place instead (the same values, no error);

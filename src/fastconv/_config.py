@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from fastconv._blas import _mapped_libraries, blas_info
-from fastconv._cpu import compiler
+from fastconv._cpu import compiler, l3_cache_bytes
 from fastconv._openmp import openmp_enabled, openmp_spec
 from fastconv import _simd
 from fastconv._threads import get_num_threads
@@ -52,7 +52,21 @@ def config():
         "own_gemm": ("on, AVX-512 (FASTCONV_GEMM=blas turns it off)"
                      if blas["own_gemm"] else "off"),
         "winograd": winograd_config(),
+        "l3_cache": _mib(l3_cache_bytes()) if l3_cache_bytes() else "not reported",
+        "pool_grad_streaming": _streaming(),
     }
+
+
+def _mib(nbytes):
+    return f"{nbytes / 2**20:g} MiB"
+
+
+def _streaming():
+    """When the NCHW pool gradients stream their planes out (STREAM_MIN_BYTES)."""
+    threshold = _simd.kernels._tuning()["stream_min_bytes"]
+    if threshold < 0:
+        return "never"
+    return f"NCHW gradients of {_mib(threshold)} or more"
 
 
 def show_config(file=None):

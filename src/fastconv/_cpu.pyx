@@ -31,6 +31,22 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #include <unistd.h>
+    static long fastconv_l3_cache_bytes(void) {
+    #if defined(_SC_LEVEL3_CACHE_SIZE)
+        /* glibc reads it from CPUID (a VM reports what its host lets it see) */
+        long bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        return bytes > 0 ? bytes : 0;
+    #else
+        return 0;
+    #endif
+    }
+    """
+    long fastconv_l3_cache_bytes() nogil
+
+
+cdef extern from *:
+    """
     #if defined(__clang__)
     #define FASTCONV_COMPILER "clang " __clang_version__
     #elif defined(__GNUC__)
@@ -57,3 +73,12 @@ def has_avx2_fma():
 def has_avx512f():
     """Return True if this CPU and OS can run AVX-512F instructions."""
     return bool(fastconv_cpu_has_avx512f())
+
+
+def l3_cache_bytes():
+    """Return the size of the L3 cache the OS reports, in bytes (0 if unknown).
+
+    From ``sysconf(_SC_LEVEL3_CACHE_SIZE)`` (glibc); other C libraries
+    report nothing here.
+    """
+    return int(fastconv_l3_cache_bytes())

@@ -38,6 +38,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from fastconv._blas cimport NO_TRANS, TRANS, blas_serial_enter, blas_serial_exit, gemm
+from fastconv._cpu import l3_cache_bytes
 from fastconv._openmp cimport fc_omp_barrier
 
 # Status codes a nogil core reports to its entry point.
@@ -126,12 +127,27 @@ cdef Py_ssize_t PREFETCH_OUT_ROWS = 8
 # Pool gradients (NCHW) of at least STREAM_MIN_BYTES are built one plane at a
 # time in a per-thread scratch plane (planes of at most STREAM_MAX_PLANE
 # bytes) and copied to grad_in with streaming stores (fc_stream_copy in
-# _pool_avx2.h).  A gradient that large is written far past what the caches
-# keep: plain stores first read every line of grad_in from memory (read for
-# ownership) and evict the operands still to be read.  Measured on the
-# Xeon (AVX-512, 2 threads), forward + gradient as in the bench: see
-# docs/speed-history.md.  0 = always, -1 = never.
-cdef Py_ssize_t STREAM_MIN_BYTES = 8 << 20
+# _pool_avx2.h).  That pays only when the forward + gradient's operands
+# (about three times the gradient) no longer stay in the last-level cache:
+# plain stores then first read every line of grad_in from memory (read for
+# ownership) and evict the operands still to be read; while they stay in
+# the cache, streaming stores only push grad_in out to memory.  Hence a
+# quarter of the L3 the OS reports (8 MiB when it reports none): 8 MiB for
+# the 32 MiB L3 of the Zen 4 machine, where out-of-cache gradients gained
+# 5-36 %; 120 MiB for the 480 MiB the Xeon KVM guest reports, where
+# streaming did not pay at any size measured (fwd+bwd of 4-16 images of
+# 64x56x56 float64: 0.87-1.01x; 32 images: 0.54-0.76x).
+# docs/speed-history.md has both.  0 = always, -1 = never.
+cdef Py_ssize_t STREAM_MIN_BYTES_UNKNOWN_L3 = 8 << 20
+
+
+def _default_stream_min_bytes():
+    """STREAM_MIN_BYTES for this machine: a quarter of its L3."""
+    l3 = l3_cache_bytes()
+    return l3 // 4 if l3 > 0 else STREAM_MIN_BYTES_UNKNOWN_L3
+
+
+cdef Py_ssize_t STREAM_MIN_BYTES = _default_stream_min_bytes()
 cdef Py_ssize_t STREAM_MAX_PLANE = 256 << 10
 # Whole-plane max pools use the header's AVX-512 rows (AVX2 build, a CPU
 # with AVX-512F; fastconv._simd switches them on).
