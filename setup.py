@@ -117,7 +117,7 @@ def _extensions():
         extra_compile_args=base_cflags + omp_cflags,
         extra_link_args=omp_lflags,
     )
-    names = ["_openmp", "_blas", "_cpu", "_kernels", "cython_api"]
+    names = ["_openmp", "_blas", "_cpu", "_alloc", "_kernels", "cython_api"]
     exts = [
         Extension(f"fastconv.{name}", [f"src/fastconv/{name}.pyx"], **common)
         for name in names

@@ -1028,3 +1028,58 @@ def test_pool_empty_plane_is_refused(shape):
                  lambda: reference.max_pool2d(x, 2, 1, 1)):
         with pytest.raises(ValueError, match=r"empty"):
             call()
+
+
+# ---------------------------------------------------------------------------
+# The arrays the kernels write (_validation.output_array over
+# _alloc.aligned_empty), and the fast paths of the shape and dtype helpers.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 5), (0, 4), (), (2, 3, 4, 5), (1, 1, 1, 1), (7,)])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64, np.uint8])
+@pytest.mark.parametrize("zero", [False, True])
+def test_output_array_is_an_aligned_writeable_c_array(shape, dtype, zero):
+    from fastconv._validation import output_array
+    arr = output_array(shape, dtype, zero)
+    assert arr.shape == shape and arr.dtype == np.dtype(dtype)
+    assert arr.ctypes.data % 64 == 0
+    assert arr.flags.c_contiguous and arr.flags.writeable and arr.flags.aligned
+    # it is a view of a byte buffer at most 63 bytes longer, which it keeps alive
+    assert arr.base.dtype == np.uint8 and 0 <= arr.base.nbytes - arr.nbytes < 64
+    if zero:
+        assert not arr.any()
+    arr[...] = 1
+    assert (arr == 1).all()
+
+
+def test_output_array_numpy_integer_extents_and_refusals():
+    from fastconv._alloc import aligned_empty
+    arr = aligned_empty((np.int64(2), np.int32(3)), "f8")
+    assert arr.shape == (2, 3)
+    with pytest.raises(ValueError, match="negative"):
+        aligned_empty((2, -1), np.float32)
+    with pytest.raises(ValueError, match="too large"):
+        aligned_empty((2**40, 2**40), np.float64)
+    with pytest.raises(ValueError, match="dimensions"):
+        aligned_empty((1,) * 65, np.float32)
+    with pytest.raises(TypeError, match="Python objects"):
+        aligned_empty((3,), object)
+
+
+def test_shape4_and_dtypes_fast_paths_agree_with_the_general_ones():
+    from fastconv._validation import dtypes, shape4
+    assert shape4((1, 2, 3, 4), "s", "f") == (1, 2, 3, 4)
+    assert shape4([1, 2, 3, 4], "s", "f") == (1, 2, 3, 4)
+    assert shape4((np.int64(1), 2, 3, 4), "s", "f") == (1, 2, 3, 4)
+    for bad in [(1, 2, 3, -4), (True, 2, 3, 4), (1, 2, 3, 2**62)]:
+        with pytest.raises((TypeError, ValueError), match="s"):
+            shape4(bad, "s", "f")
+    cases = [("f4",), ("f8",), (">f8",), ("f2",), ("i8",), ("?",), ("f4", "f4"), ("f4", "f8"),
+             ("f4", "i8"), (">f4", ">f4"), ("f2", "f2"), ("i4", "i4"), ("f4", "?")]
+    for names in cases:
+        arrays = [np.zeros(2, d) for d in names]
+        result = np.result_type(*arrays)
+        result = result if result.kind == "f" else np.dtype(np.float64)
+        compute = np.dtype(np.float32) if result == np.float16 else result
+        assert dtypes(*arrays) == (compute, result), names
+        assert all(d.isnative for d in dtypes(*arrays)), names

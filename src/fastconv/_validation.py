@@ -7,10 +7,11 @@ kernels: this is the "validate and normalize" half of the Python layer,
 plus the allocation of the arrays the kernels write (:func:`output_array`).
 """
 
-import math
 import operator
 
 import numpy as np
+
+from fastconv._alloc import ALIGNMENT, aligned_empty
 
 # Array sizes (in bytes) and hyper-parameters from this magnitude on are
 # refused before any allocation: the kernels' 64-bit byte offsets of every
@@ -53,7 +54,9 @@ def dtypes(*arrays):
     # NumPy's promotion of the arrays as given (as fastconv.reference does):
     # float32 with a bool or int8 array stays float32, float32 with int64
     # becomes float64; all-integer or all-boolean inputs give float64.
-    result = np.result_type(*arrays)
+    result = arrays[0].dtype
+    if not (result.isnative and all(a.dtype == result for a in arrays[1:])):
+        result = np.result_type(*arrays)    # (the common case skipped: one native dtype)
     if result.kind not in "f":
         result = np.dtype(np.float64)
     compute = np.float32 if result == np.float16 else result
@@ -64,8 +67,9 @@ def dtypes(*arrays):
 # only 16-byte aligned, so a 32-byte vector store then straddles two cache
 # lines every other time; for the pools' input gradients (stores only) that
 # cost 22-64 % in float64 (8x64x56x56, 2x2 stride 2, on the Intel machine
-# of issue 3), and 13-23 % of the pools' fwd+bwd.
-CACHE_LINE = 64
+# of issue 3), and 13-23 % of the pools' fwd+bwd.  (The allocation itself is
+# in Cython: see _alloc.pyx for why.)
+CACHE_LINE = ALIGNMENT
 
 
 def output_array(shape, dtype, zero=False):
@@ -84,11 +88,7 @@ def output_array(shape, dtype, zero=False):
         Writeable, C-contiguous, its data 64-byte aligned (a view of a
         slightly larger byte buffer).
     """
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = (np.zeros if zero else np.empty)(nbytes + CACHE_LINE, dtype=np.uint8)
-    start = -raw.ctypes.data % CACHE_LINE
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return aligned_empty(shape, dtype, zero)
 
 
 def contiguous(arr, dtype):
@@ -163,6 +163,11 @@ def boolean(value, name, fn):
 
 def shape4(value, name, fn):
     """A 4-tuple of non-negative ints (an ``input_shape``/``weight_shape``)."""
+    if type(value) is tuple and len(value) == 4:   # the common case (a .shape), first
+        a, b, c, d = value
+        if (type(a) is int and type(b) is int and type(c) is int and type(d) is int
+                and 0 <= min(value) and max(value) < MAX_BYTES):
+            return value
     if not _sequence(value):
         raise TypeError(f"{fn}: {name} must be a sequence of 4 integers, got {value!r}")
     items = list(value)

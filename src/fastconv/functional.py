@@ -124,20 +124,21 @@ def _conv_geometry(fn, x_shape, w_shape, stride, padding, dilation, groups,
     x_given, w_given = tuple(x_shape), tuple(w_shape)
     n, c, h, w = _to_nchw(x_given, layout)
     c_out, cg, kh, kw = _weight_to_oihw(w_given, layout)
-    note = _layout_note(layout, **{x_name: "x", w_name: "w"})
+    def note():     # (built for a message only)
+        return _layout_note(layout, **{x_name: "x", w_name: "w"})
     if kh < 1 or kw < 1:
         raise ValueError(f"{fn}: {w_name} {w_given} must have a kernel of at least "
                          f"1x1 (layout {_AXES[layout]['w']})")
     if c % groups:
         raise ValueError(f"{fn}: groups={groups} must divide the input channels C={c} "
-                         f"of {x_name} {x_given}{note}")
+                         f"of {x_name} {x_given}{note()}")
     if c_out % groups:
         raise ValueError(f"{fn}: groups={groups} must divide the output channels "
-                         f"C_out={c_out} of {w_name} {w_given}{note}")
+                         f"C_out={c_out} of {w_name} {w_given}{note()}")
     if cg * groups != c:
         raise ValueError(f"{fn}: {w_name} {w_given} expects C_in/groups={cg}, i.e. "
                          f"{cg * groups} input channels with groups={groups}, but "
-                         f"{x_name} {x_given} has C={c}{note}")
+                         f"{x_name} {x_given} has C={c}{note()}")
     top, bottom, left, right = conv_padding(padding, (kh, kw), dilation, stride, fn)
     out_h = conv_output_size(h, top, bottom, kh, stride[0], dilation[0])
     out_w = conv_output_size(w, left, right, kw, stride[1], dilation[1])
@@ -145,7 +146,7 @@ def _conv_geometry(fn, x_shape, w_shape, stride, padding, dilation, groups,
         eff = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
         raise ValueError(f"{fn}: the (dilated) kernel {eff[0]}x{eff[1]} of {w_name} "
                          f"{w_given} is larger than the padded input "
-                         f"{h + top + bottom}x{w + left + right} of {x_name} {x_given}{note}")
+                         f"{h + top + bottom}x{w + left + right} of {x_name} {x_given}{note()}")
     return _ConvGeometry(stride, dilation, top, bottom, left, right, groups, out_h, out_w)
 
 
@@ -419,8 +420,12 @@ def _grad_input_method(n, c_in, h, w, w_shape, geo):
     return "scatter" if scatter < 0.9 * gather else "gather"
 
 
-def _check_grad_out(fn, grad_out, expected, how, note=""):
+def _check_grad_out(fn, grad_out, expected, describe):
+    """Refuse a grad_out not of the ``expected`` shape; ``describe()`` gives
+    (what produced that shape, layout note) for the message, built only
+    then (formatting shapes costs more than the check, on every call)."""
     if grad_out.shape != expected:
+        how, note = describe()
         raise ValueError(f"{fn}: grad_out has shape {grad_out.shape} but {how} gives an "
                          f"output of shape {expected}{note}")
 
@@ -479,9 +484,9 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
                          x_name="input_shape", layout=layout)
     c_out = _weight_to_oihw(weight.shape, layout)[0]
     expected = _from_nchw((input_shape[0], c_out, geo.out_h, geo.out_w), layout)
-    _check_grad_out(fn, grad_out, expected, f"input_shape {input_shape} with weight "
-                    f"{weight.shape}", _layout_note(layout, grad_out="y", input_shape="x",
-                                                    weight="w"))
+    _check_grad_out(fn, grad_out, expected, lambda: (
+        f"input_shape {input_shape} with weight {weight.shape}",
+        _layout_note(layout, grad_out="y", input_shape="x", weight="w")))
     compute, result = dtypes(grad_out, weight)
     check_alloc(input_shape, compute, "input_shape", fn)
     if not (math.prod(input_shape) and grad_out.size and weight.size):
@@ -638,8 +643,9 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
                          w_name="weight_shape", layout=layout)
     c_out = _weight_to_oihw(weight_shape, layout)[0]
     expected = _from_nchw((x.shape[0], c_out, geo.out_h, geo.out_w), layout)
-    _check_grad_out(fn, grad_out, expected, f"x {x.shape} with weight_shape {weight_shape}",
-                    _layout_note(layout, grad_out="y", x="x", weight_shape="w"))
+    _check_grad_out(fn, grad_out, expected, lambda: (
+        f"x {x.shape} with weight_shape {weight_shape}",
+        _layout_note(layout, grad_out="y", x="x", weight_shape="w")))
     compute, result = dtypes(x, grad_out)
     check_alloc(weight_shape, compute, "weight_shape", fn)
     dw = output_array(weight_shape, compute)
@@ -728,16 +734,16 @@ def _pool_geometry(fn, x_shape, kernel_size, stride, padding, ceil_mode, x_name=
         raise ValueError(f"{fn}: padding {padding} must be at most half of kernel_size "
                          f"{kernel}")
     _, _, h, w = _to_nchw(x_shape, layout)
-    note = _layout_note(layout, **{x_name: "x"})
     if h == 0 or w == 0:
         raise ValueError(f"{fn}: the input planes of {x_name} {tuple(x_shape)} are empty; "
-                         f"a pooling window needs at least one real element{note}")
+                         "a pooling window needs at least one real element"
+                         + _layout_note(layout, **{x_name: "x"}))
     out_h = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
     out_w = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
     if out_h < 1 or out_w < 1:
         raise ValueError(f"{fn}: kernel_size {kernel} is larger than the padded input "
                          f"{h + 2 * padding[0]}x{w + 2 * padding[1]} of {x_name} "
-                         f"{tuple(x_shape)}{note}")
+                         f"{tuple(x_shape)}" + _layout_note(layout, **{x_name: "x"}))
     return _PoolGeometry(kernel, stride, padding, out_h, out_w)
 
 
@@ -936,9 +942,9 @@ def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
     geo = _pool_geometry(fn, input_shape, kernel_size, stride, padding, ceil_mode,
                          x_name="input_shape", layout=layout)
     include = boolean(count_include_pad, "count_include_pad", fn)
-    _check_grad_out(fn, grad_out, _pool_out_shape(input_shape, geo, layout),
-                    f"input_shape {input_shape} with kernel_size {geo.kernel}",
-                    _layout_note(layout, grad_out="pool", input_shape="x"))
+    _check_grad_out(fn, grad_out, _pool_out_shape(input_shape, geo, layout), lambda: (
+        f"input_shape {input_shape} with kernel_size {geo.kernel}",
+        _layout_note(layout, grad_out="pool", input_shape="x")))
     compute, result = dtypes(grad_out)
     check_alloc(input_shape, compute, "input_shape", fn)
     # the kernel writes every element once (in parallel, cache-hot)
