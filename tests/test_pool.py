@@ -439,6 +439,28 @@ def test_stream_threshold_is_a_quarter_of_the_l3():
     assert line == f"NCHW gradients of {expected / 2**20:g} MiB or more"
 
 
+def test_stream_threshold_without_a_reported_l3(monkeypatch):
+    """No L3 reported (other C libraries, some VMs): 8 MiB; show_config
+    words the two special thresholds."""
+    from fastconv import _config
+    for module in _kernel_builds():
+        monkeypatch.setattr(module, "l3_cache_bytes", lambda: 0)
+        assert module._default_stream_min_bytes() == 8 << 20
+        monkeypatch.setattr(module, "l3_cache_bytes", lambda: 32 << 20)
+        assert module._default_stream_min_bytes() == 8 << 20
+        monkeypatch.setattr(module, "l3_cache_bytes", lambda: 480 << 20)
+        assert module._default_stream_min_bytes() == 120 << 20
+    from fastconv._simd import kernels
+    saved = kernels._tuning()["stream_min_bytes"]
+    try:
+        for threshold, words in ((-1, "never"), (0, "every NCHW gradient"),
+                                 (8 << 20, "NCHW gradients of 8 MiB or more")):
+            kernels._tuning(stream_min_bytes=threshold)
+            assert _config.config()["pool_grad_streaming"] == words
+    finally:
+        kernels._tuning(stream_min_bytes=saved)
+
+
 def test_streamed_max_gradient_without_scratch_writes_in_place(n_threads):
     """When a thread's scratch plane cannot be allocated, the max-pool
     gradient writes its planes in place instead (the same values, no error);

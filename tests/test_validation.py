@@ -1056,14 +1056,30 @@ def test_output_array_numpy_integer_extents_and_refusals():
     from fastconv._alloc import aligned_empty
     arr = aligned_empty((np.int64(2), np.int32(3)), "f8")
     assert arr.shape == (2, 3)
-    with pytest.raises(ValueError, match="negative"):
-        aligned_empty((2, -1), np.float32)
-    with pytest.raises(ValueError, match="too large"):
-        aligned_empty((2**40, 2**40), np.float64)
-    with pytest.raises(ValueError, match="dimensions"):
-        aligned_empty((1,) * 65, np.float32)
-    with pytest.raises(TypeError, match="Python objects"):
-        aligned_empty((3,), object)
+    assert aligned_empty((2, 3), ">f8").dtype == np.dtype(">f8")
+    assert aligned_empty((2,), "S3").dtype == np.dtype("S3")
+    descr = np.dtype(np.float64)
+    refs = sys.getrefcount(descr)
+    for _ in range(200):
+        with pytest.raises(ValueError, match="negative"):
+            aligned_empty((2, -1), descr)
+        with pytest.raises(ValueError, match="too large"):
+            aligned_empty((2**40, 2**40), descr)
+        with pytest.raises(ValueError, match="too large"):
+            aligned_empty((0, 2**62, 2**62), descr)    # (zero elements, still refused)
+        with pytest.raises(ValueError, match="too large"):
+            aligned_empty((2**63,), descr)
+        with pytest.raises(ValueError, match="dimensions"):
+            aligned_empty((1,) * 65, descr)
+        with pytest.raises(TypeError, match="integers"):
+            aligned_empty((True, 2), descr)
+        with pytest.raises(TypeError):
+            aligned_empty((2.0, 2), descr)
+        aligned_empty((2, 3), descr)
+    assert sys.getrefcount(descr) == refs
+    for dtype in (object, "S", "U", [("a", "f8"), ("b", object)]):
+        with pytest.raises(TypeError, match="plain data"):
+            aligned_empty((3,), dtype)
 
 
 def test_shape4_and_dtypes_fast_paths_agree_with_the_general_ones():
@@ -1075,11 +1091,13 @@ def test_shape4_and_dtypes_fast_paths_agree_with_the_general_ones():
         with pytest.raises((TypeError, ValueError), match="s"):
             shape4(bad, "s", "f")
     cases = [("f4",), ("f8",), (">f8",), ("f2",), ("i8",), ("?",), ("f4", "f4"), ("f4", "f8"),
-             ("f4", "i8"), (">f4", ">f4"), ("f2", "f2"), ("i4", "i4"), ("f4", "?")]
+             ("f4", "i8"), (">f4", ">f4"), ("f2", "f2"), ("i4", "i4"), ("f4", "?"),
+             ("f8", ">f8"), ("i1", "f4")]
     for names in cases:
-        arrays = [np.zeros(2, d) for d in names]
-        result = np.result_type(*arrays)
-        result = result if result.kind == "f" else np.dtype(np.float64)
-        compute = np.dtype(np.float32) if result == np.float16 else result
-        assert dtypes(*arrays) == (compute, result), names
-        assert all(d.isnative for d in dtypes(*arrays)), names
+        for ndim in (0, 1, 4):     # (0-d: NumPy 1.x's value-based promotion)
+            arrays = [np.zeros((2,) * ndim, d) for d in names]
+            result = np.result_type(*arrays)
+            result = result if result.kind == "f" else np.dtype(np.float64)
+            compute = np.dtype(np.float32) if result == np.float16 else result
+            assert dtypes(*arrays) == (compute, result), (names, ndim)
+            assert all(d.isnative for d in dtypes(*arrays)), (names, ndim)

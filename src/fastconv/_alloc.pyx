@@ -19,6 +19,8 @@ cimport numpy as cnp
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF, PyObject, PyTypeObject
 
+import operator
+
 import numpy as np
 
 cnp.import_array()
@@ -51,6 +53,7 @@ def aligned_empty(shape, dtype, bint zero=False):
     shape : sequence of int
         Non-negative extents.
     dtype : dtype-like
+        A fixed-size dtype that holds no Python objects.
     zero : bool, default False
         Zero-fill it; otherwise its contents are undefined.
 
@@ -63,7 +66,8 @@ def aligned_empty(shape, dtype, bint zero=False):
     Raises
     ------
     TypeError
-        A dtype that holds Python objects.
+        A dtype that holds Python objects or has no fixed size (``'S'``,
+        ``'U'`` without a length), or an extent that is not an integer.
     ValueError
         A negative extent, more than 64 dimensions, or a size that does not
         fit in a ``Py_ssize_t``.
@@ -73,24 +77,41 @@ def aligned_empty(shape, dtype, bint zero=False):
     cdef Py_ssize_t nd = len(shape)
     cdef Py_ssize_t i, extent
     cdef Py_ssize_t limit = PY_SSIZE_T_MAX - FC_ALIGNMENT
-    cdef Py_ssize_t nbytes = descr.itemsize
-    if descr.hasobject:     # (an empty buffer of object pointers would be garbage)
-        raise TypeError(f"aligned_empty: dtype {descr} holds Python objects")
+    # the bytes of the non-zero extents (checked even when another is zero)
+    cdef Py_ssize_t span = descr.itemsize
+    cdef bint empty = False
+    if descr.hasobject or descr.itemsize == 0:
+        # (an empty buffer of object pointers would be garbage; a 0-byte
+        # item would silently drop what is stored)
+        raise TypeError(f"aligned_empty: dtype {descr} is not a fixed-size dtype "
+                        "of plain data")
     if nd > MAX_DIMS:
         raise ValueError(f"aligned_empty: {nd} dimensions, at most {MAX_DIMS}")
     for i in range(nd):
-        extent = shape[i]
-        if extent < 0:
+        value = shape[i]
+        if type(value) is not int:
+            if isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"aligned_empty: extents must be integers, got shape "
+                                f"{tuple(shape)}")
+            value = operator.index(value)
+        if value < 0:
             raise ValueError(f"aligned_empty: negative extent in shape {tuple(shape)}")
-        if extent and nbytes > limit // extent:
+        if value > limit:
+            raise ValueError(f"aligned_empty: shape {tuple(shape)} of {descr} is too large")
+        extent = value
+        if extent and span > limit // extent:
             raise ValueError(f"aligned_empty: shape {tuple(shape)} of {descr} is too large")
         dims[i] = extent
-        nbytes *= extent
-    cdef cnp.npy_intp raw_len = nbytes + FC_ALIGNMENT - 1
+        if extent:
+            span *= extent
+        else:
+            empty = True
+    cdef cnp.npy_intp raw_len = (0 if empty else span) + FC_ALIGNMENT - 1
     cdef cnp.ndarray raw = (cnp.PyArray_ZEROS(1, &raw_len, cnp.NPY_UINT8, 0) if zero
                             else cnp.PyArray_EMPTY(1, &raw_len, cnp.NPY_UINT8, 0))
     cdef size_t address = <size_t>cnp.PyArray_DATA(raw)
-    cdef char* data = <char*>cnp.PyArray_DATA(raw) + (FC_ALIGNMENT - address % FC_ALIGNMENT) % FC_ALIGNMENT
+    cdef char* data = (<char*>cnp.PyArray_DATA(raw)
+                       + (FC_ALIGNMENT - address % FC_ALIGNMENT) % FC_ALIGNMENT)
     Py_INCREF(descr)
     cdef cnp.ndarray out = PyArray_NewFromDescr(&PyArray_Type, <Descr*>descr, <int>nd,
                                                 dims, NULL, data, cnp.NPY_ARRAY_CARRAY, NULL)

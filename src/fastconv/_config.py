@@ -66,12 +66,15 @@ def _streaming():
     threshold = _simd.kernels._tuning()["stream_min_bytes"]
     if threshold < 0:
         return "never"
+    if threshold == 0:
+        return "every NCHW gradient"
     return f"NCHW gradients of {_mib(threshold)} or more"
 
 
 def show_config(file=None):
     """Print the version, compiler, OpenMP runtime, BLAS, SIMD level and
-    thread count.
+    thread count (and where Winograd and the own GEMM are used, the L3 size
+    the OS reports and from which size the NCHW pool gradients stream out).
 
     Parameters
     ----------

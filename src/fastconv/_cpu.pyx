@@ -31,9 +31,11 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #if !defined(_WIN32)
     #include <unistd.h>
+    #endif
     static long fastconv_l3_cache_bytes(void) {
-    #if defined(_SC_LEVEL3_CACHE_SIZE)
+    #if !defined(_WIN32) && defined(_SC_LEVEL3_CACHE_SIZE)
         /* glibc reads it from CPUID (a VM reports what its host lets it see) */
         long bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
         return bytes > 0 ? bytes : 0;
