@@ -26,12 +26,16 @@ def as_array(value, name, fn):
     Floats (16/32/64-bit), integers and booleans are accepted; complex,
     object, string, datetime and extended-precision floats are refused.
     """
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # ragged nested lists, exotic objects
-        raise TypeError(f"{fn}: {name} must be an array of real numbers ({exc})") from None
-    kind = arr.dtype.kind
-    if kind in "iub" or (kind == "f" and arr.dtype.itemsize <= 8):
+    if type(value) is np.ndarray:       # the common case, first (no np.asarray call)
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # ragged nested lists, exotic objects
+            raise TypeError(f"{fn}: {name} must be an array of real numbers ({exc})") from None
+    dtype = arr.dtype
+    kind = dtype.kind
+    if kind in "iub" or (kind == "f" and dtype.itemsize <= 8):
         return arr
     if kind == "f":
         raise TypeError(f"{fn}: {name} has dtype {arr.dtype}; fastconv computes in "
@@ -55,12 +59,15 @@ def dtypes(*arrays):
     # float32 with a bool or int8 array stays float32, float32 with int64
     # becomes float64; all-integer or all-boolean inputs give float64.
     result = arrays[0].dtype
-    if not (result.isnative and all(a.dtype == result for a in arrays[1:])):
+    if not result.isnative or (len(arrays) > 1
+                               and not all(a.dtype == result for a in arrays[1:])):
         result = np.result_type(*arrays)    # (the common case skipped: one native dtype)
-    if result.kind not in "f":
-        result = np.dtype(np.float64)
-    compute = np.float32 if result == np.float16 else result
-    return np.dtype(compute), np.dtype(result)
+    if result.kind != "f":
+        result = _FLOAT64
+    return (_FLOAT32 if result == _FLOAT16 else result), result
+
+
+_FLOAT16, _FLOAT32, _FLOAT64 = (np.dtype(t) for t in (np.float16, np.float32, np.float64))
 
 
 # Kernel outputs start on a cache-line boundary.  NumPy's own buffers are
