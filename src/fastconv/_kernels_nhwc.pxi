@@ -1365,20 +1365,9 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
                                                        count_include_pad)
     cdef const double* cdiv = &col_div[0]
     cdef bint float_exact = _float_exact_divisors(k_h, k_w)
-    # covering windows of every input row / column: [lo, hi]
-    ii = np.arange(in_h, dtype=np.intp)
-    jj = np.arange(in_w, dtype=np.intp)
-    p_hi_arr = np.minimum(out_h - 1, (ii + pad_h) // stride_h)
-    cdef Py_ssize_t[::1] p_lo = np.maximum(0, -((k_h - 1 - ii - pad_h) // stride_h))
-    cdef Py_ssize_t[::1] p_hi = p_hi_arr
-    cdef Py_ssize_t[::1] q_lo = np.maximum(0, -((k_w - 1 - jj - pad_w) // stride_w))
-    cdef Py_ssize_t[::1] q_hi = np.minimum(out_w - 1, (jj + pad_w) // stride_w)
-    # an input row belongs to the chunk of its last covering window (rows
-    # no window covers have p_lo > p_hi and are zero-filled by that chunk);
-    # p_hi never decreases, so each chunk owns a contiguous run of rows
     cdef Py_ssize_t n_chunks = _ceil_div(out_h, AVG_CHUNK_ROWS)
-    cdef Py_ssize_t[::1] first_row = np.searchsorted(
-        p_hi_arr, np.arange(n_chunks + 1, dtype=np.intp) * AVG_CHUNK_ROWS).astype(np.intp)
+    # the general gather's tables (below), not needed by the square paths
+    cdef Py_ssize_t[::1] p_lo, p_hi, q_lo, q_hi, first_row
     # windows covering one input row: at most ceil(k_h / stride_h) rows
     cdef Py_ssize_t back = _ceil_div(k_h, stride_h) - 1
     cdef Py_ssize_t row_len = out_w * ch
@@ -1406,6 +1395,22 @@ def avg_pool2d_backward_nhwc(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t buf_len = buf_rows * row_len
     if square3:
         buf_len = (out_w + 2) * ch + in_w * ch
+    if not (square2 or square3):
+        # (NumPy calls cost 10-20 us a call; the square paths skip them)
+        # covering windows of every input row / column: [lo, hi]
+        ii = np.arange(in_h, dtype=np.intp)
+        jj = np.arange(in_w, dtype=np.intp)
+        p_hi_arr = np.minimum(out_h - 1, (ii + pad_h) // stride_h)
+        p_lo = np.maximum(0, -((k_h - 1 - ii - pad_h) // stride_h))
+        p_hi = p_hi_arr
+        q_lo = np.maximum(0, -((k_w - 1 - jj - pad_w) // stride_w))
+        q_hi = np.minimum(out_w - 1, (jj + pad_w) // stride_w)
+        # an input row belongs to the chunk of its last covering window
+        # (rows no window covers have p_lo > p_hi and are zero-filled by
+        # that chunk); p_hi never decreases, so each chunk owns a
+        # contiguous run of rows
+        first_row = np.searchsorted(
+            p_hi_arr, np.arange(n_chunks + 1, dtype=np.intp) * AVG_CHUNK_ROWS).astype(np.intp)
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
