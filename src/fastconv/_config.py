@@ -33,6 +33,7 @@ def openmp_runtime():
 def config():
     """Return fastconv's configuration as a dict (see :func:`show_config`)."""
     blas = blas_info()
+    l3 = l3_cache_bytes()
     return {
         "fastconv": __version__,
         "python": sys.version.split()[0],
@@ -52,7 +53,7 @@ def config():
         "own_gemm": ("on, AVX-512 (FASTCONV_GEMM=blas turns it off)"
                      if blas["own_gemm"] else "off"),
         "winograd": winograd_config(),
-        "l3_cache": _mib(l3_cache_bytes()) if l3_cache_bytes() else "not reported",
+        "l3_cache": _mib(l3) if l3 else "not reported",
         "pool_grad_streaming": _streaming(),
     }
 
