@@ -11,7 +11,7 @@ import operator
 
 import numpy as np
 
-from fastconv._alloc import ALIGNMENT, aligned_empty
+from fastconv._alloc import aligned_empty
 
 # Array sizes (in bytes) and hyper-parameters from this magnitude on are
 # refused before any allocation: the kernels' 64-bit byte offsets of every
@@ -70,15 +70,8 @@ def dtypes(*arrays):
 _FLOAT16, _FLOAT32, _FLOAT64 = (np.dtype(t) for t in (np.float16, np.float32, np.float64))
 
 
-# Kernel outputs start on a cache-line boundary.  NumPy's own buffers are
-# only 16-byte aligned, so a 32-byte vector store then straddles two cache
-# lines every other time; for the pools' input gradients (stores only) that
-# cost 22-64 % in float64 (8x64x56x56, 2x2 stride 2, on the Intel machine
-# of issue 3), and 13-23 % of the pools' fwd+bwd.  (The allocation itself is
-# in Cython: see _alloc.pyx for why.)
-CACHE_LINE = ALIGNMENT
-
-
+# Kernel outputs start on a cache-line boundary (why, and why in Cython:
+# _alloc.pyx).
 def output_array(shape, dtype, zero=False):
     """A new C-contiguous array for a kernel to write, starting on a cache line.
 

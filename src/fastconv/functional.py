@@ -734,16 +734,17 @@ def _pool_geometry(fn, x_shape, kernel_size, stride, padding, ceil_mode, x_name=
         raise ValueError(f"{fn}: padding {padding} must be at most half of kernel_size "
                          f"{kernel}")
     _, _, h, w = _to_nchw(x_shape, layout)
+    def note():     # (built for a message only)
+        return _layout_note(layout, **{x_name: "x"})
     if h == 0 or w == 0:
         raise ValueError(f"{fn}: the input planes of {x_name} {tuple(x_shape)} are empty; "
-                         "a pooling window needs at least one real element"
-                         + _layout_note(layout, **{x_name: "x"}))
+                         f"a pooling window needs at least one real element{note()}")
     out_h = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
     out_w = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
     if out_h < 1 or out_w < 1:
         raise ValueError(f"{fn}: kernel_size {kernel} is larger than the padded input "
                          f"{h + 2 * padding[0]}x{w + 2 * padding[1]} of {x_name} "
-                         f"{tuple(x_shape)}" + _layout_note(layout, **{x_name: "x"}))
+                         f"{tuple(x_shape)}{note()}")
     return _PoolGeometry(kernel, stride, padding, out_h, out_w)
 
 
