@@ -38,24 +38,24 @@ def grad_input_method(request, monkeypatch):
     kernels._tuning(scatter_position_major=-1)
 
 
-@pytest.fixture(params=["im2col", "row-shift"])
+@pytest.fixture(params=["by-rule", "im2col", "row-shift"])
 def conv_lowering(request):
-    """Run the vertical-stride-1 forward and input gradient each way: the full
-    im2col, and the row-shift lowering the kernels pick for them (patches
-    packed once per column tap, one GEMM per filter row; see
-    _kernels._correlate_row_shift)."""
+    """Run the vertical-stride-1 forward and input gradient as the kernels
+    pick for each shape (_kernels._row_shift_pays), then forced each way:
+    the full im2col, and the row-shift lowering (patches packed once per
+    column tap, one GEMM per filter row; see _kernels._correlate_row_shift)."""
     from fastconv._simd import kernels
-    kernels._tuning(row_shift=request.param == "row-shift")
+    saved = kernels._tuning()["row_shift"]
+    kernels._tuning(row_shift={"by-rule": -1, "im2col": 0, "row-shift": 1}[request.param])
     yield request.param
-    kernels._tuning(row_shift=True)
+    kernels._tuning(row_shift=saved)
 
 
 @pytest.fixture(params=["per-image", "batched"])
 def image_batching(request):
     """Run the im2col forward with one GEMM per image, then with small
-    images batched side by side into one GEMM (the kernel batches float64
-    images of fewer than 768 output positions; here every small image of
-    either dtype batches)."""
+    images batched side by side into one GEMM (the kernel batches images
+    of fewer than 192 output positions; here every small image batches)."""
     from fastconv._simd import kernels
     saved = kernels._tuning()
     on = request.param == "batched"
@@ -71,16 +71,18 @@ def grad_weight_blocks(request):
     blocks of one input channel (NCHW columns) or kernel row (NHWC rows)
     each, then into blocks of at most 2 KB (a few channels or rows each,
     the last one short, on these tests' shapes; the kernels cut NCHW
-    float64 gradients and all NHWC ones into blocks of at most 512 KiB;
-    see conv2d_grad_weight and conv2d_grad_weight_nhwc)."""
+    float64 gradients, float32 ones of 2 MiB or more, and all NHWC ones
+    into blocks of at most 512 KiB; see conv2d_grad_weight and
+    conv2d_grad_weight_nhwc)."""
     from fastconv._simd import kernels
     saved = kernels._tuning()
     limit = {"one-block": 0, "channel-blocks": 1, "2KB-blocks": 2000}[request.param]
-    kernels._tuning(gw_block_bytes_f32=limit, gw_block_bytes_f64=limit, gw_row_block_bytes=limit)
+    kernels._tuning(gw_block_bytes_f32=limit, gw_block_bytes_f64=limit, gw_row_block_bytes=limit,
+                    gw_block_from_bytes_f32=0)
     yield request.param
-    kernels._tuning(gw_block_bytes_f32=saved["gw_block_bytes_f32"],
-                    gw_block_bytes_f64=saved["gw_block_bytes_f64"],
-                    gw_row_block_bytes=saved["gw_row_block_bytes"])
+    kernels._tuning(**{key: saved[key] for key in (
+        "gw_block_bytes_f32", "gw_block_bytes_f64", "gw_row_block_bytes",
+        "gw_block_from_bytes_f32")})
 
 
 @pytest.fixture(params=["dW", "dW^T"])

@@ -630,6 +630,79 @@ def test_row_shift_lowering_matches_numpy(case, tiling, dtype, n_threads, monkey
         assert_close(got, other, dtype)
 
 
+# Small planes with many channels per group: the kernels' cost rule
+# (_kernels._row_shift_pays) takes batches of whole images through the full
+# im2col over the row shift, and cuts each batch's GEMM into items of at
+# most 256 output rows (here 2 or 3 per group), consecutive items of one
+# batch reusing their packed patches.  The input gradient's correlation
+# has as many rows as input channels per group.  (x shape, w shape, hyper)
+BATCHED_IM2COL_CASES = {
+    "fwd_rows_264": ((5, 3, 4, 4), (264, 3, 3, 3), dict(padding=1)),
+    "fwd_groups_dil": ((3, 4, 6, 5), (2 * 300, 2, 3, 2), dict(padding=(2, 1), dilation=(2, 1),
+                                                             groups=2)),
+    "grad_input_rows_264": ((5, 264, 4, 4), (6, 264, 3, 3), dict(padding=1)),
+    "grad_input_groups": ((3, 2 * 520, 5, 4), (2 * 3, 520, 3, 3), dict(padding="same",
+                                                                      groups=2)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(BATCHED_IM2COL_CASES))
+def test_batched_im2col_small_planes(case, dtype, n_threads):
+    """The forward and the stride-1 input gradient of small planes with
+    many rows agree with the NumPy implementation whether the lowering is
+    left to the cost rule, the row shift is forced, or the im2col (for the
+    input gradient: its general phase plan); the forward's batches give
+    the same bits as its forced im2col (per-item GEMMs over the same
+    rows)."""
+    from fastconv._simd import kernels
+    x_shape, w_shape, hyper = BATCHED_IM2COL_CASES[case]
+    rng = np.random.default_rng(11)
+    x, w, b = randn(rng, x_shape), randn(rng, w_shape), randn(rng, (w_shape[0],))
+    y_np = np_conv2d(x, w, b, **hyper)
+    g = randn(rng, y_np.shape)
+    expected = (y_np, np_grad_input(g, w, x_shape, **hyper))
+    saved = kernels._tuning()["row_shift"]
+    results = {}
+    try:
+        for lowering in (-1, 0, 1):
+            kernels._tuning(row_shift=lowering)
+            results[lowering] = (
+                fastconv.conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), **hyper),
+                fastconv.conv2d_grad_input(g.astype(dtype), w.astype(dtype), x_shape, **hyper))
+    finally:
+        kernels._tuning(row_shift=saved)
+    for by_rule, im2col, row_shift, want in zip(results[-1], results[0], results[1], expected):
+        for got in (by_rule, im2col, row_shift):
+            assert_close(got, want, dtype)
+    if case.startswith("fwd"):
+        assert np.array_equal(results[-1][0], results[0][0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_grad_weight_float32_blocks_from_size(dtype, n_threads):
+    """Filter gradients of at least GW_BLOCK_FROM_BYTES_F32 per group are cut
+    into column blocks in float32 too (float64 always is); the result does
+    not depend on the threshold beyond rounding, nor on the threads."""
+    from fastconv._simd import kernels
+    rng = np.random.default_rng(12)
+    x, w_shape = randn(rng, (3, 40, 5, 5)), (48, 40, 3, 3)      # 69 KB of float32
+    g = randn(rng, (3, 48, 5, 5))
+    want = np_grad_weight(x, g, w_shape, padding=1)
+    saved = kernels._tuning()
+    try:
+        got = {}
+        for threshold in (saved["gw_block_from_bytes_f32"], 1 << 16):
+            kernels._tuning(gw_block_from_bytes_f32=threshold, gw_block_bytes_f32=4096)
+            got[threshold] = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype),
+                                                         w_shape, padding=1)
+    finally:
+        kernels._tuning(gw_block_from_bytes_f32=saved["gw_block_from_bytes_f32"],
+                        gw_block_bytes_f32=saved["gw_block_bytes_f32"])
+    for result in got.values():
+        assert_close(result, want, dtype)
+
+
 PACKING_CASES = {
     # the phase planes as wide as the output grid: one copy per tap, the
     # wrapped columns and the padding rows zeroed after
@@ -1147,6 +1220,9 @@ DETERMINISM_CASES = {
     "k3_pad1": ((8, 16, 24, 24), (16, 16, 3, 3), dict(padding=1)),
     "k3_stride2_groups2": ((8, 16, 25, 23), (24, 8, 3, 3), dict(stride=2, padding=1, groups=2)),
     "1x1_direct": ((8, 16, 24, 24), (16, 16, 1, 1), {}),
+    # small planes, many rows: batched im2col items (forward; input gradient)
+    "small_planes_264_out": ((6, 8, 4, 4), (264, 8, 3, 3), dict(padding=1)),
+    "small_planes_264_in": ((6, 264, 4, 4), (8, 264, 3, 3), dict(padding=1)),
 }
 
 

@@ -83,9 +83,14 @@ cdef Py_ssize_t GW_MIN_TILE = 256
 # alternating rounds, OpenBLAS + the own GEMM): the res_s2 float64 filter
 # gradient 1.14x faster with 512 KiB blocks (1 MiB 1.08-1.10x, 256 KiB
 # 1.09x), the other suite layers' gradients within 1 % (their weights fit
-# one block); float32 res_s2 0.98x at 512 KiB, 0.90x at 1 MiB, so float32
-# keeps one block.
-cdef Py_ssize_t GW_BLOCK_BYTES_F32 = 0
+# one block); float32 res_s2 0.98x at 512 KiB, 0.90x at 1 MiB, so a float32
+# group's gradient stays one block below GW_BLOCK_FROM_BYTES_F32.  Above it
+# the blocks pay in float32 too: a 9.4 MB gradient (8 x 512 x 7 x 7, 3x3,
+# ResNet-18's last layers) 25.2 -> 6.9 ms, whose one block took 7 slots of
+# 9.4 MB each for the 8 products; 2.4 MB (8 x 256 x 14 x 14) 6.9 -> 6.0 ms
+# (2 threads, alternating rounds).
+cdef Py_ssize_t GW_BLOCK_BYTES_F32 = 512 * 1024
+cdef Py_ssize_t GW_BLOCK_FROM_BYTES_F32 = 2 << 20
 cdef Py_ssize_t GW_BLOCK_BYTES_F64 = 512 * 1024
 # The NHWC filter gradient's row blocks of whole kernel rows, both dtypes
 # (0: one block).  512 KiB against one block, 5 alternating rounds: res_s2
@@ -155,25 +160,36 @@ cdef bint MAX_POOL_AVX512 = False
 
 # The forward and the gather input gradient with vertical stride 1 pack a
 # tile's patches once per column tap and run one GEMM per filter row over
-# row-shifted views of them (_correlate_row_shift); False = the full im2col.
-# Measured (same process, 2 threads, OpenBLAS's own kernels): forward 1.13x
-# vgg3x3 / 1.86x lenet2 / 1.03x big in float32, input gradient 1.18x
-# vgg3x3.  The filter gradient keeps im2col: the same lowering measured
-# 0.91-1.04x there (kh GEMMs over the long position axis instead of one).
-cdef bint ROW_SHIFT = True
+# row-shifted views of them (_correlate_row_shift), unless batches of whole
+# images through the full im2col cost less (_row_shift_pays): -1 = by that
+# rule, 1 = always, 0 = never (the full im2col).  Measured (same process,
+# 2 threads, OpenBLAS's own kernels): forward 1.13x vgg3x3 / 1.86x lenet2 /
+# 1.03x big in float32, input gradient 1.18x vgg3x3.  The filter gradient
+# keeps im2col: the same lowering measured 0.91-1.04x there (kh GEMMs over
+# the long position axis instead of one).
+cdef int ROW_SHIFT = -1
 # Images smaller than this many output positions are batched side by side
-# into one GEMM by the im2col forward (per dtype; 0 = never).  OpenBLAS's
-# dgemm speeds up with the GEMM's column count well past one small image:
-# 256 x 1152 times 1152 x N, one thread, N = 196 (one res_s2 image) 34-36
-# GFLOP/s, N = 784 41, N = 1568 44, while sgemm stays flat (77-80).
-# Measured in alternating rounds (2 threads): the res_s2 float64 forward
-# 1.05-1.07x faster with 768 (4 images per GEMM); 392 (2 images) 0.99x;
-# float32 0.94x.  The scatter input gradient, which would have to copy dY
-# side by side first, measured 0.93-1.0x (res_s2, lenet1, lenet2), so it
-# does not batch; nor does the unpacked 1x1 forward (copying its input side
-# by side: pw1x1 float64 0.77-0.80x).
-cdef Py_ssize_t BATCH_COLUMNS_F32 = 0
-cdef Py_ssize_t BATCH_COLUMNS_F64 = 768
+# into one GEMM by the im2col forward (per dtype; 0 = never), enough of them
+# for this many columns.  History: with OpenBLAS's dgemm, which speeds up
+# with the column count well past one small image, the res_s2 float64
+# forward was 1.05-1.07x faster with 768 (4 images per GEMM).  With the own
+# GEMM (AVX-512) that reversed: the res_s2 float64 forward ran 0.99-1.08x
+# as fast with 768 as unbatched (1 image is 196 columns; four alternating
+# runs, best of 7 rounds), while images of 49 positions (8 x 512
+# x 7 x 7, ResNet-18's last layers, which ran on the row shift before) want
+# about 192 columns: forward 12.1-12.5 ms (4 images) against 13.2-13.8 (8)
+# and 12.8-13.1 (2) in float64, 6.4-6.6 (4) against 7.4-7.6 (2) in float32
+# (2 threads, alternating rounds).  The scatter input gradient, which would
+# have to copy dY side by side first, measured 0.93-1.0x (res_s2, lenet1,
+# lenet2), so it does not batch; nor does the unpacked 1x1 forward
+# (copying its input side by side: pw1x1 float64 0.77-0.80x).
+cdef Py_ssize_t BATCH_COLUMNS_F32 = 192
+cdef Py_ssize_t BATCH_COLUMNS_F64 = 192
+# A batch's GEMM is cut into items of at most this many output channels
+# (whole micro-kernel panels), so that a layer with few batches still has
+# work for every thread; consecutive items of one batch on a thread reuse
+# its packed patches.
+cdef Py_ssize_t BATCH_ITEM_ROWS = 256
 # The scatter input gradient's GEMM in the position-major orientation
 # (dY^T @ W: -1 = by shape, 0 = never, 1 = always; see _scatter_position_major),
 # with (image, group, channel block) items, at least SCATTER_MIN_ITEMS of them,
@@ -205,7 +221,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             batch_columns_f64=None, gw_tile_bytes=None, gw_min_tile=None,
             stream_min_bytes=None, scatter_position_major=None,
             scatter_stage_bytes=None, gw_block_bytes_f32=None, gw_block_bytes_f64=None,
-            winograd_shared_sums_bytes=None, gw_row_block_bytes=None):
+            winograd_shared_sums_bytes=None, gw_row_block_bytes=None,
+            gw_block_from_bytes_f32=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
@@ -213,7 +230,9 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     global GW_TRANSPOSE_F32, ROW_SHIFT, BATCH_COLUMNS_F32, BATCH_COLUMNS_F64
     global GW_TILE_BYTES, GW_MIN_TILE, STREAM_MIN_BYTES, SCATTER_POSITION_MAJOR
     global SCATTER_STAGE_BYTES, GW_BLOCK_BYTES_F32, GW_BLOCK_BYTES_F64
-    global WINOGRAD_SHARED_SUMS_BYTES, GW_ROW_BLOCK_BYTES
+    global WINOGRAD_SHARED_SUMS_BYTES, GW_ROW_BLOCK_BYTES, GW_BLOCK_FROM_BYTES_F32
+    if gw_block_from_bytes_f32 is not None:
+        GW_BLOCK_FROM_BYTES_F32 = gw_block_from_bytes_f32
     if gw_row_block_bytes is not None:
         GW_ROW_BLOCK_BYTES = gw_row_block_bytes
     if winograd_shared_sums_bytes is not None:
@@ -237,7 +256,7 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     if batch_columns_f64 is not None:
         BATCH_COLUMNS_F64 = max(0, batch_columns_f64)
     if row_shift is not None:
-        ROW_SHIFT = row_shift
+        ROW_SHIFT = -1 if row_shift < 0 else int(bool(row_shift))
     if gw_transpose_f32 is not None:
         GW_TRANSPOSE_F32 = gw_transpose_f32
     if max_pool_avx512 is not None:
@@ -279,7 +298,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 scatter_stage_bytes=SCATTER_STAGE_BYTES,
                 gw_block_bytes_f32=GW_BLOCK_BYTES_F32, gw_block_bytes_f64=GW_BLOCK_BYTES_F64,
                 winograd_shared_sums_bytes=WINOGRAD_SHARED_SUMS_BYTES,
-                gw_row_block_bytes=GW_ROW_BLOCK_BYTES)
+                gw_row_block_bytes=GW_ROW_BLOCK_BYTES,
+                gw_block_from_bytes_f32=GW_BLOCK_FROM_BYTES_F32)
 
 
 def _raise_for_status(int status):
@@ -335,6 +355,28 @@ cdef Py_ssize_t _image_batch(Py_ssize_t positions, Py_ssize_t n_img,
     if batch > 1:
         batch = _ceil_div(n_img, _ceil_div(n_img, batch))
     return batch
+
+
+cdef bint _row_shift_pays(Py_ssize_t m, Py_ssize_t kh, Py_ssize_t shift_cols,
+                          Py_ssize_t batch_cols):
+    """Whether the row-shift lowering (its GEMMs ``shift_cols`` wide) beats
+    the full im2col over ``batch_cols``-wide batches of images, both
+    producing ``m`` rows (ROW_SHIFT = -1).
+
+    Per output column, besides its GEMM's ``m*K`` multiply-adds: each
+    product packs its ``m x K`` filters again (``m*K / width``) and its
+    patches (row shift: ``K / kh``; im2col: ``K``).  Relative to the
+    multiply-adds that is ``1/width + 1/(m*kh)`` against ``1/width + 1/m``.
+    The row shift wins wide tiles (every suite layer: vgg3x3, lenet2, big),
+    im2col batches narrow ones with many output channels: 8 x 512 x 7 x 7
+    (ResNet-18's last 3x3 layers), 49-position GEMMs against 196: forward
+    1.7x faster in float32, 1.4x in float64 (2 threads, alternating rounds).
+    The row shift keeps ties and near-ties (within 1.5x)."""
+    if ROW_SHIFT >= 0:
+        return ROW_SHIFT == 1
+    cdef double shift = 1.0 / max(shift_cols, 1) + 1.0 / max(m * kh, 1)
+    cdef double batched = 1.0 / max(batch_cols, 1) + 1.0 / max(m, 1)
+    return shift <= 1.5 * batched
 
 
 cdef extern from "_rows_avx2.h" nogil:
@@ -623,29 +665,40 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
     computed; ``pad_top``/``pad_left`` are the leading paddings (the trailing
     ones are implied by ``Ho``/``Wo``).
     """
+    if x.shape[0] == 0 or out.shape[2] * out.shape[3] == 0 or weight.shape[0] == 0:
+        return
+    cdef Py_ssize_t[::1] row_off = np.arange(weight.shape[2], dtype=np.intp) * dil_h - pad_top
+    cdef Py_ssize_t[::1] col_off = np.arange(weight.shape[3], dtype=np.intp) * dil_w - pad_left
+    _correlate(x, weight, False, bias, has_bias, out, row_off, col_off,
+               stride_h, stride_w, groups, n_threads)
+
+
+cdef int _correlate(const floating[:, :, :, ::1] x,
+                    const floating[:, :, :, ::1] weight, bint swapped,
+                    const floating[::1] bias, bint has_bias,
+                    floating[:, :, :, ::1] out,
+                    const Py_ssize_t[::1] row_off, const Py_ssize_t[::1] col_off,
+                    Py_ssize_t stride_h, Py_ssize_t stride_w,
+                    Py_ssize_t groups, int n_threads) except -1:
+    """``out[n, g*og + o, p, q] = sum over c, iu, iv of w[o, c, iu, iv] *
+    x[n, g*cg + c, p*stride_h + row_off[iu], q*stride_w + col_off[iv]]``
+    (zero outside ``x``) ``+ bias``: the forward (``w = weight``), or with
+    ``swapped`` the stride-1 input gradient's correlation of dY with the
+    in/out-swapped filters (``w[c, o] = weight[o, c]`` per group; the
+    rotation lies in its offsets).  Takes the row-shift lowering or the
+    full im2col, whichever ``_row_shift_pays``.
+    """
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[2], in_w = x.shape[3]
-    cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]
     cdef Py_ssize_t kh = weight.shape[2], kw = weight.shape[3]
-    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t c_out = out.shape[1]
+    cdef Py_ssize_t og = c_out // groups, cg = x.shape[1] // groups
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
     cdef Py_ssize_t positions = out_h * out_w, k_dim = cg * kh * kw
     cdef Py_ssize_t in_plane = in_h * in_w
-    if n_img == 0 or positions == 0 or c_out == 0:
-        return
-    # 1x1, stride 1, no padding: the input planes already are the patch matrix
+    # 1x1, stride 1, no offset: the input planes already are the patch matrix
     cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
-                        and pad_top == 0 and pad_left == 0)
-    cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
-    cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
-    cdef Py_ssize_t tile_rows
-    if ROW_SHIFT and stride_h == 1 and kh > 1:
-        tile_rows = _row_shift_tile_rows(cg * kw, out_h, out_w, (kh - 1) * dil_h,
-                                         n_img * groups, sizeof(floating))
-        if tile_rows > 0:
-            _correlate_row_shift(x, _filter_rows(weight, groups, False, n_threads),
-                                 bias, has_bias, out, row_off, col_off, stride_w, groups,
-                                 tile_rows, n_threads)
-            return
+                        and row_off[0] == 0 and col_off[0] == 0
+                        and in_h == out_h and in_w == out_w)
     cdef Py_ssize_t tile = _tile_size(k_dim, positions, n_img * groups, sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
     # small whole images: `batch` of them side by side in one GEMM, whose
@@ -653,22 +706,42 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t batch = 1
     if not direct and n_tiles == 1:
         batch = _image_batch(positions, n_img, k_dim + og, sizeof(floating))
+    cdef Py_ssize_t tile_rows
+    if ROW_SHIFT != 0 and stride_h == 1 and kh > 1:
+        tile_rows = _row_shift_tile_rows(cg * kw, out_h, out_w, max(row_off) - min(row_off),
+                                         n_img * groups, sizeof(floating))
+        if tile_rows > 0 and _row_shift_pays(og, kh, min(tile_rows * out_w, positions),
+                                             batch * min(tile, positions)):
+            _correlate_row_shift(x, _filter_rows(weight, groups, swapped, n_threads),
+                                 bias, has_bias, out, row_off, col_off, stride_w, groups,
+                                 tile_rows, n_threads)
+            return 0
+    # the filters as og x k_dim matrices, one per group
+    cdef const floating[:, :, :, ::1] w_mat = (
+        _swapped_filters(weight, groups, n_threads) if swapped else weight)
     cdef Py_ssize_t n_batches = _ceil_div(n_img, batch)
-    cdef Py_ssize_t n_items = n_batches * groups * n_tiles
+    # a batch's rows in items of BATCH_ITEM_ROWS (rounded to whole panels)
+    cdef Py_ssize_t item_rows = og
+    if batch > 1:
+        item_rows = _ceil_div(og, _ceil_div(og, BATCH_ITEM_ROWS))
+        item_rows = min(og, _ceil_div(item_rows, 8) * 8)
+    cdef Py_ssize_t n_row_items = _ceil_div(og, item_rows)
+    cdef Py_ssize_t n_items = n_batches * groups * n_tiles * n_row_items
     cdef Py_ssize_t work_size = (k_dim + og) * batch * positions if batch > 1 else k_dim * tile
     # strided: one plane of scratch for _pack_patches' phase planes, after the rest
     cdef Py_ssize_t phases_at = work_size
     if stride_h > 1 or stride_w > 1:
         work_size += in_plane
     cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef const floating* wp = &w_mat[0, 0, 0, 0]
     cdef const floating* bp = &bias[0] if has_bias else NULL
     cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t item, n, g, t, p0, count, m, i, o, cols
+    cdef Py_ssize_t item, n, g, t, p0, count, m, i, o, o0, rows, cols, key
     cdef const floating* src
     cdef floating* dst
     cdef floating* res
     cdef floating* work = NULL
+    cdef Py_ssize_t* packed_key = NULL      # (batch, group) of the thread's patches
     cdef int status = STATUS_OK
     cdef int* status_p = &status
 
@@ -676,32 +749,43 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
     try:
         with nogil, parallel(num_threads=n_threads):
             work = NULL
+            packed_key = NULL
             if not direct:
                 work = <floating*>_workspace(work_size * sizeof(floating))
-                if work == NULL:
+                packed_key = <Py_ssize_t*>_workspace(sizeof(Py_ssize_t))
+                if work == NULL or packed_key == NULL:
+                    free(work)
+                    work = NULL
                     status_p[0] = STATUS_NO_MEMORY
+                else:
+                    packed_key[0] = -1
             for item in prange(n_items, schedule="static"):
                 if batch > 1 and work != NULL:
-                    n = item // groups * batch
-                    g = item % groups
+                    key = item // n_row_items          # batch * groups + group
+                    n = key // groups * batch
+                    g = key % groups
+                    o0 = item % n_row_items * item_rows
+                    rows = min(item_rows, og - o0)
                     m = min(batch, n_img - n)
                     cols = m * positions
                     res = work + k_dim * cols
+                    if packed_key[0] != key:         # not packed by the item before
+                        for i in range(m):
+                            _pack_patches(xp + ((n + i) * groups + g) * cg * in_plane, cg,
+                                          in_h, in_w, &row_off[0], kh, &col_off[0], kw,
+                                          stride_h, stride_w, out_w, 0, positions,
+                                          work + i * positions, cols, work + phases_at)
+                        packed_key[0] = key
+                    gemm(NO_TRANS, NO_TRANS, rows, cols, k_dim,
+                         <floating>1, wp + (g * og + o0) * k_dim, k_dim,
+                         work, cols, <floating>0, res + o0 * cols, cols)
                     for i in range(m):
-                        _pack_patches(xp + ((n + i) * groups + g) * cg * in_plane, cg,
-                                      in_h, in_w, &row_off[0], kh, &col_off[0], kw,
-                                      stride_h, stride_w, out_w, 0, positions,
-                                      work + i * positions, cols, work + phases_at)
-                    gemm(NO_TRANS, NO_TRANS, og, cols, k_dim,
-                         <floating>1, wp + g * og * k_dim, k_dim,
-                         work, cols, <floating>0, res, cols)
-                    for i in range(m):
-                        dst = yp + ((n + i) * c_out + g * og) * positions
-                        for o in range(og):
-                            memcpy(dst + o * positions, res + o * cols + i * positions,
+                        dst = yp + ((n + i) * c_out + g * og + o0) * positions
+                        for o in range(rows):
+                            memcpy(dst + o * positions, res + (o0 + o) * cols + i * positions,
                                    positions * sizeof(floating))
                         if has_bias:
-                            _add_bias(dst, bp + g * og, og, positions, positions)
+                            _add_bias(dst, bp + g * og + o0, rows, positions, positions)
                 elif direct or work != NULL:
                     n = item // (groups * n_tiles)
                     g = (item // n_tiles) % groups
@@ -724,9 +808,39 @@ def conv2d_forward(const floating[:, :, :, ::1] x,
                     if has_bias:
                         _add_bias(dst, bp + g * og, og, count, positions)
             free(work)
+            free(packed_key)
     finally:
         blas_serial_exit()
     _raise_for_status(status)
+    return 0
+
+
+def _swapped_filters(const floating[:, :, :, ::1] weight, Py_ssize_t groups, int n_threads):
+    """``out[g*cg + c, o] = weight[g*og + o, c]`` (each ``kh x kw`` block as
+    it is): the input gradient's in/out-swapped filters, a ``(C_in, og, kh,
+    kw)`` array, one row per input channel, copied in parallel."""
+    cdef Py_ssize_t c_out = weight.shape[0], cg = weight.shape[1]
+    cdef Py_ssize_t kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t og = c_out // groups, taps = kh * kw
+    swapped = np.empty((cg * groups, og, kh, kw),
+                       dtype=np.float32 if floating is float else np.float64)
+    if swapped.size == 0:
+        return swapped
+    cdef floating[:, :, :, ::1] view = swapped
+    cdef floating* dst = &view[0, 0, 0, 0]
+    cdef const floating* src = &weight[0, 0, 0, 0]
+    cdef const floating* run
+    cdef Py_ssize_t d, o, t
+    with nogil:
+        # a destination row at a time: its runs lie cg*taps apart in the
+        # source, where the next row's runs follow on the same cache lines;
+        # runs of a few elements copied inline (memcpy calls cost 2x)
+        for d in prange(cg * groups, schedule="static", num_threads=n_threads):
+            for o in range(og):
+                run = src + (((d // cg) * og + o) * cg + d % cg) * taps
+                for t in range(taps):
+                    dst[(d * og + o) * taps + t] = run[t]
+    return swapped
 
 
 cdef Py_ssize_t _row_shift_tile_rows(Py_ssize_t k_row, Py_ssize_t out_h, Py_ssize_t out_w,
@@ -1021,7 +1135,9 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
     # column blocks of `cb` input channels (the last one may have fewer)
     cdef Py_ssize_t cb = _grad_weight_block(
         cg, og * k_row * sizeof(floating),
-        GW_BLOCK_BYTES_F64 if floating is double else GW_BLOCK_BYTES_F32)
+        GW_BLOCK_BYTES_F64 if floating is double
+        else (GW_BLOCK_BYTES_F32 if og * k_dim * <Py_ssize_t>sizeof(floating)
+              >= GW_BLOCK_FROM_BYTES_F32 else 0))
     cdef Py_ssize_t n_cb = _ceil_div(cg, cb)
     cdef Py_ssize_t tile = _grad_weight_tile_size(cb * k_row, positions, n_img,
                                                   sizeof(floating))
@@ -1351,26 +1467,23 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t out_plane = out_h * out_w, in_plane = in_h * in_w
     if n_img == 0 or out_plane == 0 or c_out == 0 or cg == 0:
         return
+    cdef Py_ssize_t[::1] row_taps, col_taps
+    cdef const floating[::1] no_bias
 
-    cdef Py_ssize_t tile_rows
-    if ROW_SHIFT and stride_h == 1 and stride_w == 1 and kh > 1:
+    if ROW_SHIFT != 0 and stride_h == 1 and stride_w == 1 and kh > 1:
         # one phase over the whole plane, every tap in order (its dY offsets
         # run backwards: the rotation): a stride-1 correlation of dY with
-        # the in/out-swapped filter rows.  Needs only the offsets, not the
-        # plan's per-phase packed filters.
-        tile_rows = _row_shift_tile_rows(og * kw, in_h, in_w, (kh - 1) * dil_h,
-                                         n_img * groups, sizeof(floating))
-        if tile_rows > 0:
-            row_phases = _phases_1d(in_h, pad_top, kh, 1, dil_h)
-            col_phases = _phases_1d(in_w, pad_left, kw, 1, dil_w)
-            if row_phases and col_phases:
-                _correlate_row_shift(
-                    grad_out, _filter_rows(weight, groups, True, n_threads),
-                    np.empty(0, dtype=np.asarray(weight).dtype), False, grad_in,
-                    np.array(row_phases[0][1], dtype=np.intp),
-                    np.array(col_phases[0][1], dtype=np.intp),
-                    1, groups, tile_rows, n_threads)
-            return
+        # the in/out-swapped filters, lowered as the forward is.  Needs only
+        # the offsets, not the plan's per-phase packed filters.
+        row_phases = _phases_1d(in_h, pad_top, kh, 1, dil_h)
+        col_phases = _phases_1d(in_w, pad_left, kw, 1, dil_w)
+        if row_phases and col_phases:
+            row_taps = np.array(row_phases[0][1], dtype=np.intp)
+            col_taps = np.array(col_phases[0][1], dtype=np.intp)
+            no_bias = np.empty(0, dtype=np.float32 if floating is float else np.float64)
+            _correlate(grad_out, weight, True, no_bias, False, grad_in,
+                       row_taps, col_taps, 1, 1, groups, n_threads)
+        return
 
     # ---- plan (GIL): phases, swapped filters per phase, work items
     plan = _grad_input_plan(np.asarray(weight), False, groups, n_img, in_h, in_w,
