@@ -388,6 +388,12 @@ cdef extern from "_rows_avx2.h" nogil:
     void fc_scatter_add_even_f64(double* dst, const double* src, Py_ssize_t n)
     void fc_add_row_f32(float* dst, const float* src, Py_ssize_t n)
     void fc_add_row_f64(double* dst, const double* src, Py_ssize_t n)
+    void fc_axpy_row_f32(float* dst, const float* src, float a, Py_ssize_t n)
+    void fc_axpy_row_f64(double* dst, const double* src, double a, Py_ssize_t n)
+    void fc_interleave_f32(float* dst, const float* even, const float* odd, Py_ssize_t n,
+                           int extra_even)
+    void fc_interleave_f64(double* dst, const double* even, const double* odd, Py_ssize_t n,
+                           int extra_even)
 
 
 cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -2099,8 +2105,18 @@ def depthwise_grad_input(const floating[:, :, :, ::1] grad_out,
                          Py_ssize_t groups, int n_threads):
     """Input gradient for C_in/groups == 1: each sensitivity times the
     rotated filter, added into its window (the scatter evaluation of the
-    textbook correlation).  One item per input plane (zero-filled on
-    entry), summed in a fixed order."""
+    textbook correlation).  One item per input plane, summed in a fixed
+    order; ``grad_in`` must be zero-filled on entry unless the column
+    stride is 2 (then every element is written).
+
+    With a column stride of 2 the sums go into the plane's even and odd
+    columns kept apart (a per-thread scratch plane), where each tap adds a
+    unit-stride run, and are interleaved into the plane at the end: the
+    same sums in the same order as adding into every other element, which
+    does not vectorize.  A MobileNet-style 3x3 stride-2 layer (8 x 64 x 56
+    x 56, 2 threads): 1.31 -> 0.54 ms in float32, 1.60 -> 0.77 in float64,
+    with the zero fill of dX it no longer needs.
+    """
     cdef Py_ssize_t n_img = grad_in.shape[0], c_in = grad_in.shape[1]
     cdef Py_ssize_t in_h = grad_in.shape[2], in_w = grad_in.shape[3]
     cdef Py_ssize_t c_out = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
@@ -2112,15 +2128,43 @@ def depthwise_grad_input(const floating[:, :, :, ::1] grad_out,
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef floating* dxp = &grad_in[0, 0, 0, 0]
-    cdef Py_ssize_t item, n, c, j, o, p, u, v, q, ii, co
+    # stride 2: the even columns' plane (in_h x w_even), then the odd ones'
+    cdef bint split = stride_w == 2
+    cdef Py_ssize_t w_even = (in_w + 1) // 2, w_odd = in_w // 2
+    cdef Py_ssize_t item, n, c, j, o, p, u, v, q, ii, co, rj, lo, hi
     cdef Span cols
+    # per column tap v: its grid columns [lo, hi), and (split) where column
+    # lo lands: the odd plane or not, and the index there (lo + shift)
+    taps_v = np.zeros((4, kw), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] tap_cols = taps_v
+    for v in range(kw):
+        co = v * dil_w - pad_left
+        cols = _tap_range(co, stride_w, in_w, out_w)
+        tap_cols[0, v] = cols.lo
+        tap_cols[1, v] = cols.hi
+        if split and cols.hi > cols.lo:
+            rj = _floor_mod(co, 2)
+            tap_cols[2, v] = rj
+            tap_cols[3, v] = cols.lo + (co - rj) // 2
     cdef const floating* grow
     cdef floating* drow
+    cdef floating* phases = NULL
     cdef floating wv
-    with nogil:
-        for item in prange(n_img * c_in, schedule="static", num_threads=n_threads):
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil, parallel(num_threads=n_threads):
+        phases = NULL
+        if split:
+            phases = <floating*>_workspace(in_plane * sizeof(floating))
+            if phases == NULL:
+                status_p[0] = STATUS_NO_MEMORY
+        for item in prange(n_img * c_in, schedule="static"):
+            if split and phases == NULL:
+                continue
             n = item // c_in
             c = item % c_in
+            if split:
+                memset(phases, 0, in_plane * sizeof(floating))
             for j in range(og):
                 o = c * og + j
                 for p in range(out_h):
@@ -2133,13 +2177,38 @@ def depthwise_grad_input(const floating[:, :, :, ::1] grad_out,
                         for v in range(kw):
                             wv = wp[(o * kh + u) * kw + v]
                             co = v * dil_w - pad_left
-                            cols = _tap_range(co, stride_w, in_w, out_w)
+                            lo = tap_cols[0, v]
+                            hi = tap_cols[1, v]
                             if stride_w == 1:
-                                for q in range(cols.lo, cols.hi):
+                                for q in range(lo, hi):
                                     drow[q + co] += wv * grow[q]
+                            elif split:
+                                # column 2q + co: even or odd plane, index q + shift
+                                if tap_cols[2, v] == 0:
+                                    drow = phases + ii * w_even + tap_cols[3, v]
+                                else:
+                                    drow = phases + in_h * w_even + ii * w_odd + tap_cols[3, v]
+                                if floating is float:
+                                    fc_axpy_row_f32(drow, grow + lo, wv, hi - lo)
+                                else:
+                                    fc_axpy_row_f64(drow, grow + lo, wv, hi - lo)
                             else:
-                                for q in range(cols.lo, cols.hi):
+                                for q in range(lo, hi):
                                     drow[q * stride_w + co] += wv * grow[q]
+            if split:       # every element of the plane written
+                for ii in range(in_h):
+                    if floating is float:
+                        fc_interleave_f32(dxp + item * in_plane + ii * in_w,
+                                          phases + ii * w_even,
+                                          phases + in_h * w_even + ii * w_odd,
+                                          w_odd, in_w % 2)
+                    else:
+                        fc_interleave_f64(dxp + item * in_plane + ii * in_w,
+                                          phases + ii * w_even,
+                                          phases + in_h * w_even + ii * w_odd,
+                                          w_odd, in_w % 2)
+        free(phases)
+    _raise_for_status(status)
 
 
 def depthwise_grad_weight(const floating[:, :, :, ::1] x,
@@ -2285,6 +2354,10 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
     cdef const floating* grow
     cdef const floating* srow
     cdef double acc
+    if stride_w == 2:
+        _depthwise_grad_weight_rows_s2(x, grad_out, grad_weight, stride_h, pad_top, pad_left,
+                                       dil_h, dil_w, groups, n_threads)
+        return
     with nogil:
         for o in prange(c_out, schedule="static", num_threads=n_threads):
             for u in range(kh):
@@ -2306,6 +2379,83 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
                             acc = acc + (_times_padding(grow, 0, cols.lo)
                                          + _times_padding(grow, cols.hi, out_w))
                     dwp[o * taps + u * kw + v] = <floating>acc
+
+
+def _depthwise_grad_weight_rows_s2(const floating[:, :, :, ::1] x,
+                                   const floating[:, :, :, ::1] grad_out,
+                                   floating[:, :, :, ::1] grad_weight,
+                                   Py_ssize_t stride_h, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                   Py_ssize_t dil_h, Py_ssize_t dil_w,
+                                   Py_ssize_t groups, int n_threads):
+    """``_depthwise_grad_weight_rows`` for a column stride of 2: each input
+    plane split once into its even and odd columns (a per-thread scratch
+    plane), so that every tap's row is a unit-stride dot product there
+    instead of one over every other element, which does not vectorize.
+    Each tap's float64 sum takes the same terms in the same order (images,
+    then rows), so the result has the same bits.  8 x 64 x 56 x 56, 3x3,
+    2 threads: 1.23-1.29 -> 0.91-0.94 ms in float32, 1.10-1.17 -> 0.88-0.92
+    in float64."""
+    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
+    cdef Py_ssize_t kw = grad_weight.shape[3], taps = kh * kw
+    cdef Py_ssize_t og = c_out // groups
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
+    cdef Py_ssize_t w_even = (in_w + 1) // 2, w_odd = in_w // 2
+    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
+    cdef Py_ssize_t o, n, p, u, v, t, ii, co, rj, shift
+    cdef Span cols
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* grow
+    cdef const floating* srow
+    cdef double* work = NULL
+    cdef double* acc
+    cdef floating* even
+    cdef floating* odd
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with nogil, parallel(num_threads=n_threads):
+        # per thread: the taps' float64 sums, then the split plane (the
+        # doubles first, where malloc's alignment holds)
+        work = <double*>_workspace(taps * sizeof(double) + in_plane * sizeof(floating))
+        if work == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for o in prange(c_out, schedule="static"):
+            if work != NULL:
+                acc = work
+                even = <floating*>(work + taps)
+                odd = even + in_h * w_even
+                for t in range(taps):
+                    acc[t] = 0
+                for n in range(n_img):
+                    for ii in range(in_h):
+                        _deinterleave(xp + (n * c_in + o // og) * in_plane + ii * in_w,
+                                      even + ii * w_even, odd + ii * w_odd, w_odd,
+                                      in_w % 2 == 1)
+                    for u in range(kh):
+                        for v in range(kw):
+                            co = v * dil_w - pad_left
+                            cols = _tap_range(co, 2, in_w, out_w)
+                            rj = _floor_mod(co, 2)
+                            shift = (co - rj) // 2
+                            for p in range(out_h):
+                                ii = p * stride_h + u * dil_h - pad_top
+                                grow = gp + (n * c_out + o) * out_plane + p * out_w
+                                if ii < 0 or ii >= in_h:
+                                    acc[u * kw + v] += _times_padding(grow, 0, out_w)
+                                    continue
+                                srow = (even + ii * w_even if rj == 0 else odd + ii * w_odd)
+                                if cols.hi > cols.lo:
+                                    acc[u * kw + v] += _dot(grow + cols.lo,
+                                                            srow + cols.lo + shift, 1,
+                                                            cols.hi - cols.lo)
+                                acc[u * kw + v] += (_times_padding(grow, 0, cols.lo)
+                                                    + _times_padding(grow, cols.hi, out_w))
+                for t in range(taps):
+                    dwp[o * taps + t] = <floating>acc[t]
+        free(work)
+    _raise_for_status(status)
 
 
 cdef inline Span _inner_columns(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad,

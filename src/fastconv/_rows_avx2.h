@@ -165,4 +165,78 @@ static inline void fc_add_row_f64(double *dst, const double *src, Py_ssize_t n)
         dst[t] += src[t];
 }
 
+/* dst[t] += a * src[t] (a multiply, then an add: the builds compile with
+ * -ffp-contract=off, so the scalar loop rounds the same way) for the
+ * depthwise input gradient's rows, which are a few dozen elements long:
+ * the compiler's own loop checked dst and src for overlap on every call. */
+static inline void fc_axpy_row_f32(float *dst, const float *src, float a, Py_ssize_t n)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    const __m256 va = _mm256_set1_ps(a);
+    for (; t + 8 <= n; t += 8)
+        _mm256_storeu_ps(dst + t, _mm256_add_ps(_mm256_loadu_ps(dst + t),
+                                                _mm256_mul_ps(va, _mm256_loadu_ps(src + t))));
+#endif
+    for (; t < n; t++)
+        dst[t] += a * src[t];
+}
+
+static inline void fc_axpy_row_f64(double *dst, const double *src, double a, Py_ssize_t n)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    const __m256d va = _mm256_set1_pd(a);
+    for (; t + 4 <= n; t += 4)
+        _mm256_storeu_pd(dst + t, _mm256_add_pd(_mm256_loadu_pd(dst + t),
+                                                _mm256_mul_pd(va, _mm256_loadu_pd(src + t))));
+#endif
+    for (; t < n; t++)
+        dst[t] += a * src[t];
+}
+
+/* dst[2t] = even[t], dst[2t + 1] = odd[t] for t < n (and dst[2n] =
+ * even[n] when extra_even): a row of the depthwise input gradient's split
+ * plane put back together.  Values move unchanged, so any build gives the
+ * same bits. */
+static inline void fc_interleave_f32(float *dst, const float *even, const float *odd,
+                                     Py_ssize_t n, int extra_even)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    for (; t + 8 <= n; t += 8) {
+        __m256 e = _mm256_loadu_ps(even + t), o = _mm256_loadu_ps(odd + t);
+        __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+        _mm256_storeu_ps(dst + 2 * t, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(dst + 2 * t + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+#endif
+    for (; t < n; t++) {
+        dst[2 * t] = even[t];
+        dst[2 * t + 1] = odd[t];
+    }
+    if (extra_even)
+        dst[2 * n] = even[n];
+}
+
+static inline void fc_interleave_f64(double *dst, const double *even, const double *odd,
+                                     Py_ssize_t n, int extra_even)
+{
+    Py_ssize_t t = 0;
+#if FC_ROWS_AVX2
+    for (; t + 4 <= n; t += 4) {
+        __m256d e = _mm256_loadu_pd(even + t), o = _mm256_loadu_pd(odd + t);
+        __m256d lo = _mm256_unpacklo_pd(e, o), hi = _mm256_unpackhi_pd(e, o);
+        _mm256_storeu_pd(dst + 2 * t, _mm256_permute2f128_pd(lo, hi, 0x20));
+        _mm256_storeu_pd(dst + 2 * t + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+    }
+#endif
+    for (; t < n; t++) {
+        dst[2 * t] = even[t];
+        dst[2 * t + 1] = odd[t];
+    }
+    if (extra_even)
+        dst[2 * n] = even[n];
+}
+
 #endif

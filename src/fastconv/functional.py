@@ -554,7 +554,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
                                    args[-1])
         return _finish(dx, result)
     elif _depthwise(weight.shape, geo):
-        kernel, writes_all = _kernels.depthwise_grad_input, False
+        # it adds into a zeroed dX, but with a column stride of 2 writes it whole
+        kernel, writes_all = _kernels.depthwise_grad_input, geo.stride[1] == 2
     elif _grad_input_method(*input_shape, weight.shape, geo) == "gather":
         kernel, writes_all = _kernels.conv2d_grad_input, gather_writes_all
     else:
