@@ -7,7 +7,9 @@
   against a plain NumPy im2col baseline (and PyTorch if installed).
 * ``bench``: the full speed suite as a table (see ``fastconv._bench``);
   ``FASTCONV_BLAS=mkl`` in the environment runs its GEMMs on Intel oneMKL
-  (``pip install mkl==2026.2.1``) instead of NumPy's OpenBLAS.
+  (``pip install mkl==2026.2.1``) instead of NumPy's OpenBLAS.  ``bench
+  --zoo`` times layers of well-known networks (ResNet, MobileNet, CIFAR
+  nets, AlexNet, ...) against PyTorch instead.
 * ``config``: the configuration only.
 """
 
@@ -91,6 +93,9 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5, help="bench: timing repeats")
     parser.add_argument("--markdown", action="store_true",
                         help="bench: also print the fwd+bwd rows as a Markdown table")
+    parser.add_argument("--zoo", action="store_true",
+                        help="bench: time layers of well-known networks against PyTorch "
+                             "instead of the suite")
     args = parser.parse_args(argv)
     if args.threads is not None:
         fastconv.set_num_threads(args.threads)
@@ -101,6 +106,9 @@ def main(argv=None):
         from fastconv import _bench
 
         dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+        if args.zoo:
+            _bench.run_layer_zoo(dtypes=dtypes, threads=args.threads, repeat=args.repeat)
+            return 0
         rows = _bench.run_suite(dtypes=dtypes, threads=args.threads, repeat=args.repeat)
         print("\ncorrelate2d(image, kernel, 'same') against scipy.signal:")
         _bench.run_signal_suite(dtypes=dtypes, repeat=args.repeat)

@@ -20,7 +20,8 @@ import numpy as np
 
 import fastconv
 
-ConvCase = namedtuple("ConvCase", "name n c_in hw c_out k stride pad groups")
+ConvCase = namedtuple("ConvCase", "name n c_in hw c_out k stride pad groups dilation",
+                      defaults=(1,))
 PoolCase = namedtuple("PoolCase", "name kind n c hw k stride")
 
 CONV_SUITE = [
@@ -39,8 +40,31 @@ POOL_SUITE = [
 ]
 
 
+# Layers of well-known networks beyond the suite (``python -m fastconv bench
+# --zoo``, bench/test_bench_zoo.py): what a user's own model is made of, the
+# layers fastconv is slow on included.  Batch sizes keep each near a second
+# of the whole run.
+LAYER_ZOO = [
+    ConvCase("resnet_stem_7x7s2", 4, 3, 224, 64, 7, 2, 3, 1),
+    ConvCase("resnet_3x3_128", 8, 128, 28, 128, 3, 1, 1, 1),
+    ConvCase("resnet_3x3_256", 8, 256, 14, 256, 3, 1, 1, 1),
+    ConvCase("resnet_3x3_512", 8, 512, 7, 512, 3, 1, 1, 1),
+    ConvCase("resnet_down_3x3s2", 8, 64, 56, 128, 3, 2, 1, 1),
+    ConvCase("resnet_down_1x1s2", 8, 256, 14, 512, 1, 2, 0, 1),
+    ConvCase("resnext_3x3_g32", 8, 128, 28, 128, 3, 1, 1, 32),
+    ConvCase("mobilenet_dw_3x3s2", 8, 64, 56, 64, 3, 2, 1, 64),
+    ConvCase("mobilenet_pw_1x1", 8, 32, 112, 64, 1, 1, 0, 1),
+    ConvCase("cifar_3x3_16", 32, 16, 32, 16, 3, 1, 1, 1),
+    ConvCase("cifar_3x3_64", 32, 64, 8, 64, 3, 1, 1, 1),
+    ConvCase("alexnet_11x11s4", 4, 3, 227, 96, 11, 4, 0, 1),
+    ConvCase("conv_5x5", 16, 32, 32, 64, 5, 1, 2, 1),
+    ConvCase("dilated_3x3_d2", 8, 64, 56, 64, 3, 1, 2, 1, 2),
+    ConvCase("one_image_3x3", 1, 64, 56, 64, 3, 1, 1, 1),
+]
+
+
 def conv_out(case):
-    return (case.hw + 2 * case.pad - case.k) // case.stride + 1
+    return (case.hw + 2 * case.pad - case.dilation * (case.k - 1) - 1) // case.stride + 1
 
 
 def conv_macs(case):
@@ -62,7 +86,8 @@ def conv_arrays(case, dtype, seed=0):
 # --- implementations: each returns (forward, forward+backward) callables -----
 
 def fastconv_conv(case, x, w, b, g):
-    kw = dict(stride=case.stride, padding=case.pad, groups=case.groups)
+    kw = dict(stride=case.stride, padding=case.pad, dilation=case.dilation,
+              groups=case.groups)
 
     def fwd():
         return fastconv.conv2d(x, w, b, **kw)
@@ -98,8 +123,8 @@ def _col2im(cols, x_shape, k, stride, pad, ho, wo):
 
 
 def numpy_conv(case, x, w, b, g):
-    """Plain NumPy im2col baseline (groups == 1 only)."""
-    if case.groups != 1:
+    """Plain NumPy im2col baseline (groups == 1, no dilation)."""
+    if case.groups != 1 or case.dilation != 1:
         return None
     k, s, p = case.k, case.stride, case.pad
     wm = w.reshape(case.c_out, -1)
@@ -128,7 +153,8 @@ def torch_conv(case, x, w, b, g):
     tw = torch.from_numpy(w)
     tb = torch.from_numpy(b)
     tg = torch.from_numpy(g)
-    kw = dict(stride=case.stride, padding=case.pad, groups=case.groups)
+    kw = dict(stride=case.stride, padding=case.pad, dilation=case.dilation,
+              groups=case.groups)
     conv = torch.nn.functional.conv2d
 
     def fwd():
@@ -530,6 +556,50 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
             out(f"big {dtype} forward: {conv:.1f} GFLOP/s = {100 * conv / gemm:.0f}% of a "
                 f"2048^3 GEMM through the same BLAS ({gemm:.1f} GFLOP/s, {how}, "
                 f"timed in alternation with it)" + _winograd_note(big))
+    return rows
+
+
+def run_layer_zoo(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
+                  out=print):
+    """Time the LAYER_ZOO against PyTorch (forward, and forward + the three
+    gradients) and print a table; returns a list of row dicts."""
+    threads = threads or fastconv.get_num_threads()
+    set_threads(threads)
+    impls = {"fastconv": fastconv_conv, "torch": torch_conv}
+    out(f"layers of well-known networks | threads={threads} | best of {repeat} interleaved "
+        "rounds | ratio = PyTorch's time / fastconv's (>1: fastconv faster)")
+    header = (f"{'layer':<20}{'dtype':<9}{'fwd ms':>9}{'torch':>9}{'ratio':>8}"
+              f"{'fwd+bwd ms':>12}{'torch':>9}{'ratio':>8}{'GFLOP/s':>9}")
+    out(header)
+    out("-" * len(header))
+    rows = []
+    for dtype in dtypes:
+        for case in LAYER_ZOO:
+            if cases is not None and case.name not in cases:
+                continue
+            arrays = conv_arrays(case, np.dtype(dtype))
+            pairs = {name: pair for name, make in impls.items()
+                     if (pair := make(case, *arrays)) is not None}
+            t = best_times({f"{name} {direction}": pair[index]
+                            for name, pair in pairs.items()
+                            for index, direction in enumerate(("fwd", "fwd+bwd"))}, repeat)
+            row = dict(case=case.name, dtype=dtype,
+                       gflops=6 * conv_macs(case) / t["fastconv fwd+bwd"] / 1e9,
+                       **{f"{k.replace(' ', '_')}_s": v for k, v in t.items()})
+            rows.append(row)
+            cells = []
+            for direction in ("fwd", "fwd+bwd"):
+                mine, theirs = t[f"fastconv {direction}"], t.get(f"torch {direction}")
+                cells += [_fmt_ms(mine), _fmt_ms(theirs),
+                          f"{theirs / mine:.2f}x" if theirs is not None else "-"]
+            out(f"{case.name:<20}{dtype:<9}{cells[0]:>9}{cells[1]:>9}{cells[2]:>8}"
+                f"{cells[3]:>12}{cells[4]:>9}{cells[5]:>8}{row['gflops']:>9.1f}")
+    for dtype in dtypes:
+        ratios = [r["torch_fwd+bwd_s"] / r["fastconv_fwd+bwd_s"] for r in rows
+                  if r["dtype"] == dtype and "torch_fwd+bwd_s" in r]
+        if ratios:
+            out(f"zoo {dtype} fwd+bwd vs torch: geometric mean "
+                f"{float(np.exp(np.mean(np.log(ratios)))):.2f}x, worst {min(ratios):.2f}x")
     return rows
 
 
