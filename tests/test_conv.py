@@ -1527,12 +1527,13 @@ def test_depthwise_bounded_path_matches_oracle(bounded_depthwise, data):
 @settings(max_examples=60, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_depthwise_column_stride_2_gradients_match_oracle(data, n_threads, monkeypatch):
-    """With a column stride of 2 the depthwise gradients work on each plane
-    split into its even and odd columns (the input gradient then writes
-    dX whole, so it gets uninitialized memory: NaN-filled here): odd and
-    even widths down to 1, channel multipliers, paddings, dilations and
-    row strides, both dtypes, against the oracles."""
+def test_depthwise_column_stride_2_matches_oracle(data, n_threads, monkeypatch):
+    """With a column stride of 2 the depthwise gradients (and the float32
+    forward) work on each plane split into its even and odd columns (the
+    input gradient then writes dX whole, so it gets uninitialized memory:
+    NaN-filled here): odd and even widths down to 1, channel multipliers,
+    paddings, dilations and row strides, both dtypes, against the
+    oracles."""
     from fastconv import functional
     monkeypatch.setattr(functional, "output_array", garbage_output_array)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
@@ -1545,12 +1546,15 @@ def test_depthwise_column_stride_2_gradients_match_oracle(data, n_threads, monke
     w_ = data.draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), 12))
     x = rng.standard_normal((2, c, h, w_))
     w = rng.standard_normal((c * mult, 1, kh, kw))
+    b = rng.standard_normal(c * mult)
     hyper = dict(stride=stride, padding=pad, dilation=dil, groups=c)
-    g = rng.standard_normal(ref.conv2d(x, w, **hyper).shape)
+    want_y = ref.conv2d(x, w, b, **hyper)
+    g = rng.standard_normal(want_y.shape)
     want_dx = ref.conv2d_grad_input(g, w, x.shape, **hyper)
     want_dw = ref.conv2d_grad_weight(x, g, w.shape, **hyper)
     for dtype in DTYPES:
         xd, wd, gd = x.astype(dtype), w.astype(dtype), g.astype(dtype)
+        assert_close(fastconv.conv2d(xd, wd, b.astype(dtype), **hyper), want_y, dtype)
         assert_close(fastconv.conv2d_grad_input(gd, wd, x.shape, **hyper), want_dx, dtype)
         assert_close(fastconv.conv2d_grad_weight(xd, gd, w.shape, **hyper), want_dw, dtype)
 
