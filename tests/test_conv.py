@@ -1560,6 +1560,22 @@ def test_depthwise_column_stride_2_matches_oracle(data, n_threads, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, (1 << 16) - 1, 1 << 16, (1 << 16) + 1, 200_003])
+def test_all_finite_finds_every_inf_and_nan(dtype, n, n_threads):
+    """The weights' finiteness check (which picks the input gradient's
+    order and Winograd) sees an inf or NaN anywhere: either end, a chunk
+    boundary, the middle; and nothing in finite arrays."""
+    from fastconv._simd import kernels
+    a = np.random.default_rng(n).standard_normal(n).astype(dtype)
+    assert kernels.all_finite(a, n_threads)
+    for pos in sorted({0, n // 2, n - 1, min(n - 1, 1 << 16)} if n else ()):
+        for bad in (np.inf, -np.inf, np.nan):
+            b = a.copy()
+            b[pos] = bad
+            assert not kernels.all_finite(b, n_threads), (pos, bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_depthwise_grad_weight_non_finite_input(dtype, bad):
     """The depthwise filter gradient sums a whole padded plane per tap, which is

@@ -156,6 +156,12 @@ def _kernel_args(geo, macs):
             geo.dilation[0], geo.dilation[1], geo.groups, threads_for(macs))
 
 
+def _finite(w, n_threads):
+    """No inf or NaN in the C-contiguous array `w` (in parallel, no
+    temporary: the input gradient asks it of every weight array)."""
+    return _kernels.all_finite(w.reshape(-1), n_threads)
+
+
 def _finish(out, result_dtype):
     return out if out.dtype == result_dtype else out.astype(result_dtype)
 
@@ -264,22 +270,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
     # The direct depthwise loops skip zero padding; a non-finite weight times
     # that padding is NaN in the textbook sum, so such weights take the GEMM.
     if nhwc:
-        if _winograd(_weight_to_oihw(weight.shape, layout), geo) and np.isfinite(w).all():
+        if _winograd(_weight_to_oihw(weight.shape, layout), geo) and _finite(w, args[-1]):
             x = contiguous(x, compute)
             if _winograd_correlate_nhwc(x, w, b if bias is not None else None, out,
                                         geo.pad_top, geo.pad_left, args[-1]):
                 return _finish(out, result)
             # an output was not finite: recomputed as the textbook sums it
-        depthwise = _depthwise_nhwc(weight.shape, x.shape[3], geo) and np.isfinite(w).all()
+        depthwise = _depthwise_nhwc(weight.shape, x.shape[3], geo) and _finite(w, args[-1])
         kernel = _kernels.depthwise_forward_nhwc if depthwise else _kernels.conv2d_forward_nhwc
     else:
-        if _winograd(weight.shape, geo) and np.isfinite(w).all():
+        if _winograd(weight.shape, geo) and _finite(w, args[-1]):
             x = contiguous(x, compute)
             if _winograd_correlate(x, w, b, bias is not None, out, geo.pad_top, geo.pad_left,
                                    args[-1]):
                 return _finish(out, result)
             # an output was not finite: recomputed as the textbook sums it
-        depthwise = _depthwise(weight.shape, geo) and np.isfinite(w).all()
+        depthwise = _depthwise(weight.shape, geo) and _finite(w, args[-1])
         kernel = _kernels.depthwise_forward if depthwise else _kernels.conv2d_forward
     kernel(contiguous(x, compute), w, b, bias is not None, out, *args)
     return _finish(out, result)
@@ -513,7 +519,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     # strided NCHW ones only where taps land.
     gather_writes_all = _gather_writes_all(_weight_to_oihw(weight.shape, layout)[2:], geo)
     if layout == "NHWC":
-        finite_w = np.isfinite(w).all()
+        finite_w = _finite(w, args[-1])
         if (finite_w and _FORCE_GRAD_INPUT_METHOD is None
                 and _winograd(_weight_to_oihw(weight.shape, layout), geo)
                 and geo.pad_top <= 2 and geo.pad_left <= 2):
@@ -538,7 +544,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
         dx = _grad_input_buffer(input_shape, compute, writes_all)
         kernel(g, w, dx, *args)
         return _finish(dx, result)
-    finite_w = np.isfinite(w).all()
+    finite_w = _finite(w, args[-1])
     if (finite_w and _FORCE_GRAD_INPUT_METHOD is None and _winograd(weight.shape, geo)
             and geo.pad_top <= 2 and geo.pad_left <= 2):
         # the full correlation itself: dY padded by 2 less the forward
