@@ -712,9 +712,12 @@ cdef int _correlate(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t batch = 1
     if not direct and n_tiles == 1:
         batch = _image_batch(positions, n_img, k_dim + og, sizeof(floating))
-    cdef Py_ssize_t tile_rows
+    cdef Py_ssize_t tile_rows, iu, top = row_off[0], bottom = row_off[0]
     if ROW_SHIFT != 0 and stride_h == 1 and kh > 1:
-        tile_rows = _row_shift_tile_rows(cg * kw, out_h, out_w, max(row_off) - min(row_off),
+        for iu in range(kh):        # the halo: the offsets' spread
+            top = min(top, row_off[iu])
+            bottom = max(bottom, row_off[iu])
+        tile_rows = _row_shift_tile_rows(cg * kw, out_h, out_w, bottom - top,
                                          n_img * groups, sizeof(floating))
         if tile_rows > 0 and _row_shift_pays(og, kh, min(tile_rows * out_w, positions),
                                              batch * min(tile, positions)):
