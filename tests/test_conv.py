@@ -1488,6 +1488,26 @@ def test_gemm_split_rows_is_a_matmul(dtype, m, k, n, threads):
                                else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
+def _draw_depthwise(data, strides, dilations, max_width):
+    """A depthwise layer drawn by hypothesis: 1-3 channels, channel
+    multiplier 1-2, kernels up to 4x4, paddings up to 3, the given
+    (row, column) stride and dilation strategies, planes up to 9 rows and
+    `max_width` columns that the kernel fits: float64 (x, w, b, hyper), and
+    the generator for the test's other arrays."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    c, mult = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    stride = tuple(data.draw(axis) for axis in strides)
+    dil = tuple(data.draw(axis) for axis in dilations)
+    pad = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
+    h = data.draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 9))
+    w_ = data.draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), max_width))
+    x = rng.standard_normal((2, c, h, w_))
+    w = rng.standard_normal((c * mult, 1, kh, kw))
+    b = rng.standard_normal(c * mult)
+    return x, w, b, dict(stride=stride, padding=pad, dilation=dil, groups=c), rng
+
+
 @pytest.fixture
 def bounded_depthwise():
     """Force the depthwise forward's bounds-checked loop (normally only used
@@ -1504,19 +1524,8 @@ def bounded_depthwise():
 def test_depthwise_bounded_path_matches_oracle(bounded_depthwise, data):
     """Depthwise forward (and the stride-1 input gradient built on it) without
     the padded copy agree with the oracles."""
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    c = data.draw(st.integers(1, 3))
-    mult = data.draw(st.integers(1, 2))
-    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    stride = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
-    dil = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
-    pad = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
-    h = data.draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 9))
-    w_ = data.draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), 9))
-    x = rng.standard_normal((2, c, h, w_))
-    w = rng.standard_normal((c * mult, 1, kh, kw))
-    b = rng.standard_normal(c * mult)
-    hyper = dict(stride=stride, padding=pad, dilation=dil, groups=c)
+    x, w, b, hyper, rng = _draw_depthwise(data, (st.integers(1, 2), st.integers(1, 2)),
+                                          (st.integers(1, 2), st.integers(1, 2)), max_width=9)
     y = fastconv.conv2d(x, w, b, **hyper)
     assert_close(y, ref.conv2d(x, w, b, **hyper), np.float64)
     g = rng.standard_normal(y.shape)
@@ -1536,18 +1545,8 @@ def test_depthwise_column_stride_2_matches_oracle(data, n_threads, monkeypatch):
     oracles."""
     from fastconv import functional
     monkeypatch.setattr(functional, "output_array", garbage_output_array)
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    c, mult = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
-    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    stride = (data.draw(st.integers(1, 3)), 2)
-    dil = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)))
-    pad = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
-    h = data.draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 9))
-    w_ = data.draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), 12))
-    x = rng.standard_normal((2, c, h, w_))
-    w = rng.standard_normal((c * mult, 1, kh, kw))
-    b = rng.standard_normal(c * mult)
-    hyper = dict(stride=stride, padding=pad, dilation=dil, groups=c)
+    x, w, b, hyper, rng = _draw_depthwise(data, (st.integers(1, 3), st.just(2)),
+                                          (st.integers(1, 2), st.integers(1, 3)), max_width=12)
     want_y = ref.conv2d(x, w, b, **hyper)
     g = rng.standard_normal(want_y.shape)
     want_dx = ref.conv2d_grad_input(g, w, x.shape, **hyper)
