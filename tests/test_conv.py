@@ -643,6 +643,10 @@ BATCHED_IM2COL_CASES = {
     "grad_input_rows_264": ((5, 264, 4, 4), (6, 264, 3, 3), dict(padding=1)),
     "grad_input_groups": ((3, 2 * 520, 5, 4), (2 * 3, 520, 3, 3), dict(padding="same",
                                                                       groups=2)),
+    # 13 images of 16 positions: batches of 7 and 6 (a thread's packed
+    # patches change batch between its items; the last batch is smaller)
+    "fwd_two_batches": ((13, 3, 4, 4), (264, 3, 3, 3), dict(padding=1)),
+    "grad_input_two_batches": ((13, 264, 4, 4), (5, 264, 3, 3), dict(padding=1)),
 }
 
 
@@ -652,9 +656,8 @@ def test_batched_im2col_small_planes(case, dtype, n_threads):
     """The forward and the stride-1 input gradient of small planes with
     many rows agree with the NumPy implementation whether the lowering is
     left to the cost rule, the row shift is forced, or the im2col (for the
-    input gradient: its general phase plan); the forward's batches give
-    the same bits as its forced im2col (per-item GEMMs over the same
-    rows)."""
+    input gradient: its general phase plan); for the forward the rule
+    takes the im2col's batches (the same bits as forcing it)."""
     from fastconv._simd import kernels
     x_shape, w_shape, hyper = BATCHED_IM2COL_CASES[case]
     rng = np.random.default_rng(11)

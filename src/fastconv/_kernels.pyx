@@ -367,10 +367,12 @@ cdef bint _row_shift_pays(Py_ssize_t m, Py_ssize_t kh, Py_ssize_t shift_cols,
     product packs its ``m x K`` filters again (``m*K / width``) and its
     patches (row shift: ``K / kh``; im2col: ``K``).  Relative to the
     multiply-adds that is ``1/width + 1/(m*kh)`` against ``1/width + 1/m``.
-    The row shift wins wide tiles (every suite layer: vgg3x3, lenet2, big),
-    im2col batches narrow ones with many output channels: 8 x 512 x 7 x 7
-    (ResNet-18's last 3x3 layers), 49-position GEMMs against 196: forward
-    1.7x faster in float32, 1.4x in float64 (2 threads, alternating rounds).
+    (Each row item's GEMM also re-packs the batch's patches into its own
+    panels, which this does not count.)  The row shift wins wide tiles
+    (every suite layer: vgg3x3, lenet2, big), im2col batches narrow ones
+    with many output channels: 8 x 512 x 7 x 7 (ResNet-18's last 3x3
+    layers), 49-position GEMMs against 196: forward 1.7x faster in
+    float32, 1.3-1.4x in float64 (2 threads, alternating rounds).
     The row shift keeps ties and near-ties (within 1.5x)."""
     if ROW_SHIFT >= 0:
         return ROW_SHIFT == 1
@@ -2451,10 +2453,10 @@ def _depthwise_grad_weight_rows_s2(const floating[:, :, :, ::1] x,
                                    Py_ssize_t dil_h, Py_ssize_t dil_w,
                                    Py_ssize_t groups, int n_threads):
     """``_depthwise_grad_weight_rows`` for a column stride of 2: each input
-    plane split once into its even and odd columns (a per-thread scratch
-    plane), so that every tap's row is a unit-stride dot product there
-    instead of one over every other element, which does not vectorize.
-    Each tap's float64 sum takes the same terms in the same order (images,
+    plane split into its even and odd columns (a per-thread scratch plane,
+    once per output channel and image), so that every tap's row is a
+    unit-stride dot product there instead of one over every other element,
+    which does not vectorize.  Each tap's float64 sum takes the same terms in the same order (images,
     then rows), so the result has the same bits.  8 x 64 x 56 x 56, 3x3,
     2 threads: 1.23-1.29 -> 0.91-0.94 ms in float32, 1.10-1.17 -> 0.88-0.92
     in float64."""

@@ -516,7 +516,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     # they add into; the gather writes every position whose stride phase
     # has filter taps (with stride 1, or a kernel that spans the stride,
     # all of them); the NHWC depthwise loops write every pixel, the
-    # strided NCHW ones only where taps land.
+    # strided NCHW ones only where taps land (all of dX with a column
+    # stride of 2).
     gather_writes_all = _gather_writes_all(_weight_to_oihw(weight.shape, layout)[2:], geo)
     if layout == "NHWC":
         finite_w = _finite(w, args[-1])
