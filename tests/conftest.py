@@ -68,8 +68,9 @@ def image_batching(request):
 @pytest.fixture(params=["one-block", "channel-blocks", "2KB-blocks"])
 def grad_weight_blocks(request):
     """Run the filter gradient as one block per group, then cut into
-    blocks of one input channel (NCHW columns) or kernel row (NHWC rows)
-    each, then into blocks of at most 2 KB (a few channels or rows each,
+    blocks of one input channel (NCHW columns; NHWC: of one tap, as a
+    kernel row is then over the limit) each, then into blocks of at most
+    2 KB (a few channels or rows each,
     the last one short, on these tests' shapes; the kernels cut NCHW
     float64 gradients, float32 ones of 2 MiB or more, and all NHWC ones
     into blocks of at most 512 KiB; see conv2d_grad_weight and

@@ -191,6 +191,31 @@ def test_conv_functions_nhwc(case, n_threads, grad_input_method, grad_weight_blo
         assert_close(db, ref.conv2d_grad_bias(g, layout="NHWC"), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("limit", [4096, 2048, 1500], ids=["tap", "2-per-tap", "3-per-tap"])
+@pytest.mark.parametrize("hyper", [dict(padding=1), dict(stride=2, dilation=(2, 1), groups=2)],
+                         ids=["pad1", "stride2-dil-groups"])
+def test_nhwc_filter_gradient_tap_blocks(hyper, limit, dtype, n_threads):
+    """A kernel row's gradient over the block limit cuts the NHWC filter
+    gradient into blocks of one tap's channels: the whole tap (64
+    channels), two of 32, or three of 22, 22 and 20 (the packing then
+    transposed, under 32 channels): the oracle's result."""
+    from fastconv._simd import kernels
+    rng = np.random.default_rng(23)
+    groups = hyper.get("groups", 1)
+    x = rng.standard_normal((3, 9, 8, 64 * groups))
+    w_shape = (3, 3, 64, 8 * groups)                   # a kernel row: 3 * 64 * 8 elements
+    g = rng.standard_normal(ref.conv2d(x, np.zeros(w_shape), layout="NHWC", **hyper).shape)
+    saved = kernels._tuning()["gw_row_block_bytes"]
+    try:
+        kernels._tuning(gw_row_block_bytes=limit * np.dtype(dtype).itemsize // 8)
+        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape,
+                                         layout="NHWC", **hyper)
+    finally:
+        kernels._tuning(gw_row_block_bytes=saved)
+    assert_close(dw, ref.conv2d_grad_weight(x, g, w_shape, layout="NHWC", **hyper), dtype)
+
+
 @st.composite
 def pool_cases(draw):
     k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))

@@ -93,10 +93,11 @@ cdef Py_ssize_t GW_BLOCK_BYTES_F32 = 512 * 1024
 cdef Py_ssize_t GW_BLOCK_FROM_BYTES_F32 = 2 << 20
 cdef Py_ssize_t GW_BLOCK_BYTES_F64 = 512 * 1024
 # The NHWC filter gradient's row blocks of whole kernel rows, both dtypes
-# (0: one block).  512 KiB against one block, 5 alternating rounds: res_s2
-# 1.21x (float64) and 1.10x (float32) faster (3 blocks of one kernel row),
-# 1 MiB the same; the other suite layers' gradients fit one block (within
-# 2 %).
+# (0: one block), or of one tap's channels where a kernel row alone is
+# larger (see conv2d_grad_weight_nhwc).  512 KiB against one block, 5
+# alternating rounds: res_s2 1.21x (float64) and 1.10x (float32) faster
+# (3 blocks of one kernel row), 1 MiB the same; the other suite layers'
+# gradients fit one block (within 2 %).
 cdef Py_ssize_t GW_ROW_BLOCK_BYTES = 512 * 1024
 # Hard cap on one thread's patch workspace: for very deep patches (huge
 # C_in*kh*kw) the tile shrinks below MIN_TILE rather than grow past this.

@@ -311,8 +311,16 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     A group's ``k_dim x og`` gradient may be cut into row blocks of whole
     kernel rows (``_grad_weight_block``, the NHWC counterpart of the
     NCHW column blocks: dW's rows run kernel row by kernel row), each
-    packing only its kernel rows' patches.  Reduced in a fixed number of
-    slots that depends on the shape only and the slots added in order (as
+    packing only its kernel rows' patches; where one kernel row alone is
+    over GW_ROW_BLOCK_BYTES, into blocks of one tap's channel range (dW's
+    rows run channel by channel within a tap).  8 x 512 x 7 x 7, 3x3
+    (2 threads, alternating rounds): 3 kernel-row blocks of 3.1 MB (and 6
+    reduction slots of the whole 9.4 MB float32 gradient) took 20.7 ms in
+    float32 and 25.8 ms in float64; blocks of one tap's 256 channels
+    (float32) or 128 (float64), 512 KiB each, 5.3 and 12.5 ms.  8 x 256 x 14 x 14
+    float64 13.3 -> 11.0 ms, res_s2 float64 6.7 -> 6.5 ms.  Reduced in a
+    fixed number of slots that depends
+    on the shape only and the slots added in order (as
     ``conv2d_grad_weight``): bitwise the same for any thread count.
     """
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
@@ -332,11 +340,17 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
         return
     cdef bint direct = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1
                         and pad_top == 0 and pad_left == 0)
-    # row blocks of `rb` kernel rows (the last one may have fewer)
+    # row blocks of `rb` kernel rows (the last one may have fewer), or, when
+    # one kernel row is too large, blocks of `cc` channels of one tap
     cdef Py_ssize_t rb = _grad_weight_block(kh, kw * cg * og * sizeof(floating),
                                             GW_ROW_BLOCK_BYTES)
-    cdef Py_ssize_t n_rb = _ceil_div(kh, rb)
-    cdef Py_ssize_t block_rows = rb * kw * cg        # patch rows of a full block
+    cdef bint tap_blocks = (GW_ROW_BLOCK_BYTES > 0
+                            and kw * cg * og * <Py_ssize_t>sizeof(floating) > GW_ROW_BLOCK_BYTES)
+    cdef Py_ssize_t cc = (_grad_weight_block(cg, og * sizeof(floating), GW_ROW_BLOCK_BYTES)
+                          if tap_blocks else cg)
+    cdef Py_ssize_t n_cc = _ceil_div(cg, cc)
+    cdef Py_ssize_t n_rb = kh * kw * n_cc if tap_blocks else _ceil_div(kh, rb)
+    cdef Py_ssize_t block_rows = cc if tap_blocks else rb * kw * cg   # patch rows, full block
     cdef Py_ssize_t tile = _grad_weight_tile_size(block_rows, positions, n_img,
                                                   sizeof(floating))
     cdef Py_ssize_t n_tiles = _ceil_div(positions, tile)
@@ -344,7 +358,7 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t n_slots = _reduction_slots(n_red, w_size, sizeof(floating),
                                                groups * n_rb if n_rb > 1 else 1)
     cdef Py_ssize_t n_units = groups * n_rb * n_slots
-    cdef bint narrow = _narrow_patches(cg, kw)
+    cdef bint narrow = _narrow_patches(cc, 1) if tap_blocks else _narrow_patches(cg, kw)
     cdef Py_ssize_t[::1] row_off = np.arange(kh, dtype=np.intp) * dil_h - pad_top
     cdef Py_ssize_t[::1] col_off = np.arange(kw, dtype=np.intp) * dil_w - pad_left
     cdef const floating* xp = &x[0, 0, 0, 0]
@@ -354,7 +368,7 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
         partial = <floating*>_workspace(n_slots * w_size * sizeof(floating))
         if partial == NULL:
             raise MemoryError("fastconv: could not allocate filter-gradient partial sums")
-    cdef Py_ssize_t unit, g, blk, u0, nu, rows, s, r, r0, r1, n, t, p0, count
+    cdef Py_ssize_t unit, g, blk, u0, nu, v0, nv, c0, nc, rows, s, r, r0, r1, n, t, p0, count
     cdef floating* acc
     cdef const floating* dy
     cdef floating* work = NULL
@@ -374,11 +388,24 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
                     g = unit // (n_rb * n_slots)
                     blk = unit // n_slots % n_rb
                     s = unit % n_slots
-                    u0 = blk * rb
-                    nu = min(rb, kh - u0)
-                    rows = nu * kw * cg
+                    # the block: taps (u0.., v0..) x channels c0.. (dW's rows in order)
+                    if tap_blocks:
+                        u0 = blk // n_cc // kw
+                        v0 = blk // n_cc % kw
+                        c0 = blk % n_cc * cc
+                        nu = 1
+                        nv = 1
+                        nc = min(cc, cg - c0)
+                    else:
+                        u0 = blk * rb
+                        v0 = 0
+                        c0 = 0
+                        nu = min(rb, kh - u0)
+                        nv = kw
+                        nc = cg
+                    rows = nu * nv * nc
                     # this group's columns of the block's rows of slot s (row stride c_out)
-                    acc = partial + s * w_size + u0 * kw * cg * c_out + g * og
+                    acc = partial + s * w_size + ((u0 * kw + v0) * cg + c0) * c_out + g * og
                     for r in range(rows):
                         memset(acc + r * c_out, 0, og * sizeof(floating))
                     r0 = s * n_red // n_slots
@@ -390,18 +417,20 @@ def conv2d_grad_weight_nhwc(const floating[:, :, :, ::1] x,
                         count = min(tile, positions - p0)
                         dy = gp + (n * positions + p0) * c_out + g * og
                         if direct:
-                            gemm(TRANS, NO_TRANS, k_dim, og, count, <floating>1,
-                                 xp + (n * in_plane + p0) * c_in + g * cg, c_in,
+                            gemm(TRANS, NO_TRANS, rows, og, count, <floating>1,
+                                 xp + (n * in_plane + p0) * c_in + g * cg + c0, c_in,
                                  dy, c_out, <floating>1, acc, c_out)
                         elif narrow:
                             _pack_patches_nhwc_t(xp + n * in_plane * c_in, in_h, in_w, c_in,
-                                                 g * cg, cg, &row_off[u0], nu, &col_off[0], kw,
+                                                 g * cg + c0, nc, &row_off[u0], nu,
+                                                 &col_off[v0], nv,
                                                  stride_h, stride_w, out_w, p0, count, work)
                             gemm(NO_TRANS, NO_TRANS, rows, og, count, <floating>1,
                                  work, count, dy, c_out, <floating>1, acc, c_out)
                         else:
                             _pack_patches_nhwc(xp + n * in_plane * c_in, in_h, in_w, c_in,
-                                               g * cg, cg, &row_off[u0], nu, &col_off[0], kw,
+                                               g * cg + c0, nc, &row_off[u0], nu,
+                                               &col_off[v0], nv,
                                                stride_h, stride_w, out_w, p0, count, work)
                             gemm(TRANS, NO_TRANS, rows, og, count, <floating>1,
                                  work, rows, dy, c_out, <floating>1, acc, c_out)
