@@ -1491,11 +1491,11 @@ def test_gemm_split_rows_is_a_matmul(dtype, m, k, n, threads):
                                else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
-def _draw_depthwise(data, strides, dilations, max_width):
+def _draw_depthwise(data, strides, dilations, max_width, max_height=9):
     """A depthwise layer drawn by hypothesis: 1-3 channels, channel
     multiplier 1-2, kernels up to 4x4, paddings up to 3, the given
-    (row, column) stride and dilation strategies, planes up to 9 rows and
-    `max_width` columns that the kernel fits: float64 (x, w, b, hyper), and
+    (row, column) stride and dilation strategies, planes up to `max_height`
+    rows and `max_width` columns that the kernel fits: float64 (x, w, b, hyper), and
     the generator for the test's other arrays."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     c, mult = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
@@ -1503,7 +1503,7 @@ def _draw_depthwise(data, strides, dilations, max_width):
     stride = tuple(data.draw(axis) for axis in strides)
     dil = tuple(data.draw(axis) for axis in dilations)
     pad = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
-    h = data.draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 9))
+    h = data.draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), max_height))
     w_ = data.draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), max_width))
     x = rng.standard_normal((2, c, h, w_))
     w = rng.standard_normal((c * mult, 1, kh, kw))
@@ -1525,8 +1525,9 @@ def bounded_depthwise():
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_depthwise_bounded_path_matches_oracle(bounded_depthwise, data):
-    """Depthwise forward (and the stride-1 input gradient built on it) without
-    the padded copy agree with the oracles."""
+    """Depthwise forward (and the stride-1 input gradient built on it) and
+    the filter gradient without the padded copies (the row-by-row loops)
+    agree with the oracles."""
     x, w, b, hyper, rng = _draw_depthwise(data, (st.integers(1, 2), st.integers(1, 2)),
                                           (st.integers(1, 2), st.integers(1, 2)), max_width=9)
     y = fastconv.conv2d(x, w, b, **hyper)
@@ -1534,6 +1535,28 @@ def test_depthwise_bounded_path_matches_oracle(bounded_depthwise, data):
     g = rng.standard_normal(y.shape)
     assert_close(fastconv.conv2d_grad_input(g, w, x.shape, **hyper),
                  ref.conv2d_grad_input(g, w, x.shape, **hyper), np.float64)
+    assert_close(fastconv.conv2d_grad_weight(x, g, w.shape, **hyper),
+                 ref.conv2d_grad_weight(x, g, w.shape, **hyper), np.float64)
+
+
+@settings(max_examples=80, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_depthwise_grad_weight_phase_planes_match_oracle(data, n_threads):
+    """The depthwise filter gradient reads each tap from one phase plane of
+    the padded input (the taps' residues modulo the stride, shifted by the
+    quotients): strides 1-4 and dilations 1-3 per axis, so that some
+    residues repeat (dilation 2, stride 2: one phase), some come out of
+    order (dilation 2, stride 3: 0, 2, 1) and some phases are never read;
+    both dtypes, against the oracle."""
+    x, w, b, hyper, rng = _draw_depthwise(data, (st.integers(1, 4), st.integers(1, 4)),
+                                          (st.integers(1, 3), st.integers(1, 3)),
+                                          max_width=12, max_height=12)
+    g = rng.standard_normal(ref.conv2d(x, w, b, **hyper).shape)
+    want = ref.conv2d_grad_weight(x, g, w.shape, **hyper)
+    for dtype in DTYPES:
+        assert_close(fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w.shape,
+                                                 **hyper), want, dtype)
 
 
 @settings(max_examples=60, deadline=None, database=None,
@@ -1602,10 +1625,11 @@ def test_depthwise_grad_weight_non_finite_input(dtype, bad):
                                    dict(padding=40)], ids=["strided", "strided-dilated", "huge-pad"])
 def test_depthwise_grad_weight_rows_multiply_non_finite_sensitivities_by_the_padding(
         bad, where, hyper, n_threads):
-    """The row-by-row depthwise filter gradient (strides > 1, paddings too
-    large to copy) adds ``dY * 0`` for each tap in the zero padding, as the
-    textbook does: an inf/NaN sensitivity at the border gives NaN taps
-    exactly where the oracle's are, an inner one stays an inf."""
+    """The depthwise filter gradient adds ``dY * 0`` for each tap in the zero
+    padding, as the textbook does, on its phase planes (strided) and in the
+    row-by-row loop (paddings too large to copy): an inf/NaN sensitivity at
+    the border gives NaN taps exactly where the oracle's are, an inner one
+    stays an inf."""
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 3, 7, 6))
     w_shape = (3, 1, 3, 3)

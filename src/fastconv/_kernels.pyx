@@ -1917,22 +1917,38 @@ def _padded_extent(out, stride, k, dil):
     return (int(out) - 1) * int(stride) + (int(k) - 1) * int(dil) + 1
 
 
-cdef inline void _pad_plane(const floating* src, Py_ssize_t in_h, Py_ssize_t in_w,
-                            Py_ssize_t pad_top, Py_ssize_t pad_left,
-                            floating* dst, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
-    """Copy src into the interior of dst (rows x cols) at (pad_top,
-    pad_left); negative paddings crop.  Only the interior is written: the
-    caller zeroes dst once, and since every plane of a call has the same
-    geometry, its border stays zero from plane to plane."""
-    cdef Py_ssize_t r, i, c0, c1
-    c0 = min(cols, max(0, pad_left))                  # first column holding input
-    c1 = max(c0, min(cols, in_w + pad_left))          # one past the last
-    if c1 == c0:
+cdef inline void _phase_plane(const floating* src, Py_ssize_t in_h, Py_ssize_t in_w,
+                              Py_ssize_t step_h, Py_ssize_t step_w,
+                              Py_ssize_t top, Py_ssize_t left,
+                              floating* dst, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """``dst[i, j] = src[i*step_h - top, j*step_w - left]`` (rows x cols)
+    where that lies inside src.  With steps of 1 this is src zero-padded by
+    (top, left) (negative values crop); with a stride it is one phase of
+    the padded plane.  Only those elements are written: the caller zeroes
+    dst once, and since every plane of a call has the same geometry, the
+    rest stays zero from plane to plane."""
+    cdef Py_ssize_t i, j, i0, i1, j0, j1
+    cdef const floating* row
+    cdef floating* out
+    i0 = min(rows, max(0, _ceil_div(top, step_h)))             # first row inside src
+    i1 = max(i0, min(rows, _floor_div(in_h - 1 + top, step_h) + 1))
+    j0 = min(cols, max(0, _ceil_div(left, step_w)))
+    j1 = max(j0, min(cols, _floor_div(in_w - 1 + left, step_w) + 1))
+    if j1 == j0:
         return
-    for r in range(max(0, pad_top), min(rows, in_h + pad_top)):
-        i = r - pad_top
-        fc_copy_row(dst + r * cols + c0, src + i * in_w + (c0 - pad_left),
-                    (c1 - c0) * sizeof(floating))
+    for i in range(i0, i1):
+        row = src + (i * step_h - top) * in_w + (j0 * step_w - left)
+        out = dst + i * cols + j0
+        if step_w == 1:
+            fc_copy_row(out, row, (j1 - j0) * sizeof(floating))
+        elif step_w == 2:
+            if floating is float:
+                fc_gather_even_f32(out, row, j1 - j0)
+            else:
+                fc_gather_even_f64(out, row, j1 - j0)
+        else:
+            for j in range(j1 - j0):
+                out[j] = row[j * step_w]
 
 
 def depthwise_forward(const floating[:, :, :, ::1] x,
@@ -2011,8 +2027,8 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
                 n = item // c_out
                 o = item % c_out
                 c = n * c_in + o // og
-                _pad_plane(xp + c * in_plane, in_h, in_w, pad_top, pad_left,
-                           padded, rows, cols)
+                _phase_plane(xp + c * in_plane, in_h, in_w, 1, 1, pad_top, pad_left,
+                             padded, rows, cols)
                 b0 = bp[o] if has_bias else 0
                 if split:
                     even = padded + rows * cols
@@ -2263,18 +2279,26 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     """Filter gradient for C_in/groups == 1: one item per output channel.
 
     Rows are short (often 28 or 56), so a dot product per (tap, row) is
-    mostly loop overhead.  With stride 1, each plane is copied into a
-    zero-padded buffer of row pitch ``P = Wo + (kw-1)*dw`` and ``dY`` into
-    one of the same pitch with zero tails; a tap's gradient is then ONE dot
-    product over the whole plane, the tails contributing exact zeros.  That
-    holds only for finite inputs (0 * inf is NaN), so a plane holding an
-    inf or NaN is summed row by row instead, over real columns only.  Each
-    tap's per-image dots are added in float64 in image order.
+    mostly loop overhead.  Instead each input plane is copied into the
+    phase planes of its zero-padded self, ``P[a, b][i, j] = x_pad[i*sh + a,
+    j*sw + b]`` for the residues (a, b) that the taps' offsets ``(u*dh,
+    v*dw)`` leave modulo the stride (one plane, the padded input itself,
+    for stride 1), all of row pitch ``P = Wo + max_v (v*dw) // sw``, and
+    ``dY`` into a buffer of the same pitch with zero tails.  Tap (u, v)
+    reads ``P[u*dh % sh, v*dw % sw]`` shifted by ``(u*dh // sh, v*dw //
+    sw)``, so its gradient is ONE dot product over the whole plane, the
+    tails contributing exact zeros.  That holds only for finite inputs
+    (0 * inf is NaN), so a plane holding an inf or NaN is summed row by row
+    instead, over real columns only.  Each tap's per-image dots are added
+    in float64 in image order.  Against a dot per tap and row (on
+    even/odd-column split planes), 8 x 64 x 56 x 56 with stride 2, 2
+    threads: 3x3 0.89-0.91 -> 0.38-0.41 ms (float32), 0.86-0.87 -> 0.63-0.65
+    (float64); 5x5 2.2-2.3 -> 0.60-0.62, 2.0 -> 1.02-1.07.
 
-    The padded planes multiply every zero of the padding as the textbook
-    does, so a non-finite dY gives the textbook's NaNs; so do the row-by-row
-    loops used otherwise (stride > 1, huge planes), with a multiply by zero
-    for each term whose tap lies in the padding.
+    The phase planes multiply every zero of the padding as the textbook
+    does, so a non-finite dY gives the textbook's NaNs; so does the
+    row-by-row loop used for paddings too large to copy, with a multiply
+    by zero for each term whose tap lies in the padding.
     """
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
@@ -2282,62 +2306,122 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t og = c_out // groups
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
     cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
+    # the phase planes' sizes (the number of phases at most min(stride, k)
+    # per axis), in Python integers: hyper-parameters near 2**62 would wrap
+    # a C product
+    n_rows = int(out_h) + (int(kh) - 1) * int(dil_h) // int(stride_h)
+    n_pitch = int(out_w) + (int(kw) - 1) * int(dil_w) // int(stride_w)
+    most_phases = min(int(stride_h), int(kh)) * min(int(stride_w), int(kw))
     limit = 4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
-    n_rows = _padded_extent(out_h, 1, kh, dil_h)
-    n_pitch = _padded_extent(out_w, 1, kw, dil_w)
-    if stride_h != 1 or stride_w != 1 or n_rows * n_pitch > limit:
+    if most_phases * n_rows * n_pitch > limit:
         _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w,
                                     pad_top, pad_left, dil_h, dil_w, groups, n_threads)
         return
     cdef Py_ssize_t rows = n_rows
     cdef Py_ssize_t pitch = n_pitch
+    cdef Py_ssize_t plane = rows * pitch
+    # per axis: each tap's phase plane and shift in it, and the residues
+    cdef Py_ssize_t* tables = <Py_ssize_t*>malloc(3 * (kh + kw) * sizeof(Py_ssize_t))
+    if tables == NULL:
+        raise MemoryError("fastconv: could not allocate the depthwise tap tables")
+    cdef Py_ssize_t* row_phase = tables
+    cdef Py_ssize_t* row_shift = row_phase + kh
+    cdef Py_ssize_t* row_res = row_shift + kh
+    cdef Py_ssize_t* col_phase = row_res + kh
+    cdef Py_ssize_t* col_shift = col_phase + kw
+    cdef Py_ssize_t* col_res = col_shift + kw
+    cdef Py_ssize_t n_row_ph = _tap_phases(kh, dil_h, stride_h, row_phase, row_shift, row_res)
+    cdef Py_ssize_t n_col_ph = _tap_phases(kw, dil_w, stride_w, col_phase, col_shift, col_res)
+    cdef Py_ssize_t n_planes = n_row_ph * n_col_ph
     cdef floating* dwp = &grad_weight[0, 0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef Py_ssize_t o, n, p, u, v, t, length = (out_h - 1) * pitch + out_w
+    cdef Py_ssize_t o, n, p, t, u, v, f, length = (out_h - 1) * pitch + out_w
     cdef double* work = NULL
-    cdef floating* xpad
+    cdef floating* phases
     cdef floating* gpad
     cdef double* acc
     cdef const floating* xt
+    cdef const floating* src
     cdef bint finite
     cdef int status = STATUS_OK
     cdef int* status_p = &status
     with nogil, parallel(num_threads=n_threads):
-        # per thread: float64 tap sums | padded x plane | padded dY plane
+        # per thread: float64 tap sums | phase planes | padded dY plane
         # (the doubles first, where malloc's alignment holds)
         work = <double*>_workspace(taps * sizeof(double)
-                               + (rows + out_h) * pitch * sizeof(floating))
+                               + (n_planes * plane + out_h * pitch) * sizeof(floating))
         if work == NULL:
             status_p[0] = STATUS_NO_MEMORY
         else:       # the planes' zero borders and dY's zero tails, once
-            memset(work + taps, 0, (rows + out_h) * pitch * sizeof(floating))
+            memset(work + taps, 0, (n_planes * plane + out_h * pitch) * sizeof(floating))
         for o in prange(c_out, schedule="static"):
             if work != NULL:
                 acc = work
-                xpad = <floating*>(work + taps)
-                gpad = xpad + rows * pitch
+                phases = <floating*>(work + taps)
+                gpad = phases + n_planes * plane
                 for t in range(taps):
                     acc[t] = 0
                 for n in range(n_img):
-                    _pad_plane(xp + (n * c_in + o // og) * in_plane, in_h, in_w,
-                               pad_top, pad_left, xpad, rows, pitch)
-                    _pad_plane(gp + (n * c_out + o) * out_plane, out_h, out_w, 0, 0,
-                               gpad, out_h, pitch)
-                    finite = _all_finite(xpad, rows * pitch)
+                    src = xp + (n * c_in + o // og) * in_plane
+                    for f in range(n_planes):
+                        _phase_plane(src, in_h, in_w, stride_h, stride_w,
+                                     pad_top - row_res[f // n_col_ph],
+                                     pad_left - col_res[f % n_col_ph],
+                                     phases + f * plane, rows, pitch)
+                    _phase_plane(gp + (n * c_out + o) * out_plane, out_h, out_w, 1, 1, 0, 0,
+                                 gpad, out_h, pitch)
+                    finite = _all_finite(phases, n_planes * plane)
                     for u in range(kh):
                         for v in range(kw):
-                            xt = xpad + u * dil_h * pitch + v * dil_w
+                            t = u * kw + v
+                            xt = (phases + (row_phase[u] * n_col_ph + col_phase[v]) * plane
+                                  + row_shift[u] * pitch + col_shift[v])
                             if finite:
-                                acc[u * kw + v] += _dot(gpad, xt, 1, length)
+                                acc[t] += _dot(gpad, xt, 1, length)
                             else:
                                 for p in range(out_h):
-                                    acc[u * kw + v] += _dot(gpad + p * pitch, xt + p * pitch,
-                                                            1, out_w)
+                                    acc[t] += _dot(gpad + p * pitch, xt + p * pitch, 1, out_w)
                 for t in range(taps):
                     dwp[o * taps + t] = <floating>acc[t]
         free(work)
+    free(tables)
     _raise_for_status(status)
+
+
+cdef Py_ssize_t _tap_phases(Py_ssize_t k, Py_ssize_t dil, Py_ssize_t stride,
+                            Py_ssize_t* phase, Py_ssize_t* shift,
+                            Py_ssize_t* residues) noexcept nogil:
+    """Split the taps' offsets ``u*dil`` (u < k) by ``stride``: ``shift[u] =
+    u*dil // stride``; the distinct residues ``u*dil % stride`` go to
+    ``residues`` in ascending order, and ``phase[u]`` is the index of u's
+    there.  Returns the number of distinct residues.  Stepped from tap to
+    tap, so no product ``u*dil`` is formed (it could wrap)."""
+    cdef Py_ssize_t u, i, j, n = 0, r = 0, q = 0
+    cdef Py_ssize_t step_r = dil % stride, step_q = dil // stride
+    for u in range(k):
+        if u > 0:
+            r += step_r
+            q += step_q
+            if r >= stride:
+                r -= stride
+                q += 1
+        shift[u] = q
+        phase[u] = r                # (the residue, for now)
+        i = 0
+        while i < n and residues[i] < r:
+            i += 1
+        if i == n or residues[i] != r:
+            for j in range(n, i, -1):
+                residues[j] = residues[j - 1]
+            residues[i] = r
+            n += 1
+    for u in range(k):
+        i = 0
+        while residues[i] != phase[u]:
+            i += 1
+        phase[u] = i
+    return n
 
 
 cdef inline bint _all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
@@ -2403,7 +2487,7 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
                           Py_ssize_t groups, int n_threads):
     """``depthwise_grad_weight`` one row at a time: one item per output
     channel, each tap a float64 sum of per-row dot products over images and
-    rows in order.  For strides > 1 and paddings too large to copy.  Taps
+    rows in order.  For paddings and dilations too large to copy.  Taps
     in the zero padding add ``dY * 0`` (``_times_padding``), as the textbook
     does, so an inf or NaN sensitivity gives its NaNs here too."""
     cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
@@ -2420,10 +2504,6 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
     cdef const floating* grow
     cdef const floating* srow
     cdef double acc
-    if stride_w == 2:
-        _depthwise_grad_weight_rows_s2(x, grad_out, grad_weight, stride_h, pad_top, pad_left,
-                                       dil_h, dil_w, groups, n_threads)
-        return
     with nogil:
         for o in prange(c_out, schedule="static", num_threads=n_threads):
             for u in range(kh):
@@ -2445,83 +2525,6 @@ def _depthwise_grad_weight_rows(const floating[:, :, :, ::1] x,
                             acc = acc + (_times_padding(grow, 0, cols.lo)
                                          + _times_padding(grow, cols.hi, out_w))
                     dwp[o * taps + u * kw + v] = <floating>acc
-
-
-def _depthwise_grad_weight_rows_s2(const floating[:, :, :, ::1] x,
-                                   const floating[:, :, :, ::1] grad_out,
-                                   floating[:, :, :, ::1] grad_weight,
-                                   Py_ssize_t stride_h, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                                   Py_ssize_t dil_h, Py_ssize_t dil_w,
-                                   Py_ssize_t groups, int n_threads):
-    """``_depthwise_grad_weight_rows`` for a column stride of 2: each input
-    plane split into its even and odd columns (a per-thread scratch plane,
-    once per output channel and image), so that every tap's row is a
-    unit-stride dot product there instead of one over every other element,
-    which does not vectorize.  Each tap's float64 sum takes the same terms in the same order (images,
-    then rows), so the result has the same bits.  8 x 64 x 56 x 56, 3x3,
-    2 threads: 1.23-1.29 -> 0.91-0.94 ms in float32, 1.10-1.17 -> 0.88-0.92
-    in float64."""
-    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
-    cdef Py_ssize_t c_out = grad_weight.shape[0], kh = grad_weight.shape[2]
-    cdef Py_ssize_t kw = grad_weight.shape[3], taps = kh * kw
-    cdef Py_ssize_t og = c_out // groups
-    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
-    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
-    cdef Py_ssize_t w_even = (in_w + 1) // 2, w_odd = in_w // 2
-    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
-    cdef Py_ssize_t o, n, p, u, v, t, ii, co, rj, shift
-    cdef Span cols
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef const floating* grow
-    cdef const floating* srow
-    cdef double* work = NULL
-    cdef double* acc
-    cdef floating* even
-    cdef floating* odd
-    cdef int status = STATUS_OK
-    cdef int* status_p = &status
-    with nogil, parallel(num_threads=n_threads):
-        # per thread: the taps' float64 sums, then the split plane (the
-        # doubles first, where malloc's alignment holds)
-        work = <double*>_workspace(taps * sizeof(double) + in_plane * sizeof(floating))
-        if work == NULL:
-            status_p[0] = STATUS_NO_MEMORY
-        for o in prange(c_out, schedule="static"):
-            if work != NULL:
-                acc = work
-                even = <floating*>(work + taps)
-                odd = even + in_h * w_even
-                for t in range(taps):
-                    acc[t] = 0
-                for n in range(n_img):
-                    for ii in range(in_h):
-                        _deinterleave(xp + (n * c_in + o // og) * in_plane + ii * in_w,
-                                      even + ii * w_even, odd + ii * w_odd, w_odd,
-                                      in_w % 2 == 1)
-                    for u in range(kh):
-                        for v in range(kw):
-                            co = v * dil_w - pad_left
-                            cols = _tap_range(co, 2, in_w, out_w)
-                            rj = _floor_mod(co, 2)
-                            shift = (co - rj) // 2
-                            for p in range(out_h):
-                                ii = p * stride_h + u * dil_h - pad_top
-                                grow = gp + (n * c_out + o) * out_plane + p * out_w
-                                if ii < 0 or ii >= in_h:
-                                    acc[u * kw + v] += _times_padding(grow, 0, out_w)
-                                    continue
-                                srow = (even + ii * w_even if rj == 0 else odd + ii * w_odd)
-                                if cols.hi > cols.lo:
-                                    acc[u * kw + v] += _dot(grow + cols.lo,
-                                                            srow + cols.lo + shift, 1,
-                                                            cols.hi - cols.lo)
-                                acc[u * kw + v] += (_times_padding(grow, 0, cols.lo)
-                                                    + _times_padding(grow, cols.hi, out_w))
-                for t in range(taps):
-                    dwp[o * taps + t] = <floating>acc[t]
-        free(work)
-    _raise_for_status(status)
 
 
 cdef inline Span _inner_columns(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad,
