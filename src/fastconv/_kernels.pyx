@@ -112,6 +112,10 @@ cdef Py_ssize_t SLOT_BYTES_BUDGET = 64 * 1024 * 1024
 # dW^T = patches x dY^T (see conv2d_grad_weight); tests switch it off to
 # check the plain orientation.
 cdef bint GW_TRANSPOSE_F32 = True
+# The direct (dot product) filter gradient pads this many bytes of images at
+# a time (at least one image), so that every block of the sums finds them
+# in L2 (see conv2d_grad_weight_direct).
+cdef Py_ssize_t DIRECT_GW_CHUNK_BYTES = 1 << 20
 
 
 # Planes with more elements than this take the element-wise max-pool loop
@@ -223,7 +227,7 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             stream_min_bytes=None, scatter_position_major=None,
             scatter_stage_bytes=None, gw_block_bytes_f32=None, gw_block_bytes_f64=None,
             winograd_shared_sums_bytes=None, gw_row_block_bytes=None,
-            gw_block_from_bytes_f32=None):
+            gw_block_from_bytes_f32=None, direct_gw_chunk_bytes=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
@@ -232,6 +236,9 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     global GW_TILE_BYTES, GW_MIN_TILE, STREAM_MIN_BYTES, SCATTER_POSITION_MAJOR
     global SCATTER_STAGE_BYTES, GW_BLOCK_BYTES_F32, GW_BLOCK_BYTES_F64
     global WINOGRAD_SHARED_SUMS_BYTES, GW_ROW_BLOCK_BYTES, GW_BLOCK_FROM_BYTES_F32
+    global DIRECT_GW_CHUNK_BYTES
+    if direct_gw_chunk_bytes is not None:
+        DIRECT_GW_CHUNK_BYTES = direct_gw_chunk_bytes
     if gw_block_from_bytes_f32 is not None:
         GW_BLOCK_FROM_BYTES_F32 = gw_block_from_bytes_f32
     if gw_row_block_bytes is not None:
@@ -300,7 +307,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 gw_block_bytes_f32=GW_BLOCK_BYTES_F32, gw_block_bytes_f64=GW_BLOCK_BYTES_F64,
                 winograd_shared_sums_bytes=WINOGRAD_SHARED_SUMS_BYTES,
                 gw_row_block_bytes=GW_ROW_BLOCK_BYTES,
-                gw_block_from_bytes_f32=GW_BLOCK_FROM_BYTES_F32)
+                gw_block_from_bytes_f32=GW_BLOCK_FROM_BYTES_F32,
+                direct_gw_chunk_bytes=DIRECT_GW_CHUNK_BYTES)
 
 
 def _raise_for_status(int status):
@@ -1240,6 +1248,155 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
         if own_slots:
             free(partial)
     _raise_for_status(status)
+
+
+cdef extern from "_gradw_avx512.h" nogil:
+    int FC_GRADW_MR, FC_GRADW_NR
+    int fc_gradw_avx512_cpu()
+    void fc_gradw_block_s(const float* g, Py_ssize_t g_row, Py_ssize_t g_img,
+                          const float* x0, const float* x1, const float* x2, const float* x3,
+                          Py_ssize_t x_img, Py_ssize_t n_img, Py_ssize_t k_len,
+                          int mr, int nr, float* out, Py_ssize_t ld_out, int accumulate)
+    void fc_gradw_block_d(const double* g, Py_ssize_t g_row, Py_ssize_t g_img,
+                          const double* x0, const double* x1, const double* x2,
+                          const double* x3, Py_ssize_t x_img, Py_ssize_t n_img,
+                          Py_ssize_t k_len, int mr, int nr, double* out, Py_ssize_t ld_out,
+                          int accumulate)
+
+cdef bint DIRECT_GW_CPU = fc_gradw_avx512_cpu()
+
+
+cdef inline const floating* _tap_row(const floating* planes, Py_ssize_t j, Py_ssize_t j_dim,
+                                     Py_ssize_t c0, Py_ssize_t taps, Py_ssize_t kw,
+                                     Py_ssize_t plane, Py_ssize_t row_step,
+                                     Py_ssize_t col_step) noexcept nogil:
+    """Where row j = (channel, tap) of the direct filter gradient starts:
+    the channel's padded plane (channels from c0 on) shifted by the tap;
+    rows past the last (j >= j_dim) repeat the last."""
+    cdef Py_ssize_t r
+    j = min(j, j_dim - 1)
+    r = j % taps
+    return planes + (c0 + j // taps) * plane + r // kw * row_step + r % kw * col_step
+
+
+def direct_grad_weight_available():
+    """Whether ``conv2d_grad_weight_direct`` can run here (AVX-512)."""
+    return bool(DIRECT_GW_CPU)
+
+
+def conv2d_grad_weight_direct(const floating[:, :, :, ::1] x,
+                              const floating[:, :, :, ::1] grad_out,
+                              floating[:, :, :, ::1] grad_weight,
+                              Py_ssize_t pad_top, Py_ssize_t pad_left,
+                              Py_ssize_t dil_h, Py_ssize_t dil_w,
+                              Py_ssize_t groups, int n_threads):
+    """Stride-1 filter gradient as dot products of shifted planes, without
+    im2col.  Returns False, having written ``grad_weight`` partly or not at
+    all, where it cannot run: a CPU without AVX-512, a plane too large to
+    pad, or an input value that is not finite (the caller then takes
+    ``conv2d_grad_weight``).
+
+    With the sensitivity map ``dY`` copied into rows of pitch ``P = Wo +
+    (kw-1)*dw`` (zeros beyond column Wo) and each input plane zero-padded
+    to that pitch, ``dW[o, c, u, v]`` is the dot product of plane ``dY_o``
+    with plane ``X_c`` shifted by ``u*dh*P + v*dw`` (``_gradw_avx512.h``:
+    blocks of 4 filters x 4 (channel, tap) rows, both read in place).  The
+    zero columns of dY meet input values, so this holds for finite inputs
+    only (0 * inf is NaN); the padding copy checks them.
+
+    Images are padded a chunk at a time (``DIRECT_GW_CHUNK_BYTES``, in
+    parallel), then the blocks are shared out among the threads; each block
+    sums its chunk's images in order and adds the chunk's sums to dW in
+    chunk order.  Chunks and blocks depend on the shape only, so the result
+    is the same bit for bit for any thread count.
+    """
+    if not DIRECT_GW_CPU:
+        return False
+    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1], in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t c_out = grad_weight.shape[0], cg = grad_weight.shape[1]
+    cdef Py_ssize_t kh = grad_weight.shape[2], kw = grad_weight.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t og = c_out // groups, taps = kh * kw, j_dim = cg * taps
+    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
+    cdef Py_ssize_t lanes = 64 // sizeof(floating)
+    # the padded planes' sizes, in Python integers (a huge padding or
+    # dilation would wrap a C product): no larger than the depthwise kernel's
+    n_pitch = int(out_w) + (int(kw) - 1) * int(dil_w)
+    n_rows = int(out_h) + (int(kh) - 1) * int(dil_h)
+    if n_rows * n_pitch > 4 * in_plane + 4096:
+        return False
+    cdef Py_ssize_t pitch = n_pitch, rows = n_rows
+    # dY planes: k_len elements (whole vectors); input planes: room for the
+    # last tap's last vector read past its rows
+    cdef Py_ssize_t k_len = _ceil_div(out_h * pitch, lanes) * lanes
+    cdef Py_ssize_t x_plane = _ceil_div(rows * pitch + lanes, lanes) * lanes
+    cdef Py_ssize_t g_plane = k_len
+    cdef Py_ssize_t image_elems = c_in * x_plane + c_out * g_plane
+    cdef Py_ssize_t chunk = max(1, min(n_img, DIRECT_GW_CHUNK_BYTES
+                                        // (image_elems * <Py_ssize_t>sizeof(floating))))
+    cdef Py_ssize_t n_chunks = _ceil_div(n_img, chunk)
+    cdef Py_ssize_t n_ob = _ceil_div(og, FC_GRADW_MR), n_jb = _ceil_div(j_dim, FC_GRADW_NR)
+    cdef Py_ssize_t n_blocks = groups * n_ob * n_jb
+    cdef void* raw = _workspace(chunk * image_elems * sizeof(floating) + 64)
+    if raw == NULL:
+        raise MemoryError("fastconv: could not allocate the filter gradient's padded planes")
+    cdef floating* xbuf = <floating*>_align64(raw)
+    cdef floating* gbuf = xbuf + chunk * c_in * x_plane
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
+    cdef Py_ssize_t ch, n0, nc, item, i, c, blk, g, o0, j0
+    cdef int mr, nr
+    cdef int bad = 0
+    cdef const floating* x0
+    cdef const floating* x1
+    cdef const floating* x2
+    cdef const floating* x3
+    with nogil:
+        # zero borders and tails, once: every chunk has the same geometry
+        memset(xbuf, 0, chunk * image_elems * sizeof(floating))
+        for ch in range(n_chunks):
+            n0 = ch * chunk
+            nc = min(chunk, n_img - n0)
+            for item in prange(nc * (c_in + c_out), schedule="static", num_threads=n_threads):
+                if item < nc * c_in:
+                    i = item // c_in
+                    c = item % c_in
+                    _phase_plane(xp + ((n0 + i) * c_in + c) * in_plane, in_h, in_w, 1, 1,
+                                 pad_top, pad_left, xbuf + item * x_plane, rows, pitch)
+                    if not _all_finite(xbuf + item * x_plane, rows * pitch):
+                        bad += 1
+                else:
+                    i = (item - nc * c_in) // c_out
+                    c = (item - nc * c_in) % c_out
+                    _phase_plane(gp + ((n0 + i) * c_out + c) * out_plane, out_h, out_w, 1, 1,
+                                 0, 0, gbuf + (item - nc * c_in) * g_plane, out_h, pitch)
+            if bad:
+                break
+            for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
+                g = blk // (n_ob * n_jb)
+                o0 = g * og + blk // n_jb % n_ob * FC_GRADW_MR
+                j0 = blk % n_jb * FC_GRADW_NR
+                mr = <int>min(<Py_ssize_t>FC_GRADW_MR, g * og + og - o0)
+                nr = <int>min(<Py_ssize_t>FC_GRADW_NR, j_dim - j0)
+                # the block's (channel, tap) rows, the last one repeated
+                x0 = _tap_row(xbuf, j0, j_dim, g * cg, taps, kw, x_plane, dil_h * pitch, dil_w)
+                x1 = _tap_row(xbuf, j0 + 1, j_dim, g * cg, taps, kw, x_plane, dil_h * pitch,
+                              dil_w)
+                x2 = _tap_row(xbuf, j0 + 2, j_dim, g * cg, taps, kw, x_plane, dil_h * pitch,
+                              dil_w)
+                x3 = _tap_row(xbuf, j0 + 3, j_dim, g * cg, taps, kw, x_plane, dil_h * pitch,
+                              dil_w)
+                if floating is float:
+                    fc_gradw_block_s(gbuf + o0 * g_plane, g_plane, c_out * g_plane,
+                                     x0, x1, x2, x3, c_in * x_plane, nc, k_len, mr, nr,
+                                     dwp + o0 * j_dim + j0, j_dim, ch > 0)
+                else:
+                    fc_gradw_block_d(gbuf + o0 * g_plane, g_plane, c_out * g_plane,
+                                     x0, x1, x2, x3, c_in * x_plane, nc, k_len, mr, nr,
+                                     dwp + o0 * j_dim + j0, j_dim, ch > 0)
+    free(raw)
+    return bad == 0
 
 
 # --- conv2d bias gradient ----------------------------------------------------
