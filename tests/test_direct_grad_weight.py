@@ -143,20 +143,39 @@ def test_non_finite_inputs_fall_back_to_the_textbook_sums(direct_calls, chunks, 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
-@pytest.mark.parametrize("where", [(0, 0, 0, 0), (1, 4, 3, 2), (1, 4, 6, 6)],
-                         ids=["corner", "inner", "far-corner"])
-def test_non_finite_sensitivities_give_the_textbook_nans(direct_calls, bad, where):
+@pytest.mark.parametrize("x_shape, w_shape, hyper, where", [
+    ((2, 3, 7, 7), (5, 3, 3, 3), dict(padding=1), (0, 0, 0, 0)),
+    ((2, 3, 7, 7), (5, 3, 3, 3), dict(padding=1), (1, 4, 3, 2)),
+    ((2, 3, 7, 7), (5, 3, 3, 3), dict(padding=1), (1, 4, 6, 6)),
+    # the last tap reads furthest past its plane's rows: from the last input
+    # plane of a chunk that would be dY's first values, here an inf
+    ((2, 1, 5, 20), (8, 1, 7, 7), dict(padding=3), (0, 0, 0, 0)),
+    ((1, 1, 8, 7), (2, 1, 2, 3), dict(padding=0), (0, 0, 0, 0)),
+    ((3, 2, 9, 9), (4, 2, 3, 3), dict(padding=3, dilation=3), (0, 0, 0, 0)),
+], ids=["corner", "inner", "far-corner", "7x7", "2x3", "dilated"])
+def test_non_finite_sensitivities_give_the_textbook_nans(direct_calls, chunks, bad, x_shape,
+                                                         w_shape, hyper, where):
     """A non-finite dY meets the zero padding as in the textbook (its sums
-    include ``dY * 0``), never the zero columns the kernel adds to dY."""
-    x, g = _problem((2, 3, 7, 7), (5, 3, 3, 3), dict(padding=1), np.float64)
+    include ``dY * 0``), never the zero columns the kernel adds to dY, nor
+    does any tap read another plane."""
+    x, g = _problem(x_shape, w_shape, hyper, np.float64)
     g[where] = bad
-    expected = ref.conv2d_grad_weight(x, g, (5, 3, 3, 3), padding=1)
+    expected = ref.conv2d_grad_weight(x, g, w_shape, **hyper)
     del direct_calls[:]
     for dtype in DTYPES:
-        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), (5, 3, 3, 3),
-                                         padding=1)
+        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape, **hyper)
         assert_close(dw, expected, dtype)
     assert direct_calls == [True, True]
+
+
+def test_empty_shapes_write_zeros():
+    """Called directly on an empty batch, the kernel writes zeros (the API
+    returns before calling it)."""
+    x = np.ones((0, 2, 5, 5))
+    g = np.ones((0, 3, 5, 5))
+    dw = np.full((3, 2, 3, 3), np.nan)
+    assert kernels.conv2d_grad_weight_direct(x, g, dw, 1, 1, 1, 1, 1, 1)
+    assert not dw.any()
 
 
 def test_workspace_failure_is_a_memory_error(direct_calls):

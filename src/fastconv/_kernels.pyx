@@ -1326,10 +1326,15 @@ def conv2d_grad_weight_direct(const floating[:, :, :, ::1] x,
     if n_rows * n_pitch > 4 * in_plane + 4096:
         return False
     cdef Py_ssize_t pitch = n_pitch, rows = n_rows
-    # dY planes: k_len elements (whole vectors); input planes: room for the
-    # last tap's last vector read past its rows
+    if n_img == 0 or out_h * out_w == 0 or c_out * j_dim == 0:
+        grad_weight[:, :, :, :] = 0      # (the API never calls it so)
+        return True
+    # dY planes: k_len elements (whole vectors); input planes: zeros after
+    # their rows up to the end of the last tap's k_len elements (each plane
+    # to itself: the plane after it, or dY, must not be read)
     cdef Py_ssize_t k_len = _ceil_div(out_h * pitch, lanes) * lanes
-    cdef Py_ssize_t x_plane = _ceil_div(rows * pitch + lanes, lanes) * lanes
+    cdef Py_ssize_t x_plane = _ceil_div((kh - 1) * dil_h * pitch + (kw - 1) * dil_w + k_len,
+                                        lanes) * lanes
     cdef Py_ssize_t g_plane = k_len
     cdef Py_ssize_t image_elems = c_in * x_plane + c_out * g_plane
     cdef Py_ssize_t chunk = max(1, min(n_img, DIRECT_GW_CHUNK_BYTES

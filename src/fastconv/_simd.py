@@ -10,6 +10,11 @@ changes speed, never results.  The levels, best last:
 - ``avx512``: the AVX2 build with its AVX-512 max-pooling rows switched on
   (``_pool_avx2.h``; the same bits), on CPUs with AVX-512F.
 
+Two AVX-512 kernels are outside these levels: the own GEMM (``_blas.pyx``)
+and the direct filter gradient (``_gradw_avx512.h``) run wherever the CPU
+has AVX-512, in either build, so they too leave results independent of the
+level.
+
 ``FASTCONV_SIMD`` picks one: ``auto`` (the default) takes the best this CPU
 runs, ``baseline`` and ``avx2`` force those (the tests use them).
 ``FASTCONV_SIMD=avx2`` asks for the AVX2 build even if the CPU probe says no

@@ -680,9 +680,10 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     positions are evaluated by F(3x3, 2x2), in a fixed order (the same bits
     for any thread count), unless ``16 * C_out * C_in`` partial sums would
     exceed 128 MiB.  On AVX-512 CPUs, stride-1 layers with few filters per
-    group (at most 16, or 32 in float32) sum each weight as one dot
-    product of the padded input plane and the sensitivity map, without
-    im2col, also in a fixed order.
+    group (at most 16 with at least 32 input channels x taps, or in float32
+    at most 32 with at least 128) on output planes of at least 64
+    positions sum each weight as one dot product of the padded input plane
+    and the sensitivity map, without im2col, also in a fixed order.
     """
     fn = "conv2d_grad_weight"
     layout = _check_layout(layout, fn)
