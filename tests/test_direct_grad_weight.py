@@ -88,17 +88,23 @@ def _problem(x_shape, w_shape, hyper, dtype, seed=0):
     return x, g
 
 
+def _both_dtypes_match_oracle(calls, x, g, w_shape, hyper):
+    """The filter gradient of float64 x and g, computed in float32 and in
+    float64, against the oracle; returns the direct kernel's answers."""
+    expected = ref.conv2d_grad_weight(x, g, w_shape, **hyper)
+    del calls[:]
+    for dtype in DTYPES:
+        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape, **hyper)
+        assert_close(dw, expected, dtype)
+    return calls
+
+
 @SETTINGS
 @given(problem=stride1_problems(), seed=st.integers(0, 2**32 - 1))
 def test_matches_oracle(direct_calls, chunks, n_threads, problem, seed):
     x_shape, w_shape, hyper = problem
     x, g = _problem(x_shape, w_shape, hyper, np.float64, seed)
-    expected = ref.conv2d_grad_weight(x, g, w_shape, **hyper)
-    del direct_calls[:]
-    for dtype in DTYPES:
-        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape, **hyper)
-        assert_close(dw, expected, dtype)
-    assert direct_calls == [True, True]
+    assert _both_dtypes_match_oracle(direct_calls, x, g, w_shape, hyper) == [True, True]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -132,13 +138,8 @@ def test_non_finite_inputs_fall_back_to_the_textbook_sums(direct_calls, chunks, 
     the GEMM kernel sums as the textbook does."""
     x, g = _problem((2, 4, 7, 7), (5, 4, 3, 3), dict(padding=1), np.float64)
     x[where] = bad
-    expected = ref.conv2d_grad_weight(x, g, (5, 4, 3, 3), padding=1)
-    del direct_calls[:]
-    for dtype in DTYPES:
-        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), (5, 4, 3, 3),
-                                         padding=1)
-        assert_close(dw, expected, dtype)
-    assert direct_calls == [False, False]
+    assert _both_dtypes_match_oracle(direct_calls, x, g, (5, 4, 3, 3),
+                                     dict(padding=1)) == [False, False]
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -160,12 +161,7 @@ def test_non_finite_sensitivities_give_the_textbook_nans(direct_calls, chunks, b
     does any tap read another plane."""
     x, g = _problem(x_shape, w_shape, hyper, np.float64)
     g[where] = bad
-    expected = ref.conv2d_grad_weight(x, g, w_shape, **hyper)
-    del direct_calls[:]
-    for dtype in DTYPES:
-        dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype), w_shape, **hyper)
-        assert_close(dw, expected, dtype)
-    assert direct_calls == [True, True]
+    assert _both_dtypes_match_oracle(direct_calls, x, g, w_shape, hyper) == [True, True]
 
 
 def test_empty_shapes_write_zeros():
