@@ -706,6 +706,34 @@ def test_grad_weight_float32_blocks_from_size(dtype, n_threads):
         assert_close(result, want, dtype)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_grad_weight_reduction_slots_of_several_parts(dtype, layout, n_threads):
+    """The filter gradient's reduction slots each sum MIN_SLOT_PARTS parts
+    or more (7 images of one tile: 7, 3, 2 or 1 slot for 1, 2, 3 and 8
+    parts); every count gives the oracle's gradient, with 1 and 2
+    threads, in both layouts."""
+    from fastconv._simd import kernels
+    rng = np.random.default_rng(13)
+    x, g = randn(rng, (7, 6, 5, 5)), randn(rng, (7, 10, 3, 3))
+    w_shape = (10, 6, 3, 3)
+    want = np_grad_weight(x, g, w_shape, stride=2, padding=1)
+    if layout == "NHWC":
+        x, g = x.transpose(0, 2, 3, 1).copy(), g.transpose(0, 2, 3, 1).copy()
+    saved = kernels._tuning()["min_slot_parts"]
+    try:
+        for parts in (1, 2, 3, 8):
+            kernels._tuning(min_slot_parts=parts)
+            dw = fastconv.conv2d_grad_weight(x.astype(dtype), g.astype(dtype),
+                                             w_shape if layout == "NCHW" else (3, 3, 6, 10),
+                                             stride=2, padding=1, layout=layout)
+            if layout == "NHWC":
+                dw = dw.transpose(3, 2, 0, 1)
+            assert_close(dw, want, dtype)
+    finally:
+        kernels._tuning(min_slot_parts=saved)
+
+
 PACKING_CASES = {
     # the phase planes as wide as the output grid: one copy per tap, the
     # wrapped columns and the padding rows zeroed after
