@@ -611,8 +611,9 @@ def _taps_reach_every_phase(k, stride, dilation):
 # float64): 32x16x32x32 -> 16 3x3 1.19-1.28x / 1.60x; ResNeXt's 8x128x28x28
 # 3x3 in 32 groups (4 filters each) 1.37-1.48x / 1.30x; 8x64x56x56 -> 64 in
 # 2 groups (32 filters each, float32 only) 1.11-1.16x.  With more filters
-# per group the GEMMs win (64: 0.75-0.89x), with fewer rows too
-# (32x3x32x32 -> 16: 0.69x / 0.87x; LeNet's 64x1x28x28 -> 20 5x5: 0.68x).
+# per group the GEMMs mostly win (64: 0.75-0.89x; the 5x5 and single-image
+# layers of the zoo 1.00-1.03x), with fewer rows too (32x3x32x32 -> 16:
+# 0.69x / 0.87x; LeNet's 64x1x28x28 -> 20 5x5: 0.68x).
 _DIRECT_GW_MAX_FILTERS = 16
 _DIRECT_GW_MAX_FILTERS_F32 = 32
 _DIRECT_GW_MIN_ROWS = 32
@@ -739,7 +740,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
             x = contiguous(x, compute)
             if _kernels.conv2d_grad_weight_direct(x, g, dw, *args[2:]):
                 return _finish(dw, result)
-            # no AVX-512, or a value was not finite: the GEMM kernel's sums
+            # declined (no AVX-512, a plane too large to pad, a value not
+            # finite): the GEMM kernel's sums
         kernel = _kernels.depthwise_grad_weight if depthwise else _kernels.conv2d_grad_weight
     kernel(contiguous(x, compute), g, dw, *args)
     return _finish(dw, result)
