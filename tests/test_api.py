@@ -172,6 +172,7 @@ def test_show_config_prints_version_openmp_threads_blas(capsys):
     assert lines.get("simd") in {"baseline", "avx2", "avx512"}, out
     assert lines.get("l3_cache") == "not reported" or lines["l3_cache"].endswith(" MiB"), out
     assert lines.get("pool_grad_streaming"), out
+    assert lines.get("direct_grad_weight", "").startswith(("on, AVX-512", "off")), out
 
 
 def test_show_config_reports_set_threads(capsys):

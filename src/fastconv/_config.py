@@ -12,7 +12,7 @@ from fastconv._openmp import openmp_enabled, openmp_spec
 from fastconv import _simd
 from fastconv._threads import get_num_threads
 from fastconv._version import __version__
-from fastconv.functional import winograd_config
+from fastconv.functional import direct_grad_weight_config, winograd_config
 
 
 _SPEC_NAMES = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 201511: "4.5",
@@ -53,6 +53,7 @@ def config():
         "own_gemm": ("on, AVX-512 (FASTCONV_GEMM=blas turns it off)"
                      if blas["own_gemm"] else "off"),
         "winograd": winograd_config(),
+        "direct_grad_weight": direct_grad_weight_config(),
         "l3_cache": _mib(l3) if l3 else "not reported",
         "pool_grad_streaming": _streaming(),
     }
@@ -74,8 +75,9 @@ def _streaming():
 
 def show_config(file=None):
     """Print the version, compiler, OpenMP runtime, BLAS, SIMD level and
-    thread count (and where Winograd and the own GEMM are used, the L3 size
-    the OS reports and from which size the NCHW pool gradients stream out).
+    thread count (and where Winograd, the own GEMM and the direct filter
+    gradient are used, the L3 size the OS reports and from which size the
+    NCHW pool gradients stream out).
 
     Parameters
     ----------

@@ -621,6 +621,16 @@ _DIRECT_GW_MIN_ROWS_F32 = 128
 _DIRECT_GW_MIN_PLANE = 64
 
 
+def direct_grad_weight_config():
+    """Where the direct filter gradient is used, for ``show_config``."""
+    if not _kernels.direct_grad_weight_available():
+        return "off (needs AVX-512)"
+    return (f"on, AVX-512: stride-1 NCHW filter gradients with <= "
+            f"{_DIRECT_GW_MAX_FILTERS} filters and >= {_DIRECT_GW_MIN_ROWS} input "
+            f"channels x taps per group (float32 also <= {_DIRECT_GW_MAX_FILTERS_F32} "
+            f"and >= {_DIRECT_GW_MIN_ROWS_F32}), >= {_DIRECT_GW_MIN_PLANE} positions")
+
+
 def _direct_grad_weight(w_shape, geo, dtype):
     """Whether the NCHW filter gradient for filters `w_shape` (C_out,
     C_in/groups, kh, kw) and geometry `geo` takes the direct kernel."""
