@@ -131,8 +131,15 @@ cdef Py_ssize_t DIRECT_GW_CHUNK_BYTES = 1 << 20
 # (-1: whatever the row-wise kernel's in-lane index can hold exactly).
 cdef Py_ssize_t ROWWISE_MAX_PLANE = -1
 # Depthwise planes are copied into a zero-padded buffer unless it would
-# exceed this many elements (-1: 4x the input plane + 4096).
+# exceed this many elements (-1: _padded_limit of the input plane).
 cdef Py_ssize_t DEPTHWISE_MAX_PADDED = -1
+
+
+cdef inline Py_ssize_t _padded_limit(Py_ssize_t in_plane) noexcept nogil:
+    """The most elements a kernel's zero-padded copy of one input plane may
+    take (the depthwise kernels, the direct filter gradient): 4x the plane
+    + 4096; larger paddings take loops that skip the padding instead."""
+    return 4 * in_plane + 4096
 # Pooling with stride 2 and 2- or 3-wide windows takes dedicated loops
 # (tests switch them off to check the general loops against them).
 cdef bint POOL_FAST_PATHS = True
@@ -1334,10 +1341,10 @@ def conv2d_grad_weight_direct(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
     cdef Py_ssize_t lanes = 64 // sizeof(floating)
     # the padded planes' sizes, in Python integers (a huge padding or
-    # dilation would wrap a C product): no larger than the depthwise kernel's
+    # dilation would wrap a C product), within _padded_limit
     n_pitch = int(out_w) + (int(kw) - 1) * int(dil_w)
     n_rows = int(out_h) + (int(kh) - 1) * int(dil_h)
-    if n_rows * n_pitch > 4 * in_plane + 4096:
+    if n_rows * n_pitch > _padded_limit(in_plane):
         return False
     cdef Py_ssize_t pitch = n_pitch, rows = n_rows
     if n_img == 0 or out_h * out_w == 0 or c_out * j_dim == 0:
@@ -2160,7 +2167,7 @@ def depthwise_forward(const floating[:, :, :, ::1] x,
     # the padded plane covers exactly the rows/columns some tap reaches; its
     # size is checked in Python integers (hyper-parameters near 2**62 would
     # wrap a C product)
-    limit = 4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
+    limit = _padded_limit(in_plane) if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
     n_rows = _padded_extent(out_h, stride_h, kh, dil_h)
     n_cols = _padded_extent(out_w, stride_w, kw, dil_w)
     if n_rows * n_cols > limit:
@@ -2488,7 +2495,7 @@ def depthwise_grad_weight(const floating[:, :, :, ::1] x,
     n_rows = int(out_h) + (int(kh) - 1) * int(dil_h) // int(stride_h)
     n_pitch = int(out_w) + (int(kw) - 1) * int(dil_w) // int(stride_w)
     most_phases = min(int(stride_h), int(kh)) * min(int(stride_w), int(kw))
-    limit = 4 * in_plane + 4096 if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
+    limit = _padded_limit(in_plane) if DEPTHWISE_MAX_PADDED < 0 else DEPTHWISE_MAX_PADDED
     if most_phases * n_rows * n_pitch > limit:
         _depthwise_grad_weight_rows(x, grad_out, grad_weight, stride_h, stride_w,
                                     pad_top, pad_left, dil_h, dil_w, groups, n_threads)
