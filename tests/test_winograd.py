@@ -1,6 +1,7 @@
 """Tests of the Winograd kernels (``_winograd.pxi``): the 3x3 stride-1 forward
 and input gradient (F(2x2, 3x3)) and filter gradient (F(3x3, 2x2)) with
-enough channels on large planes, in both layouts.
+enough channels on large planes, or enough tiles on small ones, in both
+layouts.
 
 The thresholds (``functional._WINOGRAD_MIN_CHANNELS``, ``_MIN_PLANE``) are
 lowered here so that small shapes, which the oracles can check, take the
@@ -9,7 +10,8 @@ Winograd kernels; spies on ``conv2d_winograd`` and
 the oracles on hypothesis-drawn shapes and paddings, work items that cut tile
 rows and images, bitwise thread-count determinism, the filter transform,
 the fallback to the GEMM kernels on non-finite values, and which shapes the
-default thresholds send to Winograd.
+default thresholds send to Winograd (large planes, and small ones with
+enough tiles).
 """
 
 import os
@@ -54,7 +56,8 @@ def winograd_calls(monkeypatch):
 def winograd_sums(request):
     """Run the Winograd filter gradients with a copy of M per reduction
     slot, then with all threads summing one block at a time into one M (the
-    kernels pick that from 4 MiB of M; see conv2d_grad_weight_winograd)."""
+    kernels pick that from 4 MiB of M, and where the blocks make a single
+    slot, as small batches do here too; see conv2d_grad_weight_winograd)."""
     from fastconv._simd import kernels
     saved = kernels._tuning()["winograd_shared_sums_bytes"]
     kernels._tuning(winograd_shared_sums_bytes=0 if request.param == "shared-sums" else 1 << 62)
@@ -208,19 +211,45 @@ def test_read_only_and_strided_inputs(winograd_calls, rng):
     np.testing.assert_array_equal(y, fastconv.conv2d(x, w, padding=1))
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("rotate_swap", [False, True])
-def test_filter_transform_is_g_w_gt(dtype, rotate_swap, rng):
-    w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
+@pytest.mark.parametrize("c_out, c_in", [(5, 3), (70, 41), (9, 33), (1, 1)])
+def test_filter_transform_is_g_w_gt(dtype, rotate_swap, layout, c_out, c_in, rng):
+    # rows of U cut into chunks of 32 filters and (swapped) stages of 8
+    # rows, raggedly; each filter on its own, so the same bits on 1-3 threads
+    w = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
     G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
     filters = (w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if rotate_swap else w)
     expected = np.einsum("au,ocuv,bv->aboc", G, filters.astype(np.float64), G)
-    u = np.empty((16,) + filters.shape[:2], dtype=dtype)
-    functional._kernels.winograd_filters(w, u, rotate_swap)
+    expected = expected.reshape((16,) + filters.shape[:2])
+    transform, weight = functional._kernels.winograd_filters, w
+    if layout == "NHWC":    # the NHWC kernels take U[xi] transposed
+        transform, weight = functional._kernels.winograd_filters_nhwc, w.transpose(2, 3, 1, 0)
+        weight, expected = weight.copy(), expected.transpose(0, 2, 1)
+    results = []
+    for threads in (1, 2, 3):
+        u = np.full(expected.shape, np.nan, dtype=dtype)
+        transform(weight, u, rotate_swap, threads)
+        results.append(u)
     # summed in double precision (in another order than einsum's), rounded once
     eps = np.finfo(dtype).eps
-    np.testing.assert_allclose(u, expected.reshape(u.shape), rtol=2 * eps,
+    np.testing.assert_allclose(results[0], expected, rtol=2 * eps,
                                atol=2 * eps * np.abs(expected).max())
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+
+
+def test_swapped_filter_transform_workspace_failure_is_a_memory_error(rng):
+    from fastconv._simd import kernels
+    w = rng.standard_normal((12, 10, 3, 3))
+    u = np.empty((16, 10, 12))
+    kernels._tuning(fail_allocations=True)
+    try:
+        with pytest.raises(MemoryError):
+            kernels.winograd_filters(w, u, True, 2)
+    finally:
+        kernels._tuning(fail_allocations=False)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -301,6 +330,70 @@ def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     monkeypatch.setattr(functional, "_WINOGRAD_MAX_SUMS_BYTES", (64 << 10) - 1)
     fastconv.conv2d_grad_weight(x, x, (32, 32, 3, 3), padding=1)
     assert calls == [(1, 32, 48, 48)]
+
+
+def _takes_winograd(x_shape, c_out, itemsize=4, layout="NCHW", grad_weight=False):
+    n, c_in = x_shape[:2]
+    w_shape = (c_out, c_in, 3, 3)
+    geo = functional._conv_geometry("conv2d", x_shape, w_shape, 1, 1, 1, 1)
+    return functional._winograd(w_shape, geo, n, itemsize, layout, grad_weight)
+
+
+def test_small_planes_take_winograd_with_enough_tiles():
+    takes = _takes_winograd
+    # large planes: 32 channels, whatever the tiles
+    assert takes((1, 32, 48, 48), 32) and takes((1, 32, 48, 48), 32, grad_weight=True)
+    # ResNet-18's 14x14 layers (392 tiles) and CIFAR's 8x8 ones (512)
+    for itemsize in (4, 8):
+        for grad_weight in (False, True):
+            assert takes((8, 256, 14, 14), 256, itemsize, grad_weight=grad_weight)
+            assert takes((32, 64, 8, 8), 64, itemsize, grad_weight=grad_weight)
+    # small planes in NCHW want 64 channels (their tile rows are short), NHWC 32
+    assert not takes((32, 32, 16, 16), 32) and not takes((32, 64, 16, 16), 32)
+    assert takes((32, 32, 16, 16), 32, layout="NHWC")
+    assert not takes((32, 16, 16, 16), 64, layout="NHWC")
+    # at least 64 tiles: 1 image of 14x14 has 49, 2 have 98
+    assert not takes((1, 128, 14, 14), 128) and takes((2, 128, 14, 14), 128)
+    # the filter gradient wants 256 tiles
+    assert takes((8, 256, 7, 7), 256) and not takes((8, 256, 7, 7), 256, grad_weight=True)
+    assert takes((16, 256, 7, 7), 256, grad_weight=True)
+    # transforms U of more than 8 MiB (float32 or float64 512 x 512 filters,
+    # float64 ones of 256 x 512) want 256 tiles; sums M of that size are
+    # never the filter gradient's
+    for itemsize in (4, 8):
+        assert not takes((8, 512, 7, 7), 512, itemsize) and takes((16, 512, 7, 7), 512, itemsize)
+        assert not takes((32, 512, 7, 7), 512, itemsize, grad_weight=True)
+    assert not takes((8, 256, 7, 7), 512, 8) and takes((8, 256, 7, 7), 512, 4)
+    # only 3x3, stride 1, undilated, ungrouped
+    w_shape, n = (64, 64, 3, 3), 8
+    for stride, dilation, groups, kernel in ((2, 1, 1, 3), (1, 2, 1, 3), (1, 1, 2, 3),
+                                             (1, 1, 1, 5)):
+        w_shape = (64, 64 // groups, kernel, kernel)
+        geo = functional._conv_geometry("conv2d", (n, 64, 14, 14), w_shape, stride, 1,
+                                        dilation, groups)
+        assert not functional._winograd(w_shape, geo, n, 4)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_small_planes_reach_the_kernels(monkeypatch, layout):
+    # 2 images of 14x14 (98 tiles): the forward and the input gradient by
+    # Winograd, the filter gradient by the GEMM kernels
+    calls = []
+    for name in ("conv2d_winograd", "conv2d_grad_weight_winograd", "conv2d_winograd_nhwc",
+                 "conv2d_grad_weight_winograd_nhwc"):
+        kernel = getattr(functional._kernels, name)
+        monkeypatch.setattr(functional._kernels, name,
+                            lambda *a, name=name, kernel=kernel: calls.append(name) or kernel(*a))
+    x = np.ones((2, 64, 14, 14), dtype=np.float32)
+    w = np.ones((64, 64, 3, 3), dtype=np.float32)
+    if layout == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    kw = dict(padding=1, layout=layout)
+    y = fastconv.conv2d(x, w, **kw)
+    fastconv.conv2d_grad_input(y, w, x.shape, **kw)
+    fastconv.conv2d_grad_weight(x, y, w.shape, **kw)
+    suffix = "_nhwc" if layout == "NHWC" else ""
+    assert calls == ["conv2d_winograd" + suffix] * 2
 
 
 def test_environment_switch_turns_winograd_off():

@@ -555,7 +555,7 @@ def run_suite(dtypes=("float32", "float64"), threads=None, repeat=5, cases=None,
             conv, gemm, how = big_forward_vs_gemm(big, dtype, repeat)
             out(f"big {dtype} forward: {conv:.1f} GFLOP/s = {100 * conv / gemm:.0f}% of a "
                 f"2048^3 GEMM through the same BLAS ({gemm:.1f} GFLOP/s, {how}, "
-                f"timed in alternation with it)" + _winograd_note(big))
+                f"timed in alternation with it)" + _winograd_note(big, dtype))
     return rows
 
 
@@ -603,14 +603,14 @@ def run_layer_zoo(dtypes=("float32", "float64"), threads=None, repeat=5, cases=N
     return rows
 
 
-def _winograd_note(case):
-    """For a layer that takes Winograd: its GFLOP/s count the textbook's
-    multiply-adds, 2.25x what Winograd performs."""
+def _winograd_note(case, dtype):
+    """For a layer whose forward takes Winograd: its GFLOP/s count the
+    textbook's multiply-adds, 2.25x what Winograd performs."""
     from fastconv import functional
     w_shape = (case.c_out, case.c_in // case.groups, case.k, case.k)
     geo = functional._conv_geometry("conv2d", (case.n, case.c_in, case.hw, case.hw), w_shape,
                                     case.stride, case.pad, 1, case.groups)
-    if not functional._winograd(w_shape, geo):
+    if not functional._winograd(w_shape, geo, case.n, np.dtype(dtype).itemsize):
         return ""
     return ("; Winograd F(2x2, 3x3): GFLOP/s of the textbook's multiply-adds, "
             "2.25x those it performs")

@@ -244,7 +244,7 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             scatter_stage_bytes=None, gw_block_bytes_f32=None, gw_block_bytes_f64=None,
             winograd_shared_sums_bytes=None, gw_row_block_bytes=None,
             gw_block_from_bytes_f32=None, direct_gw_chunk_bytes=None,
-            min_slot_parts=None):
+            min_slot_parts=None, winograd_min_split=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
@@ -253,7 +253,9 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     global GW_TILE_BYTES, GW_MIN_TILE, STREAM_MIN_BYTES, SCATTER_POSITION_MAJOR
     global SCATTER_STAGE_BYTES, GW_BLOCK_BYTES_F32, GW_BLOCK_BYTES_F64
     global WINOGRAD_SHARED_SUMS_BYTES, GW_ROW_BLOCK_BYTES, GW_BLOCK_FROM_BYTES_F32
-    global DIRECT_GW_CHUNK_BYTES, MIN_SLOT_PARTS
+    global DIRECT_GW_CHUNK_BYTES, MIN_SLOT_PARTS, WINOGRAD_MIN_SPLIT
+    if winograd_min_split is not None:
+        WINOGRAD_MIN_SPLIT = winograd_min_split
     if min_slot_parts is not None:
         MIN_SLOT_PARTS = min_slot_parts
     if direct_gw_chunk_bytes is not None:
@@ -328,7 +330,7 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 gw_row_block_bytes=GW_ROW_BLOCK_BYTES,
                 gw_block_from_bytes_f32=GW_BLOCK_FROM_BYTES_F32,
                 direct_gw_chunk_bytes=DIRECT_GW_CHUNK_BYTES,
-                min_slot_parts=MIN_SLOT_PARTS)
+                min_slot_parts=MIN_SLOT_PARTS, winograd_min_split=WINOGRAD_MIN_SPLIT)
 
 
 def _raise_for_status(int status):

@@ -78,6 +78,31 @@ cdef enum:
     WINOGRAD_SKEW = 16
 
 
+# A batch of fewer tiles than a block is still cut in two items when each
+# would keep this many.
+cdef Py_ssize_t WINOGRAD_MIN_SPLIT = 32
+# From this many items on, blocks stay whole (the last one short): at most
+# an eighth of the work is left to one thread, and products kept at
+# block_tiles columns keep their GEMM (float64 64 x 64 x 126 fell below the
+# own GEMM's size floor and ran 1.2x slower in OpenBLAS).
+cdef Py_ssize_t WINOGRAD_WHOLE_BLOCK_ITEMS = 8
+
+
+cdef Py_ssize_t _winograd_block(Py_ssize_t total, Py_ssize_t block_tiles) noexcept nogil:
+    """Tiles per work item: ``block_tiles``, or for batches of fewer than
+    WINOGRAD_WHOLE_BLOCK_ITEMS blocks the ``total`` tiles cut into an even
+    number of equal items where there are two or more (392 tiles in blocks
+    of 128 had been 128, 128, 128, 8: one of two threads did 256 of them).
+    A function of the shape only."""
+    block_tiles = max(block_tiles, 1)
+    cdef Py_ssize_t n_items = _ceil_div(total, block_tiles)
+    if n_items >= WINOGRAD_WHOLE_BLOCK_ITEMS:
+        return block_tiles
+    if n_items % 2 == 1 and (n_items > 1 or total >= 2 * WINOGRAD_MIN_SPLIT):
+        n_items += 1
+    return max(1, _ceil_div(total, n_items))
+
+
 cdef void _winograd_input_rows(const floating* plane, Py_ssize_t in_h, Py_ssize_t in_w,
                                Py_ssize_t top, Py_ssize_t col0, Py_ssize_t n,
                                floating* s, floating* v, Py_ssize_t v_stride) noexcept nogil:
@@ -117,35 +142,139 @@ cdef void _winograd_input_rows(const floating* plane, Py_ssize_t in_h, Py_ssize_
         fc_winograd_in_f64(e, od, width, n, v, v_stride)
 
 
+cdef enum:
+    # Filters per chunk of the filter transforms: their sixteen entries are
+    # written as sixteen runs, one per U[xi], where one filter at a time
+    # scattered its sixteen values C_out*C_in apart (one L1 set, missed on
+    # every store: 512 x 512 filters took 13.5 ms, now 1.0 ms on 2 threads).
+    WINOGRAD_FILTER_CHUNK = 32
+    # rows of strided filters staged at a time (see _winograd_filter_rows)
+    WINOGRAD_STAGE_ROWS = 8
+
+
+cdef void _winograd_filter_chunk(const floating* src, Py_ssize_t j_step, Py_ssize_t tap_step,
+                                 bint rotate, Py_ssize_t n, floating* u,
+                                 Py_ssize_t us) noexcept nogil:
+    """``u[xi*us + j] = (G g_j G^T)[xi]`` for the ``n <= WINOGRAD_FILTER_CHUNK``
+    3x3 filters g_j, tap t (row-major) of g_j at ``src + j*j_step +
+    t*tap_step`` (taps read back to front if `rotate`), summed in double
+    precision and rounded once."""
+    cdef double g[9][WINOGRAD_FILTER_CHUNK]     # g[3*row + col][j]
+    cdef double t[12][WINOGRAD_FILTER_CHUNK]    # (G g)[a][col] at t[3*a + col][j]
+    cdef Py_ssize_t j, r, a
+    cdef floating* row
+    for r in range(9):
+        for j in range(n):
+            g[r][j] = src[j * j_step + (8 - r if rotate else r) * tap_step]
+    for r in range(3):              # G g: rows of the filter's columns
+        for j in range(n):
+            t[r][j] = g[r][j]
+            t[3 + r][j] = 0.5 * (g[r][j] + g[3 + r][j] + g[6 + r][j])
+            t[6 + r][j] = 0.5 * (g[r][j] - g[3 + r][j] + g[6 + r][j])
+            t[9 + r][j] = g[6 + r][j]
+    for a in range(4):              # then G^T on the right
+        row = u + 4 * a * us
+        for j in range(n):
+            row[j] = <floating>t[3 * a][j]
+            row[us + j] = <floating>(0.5 * (t[3 * a][j] + t[3 * a + 1][j] + t[3 * a + 2][j]))
+            row[2 * us + j] = <floating>(0.5 * (t[3 * a][j] - t[3 * a + 1][j]
+                                                + t[3 * a + 2][j]))
+            row[3 * us + j] = <floating>t[3 * a + 2][j]
+
+
+cdef int _winograd_filter_rows(const floating* w, Py_ssize_t rows, Py_ssize_t cols,
+                               Py_ssize_t row_step, Py_ssize_t col_step, Py_ssize_t tap_step,
+                               bint rotate, floating* u, int n_threads) noexcept nogil:
+    """``u[xi*rows*cols + r*cols + c] = (G g G^T)[xi]`` for the filters
+    g(r, c), tap t at ``w[r*row_step + c*col_step + t*tap_step]`` (back to
+    front if `rotate`): U's rows in parallel, each in chunks of
+    WINOGRAD_FILTER_CHUNK.  Each filter on its own, so the result does not
+    depend on `n_threads`.  Returns a status code."""
+    cdef Py_ssize_t n_chunks = _ceil_div(cols, WINOGRAD_FILTER_CHUNK), us = rows * cols
+    cdef Py_ssize_t item, r, r0, n_rows, c, c0, k, t
+    cdef floating* stage = NULL
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    if col_step <= 9:       # a row's filters packed together: read in place
+        for r in prange(rows, schedule="static", num_threads=n_threads):
+            for k in range(n_chunks):
+                c0 = k * WINOGRAD_FILTER_CHUNK
+                _winograd_filter_chunk(w + r * row_step + c0 * col_step, col_step, tap_step,
+                                       rotate, min(WINOGRAD_FILTER_CHUNK, cols - c0),
+                                       u + r * cols + c0, us)
+        return status
+    # A row's filters far apart (the input gradient's swapped ones): read
+    # row by row, their lines fell in a few cache sets and missed (512 x 512
+    # float64 took 53 ms).  Each item copies the filters of
+    # WINOGRAD_STAGE_ROWS rows, contiguous along r, to a per-thread stage,
+    # one filter's taps together.
+    with parallel(num_threads=n_threads):
+        stage = <floating*>_workspace(WINOGRAD_STAGE_ROWS * cols * 9 * sizeof(floating))
+        if stage == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for item in prange(_ceil_div(rows, WINOGRAD_STAGE_ROWS), schedule="static"):
+            if stage == NULL:
+                continue
+            r0 = item * WINOGRAD_STAGE_ROWS
+            n_rows = min(WINOGRAD_STAGE_ROWS, rows - r0)
+            for c in range(cols):
+                for t in range(9):
+                    for r in range(n_rows):
+                        stage[(r * cols + c) * 9 + t] = w[(r0 + r) * row_step + c * col_step
+                                                          + t * tap_step]
+            for r in range(n_rows):
+                for k in range(n_chunks):
+                    c0 = k * WINOGRAD_FILTER_CHUNK
+                    _winograd_filter_chunk(stage + (r * cols + c0) * 9, 9, 1, rotate,
+                                           min(WINOGRAD_FILTER_CHUNK, cols - c0),
+                                           u + (r0 + r) * cols + c0, us)
+        free(stage)
+    return status
+
+
 def winograd_filters(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
-                     bint rotate_swap):
+                     bint rotate_swap, int n_threads=1):
     """``u[4a + b, o, c] = (G g G^T)[a, b]`` for each 3x3 filter g
     (inputs trusted): g = ``weight[o, c]`` (``u`` is (16, C_out, C_in)), or
     with ``rotate_swap`` the input gradient's ``weight[c, o, ::-1, ::-1]``
     (``u`` is (16, C_in, C_out) of a (C_out, C_in, 3, 3) weight).  Summed
     in double precision and rounded once.  Rows of G: (1, 0, 0),
     (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1)."""
-    cdef Py_ssize_t n_out = u.shape[1], n_in = u.shape[2]
-    cdef Py_ssize_t o, c, r, a
-    cdef double g[3][3]
-    cdef double t[4][3]
-    cdef const floating* src
+    cdef Py_ssize_t rows = u.shape[1], cols = u.shape[2]
+    cdef int status
+    if rows == 0 or cols == 0:
+        return
     with nogil:
-        for o in range(n_out):
-            for c in range(n_in):
-                src = &weight[c, o, 0, 0] if rotate_swap else &weight[o, c, 0, 0]
-                for r in range(9):
-                    g[r // 3][r % 3] = src[8 - r] if rotate_swap else src[r]
-                for r in range(3):      # G g: rows of the filter's columns
-                    t[0][r] = g[0][r]
-                    t[1][r] = 0.5 * (g[0][r] + g[1][r] + g[2][r])
-                    t[2][r] = 0.5 * (g[0][r] - g[1][r] + g[2][r])
-                    t[3][r] = g[2][r]
-                for a in range(4):      # then G^T on the right
-                    u[4 * a, o, c] = <floating>t[a][0]
-                    u[4 * a + 1, o, c] = <floating>(0.5 * (t[a][0] + t[a][1] + t[a][2]))
-                    u[4 * a + 2, o, c] = <floating>(0.5 * (t[a][0] - t[a][1] + t[a][2]))
-                    u[4 * a + 3, o, c] = <floating>t[a][2]
+        if rotate_swap:     # g(o, c) = weight[c, o]: weight is (cols, rows, 3, 3)
+            status = _winograd_filter_rows(&weight[0, 0, 0, 0], rows, cols, 9, 9 * rows, 1,
+                                           True, &u[0, 0, 0], n_threads)
+        else:
+            status = _winograd_filter_rows(&weight[0, 0, 0, 0], rows, cols, 9 * cols, 9, 1,
+                                           False, &u[0, 0, 0], n_threads)
+    _raise_for_status(status)
+
+
+def winograd_filters_nhwc(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
+                          bint rotate_swap, int n_threads=1):
+    """:func:`winograd_filters` of a channels-last weight ``(3, 3, C_in,
+    C_out)``, in the layout the NHWC kernels take: ``u[xi, i, o]``
+    (correlation input channel i, output channel o) is entry xi of g =
+    ``weight[:, :, i, o]`` (``u`` is (16, C_in, C_out)), or with
+    ``rotate_swap`` of the input gradient's ``weight[::-1, ::-1, o, i]``
+    (``u`` is (16, C_out, C_in))."""
+    cdef Py_ssize_t rows = u.shape[1], cols = u.shape[2]
+    cdef Py_ssize_t tap_step = weight.shape[2] * weight.shape[3]
+    cdef int status
+    if rows == 0 or cols == 0:
+        return
+    with nogil:
+        if rotate_swap:     # g(i, o) = weight[::-1, ::-1, o, i]: weight is (3, 3, cols, rows)
+            status = _winograd_filter_rows(&weight[0, 0, 0, 0], rows, cols, 1, rows, tap_step,
+                                           True, &u[0, 0, 0], n_threads)
+        else:
+            status = _winograd_filter_rows(&weight[0, 0, 0, 0], rows, cols, cols, 1, tap_step,
+                                           False, &u[0, 0, 0], n_threads)
+    _raise_for_status(status)
 
 
 cdef void _winograd_inputs(const floating* xp, Py_ssize_t c_in, Py_ssize_t in_h,
@@ -230,7 +359,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
     if n_img == 0 or c_out == 0 or tiles == 0:
         return True
-    cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
+    cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
     cdef Py_ssize_t n_items = _ceil_div(n_img * tiles, block)
     # per thread: V and M of one block, the input rows' scratch, and a
     # spare output row (an odd Ho's missing second row)
@@ -336,29 +465,46 @@ cdef void _winograd_grad_blocks(const floating* gp, Py_ssize_t c_out, Py_ssize_t
                                          ws)
 
 
-cdef bint _winograd_filter_grads(const floating* m, Py_ssize_t c_out, Py_ssize_t c_in,
-                                 floating* dw) noexcept nogil:
-    """``dw[o, c] = G^T M[:, o, c] G`` (3x3 from the 4x4 entries); False if
-    some value is not finite.  Rows of G^T: (1, 1/2, 1/2, 0),
-    (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1)."""
-    cdef Py_ssize_t size = c_out * c_in, k, a
+cdef bint _winograd_filter_grad_chunk(const floating* m, Py_ssize_t size, Py_ssize_t n,
+                                     floating* dw) noexcept nogil:
+    """``dw[9*j .. 9*j + 8] = G^T M[:, j] G`` for the ``n <=
+    WINOGRAD_FILTER_CHUNK`` filters j whose sixteen entries lie at
+    ``m[a*size + j]``; False if some value is not finite.  Rows of G^T:
+    (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1)."""
+    cdef floating q[16][WINOGRAD_FILTER_CHUNK]
     cdef floating t[4][3]
-    cdef floating q[16]
     cdef floating z = 0
-    for k in range(size):
-        for a in range(16):
-            q[a] = m[a * size + k]
+    cdef Py_ssize_t j, a
+    for a in range(16):             # sixteen runs, not sixteen strided values per filter
+        memcpy(&q[a][0], m + a * size, n * sizeof(floating))
+    for j in range(n):
         for a in range(4):          # M G: each row's three columns
-            t[a][0] = q[4 * a] + <floating>0.5 * (q[4 * a + 1] + q[4 * a + 2])
-            t[a][1] = <floating>0.5 * (q[4 * a + 1] - q[4 * a + 2])
-            t[a][2] = <floating>0.5 * (q[4 * a + 1] + q[4 * a + 2]) + q[4 * a + 3]
+            t[a][0] = q[4 * a][j] + <floating>0.5 * (q[4 * a + 1][j] + q[4 * a + 2][j])
+            t[a][1] = <floating>0.5 * (q[4 * a + 1][j] - q[4 * a + 2][j])
+            t[a][2] = <floating>0.5 * (q[4 * a + 1][j] + q[4 * a + 2][j]) + q[4 * a + 3][j]
         for a in range(3):          # then G^T on the left
-            dw[k * 9 + a] = t[0][a] + <floating>0.5 * (t[1][a] + t[2][a])
-            dw[k * 9 + 3 + a] = <floating>0.5 * (t[1][a] - t[2][a])
-            dw[k * 9 + 6 + a] = <floating>0.5 * (t[1][a] + t[2][a]) + t[3][a]
+            dw[j * 9 + a] = t[0][a] + <floating>0.5 * (t[1][a] + t[2][a])
+            dw[j * 9 + 3 + a] = <floating>0.5 * (t[1][a] - t[2][a])
+            dw[j * 9 + 6 + a] = <floating>0.5 * (t[1][a] + t[2][a]) + t[3][a]
         for a in range(9):
-            z = z + (dw[k * 9 + a] - dw[k * 9 + a])
+            z = z + (dw[j * 9 + a] - dw[j * 9 + a])
     return z == 0
+
+
+cdef bint _winograd_filter_grads(const floating* m, Py_ssize_t c_out, Py_ssize_t c_in,
+                                 floating* dw, int n_threads) noexcept nogil:
+    """``dw[o, c] = G^T M[:, o, c] G`` (3x3 from the 4x4 entries) for every
+    filter, in chunks over `n_threads`; False if some value is not finite."""
+    cdef Py_ssize_t size = c_out * c_in, item, k0
+    cdef bint finite = True
+    cdef bint* finite_p = &finite
+    for item in prange(_ceil_div(size, WINOGRAD_FILTER_CHUNK), schedule="static",
+                       num_threads=n_threads):
+        k0 = item * WINOGRAD_FILTER_CHUNK
+        if not _winograd_filter_grad_chunk(m + k0, size, min(WINOGRAD_FILTER_CHUNK, size - k0),
+                                           dw + 9 * k0):
+            finite_p[0] = False
+    return finite
 
 
 def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
@@ -372,10 +518,12 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     Returns False, with ``grad_weight`` incomplete, if some value was not
     finite.
 
-    The batch's tiles are taken ``block_tiles`` at a time.  Sums M of fewer
-    than WINOGRAD_SHARED_SUMS_BYTES: each work item (a reduction slot of
+    The batch's tiles are taken about ``block_tiles`` at a time
+    (``_winograd_block``).  Sums M of fewer than WINOGRAD_SHARED_SUMS_BYTES,
+    with blocks for two reduction slots or more: each work item (a slot of
     blocks) transforms its blocks and sums ``W[xi] V[xi]^T`` into its own
-    copy of M, and the copies are added in order.  Larger M: all threads
+    copy of M, and the copies are added in order.  Larger M, or blocks for
+    one slot only (which had left all but one thread idle): all threads
     work on one block at a time -- its transforms, a channel each, then the
     sixteen ``M[xi] += W[xi] V[xi]^T``, an ``xi`` each -- straight into the
     one M.  Either way every sum runs in an order fixed by the shape, so
@@ -391,12 +539,15 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     if n_img == 0 or tiles == 0:
         memset(dwp, 0, grad_weight.size * sizeof(floating))
         return True
-    cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
+    cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
     cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
     cdef Py_ssize_t m_size = 16 * c_out * c_in
-    cdef bint shared_sums = m_size * <Py_ssize_t>sizeof(floating) >= WINOGRAD_SHARED_SUMS_BYTES
-    cdef Py_ssize_t n_slots = 1 if shared_sums else _reduction_slots(n_red, m_size,
-                                                                     sizeof(floating))
+    # one slot would leave the other threads idle: the shared sums then
+    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
+    cdef bint shared_sums = (n_slots == 1 or m_size * <Py_ssize_t>sizeof(floating)
+                             >= WINOGRAD_SHARED_SUMS_BYTES)
+    if shared_sums:
+        n_slots = 1
     # per block: V (16 x C_in x nt), then W (16 x C_out x nt)
     cdef Py_ssize_t vw_size = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
     # the shared variant's V and W follow M; the slots' are per thread
@@ -484,7 +635,7 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
                     _add_slots(partial, n_slots, m_size, partial, n_threads)
         if status == STATUS_OK:
             with nogil:
-                finite = _winograd_filter_grads(partial, c_out, c_in, dwp)
+                finite = _winograd_filter_grads(partial, c_out, c_in, dwp, n_threads)
     finally:
         blas_serial_exit()
         free(partial)
@@ -546,7 +697,7 @@ def conv2d_winograd_nhwc(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
     if n_img == 0 or c_out == 0 or tiles == 0:
         return True
-    cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
+    cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
     cdef Py_ssize_t n_items = _ceil_div(n_img * tiles, block)
     # per thread: V and M of one block, a zero pixel, three spare pixels
     # (a tile's outputs past the image's last row or column)
@@ -658,12 +809,15 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
     if n_img == 0 or tiles == 0:
         memset(dwp, 0, sums.size * sizeof(floating))
         return True
-    cdef Py_ssize_t block = max(1, min(block_tiles, n_img * tiles))
+    cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
     cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
     cdef Py_ssize_t m_size = 16 * c_in * c_out
-    cdef bint shared_sums = m_size * <Py_ssize_t>sizeof(floating) >= WINOGRAD_SHARED_SUMS_BYTES
-    cdef Py_ssize_t n_slots = 1 if shared_sums else _reduction_slots(n_red, m_size,
-                                                                     sizeof(floating))
+    # one slot would leave the other threads idle: the shared sums then
+    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
+    cdef bint shared_sums = (n_slots == 1 or m_size * <Py_ssize_t>sizeof(floating)
+                             >= WINOGRAD_SHARED_SUMS_BYTES)
+    if shared_sums:
+        n_slots = 1
     # per block: V (16 x nt x C_in), then W (16 x nt x C_out), then a zero
     # pixel (wide enough for either side); after M when shared, else per thread
     cdef Py_ssize_t zeros_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
@@ -743,7 +897,7 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
                     _add_slots(partial, n_slots, m_size, partial, n_threads)
         if status == STATUS_OK:
             with nogil:
-                finite = _winograd_filter_grads(partial, c_in, c_out, dwp)
+                finite = _winograd_filter_grads(partial, c_in, c_out, dwp, n_threads)
     finally:
         blas_serial_exit()
         free(partial)

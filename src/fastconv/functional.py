@@ -270,7 +270,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
     # The direct depthwise loops skip zero padding; a non-finite weight times
     # that padding is NaN in the textbook sum, so such weights take the GEMM.
     if nhwc:
-        if _winograd(_weight_to_oihw(weight.shape, layout), geo) and _finite(w, args[-1]):
+        if (_winograd(_weight_to_oihw(weight.shape, layout), geo, x.shape[0],
+                      np.dtype(compute).itemsize, layout) and _finite(w, args[-1])):
             x = contiguous(x, compute)
             if _winograd_correlate_nhwc(x, w, b if bias is not None else None, out,
                                         geo.pad_top, geo.pad_left, args[-1]):
@@ -279,7 +280,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
         depthwise = _depthwise_nhwc(weight.shape, x.shape[3], geo) and _finite(w, args[-1])
         kernel = _kernels.depthwise_forward_nhwc if depthwise else _kernels.conv2d_forward_nhwc
     else:
-        if _winograd(weight.shape, geo) and _finite(w, args[-1]):
+        if (_winograd(weight.shape, geo, x.shape[0], np.dtype(compute).itemsize)
+                and _finite(w, args[-1])):
             x = contiguous(x, compute)
             if _winograd_correlate(x, w, b, bias is not None, out, geo.pad_top, geo.pad_left,
                                    args[-1]):
@@ -301,15 +303,39 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
 # input gradient 1.70x / 1.25x, filter gradient 1.07x / 1.14x; big 1.48x /
 # 1.36x, 1.42x / 1.38x, 1.20x / 1.23x; 32 channels of 56x56 1.18-1.47x.
 # NHWC: vgg3x3 2.02x / 2.14x, 2.02x / 2.06x, 1.79x / 1.66x; big 1.42x /
-# 1.82x, 1.96x / 1.83x, 1.30x / 1.62x.  Below
-# the thresholds it was mixed: 16 channels of 56x56 0.98-1.41x, planes of
-# 28x28 0.86-1.36x, of 14x14 and 7x7 0.49-2.05x (the forward loses on
-# small planes: tile rows of a few tiles leave the transforms' vectors
-# mostly empty).  Tests lower both to reach small shapes;
+# 1.82x, 1.96x / 1.83x, 1.30x / 1.62x.
+#
+# Smaller planes (ResNet's 28x28 to 7x7, CIFAR's 16x16 and 8x8) take it
+# too where the batch has enough tiles for the filters' transforms U
+# (16 x C_out x C_in) to pay and, in NCHW, at least
+# _WINOGRAD_SMALL_PLANE_CHANNELS channels: the transforms of tile rows of
+# a few tiles leave their vectors part empty there (NHWC vectorizes them
+# along the channels).  Until the filter transform and the block split
+# were fixed (2026-12-05) they lost on such planes; after, against the
+# GEMM kernels (2 threads, 5 alternating rounds, forward / input gradient
+# / filter gradient, float32 then float64), NCHW:
+#   8x256x14x14 -> 256        1.42 / 1.40 / 1.22x   1.59 / 1.65 / 1.54x
+#   8x128x28x28 -> 128        1.28 / 1.28 / 1.51x   1.46 / 1.46 / 1.56x
+#   32x64x8x8 -> 64           1.34 / 1.30 / 1.23x   1.27 / 1.26 / 1.15x
+#   8x256x7x7 -> 256 (128 t)  1.02 / 1.10 / 1.21x   1.04 / 1.11 / 1.29x
+#   8x512x7x7 -> 512 (128 t)  1.03 / 1.11 / 1.10x   0.84 / 0.96 / 0.73x
+#   32x32x16x16 -> 32         0.81 / 0.81 / 1.06x   1.11 / 1.14 / 1.02x
+# and NHWC 1.34-2.19x forward and input gradient from 32 to 512 channels,
+# filter gradient 1.14-2.23x but 0.63-0.85x for 512 channels or 128 tiles.
+# So: at least _WINOGRAD_MIN_TILES tiles (2x2 output blocks) in the batch,
+# _WINOGRAD_MANY_TILES where U is over _WINOGRAD_SMALL_SUMS_BYTES (its
+# float64 32 MiB are fresh pages on every call), and for the filter
+# gradient, whose sums M are U's size, _WINOGRAD_MANY_TILES and M within
+# that budget.  Tests lower _WINOGRAD_MIN_CHANNELS and _WINOGRAD_MIN_PLANE
+# to reach small shapes;
 # _WINOGRAD_MIN_CHANNELS = None turns Winograd off, as FASTCONV_WINOGRAD=0
 # in the environment at import does (the GEMM kernels' sums everywhere).
 _WINOGRAD_MIN_CHANNELS = None if os.environ.get("FASTCONV_WINOGRAD") == "0" else 32
 _WINOGRAD_MIN_PLANE = 48 * 48
+_WINOGRAD_SMALL_PLANE_CHANNELS = 64
+_WINOGRAD_MIN_TILES = 64
+_WINOGRAD_MANY_TILES = 256
+_WINOGRAD_SMALL_SUMS_BYTES = 8 << 20
 # Tiles of a work item: the N (forward, input gradient) or K (filter
 # gradient) of its sixteen GEMMs.
 _WINOGRAD_BLOCK_TILES = 128
@@ -330,18 +356,30 @@ def winograd_config():
     if _WINOGRAD_MIN_CHANNELS is None:
         return "off"
     return (f"3x3 stride 1, >= {_WINOGRAD_MIN_CHANNELS} channels, "
-            f">= {_WINOGRAD_MIN_PLANE} output positions")
+            f">= {_WINOGRAD_MIN_PLANE} output positions, or >= {_WINOGRAD_MIN_TILES} "
+            f"2x2 tiles in the batch (NCHW: and >= {_WINOGRAD_SMALL_PLANE_CHANNELS} channels)")
 
 
-def _winograd(w_shape, geo):
-    """Whether an NCHW convolution with filters `w_shape` (C_out, C_in, kh,
-    kw) and geometry `geo` (that of the forward, for all three passes)
-    takes the Winograd kernels."""
+def _winograd(w_shape, geo, n_img, itemsize, layout="NCHW", grad_weight=False):
+    """Whether a convolution of `n_img` images with filters `w_shape`
+    (C_out, C_in, kh, kw), geometry `geo` (that of the forward, for all
+    three passes) and `itemsize`-byte values takes the Winograd kernels for
+    its forward and input gradient, or with `grad_weight` its filter
+    gradient.  A function of the shape only."""
     c_out, c_in, kh, kw = w_shape
-    return (_WINOGRAD_MIN_CHANNELS is not None and (kh, kw) == (3, 3) and geo.groups == 1
+    if not (_WINOGRAD_MIN_CHANNELS is not None and (kh, kw) == (3, 3) and geo.groups == 1
             and geo.stride == (1, 1) and geo.dilation == (1, 1)
-            and min(c_out, c_in) >= _WINOGRAD_MIN_CHANNELS
-            and geo.out_h * geo.out_w >= _WINOGRAD_MIN_PLANE)
+            and min(c_out, c_in) >= _WINOGRAD_MIN_CHANNELS):
+        return False
+    if geo.out_h * geo.out_w >= _WINOGRAD_MIN_PLANE:
+        return True
+    if layout == "NCHW" and min(c_out, c_in) < _WINOGRAD_SMALL_PLANE_CHANNELS:
+        return False
+    tiles = n_img * ((geo.out_h + 1) // 2) * ((geo.out_w + 1) // 2)
+    big = 16 * c_out * c_in * itemsize > _WINOGRAD_SMALL_SUMS_BYTES
+    if grad_weight:
+        return tiles >= _WINOGRAD_MANY_TILES and not big
+    return tiles >= (_WINOGRAD_MANY_TILES if big else _WINOGRAD_MIN_TILES)
 
 
 def _winograd_correlate(x, w, b, has_bias, out, pad_top, pad_left, n_threads,
@@ -353,7 +391,7 @@ def _winograd_correlate(x, w, b, has_bias, out, pad_top, pad_left, n_threads,
     not give the textbook's inf/NaN)."""
     c_out, c_in = out.shape[1], x.shape[1]
     u = np.empty((16, c_out, c_in), dtype=out.dtype)
-    _kernels.winograd_filters(w, u, rotate_swap)
+    _kernels.winograd_filters(w, u, rotate_swap, n_threads)
     return _kernels.conv2d_winograd(x, u, b, has_bias, out, pad_top, pad_left,
                                     _WINOGRAD_BLOCK_TILES, n_threads)
 
@@ -363,10 +401,9 @@ def _winograd_correlate_nhwc(x, w, b, out, pad_top, pad_left, n_threads, rotate_
     C_in, C_out) of the forward, `b` (C_out,) or None, `out` (N, Ho, Wo,
     C_out) of the correlation."""
     c_out, c_in = out.shape[3], x.shape[3]
-    u = np.empty((16, c_out, c_in), dtype=out.dtype)
-    _kernels.winograd_filters(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), u, rotate_swap)
     # the kernel's GEMMs take U[xi] as (C_in x C_out)
-    u = np.ascontiguousarray(u.transpose(0, 2, 1))
+    u = np.empty((16, c_in, c_out), dtype=out.dtype)
+    _kernels.winograd_filters_nhwc(w, u, rotate_swap, n_threads)
     b = np.zeros(c_out, dtype=out.dtype) if b is None else b
     return _kernels.conv2d_winograd_nhwc(x, u, b, out, pad_top, pad_left,
                                          _WINOGRAD_BLOCK_TILES, n_threads)
@@ -522,7 +559,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     if layout == "NHWC":
         finite_w = _finite(w, args[-1])
         if (finite_w and _FORCE_GRAD_INPUT_METHOD is None
-                and _winograd(_weight_to_oihw(weight.shape, layout), geo)
+                and _winograd(_weight_to_oihw(weight.shape, layout), geo, input_shape[0],
+                              np.dtype(compute).itemsize, layout)
                 and geo.pad_top <= 2 and geo.pad_left <= 2):
             # as in NCHW below
             dx = output_array(input_shape, compute)
@@ -546,7 +584,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
         kernel(g, w, dx, *args)
         return _finish(dx, result)
     finite_w = _finite(w, args[-1])
-    if (finite_w and _FORCE_GRAD_INPUT_METHOD is None and _winograd(weight.shape, geo)
+    if (finite_w and _FORCE_GRAD_INPUT_METHOD is None
+            and _winograd(weight.shape, geo, input_shape[0], np.dtype(compute).itemsize)
             and geo.pad_top <= 2 and geo.pad_left <= 2):
         # the full correlation itself: dY padded by 2 less the forward
         # padding, with the rotated filters, in and out channels swapped
@@ -725,7 +764,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     # NaNs themselves: their loops multiply it by the zero padding too.
     if layout == "NHWC":
         depthwise = _depthwise_nhwc(weight_shape, x.shape[3], geo)
-        if (not depthwise and _winograd(_weight_to_oihw(weight_shape, layout), geo)
+        if (not depthwise and _winograd(_weight_to_oihw(weight_shape, layout), geo, x.shape[0],
+                                        np.dtype(compute).itemsize, layout, grad_weight=True)
                 and 16 * dw.size // 9 * dw.itemsize <= _WINOGRAD_MAX_SUMS_BYTES):
             x = contiguous(x, compute)
             kh, kw, c_in, c_out = weight_shape
@@ -739,7 +779,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
                   else _kernels.conv2d_grad_weight_nhwc)
     else:
         depthwise = _depthwise(weight_shape, geo)
-        if (not depthwise and _winograd(weight_shape, geo)
+        if (not depthwise and _winograd(weight_shape, geo, x.shape[0], np.dtype(compute).itemsize,
+                                        grad_weight=True)
                 and 16 * dw.size // 9 * dw.itemsize <= _WINOGRAD_MAX_SUMS_BYTES):
             x = contiguous(x, compute)
             if _kernels.conv2d_grad_weight_winograd(x, g, dw, geo.pad_top, geo.pad_left,
