@@ -436,3 +436,20 @@ def test_non_finite_inputs_fall_back_in_nhwc(winograd_calls, winograd_sums, bad,
     assert_close(fastconv.conv2d_grad_input(gx, w3, x.shape, **kw),
                  ref.conv2d_grad_input(gx, w3, x.shape, **kw))
     assert winograd_calls == [False] * 3
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_filter_gradient_kernels_take_no_channels(layout):
+    # the kernels trust their inputs, but an empty gradient must not divide
+    # by zero in their reduction plan (the Python layer returns before them)
+    from fastconv._simd import kernels
+    for c_out, c_in in ((0, 3), (4, 0)):
+        x, g = np.ones((2, c_in, 5, 5)), np.ones((2, c_out, 5, 5))
+        if layout == "NHWC":
+            sums = np.empty((c_in, c_out, 3, 3))
+            assert kernels.conv2d_grad_weight_winograd_nhwc(
+                x.transpose(0, 2, 3, 1).copy(), g.transpose(0, 2, 3, 1).copy(), sums,
+                1, 1, 128, 2)
+        else:
+            assert kernels.conv2d_grad_weight_winograd(x, g, np.empty((c_out, c_in, 3, 3)),
+                                                       1, 1, 128, 2)

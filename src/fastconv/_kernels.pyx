@@ -1070,7 +1070,8 @@ cdef Py_ssize_t _reduction_slots(Py_ssize_t n_parts, Py_ssize_t w_size,
     cdef Py_ssize_t n_slots = min(MAX_SLOTS, n_parts // max(1, MIN_SLOT_PARTS))
     if n_blocks > 1:
         n_slots = min(n_slots, _ceil_div(MIN_ITEMS, n_blocks))
-    return max(1, min(n_slots, SLOT_BYTES_BUDGET // (w_size * itemsize)))
+    # (an empty gradient, which the Python layer never passes: no division by 0)
+    return max(1, min(n_slots, SLOT_BYTES_BUDGET // max(1, w_size * itemsize)))
 
 
 cdef Py_ssize_t _grad_weight_block(Py_ssize_t n_units, Py_ssize_t unit_bytes,
