@@ -535,6 +535,8 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t out_w = grad_out.shape[3]
     cdef Py_ssize_t tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
+    if grad_weight.size == 0:       # no channels: nothing to sum (and no element 0)
+        return True
     cdef floating* dwp = &grad_weight[0, 0, 0, 0]
     if n_img == 0 or tiles == 0:
         memset(dwp, 0, grad_weight.size * sizeof(floating))
@@ -805,6 +807,8 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t c_out = grad_out.shape[3]
     cdef Py_ssize_t tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
+    if sums.size == 0:              # no channels: nothing to sum (and no element 0)
+        return True
     cdef floating* dwp = &sums[0, 0, 0, 0]
     if n_img == 0 or tiles == 0:
         memset(dwp, 0, sums.size * sizeof(floating))
