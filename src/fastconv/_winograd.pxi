@@ -507,6 +507,14 @@ cdef bint _winograd_filter_grads(const floating* m, Py_ssize_t c_out, Py_ssize_t
     return finite
 
 
+cdef inline bint _winograd_shared_sums(Py_ssize_t n_slots, Py_ssize_t m_bytes) noexcept nogil:
+    """Whether a Winograd filter gradient sums into one shared M (all
+    threads on a block at a time) rather than into ``n_slots`` copies: for
+    an M of WINOGRAD_SHARED_SUMS_BYTES or more, and where the blocks make
+    one slot only, which would leave all but one thread idle."""
+    return n_slots == 1 or m_bytes >= WINOGRAD_SHARED_SUMS_BYTES
+
+
 def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
                                 const floating[:, :, :, ::1] grad_out,
                                 floating[:, :, :, ::1] grad_weight,
@@ -544,12 +552,8 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
     cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
     cdef Py_ssize_t m_size = 16 * c_out * c_in
-    # one slot would leave the other threads idle: the shared sums then
     cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
-    cdef bint shared_sums = (n_slots == 1 or m_size * <Py_ssize_t>sizeof(floating)
-                             >= WINOGRAD_SHARED_SUMS_BYTES)
-    if shared_sums:
-        n_slots = 1
+    cdef bint shared_sums = _winograd_shared_sums(n_slots, m_size * sizeof(floating))
     # per block: V (16 x C_in x nt), then W (16 x C_out x nt)
     cdef Py_ssize_t vw_size = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
     # the shared variant's V and W follow M; the slots' are per thread
@@ -816,12 +820,8 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
     cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
     cdef Py_ssize_t m_size = 16 * c_in * c_out
-    # one slot would leave the other threads idle: the shared sums then
     cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
-    cdef bint shared_sums = (n_slots == 1 or m_size * <Py_ssize_t>sizeof(floating)
-                             >= WINOGRAD_SHARED_SUMS_BYTES)
-    if shared_sums:
-        n_slots = 1
+    cdef bint shared_sums = _winograd_shared_sums(n_slots, m_size * sizeof(floating))
     # per block: V (16 x nt x C_in), then W (16 x nt x C_out), then a zero
     # pixel (wide enough for either side); after M when shared, else per thread
     cdef Py_ssize_t zeros_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)

@@ -356,8 +356,10 @@ def winograd_config():
     if _WINOGRAD_MIN_CHANNELS is None:
         return "off"
     return (f"3x3 stride 1, >= {_WINOGRAD_MIN_CHANNELS} channels, "
-            f">= {_WINOGRAD_MIN_PLANE} output positions, or >= {_WINOGRAD_MIN_TILES} "
-            f"2x2 tiles in the batch (NCHW: and >= {_WINOGRAD_SMALL_PLANE_CHANNELS} channels)")
+            f">= {_WINOGRAD_MIN_PLANE} output positions, or smaller planes with >= "
+            f"{_WINOGRAD_MIN_TILES} 2x2 tiles in the batch (>= {_WINOGRAD_MANY_TILES} for "
+            f"the filter gradient and for transforms over {_WINOGRAD_SMALL_SUMS_BYTES >> 20} "
+            f"MiB; NCHW: >= {_WINOGRAD_SMALL_PLANE_CHANNELS} channels)")
 
 
 def _winograd(w_shape, geo, n_img, itemsize, layout="NCHW", grad_weight=False):
