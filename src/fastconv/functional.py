@@ -367,18 +367,22 @@ def _winograd(w_shape, geo, n_img, itemsize, layout="NCHW", grad_weight=False):
     (C_out, C_in, kh, kw), geometry `geo` (that of the forward, for all
     three passes) and `itemsize`-byte values takes the Winograd kernels for
     its forward and input gradient, or with `grad_weight` its filter
-    gradient.  A function of the shape only."""
+    gradient (whose sums M stay within _WINOGRAD_MAX_SUMS_BYTES on any
+    plane).  A function of the shape only."""
     c_out, c_in, kh, kw = w_shape
     if not (_WINOGRAD_MIN_CHANNELS is not None and (kh, kw) == (3, 3) and geo.groups == 1
             and geo.stride == (1, 1) and geo.dilation == (1, 1)
             and min(c_out, c_in) >= _WINOGRAD_MIN_CHANNELS):
+        return False
+    sums_bytes = 16 * c_out * c_in * itemsize       # U, and the filter gradient's M
+    if grad_weight and sums_bytes > _WINOGRAD_MAX_SUMS_BYTES:
         return False
     if geo.out_h * geo.out_w >= _WINOGRAD_MIN_PLANE:
         return True
     if layout == "NCHW" and min(c_out, c_in) < _WINOGRAD_SMALL_PLANE_CHANNELS:
         return False
     tiles = n_img * ((geo.out_h + 1) // 2) * ((geo.out_w + 1) // 2)
-    big = 16 * c_out * c_in * itemsize > _WINOGRAD_SMALL_SUMS_BYTES
+    big = sums_bytes > _WINOGRAD_SMALL_SUMS_BYTES
     if grad_weight:
         return tiles >= _WINOGRAD_MANY_TILES and not big
     return tiles >= (_WINOGRAD_MANY_TILES if big else _WINOGRAD_MIN_TILES)
@@ -767,8 +771,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     if layout == "NHWC":
         depthwise = _depthwise_nhwc(weight_shape, x.shape[3], geo)
         if (not depthwise and _winograd(_weight_to_oihw(weight_shape, layout), geo, x.shape[0],
-                                        np.dtype(compute).itemsize, layout, grad_weight=True)
-                and 16 * dw.size // 9 * dw.itemsize <= _WINOGRAD_MAX_SUMS_BYTES):
+                                        np.dtype(compute).itemsize, layout, grad_weight=True)):
             x = contiguous(x, compute)
             kh, kw, c_in, c_out = weight_shape
             sums = np.empty((c_in, c_out, kh, kw), dtype=compute)
@@ -782,8 +785,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     else:
         depthwise = _depthwise(weight_shape, geo)
         if (not depthwise and _winograd(weight_shape, geo, x.shape[0], np.dtype(compute).itemsize,
-                                        grad_weight=True)
-                and 16 * dw.size // 9 * dw.itemsize <= _WINOGRAD_MAX_SUMS_BYTES):
+                                        grad_weight=True)):
             x = contiguous(x, compute)
             if _kernels.conv2d_grad_weight_winograd(x, g, dw, geo.pad_top, geo.pad_left,
                                                     _WINOGRAD_BLOCK_TILES, args[-1]):
