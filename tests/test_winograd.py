@@ -107,6 +107,46 @@ def test_forward_and_gradients_match_oracles(winograd_calls, winograd_sums, n_th
     assert winograd_calls == [True, True, True]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("c_in, c_out, x_hw, block", [
+    (8, 8, (6, 8), 128),            # one 8 x 8 block of channels and pixels per transpose
+    (16, 19, (9, 16), 5),           # pairs of blocks; blocks that cut tile rows
+    (19, 16, (12, 7), 3),           # ragged channels and runs of pixels
+    (37, 24, (17, 10), 16),         # a pair, a block and an edge of channels
+    (24, 9, (5, 33), 7),            # long rows, few output channels
+])
+def test_nchw_channels_last_stages_match_oracles(winograd_calls, winograd_sums, monkeypatch,
+                                                 dtype, c_in, c_out, x_hw, block):
+    # NCHW stages each block's rows channels last in 8 x 8 transposes (two
+    # side by side where the channels or pixels allow), the edges one by
+    # one; the hypothesis shapes above have fewer than 8 channels
+    monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
+    rng = np.random.default_rng(c_in * 100 + c_out)
+    x = rng.standard_normal((3, c_in) + x_hw).astype(dtype)
+    w = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    del winograd_calls[:]
+    y = fastconv.conv2d(x, w, b, padding=1)
+    assert_close(y, ref.conv2d(x64, w64, b.astype(np.float64), padding=1), dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx = fastconv.conv2d_grad_input(g, w, x.shape, padding=1)
+    assert_close(dx, ref.conv2d_grad_input(g.astype(np.float64), w64, x.shape, padding=1),
+                 dtype)
+    dw = fastconv.conv2d_grad_weight(x, g, w.shape, padding=1)
+    assert_close(dw, ref.conv2d_grad_weight(x64, g.astype(np.float64), w.shape, padding=1),
+                 dtype)
+    assert winograd_calls == [True, True, True]
+
+
+def test_nchw_work_items_halve_for_few_channels():
+    # float64, or the filter gradient, with at most 64 channels: 64 tiles
+    block = functional._winograd_block_tiles
+    assert block(64, 64, 8, "NCHW") == 64 and block(64, 64, 4, "NCHW", True) == 64
+    assert block(64, 64, 4, "NCHW") == 128 and block(64, 65, 8, "NCHW") == 128
+    assert block(64, 64, 8, "NHWC") == 128 and block(128, 128, 8, "NCHW", True) == 128
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("x_shape, pad, block", [
@@ -216,17 +256,19 @@ def test_read_only_and_strided_inputs(winograd_calls, rng):
 @pytest.mark.parametrize("rotate_swap", [False, True])
 @pytest.mark.parametrize("c_out, c_in", [(5, 3), (70, 41), (9, 33), (1, 1)])
 def test_filter_transform_is_g_w_gt(dtype, rotate_swap, layout, c_out, c_in, rng):
-    # rows of U cut into chunks of 32 filters and (swapped) stages of 8
-    # rows, raggedly; each filter on its own, so the same bits on 1-3 threads
+    # rows of U cut into chunks of 32 filters and (where a row's filters lie
+    # apart) stages of 8 rows, raggedly; each filter on its own, so the same
+    # bits on 1-3 threads
     w = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
     G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
     filters = (w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if rotate_swap else w)
     expected = np.einsum("au,ocuv,bv->aboc", G, filters.astype(np.float64), G)
-    expected = expected.reshape((16,) + filters.shape[:2])
+    # the kernels take U[xi] as (correlation input x output channels)
+    expected = expected.reshape((16,) + filters.shape[:2]).transpose(0, 2, 1)
     transform, weight = functional._kernels.winograd_filters, w
-    if layout == "NHWC":    # the NHWC kernels take U[xi] transposed
+    if layout == "NHWC":
         transform, weight = functional._kernels.winograd_filters_nhwc, w.transpose(2, 3, 1, 0)
-        weight, expected = weight.copy(), expected.transpose(0, 2, 1)
+        weight = weight.copy()
     results = []
     for threads in (1, 2, 3):
         u = np.full(expected.shape, np.nan, dtype=dtype)
@@ -240,14 +282,15 @@ def test_filter_transform_is_g_w_gt(dtype, rotate_swap, layout, c_out, c_in, rng
         np.testing.assert_array_equal(results[0], other)
 
 
-def test_swapped_filter_transform_workspace_failure_is_a_memory_error(rng):
+def test_staged_filter_transform_workspace_failure_is_a_memory_error(rng):
+    # NCHW's forward filters: a row of U (an input channel) lies apart in w
     from fastconv._simd import kernels
     w = rng.standard_normal((12, 10, 3, 3))
     u = np.empty((16, 10, 12))
     kernels._tuning(fail_allocations=True)
     try:
         with pytest.raises(MemoryError):
-            kernels.winograd_filters(w, u, True, 2)
+            kernels.winograd_filters(w, u, False, 2)
     finally:
         kernels._tuning(fail_allocations=False)
 
@@ -314,7 +357,7 @@ def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     fastconv.conv2d_grad_input(x, np.zeros((32, 32, 3, 3), np.float32), x.shape, padding=1)
     fastconv.conv2d_grad_weight(x, x, (32, 32, 3, 3), padding=1)
     fastconv.conv2d(x, np.zeros((16, 32, 3, 3), np.float32), padding=1)      # 16 channels
-    fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32))                 # 46x46 output
+    fastconv.conv2d(x[:, :, :9, :9], np.zeros((32, 32, 3, 3), np.float32))  # 16 tiles
     fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=1, stride=2)
     fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=2, dilation=2)
     fastconv.conv2d(x, np.zeros((32, 16, 3, 3), np.float32), padding=1, groups=2)
@@ -348,22 +391,36 @@ def test_small_planes_take_winograd_with_enough_tiles():
         for grad_weight in (False, True):
             assert takes((8, 256, 14, 14), 256, itemsize, grad_weight=grad_weight)
             assert takes((32, 64, 8, 8), 64, itemsize, grad_weight=grad_weight)
-    # small planes in NCHW want 64 channels (their tile rows are short), NHWC 32
-    assert not takes((32, 32, 16, 16), 32) and not takes((32, 64, 16, 16), 32)
-    assert takes((32, 32, 16, 16), 32, layout="NHWC")
-    assert not takes((32, 16, 16, 16), 64, layout="NHWC")
-    # at least 64 tiles: 1 image of 14x14 has 49, 2 have 98
+    # at least 32 channels, 16 in NHWC and in NCHW's filter gradient
+    assert takes((32, 32, 16, 16), 32) and not takes((32, 16, 16, 16), 16)
+    assert takes((32, 16, 16, 16), 16, grad_weight=True)
+    assert takes((1, 16, 48, 48), 16, grad_weight=True) and not takes((1, 16, 48, 48), 16)
+    assert takes((32, 16, 16, 16), 16, layout="NHWC")
+    assert not takes((32, 8, 16, 16), 16, layout="NHWC")
+    # NCHW: at least 64 tiles (1 image of 14x14 has 49, 2 have 98), 32 for
+    # the filter gradient, and a tile per 128 KiB of U (float32 512 x 512
+    # filters: 16 MiB, 128 tiles; float64 256)
     assert not takes((1, 128, 14, 14), 128) and takes((2, 128, 14, 14), 128)
-    # the filter gradient wants 256 tiles
-    assert takes((8, 256, 7, 7), 256) and not takes((8, 256, 7, 7), 256, grad_weight=True)
-    assert takes((16, 256, 7, 7), 256, grad_weight=True)
-    # transforms U of more than 8 MiB (float32 or float64 512 x 512 filters,
-    # float64 ones of 256 x 512) want 256 tiles; sums M of that size are
-    # never the filter gradient's
+    assert takes((1, 128, 14, 14), 128, grad_weight=True)
+    assert not takes((1, 128, 5, 5), 128, grad_weight=True)
+    for grad_weight in (False, True):
+        assert takes((8, 512, 7, 7), 512, 4, grad_weight=grad_weight)
+        assert not takes((4, 512, 7, 7), 512, 4, grad_weight=grad_weight)
+        assert not takes((8, 512, 7, 7), 512, 8, grad_weight=grad_weight)
+        assert takes((16, 512, 7, 7), 512, 8, grad_weight=grad_weight)
+    # NHWC: the filter gradient wants 256 tiles, and transforms U of more
+    # than 8 MiB (float32 or float64 512 x 512 filters, float64 ones of
+    # 256 x 512) want 256 tiles; sums M of that size are never the filter
+    # gradient's
+    nhwc = dict(layout="NHWC")
+    assert takes((8, 256, 7, 7), 256, **nhwc)
+    assert not takes((8, 256, 7, 7), 256, grad_weight=True, **nhwc)
+    assert takes((16, 256, 7, 7), 256, grad_weight=True, **nhwc)
     for itemsize in (4, 8):
-        assert not takes((8, 512, 7, 7), 512, itemsize) and takes((16, 512, 7, 7), 512, itemsize)
-        assert not takes((32, 512, 7, 7), 512, itemsize, grad_weight=True)
-    assert not takes((8, 256, 7, 7), 512, 8) and takes((8, 256, 7, 7), 512, 4)
+        assert not takes((8, 512, 7, 7), 512, itemsize, **nhwc)
+        assert takes((16, 512, 7, 7), 512, itemsize, **nhwc)
+        assert not takes((32, 512, 7, 7), 512, itemsize, grad_weight=True, **nhwc)
+    assert not takes((8, 256, 7, 7), 512, 8, **nhwc) and takes((8, 256, 7, 7), 512, 4, **nhwc)
     # only 3x3, stride 1, undilated, ungrouped
     w_shape, n = (64, 64, 3, 3), 8
     for stride, dilation, groups, kernel in ((2, 1, 1, 3), (1, 2, 1, 3), (1, 1, 2, 3),
@@ -377,7 +434,7 @@ def test_small_planes_take_winograd_with_enough_tiles():
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_small_planes_reach_the_kernels(monkeypatch, layout):
     # 2 images of 14x14 (98 tiles): the forward and the input gradient by
-    # Winograd, the filter gradient by the GEMM kernels
+    # Winograd, and in NCHW the filter gradient too (NHWC's wants 256 tiles)
     calls = []
     for name in ("conv2d_winograd", "conv2d_grad_weight_winograd", "conv2d_winograd_nhwc",
                  "conv2d_grad_weight_winograd_nhwc"):
@@ -392,8 +449,10 @@ def test_small_planes_reach_the_kernels(monkeypatch, layout):
     y = fastconv.conv2d(x, w, **kw)
     fastconv.conv2d_grad_input(y, w, x.shape, **kw)
     fastconv.conv2d_grad_weight(x, y, w.shape, **kw)
-    suffix = "_nhwc" if layout == "NHWC" else ""
-    assert calls == ["conv2d_winograd" + suffix] * 2
+    if layout == "NHWC":
+        assert calls == ["conv2d_winograd_nhwc"] * 2
+    else:
+        assert calls == ["conv2d_winograd"] * 2 + ["conv2d_grad_weight_winograd"]
 
 
 def test_environment_switch_turns_winograd_off():

@@ -1060,7 +1060,7 @@ def gemm_split_rows(const floating[:, ::1] a, const floating[:, ::1] b,
 # --- conv2d filter gradient --------------------------------------------------
 
 cdef Py_ssize_t _reduction_slots(Py_ssize_t n_parts, Py_ssize_t w_size,
-                                 Py_ssize_t itemsize, Py_ssize_t n_blocks=1):
+                                 Py_ssize_t itemsize, Py_ssize_t n_blocks=1) noexcept nogil:
     """Partial-sum buffers of a filter gradient cut into ``n_blocks``
     independent blocks: enough for blocks x slots to reach MIN_ITEMS (with
     the default of one block: MAX_SLOTS), at most MAX_SLOTS, at least

@@ -1,13 +1,14 @@
 /*
- * The input and output transforms of Winograd F(2x2, 3x3) (_winograd.pxi),
- * n tiles side by side.  Plain C, compiled into both builds: the tiles'
- * values are additions and subtractions only (no multiply, so no fused
- * multiply-add either), the same bits in both.
+ * The input and output transforms of Winograd F(2x2, 3x3) and F(3x3, 2x2)
+ * (_winograd.pxi), one tile at a time along its pixels' channel vectors,
+ * and the transposes that stage NCHW planes channels last.  Plain C,
+ * compiled into both builds: the tiles' values are additions and
+ * subtractions only (no multiply, so no fused multiply-add either), the
+ * same bits in both.
  *
- * Why C: the loops write sixteen strided rows from eight others; written in
- * Cython, GCC could not rule out that they overlap and left them scalar
- * (perf: the transforms took 57 % of the vgg3x3 float32 forward against
- * the GEMMs' 34 %).  `restrict` lets it vectorize them across the tiles.
+ * Why C: the loops write sixteen strided rows from up to sixteen others;
+ * written in Cython, GCC could not rule out that they overlap and left them
+ * scalar.  `restrict` lets it vectorize them along the channels.
  */
 #ifndef FASTCONV_WINOGRAD_H
 #define FASTCONV_WINOGRAD_H
@@ -26,7 +27,7 @@
 #endif
 
 /* One row combination t0..t3 of B^T d times B on the right: entries xi0 ..
- * xi0 + 3 stored to v[xi*vs + i] (both layouts' loops).  Columns of B:
+ * xi0 + 3 stored to v[xi*vs + i].  Columns of B:
  * (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1). */
 #define FC_WINOGRAD_B_ROW(t0, t1, t2, t3, v, vs, xi0, i)                               \
     do {                                                                               \
@@ -36,41 +37,9 @@
         v[((xi0) + 3) * (vs) + i] = (t1) - (t3);                                       \
     } while (0)
 
-/* fc_winograd_in_dt: B^T d B of tiles jj < n.  Row k (k < 4) of the patches
- * is held as its even columns at e + k*width and its odd ones at
- * od + k*width (width >= n + 1): tile jj's patch row k is
- * e[jj], od[jj], e[jj + 1], od[jj + 1].  Entry xi = 4a + b of tile jj goes
- * to v[xi*v_stride + jj].  Rows of B^T: (1, 0, -1, 0), (0, 1, 1, 0),
- * (0, -1, 1, 0), (0, 1, 0, -1). */
-#define FC_WINOGRAD_IN(dt, T)                                                          \
-static inline void fc_winograd_in_##dt(const T *restrict e, const T *restrict od,      \
-                                       Py_ssize_t width, Py_ssize_t n,                 \
-                                       T *restrict v, Py_ssize_t vs)                   \
-{                                                                                      \
-    const T *e0 = e, *e1 = e + width, *e2 = e + 2 * width, *e3 = e + 3 * width;        \
-    const T *o0 = od, *o1 = od + width, *o2 = od + 2 * width, *o3 = od + 3 * width;    \
-    Py_ssize_t jj;                                                                     \
-    FC_NO_OVERLAP                                                                      \
-    for (jj = 0; jj < n; jj++) {                                                       \
-        /* B^T d, its four columns (even jj, odd jj, even jj+1, odd jj+1) */           \
-        const T a0 = e0[jj] - e2[jj], a1 = o0[jj] - o2[jj];                            \
-        const T a2 = e0[jj + 1] - e2[jj + 1], a3 = o0[jj + 1] - o2[jj + 1];            \
-        const T b0 = e1[jj] + e2[jj], b1 = o1[jj] + o2[jj];                            \
-        const T b2 = e1[jj + 1] + e2[jj + 1], b3 = o1[jj + 1] + o2[jj + 1];            \
-        const T c0 = e2[jj] - e1[jj], c1 = o2[jj] - o1[jj];                            \
-        const T c2 = e2[jj + 1] - e1[jj + 1], c3 = o2[jj + 1] - o1[jj + 1];            \
-        const T d0 = e1[jj] - e3[jj], d1 = o1[jj] - o3[jj];                            \
-        const T d2 = e1[jj + 1] - e3[jj + 1], d3 = o1[jj + 1] - o3[jj + 1];            \
-        /* then B on the right, row by row */                                          \
-        FC_WINOGRAD_B_ROW(a0, a1, a2, a3, v, vs, 0, jj);                               \
-        FC_WINOGRAD_B_ROW(b0, b1, b2, b3, v, vs, 4, jj);                               \
-        FC_WINOGRAD_B_ROW(c0, c1, c2, c3, v, vs, 8, jj);                               \
-        FC_WINOGRAD_B_ROW(d0, d1, d2, d3, v, vs, 12, jj);                              \
-    }                                                                                  \
-}
-
-/* The four outputs of tile jj, A^T M A + b (rows of A^T: (1, 1, 1, 0),
- * (0, 1, -1, -1)), and z: 0 if all four are finite, NaN otherwise. */
+/* The four outputs of a tile, channel jj, A^T M A + b (rows of A^T:
+ * (1, 1, 1, 0), (0, 1, -1, -1)), and z: 0 if all four are finite, NaN
+ * otherwise. */
 #define FC_WINOGRAD_TILE(T, m, ms, jj, b)                                              \
     const T s00 = m[jj] + m[4 * ms + jj] + m[8 * ms + jj];                             \
     const T s01 = m[ms + jj] + m[5 * ms + jj] + m[9 * ms + jj];                        \
@@ -85,42 +54,8 @@ static inline void fc_winograd_in_##dt(const T *restrict e, const T *restrict od
     T z = (y00 + y01) + (y10 + y11);                                                   \
     z = z - z;
 
-/* fc_winograd_out_dt: tiles jj < n of one output channel, entry xi of tile
- * jj at m[xi*ms + jj], into columns 2jj, 2jj + 1 of row0 and row1 -- the
- * last tile's second column left out if odd_last.  Returns 1 if some value
- * computed (left-out ones too) is not finite. */
-#define FC_WINOGRAD_OUT(dt, T)                                                         \
-static inline int fc_winograd_out_##dt(const T *restrict m, Py_ssize_t ms,             \
-                                       Py_ssize_t n, T b, T *restrict row0,            \
-                                       T *restrict row1, int odd_last)                 \
-{                                                                                      \
-    const Py_ssize_t full = odd_last ? n - 1 : n;                                      \
-    int bad = 0;                                                                       \
-    Py_ssize_t jj;                                                                     \
-    FC_NO_OVERLAP                                                                      \
-    for (jj = 0; jj < full; jj++) {                                                    \
-        FC_WINOGRAD_TILE(T, m, ms, jj, b)                                              \
-        bad |= z != z;                                                                 \
-        row0[2 * jj] = y00;                                                            \
-        row0[2 * jj + 1] = y01;                                                        \
-        row1[2 * jj] = y10;                                                            \
-        row1[2 * jj + 1] = y11;                                                        \
-    }                                                                                  \
-    if (full < n) {                                                                    \
-        jj = full;                                                                     \
-        {                                                                              \
-            FC_WINOGRAD_TILE(T, m, ms, jj, b)                                          \
-            bad |= z != z;                                                             \
-            row0[2 * jj] = y00;                                                        \
-            row1[2 * jj] = y10;                                                        \
-            (void)y01; (void)y11;                                                      \
-        }                                                                              \
-    }                                                                                  \
-    return bad;                                                                        \
-}
-
 /* A g A^T of one 2x2 sensitivity block e0 o0 / e1 o1 (row 0, row 1), its
- * entry xi stored to w[xi*ws + i] (both layouts' loops).  Rows of A: (1, 0),
+ * entry xi stored to w[xi*ws + i].  Rows of A: (1, 0),
  * (1, 1), (1, -1), (0, -1). */
 #define FC_WINOGRAD_GRAD_BLOCK(T, e0, o0, e1, o1, w, ws, i)                            \
     do {                                                                               \
@@ -137,29 +72,12 @@ static inline int fc_winograd_out_##dt(const T *restrict m, Py_ssize_t ms,      
         w[14 * (ws) + i] = (o1) - (e1); w[15 * (ws) + i] = (o1);                       \
     } while (0)
 
-/* fc_winograd_grad_dt: A g A^T of the 2x2 blocks jj < n of a sensitivity
- * map (the filter gradient's "filters"): block jj is ge[jj], go[jj] (row 0)
- * and ge[n + jj], go[n + jj] (row 1), its even and odd columns.  Entry
- * xi = 4a + b to w[xi*ws + jj].  Rows of A: (1, 0), (1, 1), (1, -1), (0, -1). */
-#define FC_WINOGRAD_GRAD(dt, T)                                                        \
-static inline void fc_winograd_grad_##dt(const T *restrict ge, const T *restrict go,   \
-                                         Py_ssize_t n, T *restrict w, Py_ssize_t ws)   \
-{                                                                                      \
-    Py_ssize_t jj;                                                                     \
-    FC_NO_OVERLAP                                                                      \
-    for (jj = 0; jj < n; jj++) {                                                       \
-        const T e0 = ge[jj], o0 = go[jj], e1 = ge[n + jj], o1 = go[n + jj];            \
-        FC_WINOGRAD_GRAD_BLOCK(T, e0, o0, e1, o1, w, ws, jj);                          \
-    }                                                                                  \
-}
-
-/* Channels last (NHWC): the same transforms for one tile, vectorized along
- * the channels.  fc_winograd_in_nhwc_dt: d[4r + s] is the patch's pixel
+/* fc_winograd_in_dt: B^T d B of one tile, d[4r + s] its patch's pixel
  * (r, s), ch channels (a zero pixel outside the image); entry xi to
  * v[xi*vs + c]. */
-#define FC_WINOGRAD_IN_NHWC(dt, T)                                                     \
-static inline void fc_winograd_in_nhwc_##dt(const T *const *d, Py_ssize_t ch,          \
-                                            T *restrict v, Py_ssize_t vs)              \
+#define FC_WINOGRAD_IN(dt, T)                                                          \
+static inline void fc_winograd_in_##dt(const T *const *d, Py_ssize_t ch,               \
+                                       T *restrict v, Py_ssize_t vs)                   \
 {                                                                                      \
     const T *d0 = d[0], *d1 = d[1], *d2 = d[2], *d3 = d[3];                            \
     const T *d4 = d[4], *d5 = d[5], *d6 = d[6], *d7 = d[7];                            \
@@ -185,15 +103,15 @@ static inline void fc_winograd_in_nhwc_##dt(const T *const *d, Py_ssize_t ch,   
     }                                                                                  \
 }
 
-/* fc_winograd_out_nhwc_dt: A^T M A + b of one tile (entry xi, channel c at
+/* fc_winograd_out_dt: A^T M A + b of one tile (entry xi, channel c at
  * m[xi*ms + c]) into its four output pixels y00, y01, y10, y11 (distinct
  * spare vectors for those outside the image).  Returns 1 if some value is
  * not finite. */
-#define FC_WINOGRAD_OUT_NHWC(dt, T)                                                    \
-static inline int fc_winograd_out_nhwc_##dt(const T *restrict m, Py_ssize_t ms,        \
-                                            Py_ssize_t ch, const T *restrict bias,     \
-                                            T *restrict p00, T *restrict p01,          \
-                                            T *restrict p10, T *restrict p11)          \
+#define FC_WINOGRAD_OUT(dt, T)                                                         \
+static inline int fc_winograd_out_##dt(const T *restrict m, Py_ssize_t ms,             \
+                                       Py_ssize_t ch, const T *restrict bias,          \
+                                       T *restrict p00, T *restrict p01,               \
+                                       T *restrict p10, T *restrict p11)               \
 {                                                                                      \
     int bad = 0;                                                                       \
     Py_ssize_t c;                                                                      \
@@ -209,14 +127,14 @@ static inline int fc_winograd_out_nhwc_##dt(const T *restrict m, Py_ssize_t ms, 
     return bad;                                                                        \
 }
 
-/* fc_winograd_grad_nhwc_dt: A g A^T of one 2x2 sensitivity block, its pixels
+/* fc_winograd_grad_dt: A g A^T of one 2x2 sensitivity block, its pixels
  * g00, g01, g10, g11 (a zero pixel outside the map), ch channels; entry xi
  * to w[xi*ws + c]. */
-#define FC_WINOGRAD_GRAD_NHWC(dt, T)                                                   \
-static inline void fc_winograd_grad_nhwc_##dt(const T *g00, const T *g01,              \
-                                              const T *g10, const T *g11,              \
-                                              Py_ssize_t ch, T *restrict w,            \
-                                              Py_ssize_t ws)                           \
+#define FC_WINOGRAD_GRAD(dt, T)                                                        \
+static inline void fc_winograd_grad_##dt(const T *g00, const T *g01,                   \
+                                         const T *g10, const T *g11,                   \
+                                         Py_ssize_t ch, T *restrict w,                 \
+                                         Py_ssize_t ws)                                \
 {                                                                                      \
     Py_ssize_t c;                                                                      \
     FC_NO_OVERLAP                                                                      \
@@ -226,17 +144,102 @@ static inline void fc_winograd_grad_nhwc_##dt(const T *g00, const T *g01,       
     }                                                                                  \
 }
 
+/* Channels-last staging of NCHW planes (the NCHW kernels run the same
+ * transforms and GEMMs on it): fc_transpose_dt writes dst[j*ldd + i] =
+ * src[i*lds + j] for i < rows, j < cols, in 8 x 8 blocks -- AVX shuffles
+ * where the build targets AVX (the AVX2 build), plain loops otherwise and
+ * at the edges.  Copies only, so both builds give the same bits. */
+#if defined(__AVX__) && defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+#include <immintrin.h>
+#include "_transpose8x8.h"
+#define fc_tr8x8_f32 fc_tr8x8_avx_f32
+
+static inline void fc_tr4x4_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
+{
+    const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + lds);
+    const __m256d r2 = _mm256_loadu_pd(src + 2 * lds), r3 = _mm256_loadu_pd(src + 3 * lds);
+    const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(dst + ldd, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(dst + 2 * ldd, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(dst + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+
+static inline void fc_tr8x8_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
+{
+    fc_tr4x4_f64(src, lds, dst, ldd);
+    fc_tr4x4_f64(src + 4, lds, dst + 4 * ldd, ldd);
+    fc_tr4x4_f64(src + 4 * lds, lds, dst + 4, ldd);
+    fc_tr4x4_f64(src + 4 * lds + 4, lds, dst + 4 * ldd + 4, ldd);
+}
+#else
+#define FC_TR8X8_LOOP(dt, T)                                                           \
+static inline void fc_tr8x8_##dt(const T *src, Py_ssize_t lds, T *dst, Py_ssize_t ldd) \
+{                                                                                      \
+    Py_ssize_t i, j;                                                                   \
+    for (j = 0; j < 8; j++)                                                            \
+        for (i = 0; i < 8; i++)                                                        \
+            dst[j * ldd + i] = src[i * lds + j];                                       \
+}
+FC_TR8X8_LOOP(f32, float)
+FC_TR8X8_LOOP(f64, double)
+#endif
+
+/* The blocks go along the rows of src (`along_dst` 0) or of dst (1): the
+ * side in memory, not in a cache-sized stage, is then read or written in
+ * sequential streams instead of one line per row.  The stage's side is
+ * taken 16 at a time (two blocks), so its lines are whole (16 floats). */
+#define FC_TRANSPOSE(dt, T)                                                            \
+static inline void fc_transpose_##dt(const T *src, Py_ssize_t lds, Py_ssize_t rows,    \
+                                     Py_ssize_t cols, T *dst, Py_ssize_t ldd,          \
+                                     int along_dst)                                    \
+{                                                                                      \
+    const Py_ssize_t rows8 = rows - rows % 8, cols8 = cols - cols % 8;                 \
+    Py_ssize_t i, j, i0, j0;                                                           \
+    if (along_dst) {                                                                   \
+        for (j0 = 0; j0 < cols8; j0 += 8) {                                            \
+            const int pair = j0 + 16 <= cols8;                                         \
+            for (i0 = 0; i0 < rows8; i0 += 8) {                                        \
+                fc_tr8x8_##dt(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);     \
+                if (pair)                                                              \
+                    fc_tr8x8_##dt(src + i0 * lds + j0 + 8, lds,                        \
+                                  dst + (j0 + 8) * ldd + i0, ldd);                     \
+            }                                                                          \
+            for (j = j0; j < j0 + (pair ? 16 : 8); j++)                                \
+                for (i = rows8; i < rows; i++)                                         \
+                    dst[j * ldd + i] = src[i * lds + j];                               \
+            j0 += pair ? 8 : 0;                                                        \
+        }                                                                              \
+    } else {                                                                           \
+        for (i0 = 0; i0 < rows8; i0 += 8) {                                            \
+            const int pair = i0 + 16 <= rows8;                                         \
+            for (j0 = 0; j0 < cols8; j0 += 8) {                                        \
+                fc_tr8x8_##dt(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);     \
+                if (pair)                                                              \
+                    fc_tr8x8_##dt(src + (i0 + 8) * lds + j0, lds,                      \
+                                  dst + j0 * ldd + i0 + 8, ldd);                       \
+            }                                                                          \
+            for (j = cols8; j < cols; j++)                                             \
+                for (i = i0; i < i0 + (pair ? 16 : 8); i++)                            \
+                    dst[j * ldd + i] = src[i * lds + j];                               \
+            i0 += pair ? 8 : 0;                                                        \
+        }                                                                              \
+    }                                                                                  \
+    /* the rest: rows past rows8, or (along_dst) columns past cols8 */             \
+    for (j = along_dst ? cols8 : 0; j < cols; j++)                                     \
+        for (i = along_dst ? 0 : rows8; i < rows; i++)                                 \
+            dst[j * ldd + i] = src[i * lds + j];                                       \
+}
+
+FC_TRANSPOSE(f32, float)
+FC_TRANSPOSE(f64, double)
+
 FC_WINOGRAD_IN(f32, float)
 FC_WINOGRAD_IN(f64, double)
 FC_WINOGRAD_OUT(f32, float)
 FC_WINOGRAD_OUT(f64, double)
 FC_WINOGRAD_GRAD(f32, float)
 FC_WINOGRAD_GRAD(f64, double)
-FC_WINOGRAD_IN_NHWC(f32, float)
-FC_WINOGRAD_IN_NHWC(f64, double)
-FC_WINOGRAD_OUT_NHWC(f32, float)
-FC_WINOGRAD_OUT_NHWC(f64, double)
-FC_WINOGRAD_GRAD_NHWC(f32, float)
-FC_WINOGRAD_GRAD_NHWC(f64, double)
 
 #endif

@@ -1,19 +1,29 @@
 # Winograd's minimal filtering for 3x3, stride-1, undilated, ungrouped
-# convolutions (NCHW; NHWC at the end), included by _kernels.pyx: F(2x2, 3x3) for the forward and
-# for the input gradient (the full correlation of the padded sensitivity
-# map with the rotated, swapped filters), F(3x3, 2x2) for the filter
-# gradient (at the end of this file).
+# convolutions, both layouts, included by _kernels.pyx: F(2x2, 3x3) for the
+# forward and for the input gradient (the full correlation of the padded
+# sensitivity map with the rotated, swapped filters), F(3x3, 2x2) for the
+# filter gradient (the second half of this file).
 #
 # Each 2x2 block of outputs (a "tile") is read from the 4x4 input patch d
 # that covers its four 3x3 windows:  y = A^T [ (G g G^T) . (B^T d B) ] A
 # (Lavin & Gray, 2016), where g is one 3x3 filter and . multiplies the
 # sixteen transformed entries elementwise.  Summed over the input channels,
 # each of the sixteen entries xi is one GEMM
-#     M[xi] (C_out x tiles) = U[xi] (C_out x C_in) @ V[xi] (C_in x tiles),
+#     M[xi] (tiles x C_out) = V[xi] (tiles x C_in) @ U[xi] (C_in x C_out),
 # 16 * C_out * C_in multiply-adds per tile against the textbook's
 # 36 * C_out * C_in: 2.25x fewer.  U (the transformed filters,
 # winograd_filters) is computed once per call; B^T d B and A^T M A are
-# additions and subtractions only (_winograd.h).
+# additions and subtractions only, one tile at a time along its pixels'
+# channel vectors (_winograd.h).
+#
+# NHWC reads its pixels in place.  NCHW first copies each block's input
+# rows to a channels-last stage, and writes its outputs to another that is
+# then copied to the planes (_stage_channels_last, _unstage_tiles): the
+# transforms that ran along a tile row in NCHW had few tiles to run along
+# on small planes (4 on 7x7), and the copies cost less than they did.
+# Against those (2 threads, float32): forward 1.10-1.46x on planes up to
+# 28x28, 1.0-1.1x on 56x56; float64 0.97-1.18x, and 0.93x on the big
+# 100x100 layer, whose stages (rows x 100 pixels x 256 channels) spill L2.
 #
 # Work items are blocks of ``block_tiles`` consecutive tiles of the batch
 # (image after image, so small planes' tiles share a block), so the
@@ -28,34 +38,27 @@
 
 
 cdef extern from "_winograd.h" nogil:
-    # the transforms, vectorized across the tiles (see the header)
-    void fc_winograd_in_f32(const float* e, const float* od, Py_ssize_t width, Py_ssize_t n,
-                            float* v, Py_ssize_t v_stride)
-    void fc_winograd_in_f64(const double* e, const double* od, Py_ssize_t width,
-                            Py_ssize_t n, double* v, Py_ssize_t v_stride)
-    int fc_winograd_out_f32(const float* m, Py_ssize_t m_stride, Py_ssize_t n, float b,
-                            float* row0, float* row1, int odd_last)
-    int fc_winograd_out_f64(const double* m, Py_ssize_t m_stride, Py_ssize_t n, double b,
-                            double* row0, double* row1, int odd_last)
-    void fc_winograd_grad_f32(const float* ge, const float* go, Py_ssize_t n, float* w,
-                              Py_ssize_t w_stride)
-    void fc_winograd_in_nhwc_f32(const float** d, Py_ssize_t ch, float* v, Py_ssize_t v_stride)
-    void fc_winograd_in_nhwc_f64(const double** d, Py_ssize_t ch, double* v,
+    # one tile's transforms along the channels (see the header)
+    void fc_winograd_in_f32(const float** d, Py_ssize_t ch, float* v, Py_ssize_t v_stride)
+    void fc_winograd_in_f64(const double** d, Py_ssize_t ch, double* v,
                                  Py_ssize_t v_stride)
-    int fc_winograd_out_nhwc_f32(const float* m, Py_ssize_t m_stride, Py_ssize_t ch,
+    int fc_winograd_out_f32(const float* m, Py_ssize_t m_stride, Py_ssize_t ch,
                                  const float* bias, float* p00, float* p01, float* p10,
                                  float* p11)
-    int fc_winograd_out_nhwc_f64(const double* m, Py_ssize_t m_stride, Py_ssize_t ch,
+    int fc_winograd_out_f64(const double* m, Py_ssize_t m_stride, Py_ssize_t ch,
                                  const double* bias, double* p00, double* p01, double* p10,
                                  double* p11)
-    void fc_winograd_grad_nhwc_f32(const float* g00, const float* g01, const float* g10,
+    void fc_winograd_grad_f32(const float* g00, const float* g01, const float* g10,
                                    const float* g11, Py_ssize_t ch, float* w,
                                    Py_ssize_t w_stride)
-    void fc_winograd_grad_nhwc_f64(const double* g00, const double* g01, const double* g10,
+    void fc_winograd_grad_f64(const double* g00, const double* g01, const double* g10,
                                    const double* g11, Py_ssize_t ch, double* w,
                                    Py_ssize_t w_stride)
-    void fc_winograd_grad_f64(const double* ge, const double* go, Py_ssize_t n, double* w,
-                              Py_ssize_t w_stride)
+    # NCHW planes to channels-last stages and back
+    void fc_transpose_f32(const float* src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols,
+                          float* dst, Py_ssize_t ldd, int along_dst)
+    void fc_transpose_f64(const double* src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols,
+                          double* dst, Py_ssize_t ldd, int along_dst)
 
 
 # The Winograd filter gradients sum M (16 x C_out x C_in) of at least this
@@ -101,45 +104,6 @@ cdef Py_ssize_t _winograd_block(Py_ssize_t total, Py_ssize_t block_tiles) noexce
     if n_items % 2 == 1 and (n_items > 1 or total >= 2 * WINOGRAD_MIN_SPLIT):
         n_items += 1
     return max(1, _ceil_div(total, n_items))
-
-
-cdef void _winograd_input_rows(const floating* plane, Py_ssize_t in_h, Py_ssize_t in_w,
-                               Py_ssize_t top, Py_ssize_t col0, Py_ssize_t n,
-                               floating* s, floating* v, Py_ssize_t v_stride) noexcept nogil:
-    """B^T d B of n tiles side by side in one channel: tile jj's patch is
-    rows top..top+3, columns col0 + 2*jj .. col0 + 2*jj + 3 of the plane
-    (zero outside it).  Entry xi of tile jj goes to ``v[xi*v_stride + jj]``;
-    ``s`` is scratch for 8*(n + 1) values."""
-    cdef Py_ssize_t width = n + 1
-    cdef floating* e = s                # patch rows' even columns col0 + 2*jj
-    cdef floating* od = s + 4 * width   # and odd ones, jj <= n
-    cdef const floating* row
-    cdef Py_ssize_t k, jj, r, c, lo, hi
-    # jj in [lo, hi): both columns col0 + 2*jj and col0 + 2*jj + 1 inside the row
-    lo = min((1 - col0) // 2 if col0 < 0 else 0, width)
-    hi = max(min((in_w - col0) // 2, width), lo)
-    for k in range(4):
-        r = top + k
-        if r < 0 or r >= in_h:
-            memset(e + k * width, 0, width * sizeof(floating))
-            memset(od + k * width, 0, width * sizeof(floating))
-            continue
-        row = plane + r * in_w
-        for jj in range(lo, hi):
-            e[k * width + jj] = row[col0 + 2 * jj]
-            od[k * width + jj] = row[col0 + 2 * jj + 1]
-        for jj in range(lo):
-            c = col0 + 2 * jj
-            e[k * width + jj] = row[c] if 0 <= c < in_w else 0
-            od[k * width + jj] = row[c + 1] if 0 <= c + 1 < in_w else 0
-        for jj in range(hi, width):
-            c = col0 + 2 * jj
-            e[k * width + jj] = row[c] if 0 <= c < in_w else 0
-            od[k * width + jj] = row[c + 1] if 0 <= c + 1 < in_w else 0
-    if floating is float:
-        fc_winograd_in_f32(e, od, width, n, v, v_stride)
-    else:
-        fc_winograd_in_f64(e, od, width, n, v, v_stride)
 
 
 cdef enum:
@@ -203,7 +167,7 @@ cdef int _winograd_filter_rows(const floating* w, Py_ssize_t rows, Py_ssize_t co
                                        rotate, min(WINOGRAD_FILTER_CHUNK, cols - c0),
                                        u + r * cols + c0, us)
         return status
-    # A row's filters far apart (the input gradient's swapped ones): read
+    # A row's filters far apart (NCHW's forward, NHWC's input gradient): read
     # row by row, their lines fell in a few cache sets and missed (512 x 512
     # float64 took 53 ms).  Each item copies the filters of
     # WINOGRAD_STAGE_ROWS rows, contiguous along r, to a per-thread stage,
@@ -217,11 +181,18 @@ cdef int _winograd_filter_rows(const floating* w, Py_ssize_t rows, Py_ssize_t co
                 continue
             r0 = item * WINOGRAD_STAGE_ROWS
             n_rows = min(WINOGRAD_STAGE_ROWS, rows - r0)
-            for c in range(cols):
-                for t in range(9):
+            if tap_step == 1:   # (NCHW) a filter's taps together in w as well
+                for c in range(cols):
                     for r in range(n_rows):
-                        stage[(r * cols + c) * 9 + t] = w[(r0 + r) * row_step + c * col_step
-                                                          + t * tap_step]
+                        for t in range(9):
+                            stage[(r * cols + c) * 9 + t] = w[(r0 + r) * row_step
+                                                              + c * col_step + t]
+            else:               # (NHWC) the rows' taps together
+                for c in range(cols):
+                    for t in range(9):
+                        for r in range(n_rows):
+                            stage[(r * cols + c) * 9 + t] = w[(r0 + r) * row_step
+                                                              + c * col_step + t * tap_step]
             for r in range(n_rows):
                 for k in range(n_chunks):
                     c0 = k * WINOGRAD_FILTER_CHUNK
@@ -234,10 +205,11 @@ cdef int _winograd_filter_rows(const floating* w, Py_ssize_t rows, Py_ssize_t co
 
 def winograd_filters(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
                      bint rotate_swap, int n_threads=1):
-    """``u[4a + b, o, c] = (G g G^T)[a, b]`` for each 3x3 filter g
-    (inputs trusted): g = ``weight[o, c]`` (``u`` is (16, C_out, C_in)), or
-    with ``rotate_swap`` the input gradient's ``weight[c, o, ::-1, ::-1]``
-    (``u`` is (16, C_in, C_out) of a (C_out, C_in, 3, 3) weight).  Summed
+    """``u[4a + b, i, o] = (G g G^T)[a, b]`` for each 3x3 filter g of the
+    correlation from input channel i to output channel o (inputs trusted):
+    g = ``weight[o, i]`` (``u`` is (16, C_in, C_out)), or with
+    ``rotate_swap`` the input gradient's ``weight[i, o, ::-1, ::-1]``
+    (``u`` is (16, C_out, C_in) of a (C_out, C_in, 3, 3) weight).  Summed
     in double precision and rounded once.  Rows of G: (1, 0, 0),
     (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1)."""
     cdef Py_ssize_t rows = u.shape[1], cols = u.shape[2]
@@ -245,11 +217,11 @@ def winograd_filters(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
     if rows == 0 or cols == 0:
         return
     with nogil:
-        if rotate_swap:     # g(o, c) = weight[c, o]: weight is (cols, rows, 3, 3)
-            status = _winograd_filter_rows(&weight[0, 0, 0, 0], rows, cols, 9, 9 * rows, 1,
-                                           True, &u[0, 0, 0], n_threads)
-        else:
+        if rotate_swap:     # g(r, c) = weight[r, c] rotated: weight is (rows, cols, 3, 3)
             status = _winograd_filter_rows(&weight[0, 0, 0, 0], rows, cols, 9 * cols, 9, 1,
+                                           True, &u[0, 0, 0], n_threads)
+        else:               # g(r, c) = weight[c, r]: weight is (cols, rows, 3, 3)
+            status = _winograd_filter_rows(&weight[0, 0, 0, 0], rows, cols, 9, 9 * rows, 1,
                                            False, &u[0, 0, 0], n_threads)
     _raise_for_status(status)
 
@@ -277,60 +249,281 @@ def winograd_filters_nhwc(const floating[:, :, :, ::1] weight, floating[:, :, ::
     _raise_for_status(status)
 
 
+# --- NCHW's channels-last stages ----------------------------------------------
+#
+# A block of tiles reaches a run of the batch's rows (image after image:
+# row r of image n is batch row n*h + r); NCHW copies that run of its
+# input, or of its sensitivity map, to a stage that reads like NHWC, and
+# writes its outputs to one that _unstage_tiles copies to the planes.
+
+
+cdef inline Py_ssize_t _block_first_row(Py_ssize_t g0, Py_ssize_t tiles, Py_ssize_t tiles_w,
+                                        Py_ssize_t h, Py_ssize_t off) noexcept nogil:
+    """The first batch row (row r of image n is batch row ``n*h + r``) that
+    the tiles from g0 on reach, tile row i of an image covering its rows
+    from ``2*i + off`` on (those that exist)."""
+    cdef Py_ssize_t n = g0 // tiles
+    return n * h + min(max(2 * (g0 % tiles // tiles_w) + off, 0), h)
+
+
+cdef inline Py_ssize_t _block_end_row(Py_ssize_t g1, Py_ssize_t tiles, Py_ssize_t tiles_w,
+                                      Py_ssize_t h, Py_ssize_t off, Py_ssize_t span,
+                                      Py_ssize_t lo) noexcept nogil:
+    """One past the last batch row that the tiles before g1 reach, tile row
+    i covering rows ``2*i + off`` to ``2*i + off + span - 1``; at least
+    ``lo`` (the first row)."""
+    cdef Py_ssize_t n = (g1 - 1) // tiles
+    return max(lo, n * h + min(max(2 * ((g1 - 1) % tiles // tiles_w) + off + span, 0), h))
+
+
+cdef Py_ssize_t _most_block_rows(Py_ssize_t total, Py_ssize_t block, Py_ssize_t tiles,
+                                 Py_ssize_t tiles_w, Py_ssize_t h, Py_ssize_t off,
+                                 Py_ssize_t span) noexcept nogil:
+    """The most batch rows that a block of the ``total`` tiles reaches (the
+    stage's size; see _block_first_row and _block_end_row)."""
+    cdef Py_ssize_t k, g0, lo, most = 0
+    for k in range(_ceil_div(total, block)):
+        g0 = k * block
+        lo = _block_first_row(g0, tiles, tiles_w, h, off)
+        most = max(most, _block_end_row(min(g0 + block, total), tiles, tiles_w, h, off, span,
+                                        lo) - lo)
+    return most
+
+
+cdef void _stage_channels_last(const floating* src, Py_ssize_t n_ch, Py_ssize_t h,
+                               Py_ssize_t w, Py_ssize_t lo, Py_ssize_t hi,
+                               floating* dst) noexcept nogil:
+    """Batch rows ``lo <= L < hi`` of the NCHW planes ``src`` (n_ch channels
+    of h x w) as channels-last pixels: channel c of column col of row L at
+    ``dst[((L - lo)*w + col)*n_ch + c]``."""
+    cdef Py_ssize_t row = lo, n, r, r1
+    while row < hi:
+        n = row // h
+        r = row - n * h
+        r1 = min(h, hi - n * h)         # this image's rows r .. r1 - 1: one transpose
+        if floating is float:
+            fc_transpose_f32(src + (n * n_ch * h + r) * w, h * w, n_ch, (r1 - r) * w,
+                             dst + (row - lo) * w * n_ch, n_ch, 0)
+        else:
+            fc_transpose_f64(src + (n * n_ch * h + r) * w, h * w, n_ch, (r1 - r) * w,
+                             dst + (row - lo) * w * n_ch, n_ch, 0)
+        row = n * h + r1
+
+
+cdef inline void _pixels_to_planes(const floating* src, Py_ssize_t n_ch, Py_ssize_t n_pix,
+                                   floating* dst, Py_ssize_t plane) noexcept nogil:
+    """``n_pix`` channels-last pixels to a run of each of the n_ch planes."""
+    if floating is float:
+        fc_transpose_f32(src, n_ch, n_pix, n_ch, dst, plane, 1)
+    else:
+        fc_transpose_f64(src, n_ch, n_pix, n_ch, dst, plane, 1)
+
+
+cdef void _unstage_tiles(const floating* src, Py_ssize_t n_ch, Py_ssize_t h, Py_ssize_t w,
+                         Py_ssize_t lo, Py_ssize_t tiles, Py_ssize_t tiles_w,
+                         Py_ssize_t g0, Py_ssize_t g1, floating* dst) noexcept nogil:
+    """The output pixels of the tiles g0 <= g < g1 (2x2 each, those inside
+    the h x w planes), staged channels last from batch row ``lo`` on as
+    _stage_channels_last lays them out, to the NCHW planes ``dst``; no other
+    pixel (another block's, in the same row) is written."""
+    cdef Py_ssize_t n, t0, t1, i, i_last, i_end, j0, j1, r
+    for n in range(g0 // tiles, (g1 - 1) // tiles + 1):
+        t0 = max(g0 - n * tiles, 0)
+        t1 = min(g1 - n * tiles, tiles)
+        i = t0 // tiles_w
+        i_last = (t1 - 1) // tiles_w
+        while i <= i_last:
+            j0 = max(t0 - i * tiles_w, 0)
+            j1 = min(t1 - i * tiles_w, tiles_w)
+            if j0 == 0 and j1 == tiles_w:
+                # whole tile rows: their output rows in one transpose
+                i_end = i + 1
+                while i_end <= i_last and (i_end + 1) * tiles_w <= t1:
+                    i_end += 1
+                r = 2 * i
+                _pixels_to_planes(src + (n * h + r - lo) * w * n_ch, n_ch,
+                                  (min(2 * i_end, h) - r) * w, dst + (n * n_ch * h + r) * w,
+                                  h * w)
+                i = i_end
+            else:
+                for r in range(2 * i, min(2 * i + 2, h)):
+                    _pixels_to_planes(src + ((n * h + r - lo) * w + 2 * j0) * n_ch, n_ch,
+                                      min(2 * j1, w) - 2 * j0,
+                                      dst + (n * n_ch * h + r) * w + 2 * j0, h * w)
+                i += 1
+
+
+# --- one tile's transforms, along its pixels' channels (both layouts) ----------
+
+
 cdef void _winograd_inputs(const floating* xp, Py_ssize_t c_in, Py_ssize_t in_h,
                            Py_ssize_t in_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
                            Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g0,
                            Py_ssize_t g1, floating* v, Py_ssize_t vs,
-                           floating* scratch, Py_ssize_t c_lo, Py_ssize_t c_hi) noexcept nogil:
-    """V[xi][c][g - g0] at ``v[xi*vs + c*(g1 - g0) + g - g0]`` for the tiles
-    g0 <= g < g1 of the whole batch (tile g is tile g % tiles of image
-    g // tiles), tile row by tile row, for the channels c_lo <= c < c_hi."""
-    cdef Py_ssize_t nt = g1 - g0, c, n, t0, t1, i, j0, j1
-    for c in range(c_lo, c_hi):
-        for n in range(g0 // tiles, (g1 - 1) // tiles + 1):
-            t0 = max(g0 - n * tiles, 0)
-            t1 = min(g1 - n * tiles, tiles)
-            for i in range(t0 // tiles_w, (t1 - 1) // tiles_w + 1):
-                j0 = max(t0 - i * tiles_w, 0)
-                j1 = min(t1 - i * tiles_w, tiles_w)
-                _winograd_input_rows(xp + (n * c_in + c) * in_h * in_w, in_h, in_w,
-                                     2 * i - pad_top, 2 * j0 - pad_left, j1 - j0, scratch,
-                                     v + c * nt + n * tiles + i * tiles_w + j0 - g0, vs)
+                           const floating* zeros, Py_ssize_t row0) noexcept nogil:
+    """V[xi][g - g0][c] at ``v[xi*vs + (g - g0)*c_in + c]`` for the tiles
+    g0 <= g < g1 of the batch; pixels outside the image read ``zeros``.
+    ``xp`` holds the batch's rows from ``row0`` on (row r of image n is
+    batch row ``n*in_h + r``): 0 for the whole batch, or a stage's first
+    row (_stage_channels_last)."""
+    cdef const floating* d[16]
+    cdef Py_ssize_t g, n, t, i, j, r, q, row, col
+    for g in range(g0, g1):
+        n = g // tiles
+        t = g % tiles
+        i = t // tiles_w
+        j = t % tiles_w
+        for r in range(4):
+            row = 2 * i - pad_top + r
+            for q in range(4):
+                col = 2 * j - pad_left + q
+                if 0 <= row < in_h and 0 <= col < in_w:
+                    d[4 * r + q] = xp + ((n * in_h + row - row0) * in_w + col) * c_in
+                else:
+                    d[4 * r + q] = zeros
+        if floating is float:
+            fc_winograd_in_f32(d, c_in, v + (g - g0) * c_in, vs)
+        else:
+            fc_winograd_in_f64(d, c_in, v + (g - g0) * c_in, vs)
 
 
 cdef bint _winograd_outputs(const floating* m, Py_ssize_t ms, Py_ssize_t c_out,
-                            const floating* bp,
-                            floating* yp, Py_ssize_t out_h, Py_ssize_t out_w,
-                            Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g0,
-                            Py_ssize_t g1, floating* spare) noexcept nogil:
-    """A^T M A + bias of the tiles g0 <= g < g1 (M[xi][o][g - g0] at
-    ``m[xi*ms + o*(g1 - g0) + g - g0]``) into the output planes (``bp``
-    NULL: no bias); False if some value was not finite."""
-    cdef Py_ssize_t nt = g1 - g0, o, n, t0, t1, i, j0, j1
-    cdef floating* row0
-    cdef floating* row1
-    cdef floating b
+                            const floating* bp, floating* yp, Py_ssize_t out_h,
+                            Py_ssize_t out_w, Py_ssize_t tiles_w, Py_ssize_t tiles,
+                            Py_ssize_t g0, Py_ssize_t g1, Py_ssize_t row0,
+                            floating* spare) noexcept nogil:
+    """A^T M A + bias of the tiles g0 <= g < g1 (M[xi][g - g0][o] at
+    ``m[xi*ms + (g - g0)*c_out + o]``) into their channels-last output
+    pixels, ``yp`` holding the batch's output rows from ``row0`` on (as
+    _winograd_inputs' ``xp``); a tile's pixels past the last row or
+    column go to ``spare`` (3 pixels).  False if some value was not
+    finite."""
+    cdef Py_ssize_t g, n, t, i, j
+    cdef floating* p00
+    cdef floating* p01
+    cdef floating* p10
+    cdef floating* p11
     cdef int bad = 0
-    for o in range(c_out):
-        b = bp[o] if bp != NULL else 0
-        for n in range(g0 // tiles, (g1 - 1) // tiles + 1):
-            t0 = max(g0 - n * tiles, 0)
-            t1 = min(g1 - n * tiles, tiles)
-            for i in range(t0 // tiles_w, (t1 - 1) // tiles_w + 1):
-                j0 = max(t0 - i * tiles_w, 0)
-                j1 = min(t1 - i * tiles_w, tiles_w)
-                row0 = yp + ((n * c_out + o) * out_h + 2 * i) * out_w + 2 * j0
-                # an odd Ho's last tile row writes its second row to `spare`
-                row1 = row0 + out_w if 2 * i + 1 < out_h else spare
-                if floating is float:
-                    bad |= fc_winograd_out_f32(m + o * nt + n * tiles + i * tiles_w + j0 - g0,
-                                               ms, j1 - j0, b, row0, row1,
-                                               j1 == tiles_w and out_w % 2 == 1)
-                else:
-                    bad |= fc_winograd_out_f64(m + o * nt + n * tiles + i * tiles_w + j0 - g0,
-                                               ms, j1 - j0, b, row0, row1,
-                                               j1 == tiles_w and out_w % 2 == 1)
+    for g in range(g0, g1):
+        n = g // tiles
+        t = g % tiles
+        i = t // tiles_w
+        j = t % tiles_w
+        p00 = yp + ((n * out_h + 2 * i - row0) * out_w + 2 * j) * c_out
+        p01 = p00 + c_out if 2 * j + 1 < out_w else spare
+        p10 = p00 + out_w * c_out if 2 * i + 1 < out_h else spare + c_out
+        p11 = (p10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
+               else spare + 2 * c_out)
+        if floating is float:
+            bad |= fc_winograd_out_f32(m + (g - g0) * c_out, ms, c_out, bp,
+                                            p00, p01, p10, p11)
+        else:
+            bad |= fc_winograd_out_f64(m + (g - g0) * c_out, ms, c_out, bp,
+                                            p00, p01, p10, p11)
     return not bad
+
+
+cdef inline void _winograd_grad_tile(const floating* gp, Py_ssize_t c_out,
+                                     Py_ssize_t out_h, Py_ssize_t out_w,
+                                     Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g,
+                                     floating* w, Py_ssize_t ws,
+                                     const floating* zeros, Py_ssize_t row0) noexcept nogil:
+    """W[xi][g][:] = (A g A^T)[xi] of tile g's 2x2 sensitivity block (the
+    channel vectors; ``zeros`` past the map's last row or column), at
+    ``w[xi*ws + o]``; ``gp`` holds the batch's rows from ``row0`` on (as
+    _winograd_inputs' ``xp``)."""
+    cdef Py_ssize_t n = g // tiles, t = g % tiles
+    cdef Py_ssize_t i = t // tiles_w, j = t % tiles_w
+    cdef const floating* g00 = gp + ((n * out_h + 2 * i - row0) * out_w + 2 * j) * c_out
+    cdef const floating* g01 = g00 + c_out if 2 * j + 1 < out_w else zeros
+    cdef const floating* g10 = g00 + out_w * c_out if 2 * i + 1 < out_h else zeros
+    cdef const floating* g11 = (g10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
+                                else zeros)
+    if floating is float:
+        fc_winograd_grad_f32(g00, g01, g10, g11, c_out, w, ws)
+    else:
+        fc_winograd_grad_f64(g00, g01, g10, g11, c_out, w, ws)
+
+
+# --- the forward and the input gradient: F(2x2, 3x3) --------------------------
+
+
+cdef int _winograd_correlate_blocks(const floating* xp, Py_ssize_t n_img, Py_ssize_t c_in,
+                                    Py_ssize_t in_h, Py_ssize_t in_w, const floating* up,
+                                    const floating* bp, floating* yp, Py_ssize_t c_out,
+                                    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t pad_top,
+                                    Py_ssize_t pad_left, Py_ssize_t block_tiles, bint nchw,
+                                    int n_threads, bint* finite) noexcept nogil:
+    """The work of conv2d_winograd (``nchw``) and conv2d_winograd_nhwc:
+    ``bp`` NULL for no bias.  Returns a status code; clears ``finite`` if
+    some output was not finite."""
+    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
+    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
+    cdef Py_ssize_t total = n_img * tiles
+    cdef Py_ssize_t block = _winograd_block(total, block_tiles)
+    cdef Py_ssize_t n_items = _ceil_div(total, block)
+    # per thread: V, then M of one block, then a zero pixel (and zero bias)
+    # and three spare output pixels.  NCHW stages its block's input rows
+    # channels last where M goes (before its GEMMs write M), and its output
+    # pixels where V was (after they read V).
+    cdef Py_ssize_t v_size = 16 * (c_in * block + WINOGRAD_SKEW)
+    cdef Py_ssize_t m_size = 16 * (c_out * block + WINOGRAD_SKEW)
+    if nchw:
+        v_size = max(v_size, _most_block_rows(total, block, tiles, tiles_w, out_h, 0, 2)
+                     * out_w * c_out)
+        m_size = max(m_size, _most_block_rows(total, block, tiles, tiles_w, in_h, -pad_top, 4)
+                     * in_w * c_in)
+    cdef Py_ssize_t zeros_at = v_size + m_size
+    cdef Py_ssize_t spare_at = zeros_at + max(c_in, c_out)
+    cdef Py_ssize_t work_size = spare_at + 3 * c_out
+    cdef Py_ssize_t item, g0, g1, nt, xi, vs, ms, lo
+    cdef floating* work = NULL
+    cdef floating* m
+    cdef const floating* b
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+
+    with parallel(num_threads=n_threads):
+        work = <floating*>_workspace(work_size * sizeof(floating))
+        if work == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        else:
+            memset(work + zeros_at, 0, max(c_in, c_out) * sizeof(floating))
+        for item in prange(n_items, schedule="static"):
+            if work == NULL:
+                continue
+            g0 = item * block
+            g1 = min(g0 + block, total)
+            nt = g1 - g0
+            vs = nt * c_in + WINOGRAD_SKEW
+            ms = nt * c_out + WINOGRAD_SKEW
+            m = work + v_size
+            b = bp if bp != NULL else work + zeros_at
+            if nchw:
+                lo = _block_first_row(g0, tiles, tiles_w, in_h, -pad_top)
+                _stage_channels_last(xp, c_in, in_h, in_w, lo,
+                                     _block_end_row(g1, tiles, tiles_w, in_h, -pad_top, 4, lo),
+                                     m)
+                _winograd_inputs(m, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
+                                      g0, g1, work, vs, work + zeros_at, lo)
+            else:
+                _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
+                                      g0, g1, work, vs, work + zeros_at, 0)
+            for xi in range(16):
+                gemm(NO_TRANS, NO_TRANS, nt, c_out, c_in,
+                     <floating>1, work + xi * vs, c_in, up + xi * c_in * c_out, c_out,
+                     <floating>0, m + xi * ms, c_out)
+            if nchw:
+                lo = _block_first_row(g0, tiles, tiles_w, out_h, 0)
+                if not _winograd_outputs(m, ms, c_out, b, work, out_h, out_w, tiles_w,
+                                              tiles, g0, g1, lo, work + spare_at):
+                    finite[0] = False
+                _unstage_tiles(work, c_out, out_h, out_w, lo, tiles, tiles_w, g0, g1, yp)
+            elif not _winograd_outputs(m, ms, c_out, b, yp, out_h, out_w, tiles_w, tiles,
+                                            g0, g1, 0, work + spare_at):
+                finite[0] = False
+        free(work)
+    return status
 
 
 def conv2d_winograd(const floating[:, :, :, ::1] x,
@@ -343,7 +536,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
     """3x3 stride-1 correlation ``out = conv2d(x, w) + bias`` by Winograd
     F(2x2, 3x3) (inputs trusted).
 
-    ``u`` is ``(16, C_out, C_in)``, the transformed filters ``G w G^T``
+    ``u`` is ``(16, C_in, C_out)``, the transformed filters ``G w G^T``
     entry by entry (``winograd_filters``); ``out`` is ``(N, C_out, Ho,
     Wo)``, ``pad_top`` and ``pad_left`` the leading paddings (the trailing
     ones are implied by ``Ho``/``Wo``).  The batch's tiles, image after
@@ -352,56 +545,46 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
     with ``out`` incomplete, if some output was not finite (the caller then
     takes the GEMM kernels).
     """
-    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1]
-    cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
-    cdef Py_ssize_t c_out = out.shape[1], out_h = out.shape[2], out_w = out.shape[3]
-    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
-    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
-    if n_img == 0 or c_out == 0 or tiles == 0:
-        return True
-    cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
-    cdef Py_ssize_t n_items = _ceil_div(n_img * tiles, block)
-    # per thread: V and M of one block, the input rows' scratch, and a
-    # spare output row (an odd Ho's missing second row)
-    cdef Py_ssize_t scratch_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
-    cdef Py_ssize_t spare_at = scratch_at + 8 * (tiles_w + 1)
-    cdef Py_ssize_t work_size = spare_at + 2 * tiles_w
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef const floating* up = &u[0, 0, 0]
-    cdef const floating* bp = &bias[0] if has_bias else NULL
-    cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t item, g0, g1, nt, xi, vs, ms
-    cdef floating* work = NULL
-    cdef int status = STATUS_OK
-    cdef int* status_p = &status
+    cdef Py_ssize_t n_img = x.shape[0], c_out = out.shape[1]
     cdef bint finite = True
-    cdef bint* finite_p = &finite
-
+    cdef int status
+    if n_img == 0 or c_out == 0 or out.shape[2] == 0 or out.shape[3] == 0:
+        return True
     blas_serial_enter()
     try:
-        with nogil, parallel(num_threads=n_threads):
-            work = <floating*>_workspace(work_size * sizeof(floating))
-            if work == NULL:
-                status_p[0] = STATUS_NO_MEMORY
-            for item in prange(n_items, schedule="static"):
-                if work == NULL:
-                    continue
-                g0 = item * block
-                g1 = min(g0 + block, n_img * tiles)
-                nt = g1 - g0
-                # V (16 x C_in x nt) at work, M (16 x C_out x nt) after it
-                vs = c_in * nt + WINOGRAD_SKEW
-                ms = c_out * nt + WINOGRAD_SKEW
-                _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
-                                 g0, g1, work, vs, work + scratch_at, 0, c_in)
-                for xi in range(16):
-                    gemm(NO_TRANS, NO_TRANS, c_out, nt, c_in,
-                         <floating>1, up + xi * c_out * c_in, c_in, work + xi * vs, nt,
-                         <floating>0, work + 16 * vs + xi * ms, nt)
-                if not _winograd_outputs(work + 16 * vs, ms, c_out, bp, yp, out_h, out_w,
-                                         tiles_w, tiles, g0, g1, work + spare_at):
-                    finite_p[0] = False
-            free(work)
+        with nogil:
+            status = _winograd_correlate_blocks(
+                &x[0, 0, 0, 0], n_img, x.shape[1], x.shape[2], x.shape[3], &u[0, 0, 0],
+                &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], c_out, out.shape[2],
+                out.shape[3], pad_top, pad_left, block_tiles, True, n_threads, &finite)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+    return finite
+
+
+def conv2d_winograd_nhwc(const floating[:, :, :, ::1] x,
+                         const floating[:, :, ::1] u,
+                         const floating[::1] bias,
+                         bint has_bias,
+                         floating[:, :, :, ::1] out,
+                         Py_ssize_t pad_top, Py_ssize_t pad_left,
+                         Py_ssize_t block_tiles, int n_threads):
+    """``conv2d_winograd`` in NHWC (inputs trusted): ``x`` (N, H, W, C_in),
+    ``u`` (16, C_in, C_out), ``out`` (N, Ho, Wo, C_out).  Returns False,
+    with ``out`` incomplete, if some output was not finite."""
+    cdef Py_ssize_t n_img = x.shape[0], c_out = out.shape[3]
+    cdef bint finite = True
+    cdef int status
+    if n_img == 0 or c_out == 0 or out.shape[1] == 0 or out.shape[2] == 0:
+        return True
+    blas_serial_enter()
+    try:
+        with nogil:
+            status = _winograd_correlate_blocks(
+                &x[0, 0, 0, 0], n_img, x.shape[3], x.shape[1], x.shape[2], &u[0, 0, 0],
+                &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], c_out, out.shape[1],
+                out.shape[2], pad_top, pad_left, block_tiles, False, n_threads, &finite)
     finally:
         blas_serial_exit()
     _raise_for_status(status)
@@ -415,54 +598,10 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
 # transposed (sum_rs g_rs y_rs for every filter w), gives each tile's part
 # as G^T [ (A g A^T) . (B^T d B) ] G: the same B^T d B as the forward, the
 # sensitivity blocks through A, and one G^T M G per filter at the end, after
-# the sixteen GEMMs  M[xi] (C_out x C_in) += W[xi] (C_out x tiles) @
-# V[xi]^T  have summed all tiles.  As conv2d_grad_weight, the work items go
+# the sixteen GEMMs  M[xi] (C_out x C_in) += W[xi]^T (C_out x tiles) @
+# V[xi] (tiles x C_in)  have summed all tiles (NHWC: M[xi]^T).  As conv2d_grad_weight, the work items go
 # to a number of reduction slots fixed by the shape, each summed in order,
 # and the slots are added in order: the same bits for any thread count.
-
-
-cdef void _winograd_grad_blocks(const floating* gp, Py_ssize_t c_out, Py_ssize_t out_h,
-                                Py_ssize_t out_w, Py_ssize_t tiles_w, Py_ssize_t tiles,
-                                Py_ssize_t g0, Py_ssize_t g1, floating* w, Py_ssize_t ws,
-                                floating* scratch, Py_ssize_t o_lo,
-                                Py_ssize_t o_hi) noexcept nogil:
-    """W[xi][o][g - g0] = (A g A^T)[xi], at ``w[xi*ws + o*(g1 - g0) + g - g0]``,
-    for the 2x2 sensitivity blocks of the tiles g0 <= g < g1 (zero past the
-    map's last row or column), for the channels o_lo <= o < o_hi."""
-    cdef Py_ssize_t nt = g1 - g0, o, n, t0, t1, i, j0, j1, r, jj, cnt, pairs
-    cdef const floating* src
-    cdef floating* ge
-    cdef floating* go
-    for o in range(o_lo, o_hi):
-        for n in range(g0 // tiles, (g1 - 1) // tiles + 1):
-            t0 = max(g0 - n * tiles, 0)
-            t1 = min(g1 - n * tiles, tiles)
-            for i in range(t0 // tiles_w, (t1 - 1) // tiles_w + 1):
-                j0 = max(t0 - i * tiles_w, 0)
-                j1 = min(t1 - i * tiles_w, tiles_w)
-                cnt = j1 - j0
-                # blocks whose odd column lies inside the map
-                pairs = min(cnt, out_w // 2 - j0)
-                ge = scratch
-                go = scratch + 2 * cnt
-                for r in range(2):
-                    if 2 * i + r >= out_h:
-                        memset(ge + r * cnt, 0, cnt * sizeof(floating))
-                        memset(go + r * cnt, 0, cnt * sizeof(floating))
-                        continue
-                    src = gp + ((n * c_out + o) * out_h + 2 * i + r) * out_w + 2 * j0
-                    for jj in range(pairs):
-                        ge[r * cnt + jj] = src[2 * jj]
-                        go[r * cnt + jj] = src[2 * jj + 1]
-                    for jj in range(pairs, cnt):
-                        ge[r * cnt + jj] = src[2 * jj]
-                        go[r * cnt + jj] = 0
-                if floating is float:
-                    fc_winograd_grad_f32(ge, go, cnt, w + o * nt + n * tiles + i * tiles_w + j0 - g0,
-                                         ws)
-                else:
-                    fc_winograd_grad_f64(ge, go, cnt, w + o * nt + n * tiles + i * tiles_w + j0 - g0,
-                                         ws)
 
 
 cdef bint _winograd_filter_grad_chunk(const floating* m, Py_ssize_t size, Py_ssize_t n,
@@ -515,6 +654,196 @@ cdef inline bint _winograd_shared_sums(Py_ssize_t n_slots, Py_ssize_t m_bytes) n
     return n_slots == 1 or m_bytes >= WINOGRAD_SHARED_SUMS_BYTES
 
 
+cdef int _winograd_grad_weight_blocks(const floating* xp, const floating* gp,
+                                      Py_ssize_t n_img, Py_ssize_t c_in, Py_ssize_t in_h,
+                                      Py_ssize_t in_w, Py_ssize_t c_out, Py_ssize_t out_h,
+                                      Py_ssize_t out_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                      Py_ssize_t block_tiles, bint nchw, int n_threads,
+                                      floating* dwp, bint* finite) noexcept nogil:
+    """The work of conv2d_grad_weight_winograd (``nchw``; ``dwp`` (C_out,
+    C_in, 3, 3)) and conv2d_grad_weight_winograd_nhwc (``dwp`` (C_in, C_out,
+    3, 3)), for at least one image, tile and channel each way.  Returns a
+    status code; clears ``finite`` if some value was not finite."""
+    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
+    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
+    cdef Py_ssize_t total = n_img * tiles
+    cdef Py_ssize_t block = _winograd_block(total, block_tiles)
+    cdef Py_ssize_t n_red = _ceil_div(total, block)
+    cdef Py_ssize_t m_size = 16 * c_out * c_in
+    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
+    cdef bint shared_sums = _winograd_shared_sums(n_slots, m_size * sizeof(floating))
+    # M[xi] sums dW's filters as (C_out x C_in) in NCHW, as (C_in x C_out) in
+    # NHWC: W[xi]^T V[xi] or V[xi]^T W[xi], V (nt x C_in) and W (nt x C_out)
+    cdef Py_ssize_t m_rows = c_out if nchw else c_in, m_cols = c_in if nchw else c_out
+    # per block: V, W, a zero pixel, and in NCHW the block's input rows and
+    # sensitivity rows staged channels last; after M where all threads share
+    # the block, else per thread
+    cdef Py_ssize_t w_at = 16 * (c_in * block + WINOGRAD_SKEW)
+    cdef Py_ssize_t zeros_at = w_at + 16 * (c_out * block + WINOGRAD_SKEW)
+    cdef Py_ssize_t xs_at = zeros_at + max(c_in, c_out), gs_at = xs_at, vw_size = xs_at
+    if nchw:
+        gs_at = xs_at + _most_block_rows(total, block, tiles, tiles_w, in_h, -pad_top, 4) * in_w * c_in
+        vw_size = gs_at + _most_block_rows(total, block, tiles, tiles_w, out_h, 0, 2) * out_w * c_out
+    cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, g, k, a, b
+    cdef Py_ssize_t x_lo = 0, x_hi = 0, g_lo = 0, g_hi = 0
+    cdef Py_ssize_t n_chunks = 2 * n_threads     # a block's rows to stage, split
+    cdef floating* acc
+    cdef floating* work = NULL
+    cdef floating* v = NULL     # (each thread sets its own; GCC would warn of the copy)
+    cdef floating* w = NULL
+    cdef const floating* xsrc
+    cdef const floating* gsrc
+    cdef floating* partial = <floating*>_workspace(
+        (m_size + vw_size if shared_sums else n_slots * m_size) * sizeof(floating))
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    if partial == NULL:
+        return STATUS_NO_MEMORY
+    if shared_sums:
+        work = partial + m_size
+        memset(work + zeros_at, 0, max(c_in, c_out) * sizeof(floating))
+        with parallel(num_threads=n_threads):
+            for r in range(n_red):                  # every thread, in step
+                g0 = r * block
+                g1 = min(g0 + block, total)
+                nt = g1 - g0
+                vs = nt * c_in + WINOGRAD_SKEW
+                ws = nt * c_out + WINOGRAD_SKEW
+                v = work
+                w = work + w_at
+                xsrc = xp
+                gsrc = gp
+                x_lo = x_hi = g_lo = g_hi = 0
+                if nchw:                            # the stages, rows split over the threads
+                    x_lo = _block_first_row(g0, tiles, tiles_w, in_h, -pad_top)
+                    x_hi = _block_end_row(g1, tiles, tiles_w, in_h, -pad_top, 4, x_lo)
+                    g_lo = _block_first_row(g0, tiles, tiles_w, out_h, 0)
+                    g_hi = _block_end_row(g1, tiles, tiles_w, out_h, 0, 2, g_lo)
+                    xsrc = work + xs_at
+                    gsrc = work + gs_at
+                    for k in prange(2 * n_chunks, schedule="static"):
+                        if k < n_chunks:
+                            a = x_lo + _ceil_div((x_hi - x_lo) * k, n_chunks)
+                            b = x_lo + _ceil_div((x_hi - x_lo) * (k + 1), n_chunks)
+                            _stage_channels_last(xp, c_in, in_h, in_w, a, b,
+                                                 work + xs_at + (a - x_lo) * in_w * c_in)
+                        else:
+                            a = g_lo + _ceil_div((g_hi - g_lo) * (k - n_chunks), n_chunks)
+                            b = g_lo + _ceil_div((g_hi - g_lo) * (k - n_chunks + 1), n_chunks)
+                            _stage_channels_last(gp, c_out, out_h, out_w, a, b,
+                                                 work + gs_at + (a - g_lo) * out_w * c_out)
+                    fc_omp_barrier()                # (prange ends without one here)
+                for g in prange(g0, g1, schedule="static"):
+                    _winograd_inputs(xsrc, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
+                                     g, g + 1, v + (g - g0) * c_in, vs, work + zeros_at, x_lo)
+                    _winograd_grad_tile(gsrc, c_out, out_h, out_w, tiles_w, tiles, g,
+                                        w + (g - g0) * c_out, ws, work + zeros_at, g_lo)
+                fc_omp_barrier()                    # the transforms are all in
+                # the first block overwrites (no clearing pass)
+                for xi in prange(16, schedule="static"):
+                    if nchw:
+                        gemm(TRANS, NO_TRANS, c_out, c_in, nt, <floating>1, w + xi * ws, c_out,
+                             v + xi * vs, c_in, <floating>(0 if r == 0 else 1),
+                             partial + xi * m_rows * m_cols, m_cols)
+                    else:
+                        gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1, v + xi * vs, c_in,
+                             w + xi * ws, c_out, <floating>(0 if r == 0 else 1),
+                             partial + xi * m_rows * m_cols, m_cols)
+                fc_omp_barrier()                    # before the next block's stages
+    else:
+        with parallel(num_threads=n_threads):
+            work = <floating*>_workspace(vw_size * sizeof(floating))
+            if work == NULL:
+                status_p[0] = STATUS_NO_MEMORY
+            else:
+                memset(work + zeros_at, 0, max(c_in, c_out) * sizeof(floating))
+            for s in prange(n_slots, schedule="static"):
+                if work == NULL:
+                    continue
+                acc = partial + s * m_size
+                r0 = s * n_red // n_slots
+                for r in range(r0, (s + 1) * n_red // n_slots):
+                    g0 = r * block
+                    g1 = min(g0 + block, total)
+                    nt = g1 - g0
+                    vs = nt * c_in + WINOGRAD_SKEW
+                    ws = nt * c_out + WINOGRAD_SKEW
+                    xsrc = xp
+                    gsrc = gp
+                    x_lo = 0
+                    g_lo = 0
+                    if nchw:
+                        x_lo = _block_first_row(g0, tiles, tiles_w, in_h, -pad_top)
+                        g_lo = _block_first_row(g0, tiles, tiles_w, out_h, 0)
+                        _stage_channels_last(xp, c_in, in_h, in_w, x_lo,
+                                             _block_end_row(g1, tiles, tiles_w, in_h, -pad_top,
+                                                            4, x_lo), work + xs_at)
+                        _stage_channels_last(gp, c_out, out_h, out_w, g_lo,
+                                             _block_end_row(g1, tiles, tiles_w, out_h, 0, 2,
+                                                            g_lo), work + gs_at)
+                        xsrc = work + xs_at
+                        gsrc = work + gs_at
+                    _winograd_inputs(xsrc, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
+                                     g0, g1, work, vs, work + zeros_at, x_lo)
+                    for g in range(g0, g1):
+                        _winograd_grad_tile(gsrc, c_out, out_h, out_w, tiles_w, tiles, g,
+                                            work + w_at + (g - g0) * c_out, ws,
+                                            work + zeros_at, g_lo)
+                    # the slot's first block overwrites (no clearing pass)
+                    for xi in range(16):
+                        if nchw:
+                            gemm(TRANS, NO_TRANS, c_out, c_in, nt, <floating>1,
+                                 work + w_at + xi * ws, c_out, work + xi * vs, c_in,
+                                 <floating>(0 if r == r0 else 1), acc + xi * m_rows * m_cols,
+                                 m_cols)
+                        else:
+                            gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
+                                 work + xi * vs, c_in, work + w_at + xi * ws, c_out,
+                                 <floating>(0 if r == r0 else 1), acc + xi * m_rows * m_cols,
+                                 m_cols)
+            free(work)
+        if status == STATUS_OK:
+            _add_slots(partial, n_slots, m_size, partial, n_threads)
+    if status == STATUS_OK and not _winograd_filter_grads(partial, m_rows, m_cols, dwp,
+                                                          n_threads):
+        finite[0] = False
+    free(partial)
+    return status
+
+
+cdef bint _winograd_grad_weight(const floating[:, :, :, ::1] x,
+                                const floating[:, :, :, ::1] grad_out,
+                                floating[:, :, :, ::1] dw, Py_ssize_t pad_top,
+                                Py_ssize_t pad_left, Py_ssize_t block_tiles, bint nchw,
+                                int n_threads) except -1:
+    """The two entry points' shapes unpacked for _winograd_grad_weight_blocks."""
+    cdef Py_ssize_t n_img = x.shape[0]
+    cdef Py_ssize_t c_in = x.shape[1] if nchw else x.shape[3]
+    cdef Py_ssize_t in_h = x.shape[2] if nchw else x.shape[1]
+    cdef Py_ssize_t in_w = x.shape[3] if nchw else x.shape[2]
+    cdef Py_ssize_t c_out = grad_out.shape[1] if nchw else grad_out.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[2] if nchw else grad_out.shape[1]
+    cdef Py_ssize_t out_w = grad_out.shape[3] if nchw else grad_out.shape[2]
+    cdef bint finite = True
+    cdef int status
+    if dw.size == 0:                # no channels: nothing to sum (and no element 0)
+        return True
+    if n_img == 0 or out_h == 0 or out_w == 0:
+        memset(&dw[0, 0, 0, 0], 0, dw.size * sizeof(floating))
+        return True
+    blas_serial_enter()
+    try:
+        with nogil:
+            status = _winograd_grad_weight_blocks(
+                &x[0, 0, 0, 0], &grad_out[0, 0, 0, 0], n_img, c_in, in_h, in_w, c_out, out_h,
+                out_w, pad_top, pad_left, block_tiles, nchw, n_threads, &dw[0, 0, 0, 0],
+                &finite)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+    return finite
+
+
 def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
                                 const floating[:, :, :, ::1] grad_out,
                                 floating[:, :, :, ::1] grad_weight,
@@ -537,262 +866,8 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] x,
     one M.  Either way every sum runs in an order fixed by the shape, so
     the result is the same bit for bit for any thread count.
     """
-    cdef Py_ssize_t n_img = x.shape[0], c_in = x.shape[1]
-    cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
-    cdef Py_ssize_t c_out = grad_out.shape[1], out_h = grad_out.shape[2]
-    cdef Py_ssize_t out_w = grad_out.shape[3]
-    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
-    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
-    if grad_weight.size == 0:       # no channels: nothing to sum (and no element 0)
-        return True
-    cdef floating* dwp = &grad_weight[0, 0, 0, 0]
-    if n_img == 0 or tiles == 0:
-        memset(dwp, 0, grad_weight.size * sizeof(floating))
-        return True
-    cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
-    cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
-    cdef Py_ssize_t m_size = 16 * c_out * c_in
-    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
-    cdef bint shared_sums = _winograd_shared_sums(n_slots, m_size * sizeof(floating))
-    # per block: V (16 x C_in x nt), then W (16 x C_out x nt)
-    cdef Py_ssize_t vw_size = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
-    # the shared variant's V and W follow M; the slots' are per thread
-    cdef Py_ssize_t v_at = m_size
-    cdef Py_ssize_t scratch_size = 8 * (tiles_w + 1)
-    cdef Py_ssize_t work_size = scratch_size + (0 if shared_sums else vw_size)
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, ch
-    cdef floating* acc = NULL
-    cdef floating* work = NULL
-    # (set here, though each thread sets its own: the parallel blocks copy
-    # them in, and GCC would warn of the copy)
-    cdef floating* v = NULL
-    cdef floating* w = NULL
-    cdef floating* partial = <floating*>_workspace(
-        (m_size + vw_size if shared_sums else n_slots * m_size) * sizeof(floating))
-    cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
-    cdef int* status_p = &status
-    cdef bint finite = True
-
-    blas_serial_enter()
-    try:
-        if partial != NULL and shared_sums:
-            v = partial + v_at
-            with nogil, parallel(num_threads=n_threads):
-                # per thread: the rows' scratch of the input transforms
-                work = <floating*>_workspace(work_size * sizeof(floating))
-                if work == NULL:
-                    status_p[0] = STATUS_NO_MEMORY
-                for r in range(n_red):              # every thread, in step
-                    g0 = r * block
-                    g1 = min(g0 + block, n_img * tiles)
-                    nt = g1 - g0
-                    vs = c_in * nt + WINOGRAD_SKEW
-                    ws = c_out * nt + WINOGRAD_SKEW
-                    w = v + 16 * vs
-                    # round-robin: each thread gets input and gradient channels
-                    for ch in prange(c_in + c_out, schedule="static", chunksize=1):
-                        if work == NULL:
-                            continue
-                        if ch < c_in:
-                            _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left,
-                                             tiles_w, tiles, g0, g1, v, vs, work, ch, ch + 1)
-                        else:
-                            _winograd_grad_blocks(gp, c_out, out_h, out_w, tiles_w, tiles,
-                                                  g0, g1, w, ws, work, ch - c_in, ch - c_in + 1)
-                    fc_omp_barrier()                # the transforms are all in
-                    # the first block overwrites (no clearing pass)
-                    for xi in prange(16, schedule="static"):
-                        gemm(NO_TRANS, TRANS, c_out, c_in, nt, <floating>1,
-                             w + xi * ws, nt, v + xi * vs, nt,
-                             <floating>(0 if r == 0 else 1), partial + xi * c_out * c_in, c_in)
-                    fc_omp_barrier()                # before the next block's transforms
-                free(work)
-        elif partial != NULL:
-            with nogil, parallel(num_threads=n_threads):
-                # per thread: V and W of one block, then the rows' scratch
-                work = <floating*>_workspace(work_size * sizeof(floating))
-                if work == NULL:
-                    status_p[0] = STATUS_NO_MEMORY
-                for s in prange(n_slots, schedule="static"):
-                    if work == NULL:
-                        continue
-                    acc = partial + s * m_size
-                    r0 = s * n_red // n_slots
-                    for r in range(r0, (s + 1) * n_red // n_slots):
-                        g0 = r * block
-                        g1 = min(g0 + block, n_img * tiles)
-                        nt = g1 - g0
-                        vs = c_in * nt + WINOGRAD_SKEW
-                        ws = c_out * nt + WINOGRAD_SKEW
-                        _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
-                                         tiles, g0, g1, work, vs, work + vw_size, 0, c_in)
-                        _winograd_grad_blocks(gp, c_out, out_h, out_w, tiles_w, tiles, g0, g1,
-                                              work + 16 * vs, ws, work + vw_size, 0, c_out)
-                        # the slot's first block overwrites (no clearing pass)
-                        for xi in range(16):
-                            gemm(NO_TRANS, TRANS, c_out, c_in, nt, <floating>1,
-                                 work + 16 * vs + xi * ws, nt, work + xi * vs, nt,
-                                 <floating>(0 if r == r0 else 1), acc + xi * c_out * c_in, c_in)
-                free(work)
-            if status == STATUS_OK:
-                with nogil:
-                    _add_slots(partial, n_slots, m_size, partial, n_threads)
-        if status == STATUS_OK:
-            with nogil:
-                finite = _winograd_filter_grads(partial, c_out, c_in, dwp, n_threads)
-    finally:
-        blas_serial_exit()
-        free(partial)
-    _raise_for_status(status)
-    return finite
-
-
-# --- channels last (NHWC) -----------------------------------------------------
-#
-# The same three kernels with the channels innermost: a tile's transforms
-# run along the channel vectors of its pixels (_winograd.h), and the GEMMs
-# take the transposed orientation, M[xi]^T (tiles x C_out) = V[xi]^T (tiles
-# x C_in) @ U[xi] (C_in x C_out), and M[xi] (C_in x C_out) += V[xi] W[xi]^T
-# for the filter gradient.
-
-
-cdef void _winograd_inputs_nhwc(const floating* xp, Py_ssize_t c_in, Py_ssize_t in_h,
-                                Py_ssize_t in_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                                Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g0,
-                                Py_ssize_t g1, floating* v, Py_ssize_t vs,
-                                const floating* zeros) noexcept nogil:
-    """V[xi][g - g0][c] at ``v[xi*vs + (g - g0)*c_in + c]`` for the tiles
-    g0 <= g < g1 of the batch; pixels outside the image read ``zeros``."""
-    cdef const floating* d[16]
-    cdef Py_ssize_t g, n, t, i, j, r, q, row, col
-    for g in range(g0, g1):
-        n = g // tiles
-        t = g % tiles
-        i = t // tiles_w
-        j = t % tiles_w
-        for r in range(4):
-            row = 2 * i - pad_top + r
-            for q in range(4):
-                col = 2 * j - pad_left + q
-                if 0 <= row < in_h and 0 <= col < in_w:
-                    d[4 * r + q] = xp + ((n * in_h + row) * in_w + col) * c_in
-                else:
-                    d[4 * r + q] = zeros
-        if floating is float:
-            fc_winograd_in_nhwc_f32(d, c_in, v + (g - g0) * c_in, vs)
-        else:
-            fc_winograd_in_nhwc_f64(d, c_in, v + (g - g0) * c_in, vs)
-
-
-def conv2d_winograd_nhwc(const floating[:, :, :, ::1] x,
-                         const floating[:, :, ::1] u,
-                         const floating[::1] bias,
-                         floating[:, :, :, ::1] out,
-                         Py_ssize_t pad_top, Py_ssize_t pad_left,
-                         Py_ssize_t block_tiles, int n_threads):
-    """``conv2d_winograd`` in NHWC (inputs trusted): ``x`` (N, H, W, C_in),
-    ``u`` (16, C_in, C_out), ``bias`` (C_out,) (zeros for none), ``out``
-    (N, Ho, Wo, C_out).  Returns False, with ``out`` incomplete, if some
-    output was not finite."""
-    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
-    cdef Py_ssize_t c_in = x.shape[3]
-    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2], c_out = out.shape[3]
-    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
-    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
-    if n_img == 0 or c_out == 0 or tiles == 0:
-        return True
-    cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
-    cdef Py_ssize_t n_items = _ceil_div(n_img * tiles, block)
-    # per thread: V and M of one block, a zero pixel, three spare pixels
-    # (a tile's outputs past the image's last row or column)
-    cdef Py_ssize_t zeros_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
-    cdef Py_ssize_t spare_at = zeros_at + c_in
-    cdef Py_ssize_t work_size = spare_at + 3 * c_out
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef const floating* up = &u[0, 0, 0]
-    cdef const floating* bp = &bias[0]
-    cdef floating* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t item, g0, g1, nt, xi, vs, ms, g, n, t, i, j
-    cdef floating* work = NULL
-    # (scalars, not an array: prange makes assigned scalars thread-private)
-    cdef floating* p00
-    cdef floating* p01
-    cdef floating* p10
-    cdef floating* p11
-    cdef int bad
-    cdef int status = STATUS_OK
-    cdef int* status_p = &status
-    cdef bint finite = True
-    cdef bint* finite_p = &finite
-
-    blas_serial_enter()
-    try:
-        with nogil, parallel(num_threads=n_threads):
-            work = <floating*>_workspace(work_size * sizeof(floating))
-            if work == NULL:
-                status_p[0] = STATUS_NO_MEMORY
-            else:
-                memset(work + zeros_at, 0, c_in * sizeof(floating))
-            for item in prange(n_items, schedule="static"):
-                if work == NULL:
-                    continue
-                g0 = item * block
-                g1 = min(g0 + block, n_img * tiles)
-                nt = g1 - g0
-                vs = nt * c_in + WINOGRAD_SKEW
-                ms = nt * c_out + WINOGRAD_SKEW
-                _winograd_inputs_nhwc(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
-                                      tiles, g0, g1, work, vs, work + zeros_at)
-                for xi in range(16):
-                    gemm(NO_TRANS, NO_TRANS, nt, c_out, c_in,
-                         <floating>1, work + xi * vs, c_in, up + xi * c_in * c_out, c_out,
-                         <floating>0, work + 16 * vs + xi * ms, c_out)
-                for g in range(g0, g1):
-                    n = g // tiles
-                    t = g % tiles
-                    i = t // tiles_w
-                    j = t % tiles_w
-                    p00 = yp + ((n * out_h + 2 * i) * out_w + 2 * j) * c_out
-                    p01 = p00 + c_out if 2 * j + 1 < out_w else work + spare_at
-                    p10 = p00 + out_w * c_out if 2 * i + 1 < out_h else work + spare_at + c_out
-                    p11 = (p10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
-                           else work + spare_at + 2 * c_out)
-                    if floating is float:
-                        bad = fc_winograd_out_nhwc_f32(work + 16 * vs + (g - g0) * c_out, ms,
-                                                       c_out, bp, p00, p01, p10, p11)
-                    else:
-                        bad = fc_winograd_out_nhwc_f64(work + 16 * vs + (g - g0) * c_out, ms,
-                                                       c_out, bp, p00, p01, p10, p11)
-                    if bad:
-                        finite_p[0] = False
-            free(work)
-    finally:
-        blas_serial_exit()
-    _raise_for_status(status)
-    return finite
-
-
-cdef inline void _winograd_grad_tile_nhwc(const floating* gp, Py_ssize_t c_out,
-                                          Py_ssize_t out_h, Py_ssize_t out_w,
-                                          Py_ssize_t tiles_w, Py_ssize_t tiles, Py_ssize_t g,
-                                          floating* w, Py_ssize_t ws,
-                                          const floating* zeros) noexcept nogil:
-    """W[xi][g][:] = (A g A^T)[xi] of tile g's 2x2 sensitivity block (the
-    channel vectors; ``zeros`` past the map's last row or column), at
-    ``w[xi*ws + o]``."""
-    cdef Py_ssize_t n = g // tiles, t = g % tiles
-    cdef Py_ssize_t i = t // tiles_w, j = t % tiles_w
-    cdef const floating* g00 = gp + ((n * out_h + 2 * i) * out_w + 2 * j) * c_out
-    cdef const floating* g01 = g00 + c_out if 2 * j + 1 < out_w else zeros
-    cdef const floating* g10 = g00 + out_w * c_out if 2 * i + 1 < out_h else zeros
-    cdef const floating* g11 = (g10 + c_out if 2 * i + 1 < out_h and 2 * j + 1 < out_w
-                                else zeros)
-    if floating is float:
-        fc_winograd_grad_nhwc_f32(g00, g01, g10, g11, c_out, w, ws)
-    else:
-        fc_winograd_grad_nhwc_f64(g00, g01, g10, g11, c_out, w, ws)
+    return _winograd_grad_weight(x, grad_out, grad_weight, pad_top, pad_left, block_tiles,
+                                 True, n_threads)
 
 
 def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
@@ -803,107 +878,6 @@ def conv2d_grad_weight_winograd_nhwc(const floating[:, :, :, ::1] x,
     """``conv2d_grad_weight_winograd`` in NHWC (inputs trusted): ``x`` (N, H,
     W, C_in), ``grad_out`` (N, Ho, Wo, C_out); the filter gradient goes to
     ``sums`` as (C_in, C_out, 3, 3), for the caller to lay out as (3, 3,
-    C_in, C_out).  The same two variants (the shared one's transforms a
-    tile each).  Returns False if some value was not finite."""
-    cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[1], in_w = x.shape[2]
-    cdef Py_ssize_t c_in = x.shape[3]
-    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
-    cdef Py_ssize_t c_out = grad_out.shape[3]
-    cdef Py_ssize_t tiles_w = (out_w + 1) // 2
-    cdef Py_ssize_t tiles = (out_h + 1) // 2 * tiles_w
-    if sums.size == 0:              # no channels: nothing to sum (and no element 0)
-        return True
-    cdef floating* dwp = &sums[0, 0, 0, 0]
-    if n_img == 0 or tiles == 0:
-        memset(dwp, 0, sums.size * sizeof(floating))
-        return True
-    cdef Py_ssize_t block = _winograd_block(n_img * tiles, block_tiles)
-    cdef Py_ssize_t n_red = _ceil_div(n_img * tiles, block)
-    cdef Py_ssize_t m_size = 16 * c_in * c_out
-    cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
-    cdef bint shared_sums = _winograd_shared_sums(n_slots, m_size * sizeof(floating))
-    # per block: V (16 x nt x C_in), then W (16 x nt x C_out), then a zero
-    # pixel (wide enough for either side); after M when shared, else per thread
-    cdef Py_ssize_t zeros_at = 16 * (c_in * block + c_out * block + 2 * WINOGRAD_SKEW)
-    cdef Py_ssize_t vw_size = zeros_at + max(c_in, c_out)
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef const floating* gp = &grad_out[0, 0, 0, 0]
-    cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, g
-    cdef floating* acc = NULL
-    cdef floating* work = NULL
-    cdef floating* v = NULL
-    cdef floating* w = NULL     # (each thread sets its own; see the NCHW kernel)
-    cdef floating* zeros
-    cdef floating* partial = <floating*>_workspace(
-        (m_size + vw_size if shared_sums else n_slots * m_size) * sizeof(floating))
-    cdef int status = STATUS_OK if partial != NULL else STATUS_NO_MEMORY
-    cdef int* status_p = &status
-    cdef bint finite = True
-
-    blas_serial_enter()
-    try:
-        if partial != NULL and shared_sums:
-            v = partial + m_size
-            zeros = v + zeros_at
-            memset(zeros, 0, max(c_in, c_out) * sizeof(floating))
-            with nogil, parallel(num_threads=n_threads):
-                for r in range(n_red):              # every thread, in step
-                    g0 = r * block
-                    g1 = min(g0 + block, n_img * tiles)
-                    nt = g1 - g0
-                    vs = nt * c_in + WINOGRAD_SKEW
-                    ws = nt * c_out + WINOGRAD_SKEW
-                    w = v + 16 * vs
-                    for g in prange(g0, g1, schedule="static"):
-                        _winograd_inputs_nhwc(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
-                                              tiles, g, g + 1, v + (g - g0) * c_in, vs, zeros)
-                        _winograd_grad_tile_nhwc(gp, c_out, out_h, out_w, tiles_w, tiles, g,
-                                                 w + (g - g0) * c_out, ws, zeros)
-                    fc_omp_barrier()                # the transforms are all in
-                    # the first block overwrites (no clearing pass)
-                    for xi in prange(16, schedule="static"):
-                        gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
-                             v + xi * vs, c_in, w + xi * ws, c_out,
-                             <floating>(0 if r == 0 else 1), partial + xi * c_in * c_out, c_out)
-                    fc_omp_barrier()                # before the next block's transforms
-        elif partial != NULL:
-            with nogil, parallel(num_threads=n_threads):
-                work = <floating*>_workspace(vw_size * sizeof(floating))
-                if work == NULL:
-                    status_p[0] = STATUS_NO_MEMORY
-                else:
-                    memset(work + zeros_at, 0, max(c_in, c_out) * sizeof(floating))
-                for s in prange(n_slots, schedule="static"):
-                    if work == NULL:
-                        continue
-                    acc = partial + s * m_size
-                    r0 = s * n_red // n_slots
-                    for r in range(r0, (s + 1) * n_red // n_slots):
-                        g0 = r * block
-                        g1 = min(g0 + block, n_img * tiles)
-                        nt = g1 - g0
-                        vs = nt * c_in + WINOGRAD_SKEW
-                        ws = nt * c_out + WINOGRAD_SKEW
-                        _winograd_inputs_nhwc(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w,
-                                              tiles, g0, g1, work, vs, work + zeros_at)
-                        for g in range(g0, g1):
-                            _winograd_grad_tile_nhwc(gp, c_out, out_h, out_w, tiles_w, tiles, g,
-                                                     work + 16 * vs + (g - g0) * c_out, ws,
-                                                     work + zeros_at)
-                        # the slot's first block overwrites (no clearing pass)
-                        for xi in range(16):
-                            gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
-                                 work + xi * vs, c_in, work + 16 * vs + xi * ws, c_out,
-                                 <floating>(0 if r == r0 else 1), acc + xi * c_in * c_out, c_out)
-                free(work)
-            if status == STATUS_OK:
-                with nogil:
-                    _add_slots(partial, n_slots, m_size, partial, n_threads)
-        if status == STATUS_OK:
-            with nogil:
-                finite = _winograd_filter_grads(partial, c_in, c_out, dwp, n_threads)
-    finally:
-        blas_serial_exit()
-        free(partial)
-    _raise_for_status(status)
-    return finite
+    C_in, C_out).  Returns False if some value was not finite."""
+    return _winograd_grad_weight(x, grad_out, sums, pad_top, pad_left, block_tiles, False,
+                                 n_threads)

@@ -273,8 +273,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
         if (_winograd(_weight_to_oihw(weight.shape, layout), geo, x.shape[0],
                       np.dtype(compute).itemsize, layout) and _finite(w, args[-1])):
             x = contiguous(x, compute)
-            if _winograd_correlate_nhwc(x, w, b if bias is not None else None, out,
-                                        geo.pad_top, geo.pad_left, args[-1]):
+            if _winograd_correlate(x, w, b if bias is not None else None, out, geo.pad_top,
+                                   geo.pad_left, args[-1], layout=layout):
                 return _finish(out, result)
             # an output was not finite: recomputed as the textbook sums it
         depthwise = _depthwise_nhwc(weight.shape, x.shape[3], geo) and _finite(w, args[-1])
@@ -283,8 +283,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
         if (_winograd(weight.shape, geo, x.shape[0], np.dtype(compute).itemsize)
                 and _finite(w, args[-1])):
             x = contiguous(x, compute)
-            if _winograd_correlate(x, w, b, bias is not None, out, geo.pad_top, geo.pad_left,
-                                   args[-1]):
+            if _winograd_correlate(x, w, b if bias is not None else None, out, geo.pad_top,
+                                   geo.pad_left, args[-1]):
                 return _finish(out, result)
             # an output was not finite: recomputed as the textbook sums it
         depthwise = _depthwise(weight.shape, geo) and _finite(w, args[-1])
@@ -296,44 +296,51 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
 # Winograd (_winograd.pxi) takes the 3x3 stride-1 correlations -- the
 # forward and the input gradient by F(2x2, 3x3), the filter gradient by
 # F(3x3, 2x2) -- with at least _WINOGRAD_MIN_CHANNELS input and output
-# channels and output planes of at least _WINOGRAD_MIN_PLANE positions:
-# 2.25x fewer multiply-adds, for transforms that cost about what packing
-# the patches does.  Measured against the GEMM kernels (in-process A/B,
-# 2 threads, Xeon), NCHW: vgg3x3 forward 1.69x / 1.22x (float32 / float64),
-# input gradient 1.70x / 1.25x, filter gradient 1.07x / 1.14x; big 1.48x /
+# channels (_WINOGRAD_FEW_CHANNELS for NHWC and NCHW's filter gradient) and
+# output planes of at least _WINOGRAD_MIN_PLANE positions: 2.25x fewer
+# multiply-adds, for transforms that cost about what packing the patches
+# does.  Measured against the GEMM kernels (in-process A/B, 2 threads,
+# Xeon), NCHW: vgg3x3 forward 1.69x / 1.22x (float32 / float64), input
+# gradient 1.70x / 1.25x, filter gradient 1.07x / 1.14x; big 1.48x /
 # 1.36x, 1.42x / 1.38x, 1.20x / 1.23x; 32 channels of 56x56 1.18-1.47x.
 # NHWC: vgg3x3 2.02x / 2.14x, 2.02x / 2.06x, 1.79x / 1.66x; big 1.42x /
-# 1.82x, 1.96x / 1.83x, 1.30x / 1.62x.
+# 1.82x, 1.96x / 1.83x, 1.30x / 1.62x; 16 and 24 channels 1.30-2.44x.
+# (The NCHW figures predate its channels-last stages, 2026-12-05, which
+# made its forward 1.0-1.46x and its filter gradient 1.1-1.8x faster in
+# float32.)
 #
 # Smaller planes (ResNet's 28x28 to 7x7, CIFAR's 16x16 and 8x8) take it
-# too where the batch has enough tiles for the filters' transforms U
-# (16 x C_out x C_in) to pay and, in NCHW, at least
-# _WINOGRAD_SMALL_PLANE_CHANNELS channels: the transforms of tile rows of
-# a few tiles leave their vectors part empty there (NHWC vectorizes them
-# along the channels).  Until the filter transform and the block split
-# were fixed (2026-12-05) they lost on such planes; after, against the
-# GEMM kernels (2 threads, 5 alternating rounds, forward / input gradient
-# / filter gradient, float32 then float64), NCHW:
-#   8x256x14x14 -> 256        1.42 / 1.40 / 1.22x   1.59 / 1.65 / 1.54x
-#   8x128x28x28 -> 128        1.28 / 1.28 / 1.51x   1.46 / 1.46 / 1.56x
-#   32x64x8x8 -> 64           1.34 / 1.30 / 1.23x   1.27 / 1.26 / 1.15x
-#   8x256x7x7 -> 256 (128 t)  1.02 / 1.10 / 1.21x   1.04 / 1.11 / 1.29x
-#   8x512x7x7 -> 512 (128 t)  1.03 / 1.11 / 1.10x   0.84 / 0.96 / 0.73x
-#   32x32x16x16 -> 32         0.81 / 0.81 / 1.06x   1.11 / 1.14 / 1.02x
-# and NHWC 1.34-2.19x forward and input gradient from 32 to 512 channels,
-# filter gradient 1.14-2.23x but 0.63-0.85x for 512 channels or 128 tiles.
-# So: at least _WINOGRAD_MIN_TILES tiles (2x2 output blocks) in the batch,
+# where the batch has enough tiles (2x2 output blocks) to pay for the
+# filters' transforms U (16 x C_out x C_in; the filter gradient's sums M
+# are U's size).  NCHW, since its stages (forward / input gradient / filter
+# gradient against the GEMM kernels, 2 threads, float32 then float64):
+#   8x512x7x7 (128 tiles)     1.12 / 1.38 / 1.28x   0.81 / 1.05 / 0.76x
+#   16x512x7x7 (256 tiles)    1.46 / 1.65 / 1.51x   1.23 / 1.43 / 1.00x
+#   4x512x7x7 (64 tiles)      0.87 / 1.14 / 1.02x   0.81 / 1.07 / 0.47x
+#   4x256x14x14 (196 tiles)   1.50 / 1.61 / 1.69x   1.48 / 1.55 / 1.77x
+#   2x256x7x7 (32 tiles)      0.99 / 1.24 / 0.96x   0.94 / 1.15 / 0.95x
+#   2x128x14x14 (98 tiles)    1.16 / 1.24 / 2.37x   1.04 / 1.18 / 1.65x
+#   32x32x16x16, 32x32x8x8    1.25-1.47x            1.28-1.58x
+#   8x32x28x28                0.98 / 0.98 / 1.66x   1.19 / 1.21 / 1.30x
+#   16 channels, 16x16-56x56  0.75-0.96 / .. / 1.12-1.47x, 0.90-1.24 / ..
+#                             / 1.21-1.62x
+# So NCHW wants U's bytes over _WINOGRAD_BYTES_PER_TILE in tiles, and at
+# least _WINOGRAD_MIN_TILES (_WINOGRAD_MIN_TILES_GW for the filter
+# gradient).  NHWC, whose GEMM kernels are faster on these shapes (its
+# filter gradient 0.63-0.85x for 512 channels or 128 tiles), keeps the
+# rule measured before: at least _WINOGRAD_MIN_TILES tiles,
 # _WINOGRAD_MANY_TILES where U is over _WINOGRAD_SMALL_SUMS_BYTES (its
 # float64 32 MiB are fresh pages on every call), and for the filter
-# gradient, whose sums M are U's size, _WINOGRAD_MANY_TILES and M within
-# that budget.  Tests lower _WINOGRAD_MIN_CHANNELS and _WINOGRAD_MIN_PLANE
-# to reach small shapes;
+# gradient _WINOGRAD_MANY_TILES and M within that budget.  Tests lower
+# _WINOGRAD_MIN_CHANNELS and _WINOGRAD_MIN_PLANE to reach small shapes;
 # _WINOGRAD_MIN_CHANNELS = None turns Winograd off, as FASTCONV_WINOGRAD=0
 # in the environment at import does (the GEMM kernels' sums everywhere).
 _WINOGRAD_MIN_CHANNELS = None if os.environ.get("FASTCONV_WINOGRAD") == "0" else 32
+_WINOGRAD_FEW_CHANNELS = 16
 _WINOGRAD_MIN_PLANE = 48 * 48
-_WINOGRAD_SMALL_PLANE_CHANNELS = 64
 _WINOGRAD_MIN_TILES = 64
+_WINOGRAD_MIN_TILES_GW = 32
+_WINOGRAD_BYTES_PER_TILE = 128 << 10
 _WINOGRAD_MANY_TILES = 256
 _WINOGRAD_SMALL_SUMS_BYTES = 8 << 20
 # Tiles of a work item: the N (forward, input gradient) or K (filter
@@ -355,11 +362,15 @@ def winograd_config():
     """Where Winograd is used, for ``show_config``."""
     if _WINOGRAD_MIN_CHANNELS is None:
         return "off"
-    return (f"3x3 stride 1, >= {_WINOGRAD_MIN_CHANNELS} channels, "
-            f">= {_WINOGRAD_MIN_PLANE} output positions, or smaller planes with >= "
-            f"{_WINOGRAD_MIN_TILES} 2x2 tiles in the batch (>= {_WINOGRAD_MANY_TILES} for "
-            f"the filter gradient and for transforms over {_WINOGRAD_SMALL_SUMS_BYTES >> 20} "
-            f"MiB; NCHW: >= {_WINOGRAD_SMALL_PLANE_CHANNELS} channels)")
+    return (f"3x3 stride 1, >= {_WINOGRAD_MIN_CHANNELS} channels (NHWC and the NCHW "
+            f"filter gradient >= {_WINOGRAD_FEW_CHANNELS}), >= {_WINOGRAD_MIN_PLANE} output "
+            f"positions, or smaller planes with enough 2x2 tiles in the batch (NCHW: >= "
+            f"{_WINOGRAD_MIN_TILES}, filter gradient {_WINOGRAD_MIN_TILES_GW}, and one per "
+            f"{_WINOGRAD_BYTES_PER_TILE >> 10} KiB of transformed filters; NHWC: >= "
+            f"{_WINOGRAD_MIN_TILES}, >= {_WINOGRAD_MANY_TILES} for the filter gradient and "
+            f"for transforms over {_WINOGRAD_SMALL_SUMS_BYTES >> 20} MiB); work items of "
+            f"{_WINOGRAD_BLOCK_TILES} tiles, NCHW {_WINOGRAD_BLOCK_TILES // 2} for 64 "
+            f"channels or fewer in float64 and in the filter gradient")
 
 
 def _winograd(w_shape, geo, n_img, itemsize, layout="NCHW", grad_weight=False):
@@ -371,48 +382,57 @@ def _winograd(w_shape, geo, n_img, itemsize, layout="NCHW", grad_weight=False):
     plane).  A function of the shape only."""
     c_out, c_in, kh, kw = w_shape
     if not (_WINOGRAD_MIN_CHANNELS is not None and (kh, kw) == (3, 3) and geo.groups == 1
-            and geo.stride == (1, 1) and geo.dilation == (1, 1)
-            and min(c_out, c_in) >= _WINOGRAD_MIN_CHANNELS):
+            and geo.stride == (1, 1) and geo.dilation == (1, 1)):
+        return False
+    few = layout == "NHWC" or grad_weight
+    if min(c_out, c_in) < (min(_WINOGRAD_MIN_CHANNELS, _WINOGRAD_FEW_CHANNELS) if few
+                           else _WINOGRAD_MIN_CHANNELS):
         return False
     sums_bytes = 16 * c_out * c_in * itemsize       # U, and the filter gradient's M
     if grad_weight and sums_bytes > _WINOGRAD_MAX_SUMS_BYTES:
         return False
     if geo.out_h * geo.out_w >= _WINOGRAD_MIN_PLANE:
         return True
-    if layout == "NCHW" and min(c_out, c_in) < _WINOGRAD_SMALL_PLANE_CHANNELS:
-        return False
     tiles = n_img * ((geo.out_h + 1) // 2) * ((geo.out_w + 1) // 2)
+    if layout == "NCHW":
+        least = _WINOGRAD_MIN_TILES_GW if grad_weight else _WINOGRAD_MIN_TILES
+        return tiles >= max(least, sums_bytes // _WINOGRAD_BYTES_PER_TILE)
     big = sums_bytes > _WINOGRAD_SMALL_SUMS_BYTES
     if grad_weight:
         return tiles >= _WINOGRAD_MANY_TILES and not big
     return tiles >= (_WINOGRAD_MANY_TILES if big else _WINOGRAD_MIN_TILES)
 
 
-def _winograd_correlate(x, w, b, has_bias, out, pad_top, pad_left, n_threads,
-                        rotate_swap=False):
-    """``out = conv2d(x, w) + b`` (3x3, stride 1, leading paddings given) by
-    Winograd F(2x2, 3x3), or with `rotate_swap` the correlation with
-    ``w[:, :, ::-1, ::-1]`` swapped in/out (the input gradient's); False,
+def _winograd_block_tiles(c_in, c_out, itemsize, layout, grad_weight=False):
+    """Tiles per Winograd work item: _WINOGRAD_BLOCK_TILES, or half as many
+    in NCHW for 64 channels or fewer in float64 and in the filter gradient,
+    whose stages and transforms of 128 tiles overflowed L2 there (2
+    threads, 8x64x56x56, 64 against 128 tiles: float64 forward 1.07x, filter
+    gradient 1.08x, float32 filter gradient 1.07x; 32x64x8x8 float64
+    forward 1.20x).  A function of the shape only."""
+    if layout == "NCHW" and max(c_in, c_out) <= 64 and (itemsize == 8 or grad_weight):
+        return max(1, _WINOGRAD_BLOCK_TILES // 2)
+    return _WINOGRAD_BLOCK_TILES
+
+
+def _winograd_correlate(x, w, b, out, pad_top, pad_left, n_threads, rotate_swap=False,
+                        layout="NCHW"):
+    """``out = conv2d(x, w) + b`` (3x3, stride 1, leading paddings given,
+    `b` None for no bias) by Winograd F(2x2, 3x3), or with `rotate_swap`
+    the correlation with the rotated filters, in and out channels swapped
+    (the input gradient's); `w` is the forward's weight in `layout`.  False,
     with `out` incomplete, if an output was not finite (the transforms would
     not give the textbook's inf/NaN)."""
-    c_out, c_in = out.shape[1], x.shape[1]
-    u = np.empty((16, c_out, c_in), dtype=out.dtype)
-    _kernels.winograd_filters(w, u, rotate_swap, n_threads)
-    return _kernels.conv2d_winograd(x, u, b, has_bias, out, pad_top, pad_left,
-                                    _WINOGRAD_BLOCK_TILES, n_threads)
-
-
-def _winograd_correlate_nhwc(x, w, b, out, pad_top, pad_left, n_threads, rotate_swap=False):
-    """:func:`_winograd_correlate` in NHWC: `x` (N, H, W, C_in), `w` (3, 3,
-    C_in, C_out) of the forward, `b` (C_out,) or None, `out` (N, Ho, Wo,
-    C_out) of the correlation."""
-    c_out, c_in = out.shape[3], x.shape[3]
-    # the kernel's GEMMs take U[xi] as (C_in x C_out)
+    nhwc = layout == "NHWC"
+    c_in, c_out = (x.shape[3], out.shape[3]) if nhwc else (x.shape[1], out.shape[1])
+    # U[xi] as the kernels' GEMMs take it: correlation input x output channels
     u = np.empty((16, c_in, c_out), dtype=out.dtype)
-    _kernels.winograd_filters_nhwc(w, u, rotate_swap, n_threads)
-    b = np.zeros(c_out, dtype=out.dtype) if b is None else b
-    return _kernels.conv2d_winograd_nhwc(x, u, b, out, pad_top, pad_left,
-                                         _WINOGRAD_BLOCK_TILES, n_threads)
+    (_kernels.winograd_filters_nhwc if nhwc else _kernels.winograd_filters)(
+        w, u, rotate_swap, n_threads)
+    kernel = _kernels.conv2d_winograd_nhwc if nhwc else _kernels.conv2d_winograd
+    return kernel(x, u, np.empty(0, dtype=out.dtype) if b is None else b, b is not None, out,
+                  pad_top, pad_left, _winograd_block_tiles(c_in, c_out, out.itemsize, layout),
+                  n_threads)
 
 
 def _depthwise(w_shape, geo):
@@ -570,8 +590,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
                 and geo.pad_top <= 2 and geo.pad_left <= 2):
             # as in NCHW below
             dx = output_array(input_shape, compute)
-            if _winograd_correlate_nhwc(g, w, None, dx, 2 - geo.pad_top, 2 - geo.pad_left,
-                                        args[-1], rotate_swap=True):
+            if _winograd_correlate(g, w, None, dx, 2 - geo.pad_top, 2 - geo.pad_left,
+                                   args[-1], rotate_swap=True, layout=layout):
                 return _finish(dx, result)
         # As below: only the gather order multiplies the zero border of the
         # full correlation (the direct depthwise loops and the scatter order
@@ -596,8 +616,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
         # the full correlation itself: dY padded by 2 less the forward
         # padding, with the rotated filters, in and out channels swapped
         dx = output_array(input_shape, compute)
-        if _winograd_correlate(g, w, np.empty(0, dtype=compute), False, dx,
-                               2 - geo.pad_top, 2 - geo.pad_left, args[-1], rotate_swap=True):
+        if _winograd_correlate(g, w, None, dx, 2 - geo.pad_top, 2 - geo.pad_left, args[-1],
+                               rotate_swap=True):
             return _finish(dx, result)
     # Only the gather order multiplies the zero border of the full
     # correlation, as the textbook does; with an inf/NaN weight that is
@@ -775,8 +795,9 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
             x = contiguous(x, compute)
             kh, kw, c_in, c_out = weight_shape
             sums = np.empty((c_in, c_out, kh, kw), dtype=compute)
-            if _kernels.conv2d_grad_weight_winograd_nhwc(x, g, sums, geo.pad_top, geo.pad_left,
-                                                         _WINOGRAD_BLOCK_TILES, args[-1]):
+            if _kernels.conv2d_grad_weight_winograd_nhwc(
+                    x, g, sums, geo.pad_top, geo.pad_left,
+                    _winograd_block_tiles(c_in, c_out, sums.itemsize, layout, True), args[-1]):
                 dw[...] = sums.transpose(2, 3, 0, 1)
                 return _finish(dw, result)
             # a value was not finite: recomputed as the textbook sums it
@@ -787,8 +808,10 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
         if (not depthwise and _winograd(weight_shape, geo, x.shape[0], np.dtype(compute).itemsize,
                                         grad_weight=True)):
             x = contiguous(x, compute)
-            if _kernels.conv2d_grad_weight_winograd(x, g, dw, geo.pad_top, geo.pad_left,
-                                                    _WINOGRAD_BLOCK_TILES, args[-1]):
+            if _kernels.conv2d_grad_weight_winograd(
+                    x, g, dw, geo.pad_top, geo.pad_left,
+                    _winograd_block_tiles(*weight_shape[1::-1], dw.itemsize, layout, True),
+                    args[-1]):
                 return _finish(dw, result)
             # a value was not finite: recomputed as the textbook sums it
         if not depthwise and _direct_grad_weight(weight_shape, geo, compute):
