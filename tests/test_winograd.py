@@ -139,6 +139,23 @@ def test_nchw_channels_last_stages_match_oracles(winograd_calls, winograd_sums, 
     assert winograd_calls == [True, True, True]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_nchw_filter_gradient_with_openmps_default_threads(dtype, rng):
+    # n_threads = 0 means OpenMP's default count; the shared-sums variant
+    # (one reduction slot here) must still stage every row of each block
+    from fastconv._simd import kernels
+    x = rng.standard_normal((2, 8, 7, 7)).astype(dtype)
+    g = rng.standard_normal((2, 8, 7, 7)).astype(dtype)
+    results = []
+    for threads in (0, 1):
+        dw = np.full((8, 8, 3, 3), np.nan, dtype=dtype)
+        assert kernels.conv2d_grad_weight_winograd(x, g, dw, 1, 1, 16, threads)
+        results.append(dw)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert_close(results[0], ref.conv2d_grad_weight(x.astype(np.float64), g.astype(np.float64),
+                                                    (8, 8, 3, 3), padding=1), dtype)
+
+
 def test_nchw_work_items_halve_for_few_channels():
     # float64, or the filter gradient, with at most 64 channels: 64 tiles
     block = functional._winograd_block_tiles

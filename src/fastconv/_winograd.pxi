@@ -686,7 +686,8 @@ cdef int _winograd_grad_weight_blocks(const floating* xp, const floating* gp,
         vw_size = gs_at + _most_block_rows(total, block, tiles, tiles_w, out_h, 0, 2) * out_w * c_out
     cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, g, k, a, b
     cdef Py_ssize_t x_lo = 0, x_hi = 0, g_lo = 0, g_hi = 0
-    cdef Py_ssize_t n_chunks = 2 * n_threads     # a block's rows to stage, split
+    # a block's rows to stage, split (n_threads 0: OpenMP's default count)
+    cdef Py_ssize_t n_chunks = 2 * max(n_threads, 1)
     cdef floating* acc
     cdef floating* work = NULL
     cdef floating* v = NULL     # (each thread sets its own; GCC would warn of the copy)
