@@ -21,8 +21,8 @@
 # then copied to the planes (_stage_channels_last, _unstage_tiles): the
 # transforms that ran along a tile row in NCHW had few tiles to run along
 # on small planes (4 on 7x7), and the copies cost less than they did.
-# Against those (2 threads, float32): forward 1.10-1.46x on planes up to
-# 28x28, 1.0-1.1x on 56x56; float64 0.97-1.18x, and 0.93x on the big
+# Against those (2 threads): float32 forward 1.10-1.46x on planes up to
+# 28x28, 1.0-1.1x on 56x56; float64 0.93-1.18x, the least on the big
 # 100x100 layer, whose stages (rows x 100 pixels x 256 channels) spill L2.
 #
 # Work items are blocks of ``block_tiles`` consecutive tiles of the batch
