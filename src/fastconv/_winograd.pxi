@@ -654,6 +654,18 @@ cdef inline bint _winograd_shared_sums(Py_ssize_t n_slots, Py_ssize_t m_bytes) n
     return n_slots == 1 or m_bytes >= WINOGRAD_SHARED_SUMS_BYTES
 
 
+cdef inline void _winograd_grad_gemm(bint nchw, Py_ssize_t c_in, Py_ssize_t c_out,
+                                     Py_ssize_t nt, const floating* v, const floating* w,
+                                     floating beta, floating* m) noexcept nogil:
+    """``M[xi] = beta*M[xi] + W[xi]^T V[xi]`` (NCHW: dW's C_out x C_in) or
+    ``V[xi]^T W[xi]`` (NHWC: C_in x C_out) of one entry, ``v`` (nt x C_in)
+    and ``w`` (nt x C_out) a block's transforms."""
+    if nchw:
+        gemm(TRANS, NO_TRANS, c_out, c_in, nt, <floating>1, w, c_out, v, c_in, beta, m, c_in)
+    else:
+        gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1, v, c_in, w, c_out, beta, m, c_out)
+
+
 cdef int _winograd_grad_weight_blocks(const floating* xp, const floating* gp,
                                       Py_ssize_t n_img, Py_ssize_t c_in, Py_ssize_t in_h,
                                       Py_ssize_t in_w, Py_ssize_t c_out, Py_ssize_t out_h,
@@ -673,8 +685,7 @@ cdef int _winograd_grad_weight_blocks(const floating* xp, const floating* gp,
     cdef Py_ssize_t n_slots = _reduction_slots(n_red, m_size, sizeof(floating))
     cdef bint shared_sums = _winograd_shared_sums(n_slots, m_size * sizeof(floating))
     # M[xi] sums dW's filters as (C_out x C_in) in NCHW, as (C_in x C_out) in
-    # NHWC: W[xi]^T V[xi] or V[xi]^T W[xi], V (nt x C_in) and W (nt x C_out)
-    cdef Py_ssize_t m_rows = c_out if nchw else c_in, m_cols = c_in if nchw else c_out
+    # NHWC (_winograd_grad_gemm)
     # per block: V, W, a zero pixel, and in NCHW the block's input rows and
     # sensitivity rows staged channels last; after M where all threads share
     # the block, else per thread
@@ -742,14 +753,9 @@ cdef int _winograd_grad_weight_blocks(const floating* xp, const floating* gp,
                 fc_omp_barrier()                    # the transforms are all in
                 # the first block overwrites (no clearing pass)
                 for xi in prange(16, schedule="static"):
-                    if nchw:
-                        gemm(TRANS, NO_TRANS, c_out, c_in, nt, <floating>1, w + xi * ws, c_out,
-                             v + xi * vs, c_in, <floating>(0 if r == 0 else 1),
-                             partial + xi * m_rows * m_cols, m_cols)
-                    else:
-                        gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1, v + xi * vs, c_in,
-                             w + xi * ws, c_out, <floating>(0 if r == 0 else 1),
-                             partial + xi * m_rows * m_cols, m_cols)
+                    _winograd_grad_gemm(nchw, c_in, c_out, nt, v + xi * vs, w + xi * ws,
+                                        <floating>(0 if r == 0 else 1),
+                                        partial + xi * c_in * c_out)
                 fc_omp_barrier()                    # before the next block's stages
     else:
         with parallel(num_threads=n_threads):
@@ -792,20 +798,15 @@ cdef int _winograd_grad_weight_blocks(const floating* xp, const floating* gp,
                                             work + zeros_at, g_lo)
                     # the slot's first block overwrites (no clearing pass)
                     for xi in range(16):
-                        if nchw:
-                            gemm(TRANS, NO_TRANS, c_out, c_in, nt, <floating>1,
-                                 work + w_at + xi * ws, c_out, work + xi * vs, c_in,
-                                 <floating>(0 if r == r0 else 1), acc + xi * m_rows * m_cols,
-                                 m_cols)
-                        else:
-                            gemm(TRANS, NO_TRANS, c_in, c_out, nt, <floating>1,
-                                 work + xi * vs, c_in, work + w_at + xi * ws, c_out,
-                                 <floating>(0 if r == r0 else 1), acc + xi * m_rows * m_cols,
-                                 m_cols)
+                        _winograd_grad_gemm(nchw, c_in, c_out, nt, work + xi * vs,
+                                            work + w_at + xi * ws,
+                                            <floating>(0 if r == r0 else 1),
+                                            acc + xi * c_in * c_out)
             free(work)
         if status == STATUS_OK:
             _add_slots(partial, n_slots, m_size, partial, n_threads)
-    if status == STATUS_OK and not _winograd_filter_grads(partial, m_rows, m_cols, dwp,
+    if status == STATUS_OK and not _winograd_filter_grads(partial, c_out if nchw else c_in,
+                                                          c_in if nchw else c_out, dwp,
                                                           n_threads):
         finite[0] = False
     free(partial)
