@@ -310,6 +310,19 @@ cdef void _stage_channels_last(const floating* src, Py_ssize_t n_ch, Py_ssize_t 
         row = n * h + r1
 
 
+cdef Py_ssize_t _stage_block(const floating* src, Py_ssize_t n_ch, Py_ssize_t h,
+                             Py_ssize_t w, Py_ssize_t tiles, Py_ssize_t tiles_w,
+                             Py_ssize_t g0, Py_ssize_t g1, Py_ssize_t off, Py_ssize_t span,
+                             floating* dst) noexcept nogil:
+    """The batch rows that the tiles g0 <= g < g1 reach (``off``, ``span``
+    as for _block_end_row), staged channels last at ``dst``; returns the
+    first of them, the transforms' ``row0``."""
+    cdef Py_ssize_t lo = _block_first_row(g0, tiles, tiles_w, h, off)
+    _stage_channels_last(src, n_ch, h, w, lo, _block_end_row(g1, tiles, tiles_w, h, off, span, lo),
+                         dst)
+    return lo
+
+
 cdef inline void _pixels_to_planes(const floating* src, Py_ssize_t n_ch, Py_ssize_t n_pix,
                                    floating* dst, Py_ssize_t plane) noexcept nogil:
     """``n_pix`` channels-last pixels to a run of each of the n_ch planes."""
@@ -416,10 +429,10 @@ cdef bint _winograd_outputs(const floating* m, Py_ssize_t ms, Py_ssize_t c_out,
                else spare + 2 * c_out)
         if floating is float:
             bad |= fc_winograd_out_f32(m + (g - g0) * c_out, ms, c_out, bp,
-                                            p00, p01, p10, p11)
+                                       p00, p01, p10, p11)
         else:
             bad |= fc_winograd_out_f64(m + (g - g0) * c_out, ms, c_out, bp,
-                                            p00, p01, p10, p11)
+                                       p00, p01, p10, p11)
     return not bad
 
 
@@ -500,15 +513,12 @@ cdef int _winograd_correlate_blocks(const floating* xp, Py_ssize_t n_img, Py_ssi
             m = work + v_size
             b = bp if bp != NULL else work + zeros_at
             if nchw:
-                lo = _block_first_row(g0, tiles, tiles_w, in_h, -pad_top)
-                _stage_channels_last(xp, c_in, in_h, in_w, lo,
-                                     _block_end_row(g1, tiles, tiles_w, in_h, -pad_top, 4, lo),
-                                     m)
+                lo = _stage_block(xp, c_in, in_h, in_w, tiles, tiles_w, g0, g1, -pad_top, 4, m)
                 _winograd_inputs(m, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
-                                      g0, g1, work, vs, work + zeros_at, lo)
+                                 g0, g1, work, vs, work + zeros_at, lo)
             else:
                 _winograd_inputs(xp, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
-                                      g0, g1, work, vs, work + zeros_at, 0)
+                                 g0, g1, work, vs, work + zeros_at, 0)
             for xi in range(16):
                 gemm(NO_TRANS, NO_TRANS, nt, c_out, c_in,
                      <floating>1, work + xi * vs, c_in, up + xi * c_in * c_out, c_out,
@@ -516,14 +526,44 @@ cdef int _winograd_correlate_blocks(const floating* xp, Py_ssize_t n_img, Py_ssi
             if nchw:
                 lo = _block_first_row(g0, tiles, tiles_w, out_h, 0)
                 if not _winograd_outputs(m, ms, c_out, b, work, out_h, out_w, tiles_w,
-                                              tiles, g0, g1, lo, work + spare_at):
+                                         tiles, g0, g1, lo, work + spare_at):
                     finite[0] = False
                 _unstage_tiles(work, c_out, out_h, out_w, lo, tiles, tiles_w, g0, g1, yp)
             elif not _winograd_outputs(m, ms, c_out, b, yp, out_h, out_w, tiles_w, tiles,
-                                            g0, g1, 0, work + spare_at):
+                                       g0, g1, 0, work + spare_at):
                 finite[0] = False
         free(work)
     return status
+
+
+cdef bint _winograd_correlate(const floating[:, :, :, ::1] x,
+                              const floating[:, :, ::1] u, const floating[::1] bias,
+                              bint has_bias, floating[:, :, :, ::1] out, Py_ssize_t pad_top,
+                              Py_ssize_t pad_left, Py_ssize_t block_tiles, bint nchw,
+                              int n_threads) except -1:
+    """The two entry points' shapes unpacked for _winograd_correlate_blocks."""
+    cdef Py_ssize_t n_img = x.shape[0]
+    cdef Py_ssize_t c_in = x.shape[1] if nchw else x.shape[3]
+    cdef Py_ssize_t in_h = x.shape[2] if nchw else x.shape[1]
+    cdef Py_ssize_t in_w = x.shape[3] if nchw else x.shape[2]
+    cdef Py_ssize_t c_out = out.shape[1] if nchw else out.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2] if nchw else out.shape[1]
+    cdef Py_ssize_t out_w = out.shape[3] if nchw else out.shape[2]
+    cdef bint finite = True
+    cdef int status
+    if n_img == 0 or c_out == 0 or out_h == 0 or out_w == 0:
+        return True
+    blas_serial_enter()
+    try:
+        with nogil:
+            status = _winograd_correlate_blocks(
+                &x[0, 0, 0, 0], n_img, c_in, in_h, in_w, &u[0, 0, 0],
+                &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], c_out, out_h, out_w,
+                pad_top, pad_left, block_tiles, nchw, n_threads, &finite)
+    finally:
+        blas_serial_exit()
+    _raise_for_status(status)
+    return finite
 
 
 def conv2d_winograd(const floating[:, :, :, ::1] x,
@@ -540,27 +580,13 @@ def conv2d_winograd(const floating[:, :, :, ::1] x,
     entry by entry (``winograd_filters``); ``out`` is ``(N, C_out, Ho,
     Wo)``, ``pad_top`` and ``pad_left`` the leading paddings (the trailing
     ones are implied by ``Ho``/``Wo``).  The batch's tiles, image after
-    image, are cut into work items of ``block_tiles`` (>= 1): the N of
+    image, are cut into work items of ``block_tiles`` (>= 1): the M of
     their GEMMs, small planes' tiles from several images.  Returns False,
     with ``out`` incomplete, if some output was not finite (the caller then
     takes the GEMM kernels).
     """
-    cdef Py_ssize_t n_img = x.shape[0], c_out = out.shape[1]
-    cdef bint finite = True
-    cdef int status
-    if n_img == 0 or c_out == 0 or out.shape[2] == 0 or out.shape[3] == 0:
-        return True
-    blas_serial_enter()
-    try:
-        with nogil:
-            status = _winograd_correlate_blocks(
-                &x[0, 0, 0, 0], n_img, x.shape[1], x.shape[2], x.shape[3], &u[0, 0, 0],
-                &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], c_out, out.shape[2],
-                out.shape[3], pad_top, pad_left, block_tiles, True, n_threads, &finite)
-    finally:
-        blas_serial_exit()
-    _raise_for_status(status)
-    return finite
+    return _winograd_correlate(x, u, bias, has_bias, out, pad_top, pad_left, block_tiles, True,
+                               n_threads)
 
 
 def conv2d_winograd_nhwc(const floating[:, :, :, ::1] x,
@@ -573,22 +599,8 @@ def conv2d_winograd_nhwc(const floating[:, :, :, ::1] x,
     """``conv2d_winograd`` in NHWC (inputs trusted): ``x`` (N, H, W, C_in),
     ``u`` (16, C_in, C_out), ``out`` (N, Ho, Wo, C_out).  Returns False,
     with ``out`` incomplete, if some output was not finite."""
-    cdef Py_ssize_t n_img = x.shape[0], c_out = out.shape[3]
-    cdef bint finite = True
-    cdef int status
-    if n_img == 0 or c_out == 0 or out.shape[1] == 0 or out.shape[2] == 0:
-        return True
-    blas_serial_enter()
-    try:
-        with nogil:
-            status = _winograd_correlate_blocks(
-                &x[0, 0, 0, 0], n_img, x.shape[3], x.shape[1], x.shape[2], &u[0, 0, 0],
-                &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], c_out, out.shape[1],
-                out.shape[2], pad_top, pad_left, block_tiles, False, n_threads, &finite)
-    finally:
-        blas_serial_exit()
-    _raise_for_status(status)
-    return finite
+    return _winograd_correlate(x, u, bias, has_bias, out, pad_top, pad_left, block_tiles, False,
+                               n_threads)
 
 
 # --- the filter gradient: F(3x3, 2x2) ------------------------------------------
@@ -599,9 +611,10 @@ def conv2d_winograd_nhwc(const floating[:, :, :, ::1] x,
 # as G^T [ (A g A^T) . (B^T d B) ] G: the same B^T d B as the forward, the
 # sensitivity blocks through A, and one G^T M G per filter at the end, after
 # the sixteen GEMMs  M[xi] (C_out x C_in) += W[xi]^T (C_out x tiles) @
-# V[xi] (tiles x C_in)  have summed all tiles (NHWC: M[xi]^T).  As conv2d_grad_weight, the work items go
-# to a number of reduction slots fixed by the shape, each summed in order,
-# and the slots are added in order: the same bits for any thread count.
+# V[xi] (tiles x C_in)  have summed all tiles (NHWC: M[xi]^T).  As
+# conv2d_grad_weight, the work items go to a number of reduction slots
+# fixed by the shape, each summed in order, and the slots are added in
+# order: the same bits for any thread count.
 
 
 cdef bint _winograd_filter_grad_chunk(const floating* m, Py_ssize_t size, Py_ssize_t n,
@@ -693,8 +706,10 @@ cdef int _winograd_grad_weight_blocks(const floating* xp, const floating* gp,
     cdef Py_ssize_t zeros_at = w_at + 16 * (c_out * block + WINOGRAD_SKEW)
     cdef Py_ssize_t xs_at = zeros_at + max(c_in, c_out), gs_at = xs_at, vw_size = xs_at
     if nchw:
-        gs_at = xs_at + _most_block_rows(total, block, tiles, tiles_w, in_h, -pad_top, 4) * in_w * c_in
-        vw_size = gs_at + _most_block_rows(total, block, tiles, tiles_w, out_h, 0, 2) * out_w * c_out
+        gs_at = xs_at + (_most_block_rows(total, block, tiles, tiles_w, in_h, -pad_top, 4)
+                         * in_w * c_in)
+        vw_size = gs_at + (_most_block_rows(total, block, tiles, tiles_w, out_h, 0, 2)
+                           * out_w * c_out)
     cdef Py_ssize_t s, r, r0, g0, g1, nt, xi, vs, ws, g, k, a, b
     cdef Py_ssize_t x_lo = 0, x_hi = 0, g_lo = 0, g_hi = 0
     # a block's rows to stage, split (n_threads 0: OpenMP's default count)
@@ -780,14 +795,10 @@ cdef int _winograd_grad_weight_blocks(const floating* xp, const floating* gp,
                     x_lo = 0
                     g_lo = 0
                     if nchw:
-                        x_lo = _block_first_row(g0, tiles, tiles_w, in_h, -pad_top)
-                        g_lo = _block_first_row(g0, tiles, tiles_w, out_h, 0)
-                        _stage_channels_last(xp, c_in, in_h, in_w, x_lo,
-                                             _block_end_row(g1, tiles, tiles_w, in_h, -pad_top,
-                                                            4, x_lo), work + xs_at)
-                        _stage_channels_last(gp, c_out, out_h, out_w, g_lo,
-                                             _block_end_row(g1, tiles, tiles_w, out_h, 0, 2,
-                                                            g_lo), work + gs_at)
+                        x_lo = _stage_block(xp, c_in, in_h, in_w, tiles, tiles_w, g0, g1,
+                                            -pad_top, 4, work + xs_at)
+                        g_lo = _stage_block(gp, c_out, out_h, out_w, tiles, tiles_w, g0, g1,
+                                            0, 2, work + gs_at)
                         xsrc = work + xs_at
                         gsrc = work + gs_at
                     _winograd_inputs(xsrc, c_in, in_h, in_w, pad_top, pad_left, tiles_w, tiles,
