@@ -11,7 +11,9 @@ the oracles on hypothesis-drawn shapes and paddings, work items that cut tile
 rows and images, bitwise thread-count determinism, the filter transform,
 the fallback to the GEMM kernels on non-finite values, and which shapes the
 default thresholds send to Winograd (large planes, and small ones with
-enough tiles).
+enough tiles).  Dilated layers on their phase images (``_phases.pxi``):
+the split and merge against NumPy's slicing, the three passes against the
+oracles, and which shapes split.
 """
 
 import os
@@ -376,12 +378,14 @@ def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     fastconv.conv2d(x, np.zeros((16, 32, 3, 3), np.float32), padding=1)      # 16 channels
     fastconv.conv2d(x[:, :, :9, :9], np.zeros((32, 32, 3, 3), np.float32))  # 16 tiles
     fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=1, stride=2)
-    fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=2, dilation=2)
     fastconv.conv2d(x, np.zeros((32, 16, 3, 3), np.float32), padding=1, groups=2)
     fastconv.conv2d(x, np.zeros((32, 32, 3, 5), np.float32), padding=(1, 2))
     fastconv.conv2d(x.transpose(0, 2, 3, 1), np.zeros((3, 3, 32, 32), np.float32), padding=1,
                     layout="NHWC")
-    assert calls == [(1, 32, 48, 48)] * 3 + [(1, 48, 48, 32)]
+    # dilated: on its four phase images of 24x24 (576 tiles)
+    fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=2, dilation=2)
+    fastconv.conv2d(x[:, :, :47], np.zeros((32, 32, 3, 3), np.float32), padding=2, dilation=2)
+    assert calls == [(1, 32, 48, 48)] * 3 + [(1, 48, 48, 32), (4, 32, 24, 24)]
     del calls[:]
     # a filter gradient whose sums M (16 x 32 x 32 float32: 64 KiB) exceed
     # the budget keeps the GEMM kernels
@@ -529,3 +533,137 @@ def test_filter_gradient_kernels_take_no_channels(layout):
         else:
             assert kernels.conv2d_grad_weight_winograd(x, g, np.empty((c_out, c_in, 3, 3)),
                                                        1, 1, 128, 2)
+
+
+# ---- dilated convolutions on their phase images (_phases.pxi) ----------
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dilation", [(1, 2), (2, 1), (2, 2), (3, 2), (4, 4)])
+def test_phase_split_and_merge_are_numpys_slices(n_threads, dtype, layout, dilation, rng):
+    dh, dw = dilation
+    full = rng.standard_normal((3, 5, 2 * dh, 3 * dw)).astype(dtype)   # NCHW
+    if layout == "NHWC":
+        full = full.transpose(0, 2, 3, 1).copy()
+    full.flags.writeable = False                 # the split reads const memoryviews
+    phases = functional._phase_split(full, dilation, layout, n_threads)
+    nhwc = layout == "NHWC"
+    for p in range(dh):
+        for q in range(dw):
+            image = (p * dw + q) * 3
+            expected = full[:, p::dh, q::dw] if nhwc else full[:, :, p::dh, q::dw]
+            np.testing.assert_array_equal(phases[image:image + 3], expected)
+    merged = np.full_like(full, np.nan)
+    phases.flags.writeable = False
+    functional._kernels.phase_merge(phases, merged, dh, dw, nhwc, n_threads)
+    np.testing.assert_array_equal(merged, full)
+
+
+@st.composite
+def dilated_problems(draw):
+    """Dilated 3x3 problems whose phases split: planes and paddings (or
+    'same') multiples of the dilation, the phases' paddings 0-2."""
+    dh, dw = draw(st.tuples(st.integers(1, 3), st.integers(1, 3)).filter(lambda d: d != (1, 1)))
+    n = draw(st.integers(1, 2))
+    c_in, c_out = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    pad = draw(st.one_of(st.just("same"), st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    ph, pw = (1, 1) if pad == "same" else pad
+    hp = draw(st.integers(max(1, 3 - 2 * ph), 7))
+    wp = draw(st.integers(max(1, 3 - 2 * pw), 7))
+    padding = pad if pad == "same" else (ph * dh, pw * dw)
+    return (n, c_in, hp * dh, wp * dw), (c_out, c_in, 3, 3), padding, (dh, dw)
+
+
+@SETTINGS
+@given(problem=dilated_problems(), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans())
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_dilated_phases_match_oracles(winograd_calls, n_threads, dtype, layout, problem, seed,
+                                      with_bias):
+    x_shape, w_shape, pad, dilation = problem
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
+    if layout == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    kw = dict(padding=pad, dilation=dilation, layout=layout)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    del winograd_calls[:]
+    y = fastconv.conv2d(x, w, b, **kw)
+    assert_close(y, ref.conv2d(x64, w64, None if b is None else b.astype(np.float64), **kw),
+                 dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx = fastconv.conv2d_grad_input(g, w, x.shape, **kw)
+    assert_close(dx, ref.conv2d_grad_input(g.astype(np.float64), w64, x.shape, **kw), dtype)
+    dw = fastconv.conv2d_grad_weight(x, g, w.shape, **kw)
+    assert_close(dw, ref.conv2d_grad_weight(x64, g.astype(np.float64), w.shape, **kw), dtype)
+    assert winograd_calls == [True, True, True]
+
+
+@pytest.mark.parametrize("x_hw, pad, dilation", [
+    ((9, 8), 2, 2),             # rows not a multiple of the dilation
+    ((8, 8), 1, 2),             # padding not a multiple
+    ((8, 8), 3, (3, 1)),        # 8 rows, 3 apart
+    ((8, 9), (2, 0), 2),        # output columns 5, not a multiple
+])
+def test_dilated_shapes_that_do_not_split_take_the_gemm(winograd_calls, x_hw, pad, dilation,
+                                                        rng):
+    x = rng.standard_normal((2, 3, *x_hw))
+    w = rng.standard_normal((4, 3, 3, 3))
+    kw = dict(padding=pad, dilation=dilation)
+    y = fastconv.conv2d(x, w, **kw)
+    assert_close(y, ref.conv2d(x, w, **kw))
+    g = rng.standard_normal(y.shape)
+    assert_close(fastconv.conv2d_grad_input(g, w, x.shape, **kw),
+                 ref.conv2d_grad_input(g, w, x.shape, **kw))
+    assert_close(fastconv.conv2d_grad_weight(x, g, w.shape, **kw),
+                 ref.conv2d_grad_weight(x, g, w.shape, **kw))
+    assert winograd_calls == []
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_dilated_non_finite_inputs_fall_back(winograd_calls, bad, layout, rng):
+    x = rng.standard_normal((2, 3, 8, 10))
+    x[1, 2, 5, 4] = bad
+    w = np.abs(rng.standard_normal((3, 3, 3, 3)))
+    g = rng.standard_normal((2, 3, 8, 10))
+    kw = dict(padding=2, dilation=2)
+    expected = (ref.conv2d(x, w, **kw), ref.conv2d_grad_input(x, w, x.shape, **kw),
+                ref.conv2d_grad_weight(x, g, w.shape, **kw))
+    if layout == "NHWC":
+        def to_nhwc(a):
+            return a.transpose(0, 2, 3, 1).copy()
+        x, g, w = to_nhwc(x), to_nhwc(g), w.transpose(2, 3, 1, 0).copy()
+        expected = (to_nhwc(expected[0]), to_nhwc(expected[1]), expected[2].transpose(2, 3, 1, 0))
+    kw["layout"] = layout
+    assert_close(fastconv.conv2d(x, w, **kw), expected[0])
+    assert_close(fastconv.conv2d_grad_input(x, w, x.shape, **kw), expected[1])
+    assert_close(fastconv.conv2d_grad_weight(x, g, w.shape, **kw), expected[2])
+    assert winograd_calls == [False] * 3
+
+
+def test_default_thresholds_split_dilated_layers():
+    def phase(x_shape, c_out, pad, dilation, itemsize=4, layout="NCHW", grad_weight=False):
+        w_shape = (c_out, x_shape[1], 3, 3)
+        geo = functional._conv_geometry("conv2d", x_shape, w_shape, 1, pad, dilation, 1)
+        return functional._winograd_phases(x_shape, w_shape, geo, itemsize, layout,
+                                           grad_weight)
+    # the zoo's dilated layer: four images of 28x28 per image, padding 1
+    got = phase((8, 64, 56, 56), 64, 2, 2)
+    assert got.dilation == (1, 1) and (got.out_h, got.out_w) == (28, 28)
+    assert (got.pad_top, got.pad_bottom, got.pad_left, got.pad_right) == (1, 1, 1, 1)
+    assert phase((8, 64, 56, 56), 64, 2, 2, 8, grad_weight=True) is not None
+    assert phase((8, 64, 56, 56), 64, (4, 2), (2, 1)) is not None
+    # as many tiles and channels as undilated layers need
+    assert phase((8, 8, 56, 56), 64, 2, 2) is None
+    assert phase((1, 64, 8, 8), 64, 2, 2) is None
+    # planes, paddings and outputs multiples of the dilation; stride 1
+    assert phase((8, 64, 57, 56), 64, 2, 2) is None
+    assert phase((8, 64, 56, 56), 64, 1, 2) is None
+    assert phase((8, 64, 56, 56), 64, 0, 1) is None
+    geo = functional._conv_geometry("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), 2, 2, 2, 1)
+    assert functional._winograd_phases((8, 64, 56, 56), (64, 64, 3, 3), geo, 4) is None

@@ -3720,3 +3720,4 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
 
 include "_winograd.pxi"
 include "_kernels_nhwc.pxi"
+include "_phases.pxi"
