@@ -83,6 +83,11 @@ def _check(m, n, k, trans_a, trans_b, alpha, beta, dtype, seed=0):
     (15, 47, 17),      # float32: a 3-vector panel with a ragged last vector
     (130, 23, 257),    # 16 row panels plus 2 rows, 3 K blocks
     (260, 30, 140),    # an M block (256 rows) plus 4, 2 K blocks
+    # more than one M block and at most 4 panels of columns: op(B)'s K
+    # block packed once for all of them (FC_GEMM_B_PANELS)
+    (800, 64, 200),    # a 5x5 filter gradient's: 48 + 16 / 3 x 24 + 16 columns
+    (520, 192, 130),   # float32: exactly 4 panels; float64: 8, packed per panel
+    (513, 97, 5),      # float32: 3 panels, a 1-column one; float64: 5
     (64, 196, 256),    # pw1x1's forward
     (33, 200, 3),      # k below one transpose block
 ])

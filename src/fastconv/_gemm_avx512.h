@@ -17,7 +17,8 @@
  * FC_GEMM_MR = 8 rows stored k-major; each panel of op(B), three vectors
  * wide (24 doubles, 48 floats), is packed just before use (k-major,
  * zero-padded), so it sits in L1 while every A panel of the block passes
- * over it.  Packing B panel by panel also avoids what reading it in place
+ * over it (narrow products of several M blocks pack all of B's K block
+ * once instead: FC_GEMM_B_PANELS).  Packing B panel by panel also avoids what reading it in place
  * met where its rows lie 9 KiB apart (probably L1 set conflicts).  The
  * micro-kernel keeps an 8-row tile of C in 24 zmm registers; per k it
  * loads three vectors of B and broadcasts eight values of A (24 FMAs).  Narrow edge panels get a tile of 2 or 1 vectors, and
@@ -63,10 +64,15 @@
 #if FC_GEMM_MC % FC_GEMM_MR != 0
 #error "FC_GEMM_MC must be a multiple of FC_GEMM_MR (the packed A panels fill whole rows of 8)"
 #endif
+/* Products of more than FC_GEMM_MC rows and at most FC_GEMM_B_PANELS
+   panels of columns pack each K block of op(B) once, for all the M blocks,
+   instead of panel by panel for each (the filter gradients' transposed
+   products, 800 x 64 for a 5x5 layer of 32 channels, packed it 4 times). */
+#define FC_GEMM_B_PANELS 4
 /* sized for doubles (floats use half the A block and the same bytes of B
    panel, 48 x 4 = 24 x 8), plus the alignment slack */
 #define FC_GEMM_WORK_BYTES \
-    (sizeof(double) * (FC_GEMM_MC * FC_GEMM_KC + FC_GEMM_KC * 24) + 64)
+    (sizeof(double) * (FC_GEMM_MC * FC_GEMM_KC + FC_GEMM_KC * 24 * FC_GEMM_B_PANELS) + 64)
 
 #if FC_GEMM_HAVE_AVX512
 

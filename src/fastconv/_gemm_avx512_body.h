@@ -174,21 +174,28 @@ static int FC_SFX(fc_gemm_avx512)(int trans_a, int trans_b, fc_gsize m, fc_gsize
     FC_T *ap, *bp;
     if (work == NULL)
         return -1;
+    /* op(B)'s K block packed once for all M blocks (FC_GEMM_B_PANELS) */
+    int b_once = m > FC_GEMM_MC && n <= FC_GEMM_B_PANELS * FC_NR;
     ap = work;
     bp = work + FC_GEMM_MC * FC_GEMM_KC;
     for (fc_gsize p0 = 0; p0 < k; p0 += FC_GEMM_KC) {
         fc_gsize kc = k - p0 < FC_GEMM_KC ? k - p0 : FC_GEMM_KC;
         FC_T blk_beta = p0 == 0 ? beta : 1;    /* later K blocks add to C */
+        for (fc_gsize j0 = 0; b_once && j0 < n; j0 += FC_NR)
+            FC_SFX(fc_gemm_pack_b)(trans_b, B, ldb, p0, kc, j0, n - j0 < FC_NR ? n - j0 : FC_NR,
+                                   bp + j0 * kc);
         for (fc_gsize i0 = 0; i0 < m; i0 += FC_GEMM_MC) {
             fc_gsize mc = m - i0 < FC_GEMM_MC ? m - i0 : FC_GEMM_MC;
             FC_SFX(fc_gemm_pack_a)(trans_a, A, lda, i0, mc, p0, kc, ap);
             for (fc_gsize j0 = 0; j0 < n; j0 += FC_NR) {
                 fc_gsize nr = n - j0 < FC_NR ? n - j0 : FC_NR;
                 FC_SFX(fc_gemm_micro_fn) micro = FC_SFX(fc_gemm_micro_for)(nr);
-                FC_SFX(fc_gemm_pack_b)(trans_b, B, ldb, p0, kc, j0, nr, bp);
+                FC_T* panel = b_once ? bp + j0 * kc : bp;
+                if (!b_once)
+                    FC_SFX(fc_gemm_pack_b)(trans_b, B, ldb, p0, kc, j0, nr, bp);
                 for (fc_gsize ir = 0; ir < mc; ir += FC_GEMM_MR) {
                     fc_gsize mr = mc - ir < FC_GEMM_MR ? mc - ir : FC_GEMM_MR;
-                    micro(kc, ap + ir * kc, bp, nr, C + (i0 + ir) * ldc + j0, ldc, mr,
+                    micro(kc, ap + ir * kc, panel, nr, C + (i0 + ir) * ldc + j0, ldc, mr,
                           alpha, blk_beta);
                 }
             }
