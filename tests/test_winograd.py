@@ -385,7 +385,7 @@ def test_default_thresholds_pick_large_planes_with_many_channels(monkeypatch):
     # dilated: on its four phase images of 24x24 (576 tiles)
     fastconv.conv2d(x, np.zeros((32, 32, 3, 3), np.float32), padding=2, dilation=2)
     fastconv.conv2d(x[:, :, :47], np.zeros((32, 32, 3, 3), np.float32), padding=2, dilation=2)
-    assert calls == [(1, 32, 48, 48)] * 3 + [(1, 48, 48, 32), (4, 32, 24, 24)]
+    assert calls == [(1, 32, 48, 48)] * 3 + [(1, 48, 48, 32)] + [(4, 32, 24, 24)] * 2
     del calls[:]
     # a filter gradient whose sums M (16 x 32 x 32 float32: 64 KiB) exceed
     # the budget keeps the GEMM kernels
@@ -538,41 +538,65 @@ def test_filter_gradient_kernels_take_no_channels(layout):
 # ---- dilated convolutions on their phase images (_phases.pxi) ----------
 
 
+def _phase_split_oracle(full, plane, rows, cols):
+    """The phase images by the axis maps' definition (NCHW)."""
+    n, dh, dw = full.shape[0], len(rows), len(cols)
+    out = np.zeros((dh * dw * n, full.shape[1], *plane), dtype=full.dtype)
+    for p, (src_p, lead_p, count_p) in enumerate(rows):
+        for q, (src_q, lead_q, count_q) in enumerate(cols):
+            image = (p * dw + q) * n
+            out[image:image + n, :, lead_p:lead_p + count_p, lead_q:lead_q + count_q] = \
+                full[:, :, src_p::dh, src_q::dw]
+    return out
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("dilation", [(1, 2), (2, 1), (2, 2), (3, 2), (4, 4)])
-def test_phase_split_and_merge_are_numpys_slices(n_threads, dtype, layout, dilation, rng):
-    dh, dw = dilation
-    full = rng.standard_normal((3, 5, 2 * dh, 3 * dw)).astype(dtype)   # NCHW
-    if layout == "NHWC":
-        full = full.transpose(0, 2, 3, 1).copy()
-    full.flags.writeable = False                 # the split reads const memoryviews
-    phases = functional._phase_split(full, dilation, layout, n_threads)
+@pytest.mark.parametrize("hw, pad, dilation", [
+    ((6, 9), (2, 3), (2, 3)),       # multiples: every phase alike
+    ((7, 9), (1, 2), (2, 2)),       # phases of 4 and 3 rows; paddings 1 and 0 (leads)
+    ((8, 5), (3, 0), (4, 1)),
+    ((5, 11), (3, 5), (3, 4)),
+    ((1, 2), (3, 4), (3, 3)),       # phases with no input at all
+])
+def test_phase_split_and_merge_follow_the_axis_maps(n_threads, dtype, layout, hw, pad,
+                                                    dilation, rng):
+    geo = functional._conv_geometry("conv2d", (2, 3, *hw), (4, 3, 3, 3), 1, pad, dilation, 1)
+    (_, in_h, x_rows, y_rows), (_, in_w, x_cols, y_cols) = (
+        functional._phase_axis(n, n_out, p, d) for n, n_out, p, d in
+        zip(hw, (geo.out_h, geo.out_w), pad, dilation))
     nhwc = layout == "NHWC"
-    for p in range(dh):
-        for q in range(dw):
-            image = (p * dw + q) * 3
-            expected = full[:, p::dh, q::dw] if nhwc else full[:, :, p::dh, q::dw]
-            np.testing.assert_array_equal(phases[image:image + 3], expected)
-    merged = np.full_like(full, np.nan)
-    phases.flags.writeable = False
-    functional._kernels.phase_merge(phases, merged, dh, dw, nhwc, n_threads)
-    np.testing.assert_array_equal(merged, full)
+    for plane, rows, cols, full_hw in (((in_h, in_w), x_rows, x_cols, hw),
+                                       ((-(-geo.out_h // dilation[0]),
+                                         -(-geo.out_w // dilation[1])), y_rows, y_cols,
+                                        (geo.out_h, geo.out_w))):
+        full = rng.standard_normal((2, 3, *full_hw)).astype(dtype)
+        expected = _phase_split_oracle(full, plane, rows, cols)
+        if nhwc:
+            full, expected = full.transpose(0, 2, 3, 1).copy(), expected.transpose(0, 2, 3, 1)
+        full.flags.writeable = False             # the split reads const memoryviews
+        phases = functional._phase_split(full, plane, rows, cols, layout, n_threads)
+        np.testing.assert_array_equal(phases, expected)
+        # the maps cover the full array: the merge writes all of it
+        merged = np.full_like(full, np.nan)
+        phases.flags.writeable = False
+        functional._kernels.phase_merge(phases, merged, rows, cols, nhwc, n_threads)
+        np.testing.assert_array_equal(merged, full)
 
 
 @st.composite
 def dilated_problems(draw):
-    """Dilated 3x3 problems whose phases split: planes and paddings (or
-    'same') multiples of the dilation, the phases' paddings 0-2."""
+    """Dilated 3x3 problems: any plane, paddings 0 to twice the dilation (or
+    'same'), so the phases' own paddings are 0-2."""
     dh, dw = draw(st.tuples(st.integers(1, 3), st.integers(1, 3)).filter(lambda d: d != (1, 1)))
     n = draw(st.integers(1, 2))
     c_in, c_out = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    pad = draw(st.one_of(st.just("same"), st.tuples(st.integers(0, 2), st.integers(0, 2))))
-    ph, pw = (1, 1) if pad == "same" else pad
-    hp = draw(st.integers(max(1, 3 - 2 * ph), 7))
-    wp = draw(st.integers(max(1, 3 - 2 * pw), 7))
-    padding = pad if pad == "same" else (ph * dh, pw * dw)
-    return (n, c_in, hp * dh, wp * dw), (c_out, c_in, 3, 3), padding, (dh, dw)
+    pad = draw(st.one_of(st.just("same"),
+                         st.tuples(st.integers(0, 2 * dh), st.integers(0, 2 * dw))))
+    ph, pw = (dh, dw) if pad == "same" else pad
+    h = draw(st.integers(max(1, 2 * dh + 1 - 2 * ph), 16))
+    w = draw(st.integers(max(1, 2 * dw + 1 - 2 * pw), 16))
+    return (n, c_in, h, w), (c_out, c_in, 3, 3), pad, (dh, dw)
 
 
 @SETTINGS
@@ -602,17 +626,18 @@ def test_dilated_phases_match_oracles(winograd_calls, n_threads, dtype, layout, 
     assert winograd_calls == [True, True, True]
 
 
-@pytest.mark.parametrize("x_hw, pad, dilation", [
-    ((9, 8), 2, 2),             # rows not a multiple of the dilation
-    ((8, 8), 1, 2),             # padding not a multiple
-    ((8, 8), 3, (3, 1)),        # 8 rows, 3 apart
-    ((8, 9), (2, 0), 2),        # output columns 5, not a multiple
+@pytest.mark.parametrize("w_shape, kw, passes", [
+    ((4, 3, 3, 3), dict(padding=2, dilation=2, stride=2), 0),
+    ((6, 1, 3, 3), dict(padding=2, dilation=2, groups=3), 0),
+    ((4, 3, 5, 5), dict(padding=4, dilation=2), 0),
+    # phases with 3 rows of padding: the input gradient's full correlation
+    # would pad dY by -1 (the forward and the filter gradient split)
+    ((4, 3, 3, 3), dict(padding=(6, 2), dilation=2), 2),
 ])
-def test_dilated_shapes_that_do_not_split_take_the_gemm(winograd_calls, x_hw, pad, dilation,
+def test_dilated_layers_that_do_not_split_take_the_gemm(winograd_calls, w_shape, kw, passes,
                                                         rng):
-    x = rng.standard_normal((2, 3, *x_hw))
-    w = rng.standard_normal((4, 3, 3, 3))
-    kw = dict(padding=pad, dilation=dilation)
+    x = rng.standard_normal((2, 3, 9, 8))
+    w = rng.standard_normal(w_shape)
     y = fastconv.conv2d(x, w, **kw)
     assert_close(y, ref.conv2d(x, w, **kw))
     g = rng.standard_normal(y.shape)
@@ -620,7 +645,7 @@ def test_dilated_shapes_that_do_not_split_take_the_gemm(winograd_calls, x_hw, pa
                  ref.conv2d_grad_input(g, w, x.shape, **kw))
     assert_close(fastconv.conv2d_grad_weight(x, g, w.shape, **kw),
                  ref.conv2d_grad_weight(x, g, w.shape, **kw))
-    assert winograd_calls == []
+    assert winograd_calls == [True] * passes
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -653,7 +678,7 @@ def test_default_thresholds_split_dilated_layers():
         return functional._winograd_phases(x_shape, w_shape, geo, itemsize, layout,
                                            grad_weight)
     # the zoo's dilated layer: four images of 28x28 per image, padding 1
-    got = phase((8, 64, 56, 56), 64, 2, 2)
+    got = phase((8, 64, 56, 56), 64, 2, 2).geo
     assert got.dilation == (1, 1) and (got.out_h, got.out_w) == (28, 28)
     assert (got.pad_top, got.pad_bottom, got.pad_left, got.pad_right) == (1, 1, 1, 1)
     assert phase((8, 64, 56, 56), 64, 2, 2, 8, grad_weight=True) is not None
@@ -661,9 +686,16 @@ def test_default_thresholds_split_dilated_layers():
     # as many tiles and channels as undilated layers need
     assert phase((8, 8, 56, 56), 64, 2, 2) is None
     assert phase((1, 64, 8, 8), 64, 2, 2) is None
-    # planes, paddings and outputs multiples of the dilation; stride 1
-    assert phase((8, 64, 57, 56), 64, 2, 2) is None
-    assert phase((8, 64, 56, 56), 64, 1, 2) is None
-    assert phase((8, 64, 56, 56), 64, 0, 1) is None
+    # DeepLab's odd planes: phases of 17 and 16 rows and columns, one
+    # leading zero for the phases whose padding is the smaller
+    got = phase((8, 64, 33, 33), 64, 2, 2)
+    assert got.in_hw == (17, 17) and (got.geo.out_h, got.geo.out_w) == (17, 17)
+    np.testing.assert_array_equal(got.x_rows, [(0, 0, 17), (1, 0, 16)])
+    np.testing.assert_array_equal(got.y_rows, [(0, 0, 17), (1, 0, 16)])
+    got = phase((8, 64, 32, 32), 64, 3, 2)          # paddings 2 and 1 (common 1)
+    assert got.geo.pad_top == 1 and got.in_hw == (17, 17)
+    np.testing.assert_array_equal(got.x_rows, [(1, 1, 16), (0, 0, 16)])
+    # undilated, or strided: not here
+    assert phase((8, 64, 56, 56), 64, 1, 1) is None
     geo = functional._conv_geometry("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), 2, 2, 2, 1)
     assert functional._winograd_phases((8, 64, 56, 56), (64, 64, 3, 3), geo, 4) is None

@@ -275,7 +275,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
             and _finite(w, args[-1])):
         x = contiguous(x, compute)
         b_or_none = b if bias is not None else None
-        if (_phases_correlate(x, w, b_or_none, out, geo, phase, args[-1], layout=layout)
+        if (_phases_correlate(x, w, b_or_none, out, phase, args[-1], layout=layout)
                 if phase is not None else
                 _winograd_correlate(x, w, b_or_none, out, geo.pad_top, geo.pad_left, args[-1],
                                     layout=layout)):
@@ -434,69 +434,91 @@ def _winograd_correlate(x, w, b, out, pad_top, pad_left, n_threads, rotate_swap=
 
 
 # A dilated 3x3 correlation with stride 1 reads, for the outputs of one
-# row and column phase (rows p::dh, columns q::dw), only the inputs of the
-# same phase: when the plane, the leading paddings and the output are
-# multiples of the dilation, it is dh*dw undilated correlations of the
-# phase images with padding / dilation, which Winograd takes stacked along
-# the batch (_phases.pxi splits and merges them).  The GEMM kernels would
-# pack the dilated patches instead.  8x64x56x56, 64 filters, dilation 2
-# ("same" padding), 2 threads: fwd / input gradient / filter gradient
-# 5.65 / 5.75 / 7.17 ms by GEMM, float32 (13.4 / 12.5 / 12.1 float64),
-# against Winograd's 4.21 / 4.24 / 3.85 (7.77 / 7.21 / 8.86) on the phases
-# before their split and merge.
+# row and column phase (rows p, p + dh, ...; columns q, q + dw, ...), only
+# the inputs of one phase: it is dh*dw undilated correlations of the phase
+# images, which Winograd takes stacked along the batch (_phases.pxi splits
+# and merges them, each phase image led by zeros up to a common padding
+# where the phases' paddings differ).  The GEMM kernels would pack the
+# dilated patches instead.  8x64x56x56, 64 filters, dilation 2 ("same"
+# padding), 2 threads: fwd / input gradient / filter gradient 5.65 / 5.75 /
+# 7.17 ms by GEMM, float32 (13.4 / 12.5 / 12.1 float64), against
+# Winograd's 4.21 / 4.24 / 3.85 (7.77 / 7.21 / 8.86) on the phases before
+# their split and merge (0.17-0.45 ms each, at copy speed).
+_Phases = namedtuple("_Phases", "geo in_hw x_rows x_cols y_rows y_cols")
+_PHASES_MAX_DILATION = 64       # _phases.pxi's MAX_PHASES
+
+
+def _phase_axis(n_in, n_out, pad, d):
+    """One axis of a dilated 3x3 correlation (input and output lengths,
+    leading padding, dilation) split into its d phases: the phases' common
+    padding, the phase images' input length, and the axis maps of the
+    input and of the output (see _phases.pxi)."""
+    # output phase p reads input phase (p - pad) mod d, led by
+    # -floor((p - pad) / d) zeros of padding
+    lead = [-((p - pad) // d) for p in range(d)]
+    common = min(lead)
+    x_map = np.array([((p - pad) % d, lead[p] - common, -(-(n_in - (p - pad) % d) // d))
+                      for p in range(d)], dtype=np.intp)
+    y_map = np.array([(p, 0, -(-(n_out - p) // d)) for p in range(d)], dtype=np.intp)
+    return common, int((x_map[:, 1] + x_map[:, 2]).max()), x_map, y_map
+
+
 def _winograd_phases(x_shape, w_oihw, geo, itemsize, layout="NCHW", grad_weight=False):
-    """The geometry of one phase image's undilated correlation when the
-    dilated convolution `geo` of an input `x_shape` (in `layout`) with
-    filters `w_oihw` takes Winograd on its phase images, else None.  A
-    function of the shapes only."""
+    """A dilated convolution `geo` of an input `x_shape` (in `layout`) with
+    filters `w_oihw` split into phase images (_Phases: the undilated
+    geometry of a phase, the phase images' input plane, the axis maps) when
+    those take Winograd, else None.  A function of the shapes only."""
     dh, dw = geo.dilation
-    if (dh, dw) == (1, 1) or geo.stride != (1, 1) or geo.groups != 1:
+    if ((dh, dw) == (1, 1) or max(dh, dw) > _PHASES_MAX_DILATION or geo.stride != (1, 1)
+            or geo.groups != 1):
         return None
     n, _, h, w = _to_nchw(x_shape, layout)
-    if (h % dh or geo.pad_top % dh or geo.out_h % dh
-            or w % dw or geo.pad_left % dw or geo.out_w % dw):
-        return None
-    # the trailing paddings are multiples too (out = in + pads - 2*dilation)
-    phase = geo._replace(dilation=(1, 1), pad_top=geo.pad_top // dh,
-                         pad_bottom=geo.pad_bottom // dh, pad_left=geo.pad_left // dw,
-                         pad_right=geo.pad_right // dw, out_h=geo.out_h // dh,
-                         out_w=geo.out_w // dw)
+    top, in_h, x_rows, y_rows = _phase_axis(h, geo.out_h, geo.pad_top, dh)
+    left, in_w, x_cols, y_cols = _phase_axis(w, geo.out_w, geo.pad_left, dw)
+    out_h, out_w = -(-geo.out_h // dh), -(-geo.out_w // dw)
+    # (trailing paddings as the phase images' sizes make them; negative:
+    # rows no output reads)
+    phase = geo._replace(dilation=(1, 1), pad_top=top, pad_bottom=out_h + 2 - top - in_h,
+                         pad_left=left, pad_right=out_w + 2 - left - in_w, out_h=out_h,
+                         out_w=out_w)
     if not _winograd(w_oihw, phase, n * dh * dw, itemsize, layout, grad_weight):
         return None
-    return phase
+    return _Phases(phase, (in_h, in_w), x_rows, x_cols, y_rows, y_cols)
 
 
-def _phase_split(a, dilation, layout, n_threads):
-    """The phase images of the C-contiguous `a` (N, C, H, W) or NHWC,
-    stacked along the batch: image (p*dw + q)*N + n is a[n, :, p::dh, q::dw]."""
-    phases = output_array(_phase_shape(a.shape, dilation, layout), a.dtype)
-    _kernels.phase_split(a, phases, *dilation, layout == "NHWC", n_threads)
+def _phase_split(a, plane, rows, cols, layout, n_threads):
+    """The phase images (planes `plane`) of the C-contiguous `a` by the
+    axis maps `rows` and `cols`, stacked along the batch: image
+    (p*dw + q)*N + n from a[n] (see _phases.pxi)."""
+    n = a.shape[0] * len(rows) * len(cols)
+    shape = (n, *plane, a.shape[3]) if layout == "NHWC" else (n, a.shape[1], *plane)
+    phases = output_array(shape, a.dtype)
+    _kernels.phase_split(a, phases, rows, cols, layout == "NHWC", n_threads)
     return phases
 
 
-def _phase_shape(shape, dilation, layout):
-    """The shape of the phase images of an array of `shape`."""
-    dh, dw = dilation
-    n = shape[0] * dh * dw
-    if layout == "NHWC":
-        return (n, shape[1] // dh, shape[2] // dw, shape[3])
-    return (n, shape[1], shape[2] // dh, shape[3] // dw)
-
-
-def _phases_correlate(a, w, b, out, geo, phase, n_threads, rotate_swap=False, layout="NCHW"):
+def _phases_correlate(a, w, b, out, phases, n_threads, rotate_swap=False, layout="NCHW"):
     """`out` (the forward's output, or with `rotate_swap` the input
-    gradient) of the dilated convolution `geo` by Winograd on the phase
-    images of `a` (x, or dY) with the undilated geometry `phase`: False,
-    with `out` incomplete, as _winograd_correlate."""
-    dil = geo.dilation
-    a_phases = _phase_split(a, dil, layout, n_threads)
-    out_phases = output_array(_phase_shape(out.shape, dil, layout), out.dtype)
-    pads = ((2 - phase.pad_top, 2 - phase.pad_left) if rotate_swap
-            else (phase.pad_top, phase.pad_left))
+    gradient) of a dilated convolution by Winograd on the phase images
+    `phases` (_winograd_phases) of `a` (x, or dY): False, with `out`
+    incomplete, as _winograd_correlate."""
+    geo = phases.geo
+    x_maps, y_maps = (phases.x_rows, phases.x_cols), (phases.y_rows, phases.y_cols)
+    y_plane = (geo.out_h, geo.out_w)
+    if rotate_swap:
+        a_maps, a_plane, out_maps, out_plane = y_maps, y_plane, x_maps, phases.in_hw
+        pads = (2 - geo.pad_top, 2 - geo.pad_left)
+    else:
+        a_maps, a_plane, out_maps, out_plane = x_maps, phases.in_hw, y_maps, y_plane
+        pads = (geo.pad_top, geo.pad_left)
+    a_phases = _phase_split(a, a_plane, *a_maps, layout, n_threads)
+    n = out.shape[0] * len(out_maps[0]) * len(out_maps[1])
+    out_phases = output_array((n, *out_plane, out.shape[3]) if layout == "NHWC"
+                              else (n, out.shape[1], *out_plane), out.dtype)
     if not _winograd_correlate(a_phases, w, b, out_phases, *pads, n_threads, rotate_swap,
                                layout):
         return False
-    _kernels.phase_merge(out_phases, out, *dil, layout == "NHWC", n_threads)
+    _kernels.phase_merge(out_phases, out, *out_maps, layout == "NHWC", n_threads)
     return True
 
 
@@ -671,10 +693,10 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     finite_w = _finite(w, args[-1])
     if finite_w and _FORCE_GRAD_INPUT_METHOD is None:
         phase = _winograd_phases(input_shape, w_oihw, geo, itemsize, layout)
-        if phase is not None and phase.pad_top <= 2 and phase.pad_left <= 2:
+        if phase is not None and phase.geo.pad_top <= 2 and phase.geo.pad_left <= 2:
             # a dilation's phases, each by the full correlation below
             dx = output_array(input_shape, compute)
-            if _phases_correlate(g, w, None, dx, geo, phase, args[-1], rotate_swap=True,
+            if _phases_correlate(g, w, None, dx, phase, args[-1], rotate_swap=True,
                                  layout=layout):
                 return _finish(dx, result)
         elif (_winograd(w_oihw, geo, input_shape[0], itemsize, layout)
@@ -876,9 +898,12 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     if phase is not None:
         # the sum over a dilation's phases of their undilated gradients
         x = contiguous(x, compute)
-        if _winograd_grad_weight(_phase_split(x, geo.dilation, layout, args[-1]),
-                                 _phase_split(g, geo.dilation, layout, args[-1]), dw,
-                                 phase.pad_top, phase.pad_left, args[-1], layout):
+        pg = phase.geo
+        if _winograd_grad_weight(
+                _phase_split(x, phase.in_hw, phase.x_rows, phase.x_cols, layout, args[-1]),
+                _phase_split(g, (pg.out_h, pg.out_w), phase.y_rows, phase.y_cols, layout,
+                             args[-1]),
+                dw, pg.pad_top, pg.pad_left, args[-1], layout):
             return _finish(dw, result)
         # a value was not finite: recomputed as the textbook sums it
     elif not depthwise and _winograd(w_oihw, geo, x.shape[0], itemsize, layout,
