@@ -59,6 +59,8 @@ LAYER_ZOO = [
     ConvCase("alexnet_11x11s4", 4, 3, 227, 96, 11, 4, 0, 1),
     ConvCase("conv_5x5", 16, 32, 32, 64, 5, 1, 2, 1),
     ConvCase("dilated_3x3_d2", 8, 64, 56, 64, 3, 1, 2, 1, 2),
+    # an odd plane, as DeepLab's 33x33 feature maps (output stride 16)
+    ConvCase("deeplab_3x3_d2", 4, 256, 33, 256, 3, 1, 2, 1, 2),
     ConvCase("one_image_3x3", 1, 64, 56, 64, 3, 1, 1, 1),
 ]
 

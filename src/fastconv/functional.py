@@ -267,8 +267,6 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
     b = contiguous(bias, compute) if bias is not None else np.empty(0, dtype=compute)
     w = contiguous(weight, compute)
     args = _kernel_args(geo, out.size * (weight.size // c_out))
-    # The direct depthwise loops skip zero padding; a non-finite weight times
-    # that padding is NaN in the textbook sum, so such weights take the GEMM.
     w_oihw, itemsize = _weight_to_oihw(weight.shape, layout), np.dtype(compute).itemsize
     phase = _winograd_phases(x.shape, w_oihw, geo, itemsize, layout)
     if ((phase is not None or _winograd(w_oihw, geo, x.shape[0], itemsize, layout))
@@ -281,6 +279,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layo
                                     layout=layout)):
             return _finish(out, result)
         # an output was not finite: recomputed as the textbook sums it
+    # The direct depthwise loops skip zero padding; a non-finite weight times
+    # that padding is NaN in the textbook sum, so such weights take the GEMM.
     if nhwc:
         depthwise = _depthwise_nhwc(weight.shape, x.shape[3], geo) and _finite(w, args[-1])
         kernel = _kernels.depthwise_forward_nhwc if depthwise else _kernels.conv2d_forward_nhwc
@@ -368,7 +368,8 @@ def winograd_config():
             f"{_WINOGRAD_MIN_TILES}, >= {_WINOGRAD_MANY_TILES} for the filter gradient and "
             f"for transforms over {_WINOGRAD_SMALL_SUMS_BYTES >> 20} MiB); work items of "
             f"{_WINOGRAD_BLOCK_TILES} tiles, NCHW {_WINOGRAD_BLOCK_TILES // 2} for 64 "
-            f"channels or fewer in float64 and in the filter gradient")
+            f"channels or fewer in float64 and in the filter gradient; dilated layers "
+            f"(dilation <= {_PHASES_MAX_DILATION}) on their phase images, by the same rules")
 
 
 def _winograd(w_shape, geo, n_img, itemsize, layout="NCHW", grad_weight=False):
