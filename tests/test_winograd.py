@@ -38,11 +38,13 @@ SETTINGS = settings(max_examples=40, deadline=None, database=None,
 
 @pytest.fixture
 def winograd_calls(monkeypatch):
-    """Winograd for every eligible geometry (thresholds at 1); yields the
-    list of results of the kernel's calls (True: finished, False: fell
-    back)."""
+    """Winograd for every eligible geometry (thresholds at 1, dilated layers'
+    phase planes of any size); yields the list of results of the kernel's
+    calls (True: finished, False: fell back)."""
     monkeypatch.setattr(functional, "_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(functional, "_WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(functional, "_PHASES_MIN_FILL", 0)
+    monkeypatch.setattr(functional, "_PHASES_MIN_PLANE", {"NCHW": 1, "NHWC": 1})
     calls = []
     for name in ("conv2d_winograd", "conv2d_grad_weight_winograd", "conv2d_winograd_nhwc",
                  "conv2d_grad_weight_winograd_nhwc"):
@@ -697,5 +699,14 @@ def test_default_thresholds_split_dilated_layers():
     np.testing.assert_array_equal(got.x_rows, [(1, 1, 16), (0, 0, 16)])
     # undilated, or strided: not here
     assert phase((8, 64, 56, 56), 64, 1, 1) is None
+    # small phase planes: at least 3/4 of the tiles' outputs wanted (not 3x3
+    # or 5x5) and 36 positions (16 in NHWC)
+    for hw, d in ((33, 12), (50, 10), (14, 12), (64, 64), (65, 36)):
+        for layout in ("NCHW", "NHWC"):
+            assert phase((2, 256, hw, hw), 256, d, d, layout=layout) is None
+    assert phase((8, 64, 28, 28), 64, 8, 8) is None                       # 4x4
+    assert phase((8, 64, 28, 28), 64, 8, 8, layout="NHWC") is not None
+    assert phase((2, 256, 33, 33), 256, 6, 6) is not None                 # 6x6
+    assert phase((4, 64, 49, 49), 64, 7, 7) is not None                   # 7x7
     geo = functional._conv_geometry("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), 2, 2, 2, 1)
     assert functional._winograd_phases((8, 64, 56, 56), (64, 64, 3, 3), geo, 4) is None

@@ -369,7 +369,10 @@ def winograd_config():
             f"for transforms over {_WINOGRAD_SMALL_SUMS_BYTES >> 20} MiB); work items of "
             f"{_WINOGRAD_BLOCK_TILES} tiles, NCHW {_WINOGRAD_BLOCK_TILES // 2} for 64 "
             f"channels or fewer in float64 and in the filter gradient; dilated layers "
-            f"(dilation <= {_PHASES_MAX_DILATION}) on their phase images, by the same rules")
+            f"(dilation <= {_PHASES_MAX_DILATION}) on their phase images, by the same rules, "
+            f"where the phase outputs fill >= {_PHASES_MIN_FILL:.0%} of their tiles and "
+            f"have >= {_PHASES_MIN_PLANE['NCHW']} positions (NHWC "
+            f"{_PHASES_MIN_PLANE['NHWC']})")
 
 
 def _winograd(w_shape, geo, n_img, itemsize, layout="NCHW", grad_weight=False):
@@ -445,8 +448,22 @@ def _winograd_correlate(x, w, b, out, pad_top, pad_left, n_threads, rotate_swap=
 # 7.17 ms by GEMM, float32 (13.4 / 12.5 / 12.1 float64), against
 # Winograd's 4.21 / 4.24 / 3.85 (7.77 / 7.21 / 8.86) on the phases before
 # their split and merge (0.17-0.45 ms each, at copy speed).
+#
+# Large dilations make small phase planes, on which the 2x2 tiles run over
+# odd edges and each image's borders cost more: against the GEMM kernels
+# (2 threads, 'same' padding, forward / input gradient / filter gradient,
+# float32 and float64, 4x64x48x48 and 2x256x33x33), phase planes of 3x3
+# and 5x5 lost in NCHW (0.49-0.88x) and with 256 channels in NHWC
+# (0.79-0.89x; 64 channels 0.87-1.32x), 4x4 lost in NCHW (0.84-1.03x)
+# and won in NHWC (1.43-1.75x), 6x6 won from 256 channels (NCHW
+# 1.27-1.40x, NHWC 1.28-1.55x) and tied with 64 in NCHW (float32
+# 0.91-1.01x, float64 1.00-1.24x), 7x7 to 12x12 won (NCHW 0.95-1.41x,
+# NHWC 1.07-1.72x).  So the phase outputs must fill at least
+# _PHASES_MIN_FILL of their tiles and have _PHASES_MIN_PLANE positions.
 _Phases = namedtuple("_Phases", "geo in_hw x_rows x_cols y_rows y_cols")
 _PHASES_MAX_DILATION = 64       # _phases.pxi's MAX_PHASES
+_PHASES_MIN_FILL = 0.75
+_PHASES_MIN_PLANE = {"NCHW": 36, "NHWC": 16}
 
 
 def _phase_axis(n_in, n_out, pad, d):
@@ -477,6 +494,9 @@ def _winograd_phases(x_shape, w_oihw, geo, itemsize, layout="NCHW", grad_weight=
     top, in_h, x_rows, y_rows = _phase_axis(h, geo.out_h, geo.pad_top, dh)
     left, in_w, x_cols, y_cols = _phase_axis(w, geo.out_w, geo.pad_left, dw)
     out_h, out_w = -(-geo.out_h // dh), -(-geo.out_w // dw)
+    tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    if out_h * out_w < max(_PHASES_MIN_FILL * 4 * tiles, _PHASES_MIN_PLANE[layout]):
+        return None
     # (trailing paddings as the phase images' sizes make them; negative:
     # rows no output reads)
     phase = geo._replace(dilation=(1, 1), pad_top=top, pad_bottom=out_h + 2 - top - in_h,
