@@ -25,5 +25,8 @@ cdef void gemm(Transpose trans_a, Transpose trans_b,
                const floating* b, Py_ssize_t ldb,
                floating beta, floating* c, Py_ssize_t ldc) noexcept nogil
 
+cdef bint own_gemm_takes(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         size_t itemsize) noexcept nogil
+
 cdef void blas_serial_enter()
 cdef void blas_serial_exit()

@@ -95,7 +95,7 @@ cdef void gemm(Transpose trans_a, Transpose trans_b,
     if k <= 0:
         _scale(m, n, beta, c, ldc)
         return
-    if _own_gemm and (_own_gemm_every_shape or _own_gemm_fits(m, n, k, sizeof(floating))):
+    if own_gemm_takes(m, n, k, sizeof(floating)):
         if floating is float:
             if fc_gemm_avx512_s(trans_a == TRANS, trans_b == TRANS, m, n, k,
                                 alpha, a, lda, b, ldb, beta, c, ldc) == 0:
@@ -141,6 +141,14 @@ cdef inline bint _own_gemm_fits(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     blocking beyond that (2048^3 ran at 54 GFLOP/s, OpenBLAS at 78)."""
     return (m >= 32 and n >= 32 and k >= 32 and m * n * <Py_ssize_t>itemsize <= (1 << 21)
             and m * n * k >= ((1 << 19) if itemsize == 8 else (1 << 20)))
+
+
+cdef bint own_gemm_takes(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         size_t itemsize) noexcept nogil:
+    """Whether ``gemm`` sends an ``m x n x k`` product of ``itemsize``-byte
+    values to the own GEMM (which may still hand it on, without a
+    workspace)."""
+    return _own_gemm and (_own_gemm_every_shape or _own_gemm_fits(m, n, k, itemsize))
 
 
 cdef void _scale(Py_ssize_t m, Py_ssize_t n, floating beta,

@@ -37,7 +37,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from fastconv._blas cimport NO_TRANS, TRANS, blas_serial_enter, blas_serial_exit, gemm
+from fastconv._blas cimport (NO_TRANS, TRANS, blas_serial_enter, blas_serial_exit, gemm,
+                             own_gemm_takes)
 from fastconv._cpu import l3_cache_bytes
 from fastconv._openmp cimport fc_omp_barrier
 
@@ -1158,7 +1159,10 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
     pw1x1, but 0.70x and 0.93x with og = 256 (res_s2, big); its AVX2
     sgemm ran the small-og layers alike either way; the dgemms preferred
     the plain orientation.  The slots then hold each group's transpose,
-    undone as they are added.
+    undone as they are added.  The products the own GEMM takes
+    (``own_gemm_takes``, AVX-512) keep the plain orientation: it ran them
+    faster (filter gradient, 2 threads: lenet2 1.12x, pw1x1 1.11x, the
+    ResNet stem 1.10x, 16x32x32x32 -> 64 5x5 1.05x).
     """
     cdef Py_ssize_t n_img = x.shape[0], in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t c_out = grad_weight.shape[0], cg = grad_weight.shape[1]
@@ -1195,8 +1199,10 @@ def conv2d_grad_weight(const floating[:, :, :, ::1] x,
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* gp = &grad_out[0, 0, 0, 0]
     # (not when the slots' byte budget already held them to one: the
-    # transpose needs a slot buffer of its own)
+    # transpose needs a slot buffer of its own; not for the own GEMM)
     cdef bint transposed = (floating is float and GW_TRANSPOSE_F32 and og <= 64 and og < k_dim
+                            and not own_gemm_takes(og, cb * k_row, min(tile, positions),
+                                                   sizeof(floating))
                             and w_size * <Py_ssize_t>sizeof(floating) <= SLOT_BYTES_BUDGET)
     cdef bint own_slots = n_slots > 1 or transposed
     cdef floating* partial = dwp
