@@ -91,13 +91,20 @@ def test_forward_and_gradients_match_oracles(winograd_calls, winograd_sums, n_th
                                              with_bias):
     x_shape, w_shape, pad, block = problem
     monkeypatch.setattr(functional, "_WINOGRAD_BLOCK_TILES", block)
+    _check_three_passes(winograd_calls, x_shape, w_shape, dict(padding=pad), dtype, layout,
+                        seed, with_bias)
+
+
+def _check_three_passes(winograd_calls, x_shape, w_shape, kw, dtype, layout, seed, with_bias):
+    """The forward and both gradients of random (NCHW-shaped) operands in
+    `layout` against the oracles, each by Winograd."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
     if layout == "NHWC":
         x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
-    kw = dict(padding=pad, layout=layout)
+    kw = dict(kw, layout=layout)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     del winograd_calls[:]
     y = fastconv.conv2d(x, w, b, **kw)
@@ -608,24 +615,8 @@ def dilated_problems(draw):
 def test_dilated_phases_match_oracles(winograd_calls, n_threads, dtype, layout, problem, seed,
                                       with_bias):
     x_shape, w_shape, pad, dilation = problem
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
-    if layout == "NHWC":
-        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
-    kw = dict(padding=pad, dilation=dilation, layout=layout)
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    del winograd_calls[:]
-    y = fastconv.conv2d(x, w, b, **kw)
-    assert_close(y, ref.conv2d(x64, w64, None if b is None else b.astype(np.float64), **kw),
-                 dtype)
-    g = rng.standard_normal(y.shape).astype(dtype)
-    dx = fastconv.conv2d_grad_input(g, w, x.shape, **kw)
-    assert_close(dx, ref.conv2d_grad_input(g.astype(np.float64), w64, x.shape, **kw), dtype)
-    dw = fastconv.conv2d_grad_weight(x, g, w.shape, **kw)
-    assert_close(dw, ref.conv2d_grad_weight(x64, g.astype(np.float64), w.shape, **kw), dtype)
-    assert winograd_calls == [True, True, True]
+    _check_three_passes(winograd_calls, x_shape, w_shape, dict(padding=pad, dilation=dilation),
+                        dtype, layout, seed, with_bias)
 
 
 @pytest.mark.parametrize("w_shape, kw, passes", [
