@@ -507,13 +507,19 @@ def _winograd_phases(x_shape, w_oihw, geo, itemsize, layout="NCHW", grad_weight=
     return _Phases(phase, (in_h, in_w), x_rows, x_cols, y_rows, y_cols)
 
 
+def _phase_array(full_shape, plane, rows, cols, layout, dtype):
+    """A new array for the phase images (planes `plane`, one per axis map
+    entry pair and image) of an array of `full_shape` in `layout`."""
+    n = full_shape[0] * len(rows) * len(cols)
+    return output_array((n, *plane, full_shape[3]) if layout == "NHWC"
+                        else (n, full_shape[1], *plane), dtype)
+
+
 def _phase_split(a, plane, rows, cols, layout, n_threads):
     """The phase images (planes `plane`) of the C-contiguous `a` by the
     axis maps `rows` and `cols`, stacked along the batch: image
     (p*dw + q)*N + n from a[n] (see _phases.pxi)."""
-    n = a.shape[0] * len(rows) * len(cols)
-    shape = (n, *plane, a.shape[3]) if layout == "NHWC" else (n, a.shape[1], *plane)
-    phases = output_array(shape, a.dtype)
+    phases = _phase_array(a.shape, plane, rows, cols, layout, a.dtype)
     _kernels.phase_split(a, phases, rows, cols, layout == "NHWC", n_threads)
     return phases
 
@@ -533,9 +539,7 @@ def _phases_correlate(a, w, b, out, phases, n_threads, rotate_swap=False, layout
         a_maps, a_plane, out_maps, out_plane = x_maps, phases.in_hw, y_maps, y_plane
         pads = (geo.pad_top, geo.pad_left)
     a_phases = _phase_split(a, a_plane, *a_maps, layout, n_threads)
-    n = out.shape[0] * len(out_maps[0]) * len(out_maps[1])
-    out_phases = output_array((n, *out_plane, out.shape[3]) if layout == "NHWC"
-                              else (n, out.shape[1], *out_plane), out.dtype)
+    out_phases = _phase_array(out.shape, out_plane, *out_maps, layout, out.dtype)
     if not _winograd_correlate(a_phases, w, b, out_phases, *pads, n_threads, rotate_swap,
                                layout):
         return False
