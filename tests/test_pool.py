@@ -1428,3 +1428,185 @@ def test_elementwise_max_pool_matches_oracle(elementwise_max_pool, dtype, data):
     y, i = fastconv.max_pool2d(x.astype(dtype), k, s, p, ceil)
     np.testing.assert_array_equal(y, y_ref.astype(dtype))
     np.testing.assert_array_equal(i, i_ref)
+
+
+# ---------------------------------------------------------------------------
+# 10. the fast path (functional.POOL_FAST): the commonest calls skip the full
+#     checks; every result and every error must be the full path's
+# ---------------------------------------------------------------------------
+
+def _pool_calls(x, kw, include, layout, rng):
+    """The four pool functions on ``x`` (each gradient of a seeded random
+    ``grad_out``); an exception stands in for a call's result."""
+    def call(f, *args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            return exc
+    out = {"max": call(fastconv.max_pool2d, x, layout=layout, **kw),
+           "avg": call(fastconv.avg_pool2d, x, count_include_pad=include, layout=layout, **kw)}
+    if not isinstance(out["max"], Exception):
+        y, idx = out["max"]
+        g = randn(rng, y.shape, x.dtype)
+        out["max_grad"] = call(fastconv.max_pool2d_grad, g, idx, x.shape, layout=layout)
+        out["avg_grad"] = call(fastconv.avg_pool2d_grad, g, x.shape, count_include_pad=include,
+                               layout=layout, **kw)
+    return out
+
+
+def _assert_same_results(fast, full):
+    assert fast.keys() == full.keys()
+    for name in fast:
+        a, b = fast[name], full[name]
+        if isinstance(b, Exception):
+            assert type(a) is type(b) and str(a) == str(b), name
+            continue
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert u.dtype == v.dtype and u.shape == v.shape and u.flags.c_contiguous, name
+            np.testing.assert_array_equal(u, v, err_msg=name)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(k=st.integers(1, 5), stride=st.one_of(st.none(), st.integers(1, 5)),
+       pad=st.integers(0, 3), h=st.integers(0, 11), w=st.integers(0, 11),
+       n=st.integers(0, 2), ceil_mode=st.booleans(), include=st.booleans(), seed=seeds)
+def test_fast_path_gives_the_full_paths_results_and_errors(n_threads, monkeypatch, layout,
+                                                           dtype, k, stride, pad, h, w, n,
+                                                           ceil_mode, include, seed):
+    """Plain-int window arguments on C-order arrays: valid geometries take the
+    fast path, invalid ones (padding over half the kernel, empty planes, a
+    kernel over the padded input) fall through to the full checks; either
+    way the results are the full path's bit for bit, and so are the
+    messages."""
+    from fastconv import functional
+    shape = (n, 3, h, w) if layout == "NCHW" else (n, h, w, 3)
+    rng = np.random.default_rng(seed)
+    x = many_ties(rng, shape, dtype) - 1
+    x[rng.random(shape) < 0.05] = np.nan
+    kw = dict(kernel_size=k, stride=stride, padding=pad, ceil_mode=ceil_mode)
+    fast = _pool_calls(x, kw, include, layout, np.random.default_rng(seed))
+    monkeypatch.setattr(functional, "POOL_FAST", False)
+    full = _pool_calls(x, kw, include, layout, np.random.default_rng(seed))
+    _assert_same_results(fast, full)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_commonest_calls_take_the_fast_path(monkeypatch, rng, layout, dtype):
+    """The calls a network makes (an ndarray in C order, int arguments, a
+    ``.shape`` tuple) never reach the full checks -- read-only inputs too,
+    since the kernels only read them."""
+    from fastconv import functional
+
+    def full_path(*args, **kwargs):
+        raise AssertionError("the full checks ran")
+    monkeypatch.setattr(functional, "_pool_geometry", full_path)
+    monkeypatch.setattr(functional, "as_array", full_path)
+    shape = (2, 3, 9, 8) if layout == "NCHW" else (2, 9, 8, 3)
+    x = randn(rng, shape, dtype)
+    x.flags.writeable = False
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)):
+        y, idx = fastconv.max_pool2d(x, layout=layout, **kw)
+        fastconv.max_pool2d_grad(np.ones_like(y), idx, x.shape, layout=layout)
+        a = fastconv.avg_pool2d(x, count_include_pad=False, layout=layout, **kw)
+        fastconv.avg_pool2d_grad(np.ones_like(a), x.shape, layout=layout, **kw)
+
+
+FALLBACKS = {
+    # each changes one thing of a fast call; the full path must take it
+    "tuple kernel": lambda x, kw: (x, dict(kw, kernel_size=(2, 2))),
+    "tuple stride": lambda x, kw: (x, dict(kw, stride=(2, 2))),
+    "numpy int padding": lambda x, kw: (x, dict(kw, padding=np.int64(0))),
+    "numpy bool ceil_mode": lambda x, kw: (x, dict(kw, ceil_mode=np.bool_(False))),
+    "Fortran order": lambda x, kw: (np.asfortranarray(x), kw),
+    "negative strides": lambda x, kw: (x[:, :, ::-1], kw),
+    "big-endian": lambda x, kw: (x.astype(x.dtype.newbyteorder(">")), kw),
+    "float16": lambda x, kw: (x.astype(np.float16), kw),
+    "integers": lambda x, kw: (np.round(x).astype(np.int32), kw),
+    "nested lists": lambda x, kw: (x.tolist(), kw),
+}
+
+
+@pytest.mark.parametrize("change", sorted(FALLBACKS))
+def test_other_calls_take_the_full_path_and_agree(monkeypatch, rng, change):
+    """Anything off the fast path's narrow case goes through the full checks
+    (counted), and gives what it gave before the fast path existed."""
+    from fastconv import functional
+    x, kw = FALLBACKS[change](randn(rng, (2, 3, 8, 7), np.float32),
+                              dict(kernel_size=2, stride=None, padding=0, ceil_mode=False))
+    geometry = functional._pool_geometry
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return geometry(*args, **kwargs)
+    monkeypatch.setattr(functional, "_pool_geometry", counted)
+    y, idx = fastconv.max_pool2d(x, **kw)
+    a = fastconv.avg_pool2d(x, **kw)
+    assert calls == ["max_pool2d", "avg_pool2d"]
+    monkeypatch.setattr(functional, "POOL_FAST", False)
+    y_full, idx_full = fastconv.max_pool2d(x, **kw)
+    np.testing.assert_array_equal(y, y_full)
+    np.testing.assert_array_equal(idx, idx_full)
+    np.testing.assert_array_equal(a, fastconv.avg_pool2d(x, **kw))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_gradients_off_the_fast_path_agree(monkeypatch, rng, layout):
+    """Gradient calls whose grad_out, indices or input_shape are not the
+    fast path's kind (int32 or Fortran-order indices, a list or NumPy-int
+    shape, float16 or Fortran-order grad_out) take the full path; same
+    results."""
+    from fastconv import functional
+    shape = (2, 3, 8, 6) if layout == "NCHW" else (2, 8, 6, 3)
+    x = randn(rng, shape, np.float64)
+    y, idx = fastconv.max_pool2d(x, 2, layout=layout)
+    g = randn(rng, y.shape, np.float64)
+    variants = [
+        (g, idx.astype(np.int32), shape),
+        (g, np.asfortranarray(idx), shape),
+        (g, idx, list(shape)),
+        (g, idx, tuple(np.int64(s) for s in shape)),
+        (g.astype(np.float16), idx, shape),
+        (np.asfortranarray(g), idx, shape),
+    ]
+    results = []
+    for g_v, idx_v, shape_v in variants:
+        results.append((fastconv.max_pool2d_grad(g_v, idx_v, shape_v, layout=layout),
+                        fastconv.avg_pool2d_grad(g_v, shape_v, 2, layout=layout)))
+    monkeypatch.setattr(functional, "POOL_FAST", False)
+    for (g_v, idx_v, shape_v), (dx_max, dx_avg) in zip(variants, results):
+        np.testing.assert_array_equal(
+            dx_max, fastconv.max_pool2d_grad(g_v, idx_v, shape_v, layout=layout))
+        np.testing.assert_array_equal(
+            dx_avg, fastconv.avg_pool2d_grad(g_v, shape_v, 2, layout=layout))
+        assert dx_max.dtype == dx_avg.dtype == g_v.dtype
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_path_errors_are_the_full_paths(monkeypatch, layout, fast):
+    """Calls of the fast path's kind that must fail fail as the full path
+    does: an index outside its plane (found by the kernel), a grad_out of
+    the wrong shape, input_shape disagreeing on N or C, a negative or
+    oversized input_shape entry."""
+    from fastconv import functional
+    monkeypatch.setattr(functional, "POOL_FAST", fast)
+    shape = (1, 2, 4, 4) if layout == "NCHW" else (1, 4, 4, 2)
+    g = np.ones((1, 2, 2, 2) if layout == "NCHW" else (1, 2, 2, 2))
+    bad = np.zeros(g.shape, np.int64)
+    bad.flat[3] = 16
+    with pytest.raises(ValueError, match=r"max_pool2d_grad: indices: .*\(input_shape "):
+        fastconv.max_pool2d_grad(g, bad, shape, layout=layout)
+    with pytest.raises(ValueError, match="avg_pool2d_grad: grad_out has shape"):
+        fastconv.avg_pool2d_grad(g, shape, 3, layout=layout)
+    other_c = (1, 3, 4, 4) if layout == "NCHW" else (1, 4, 4, 3)
+    with pytest.raises(ValueError, match="must agree on N and C"):
+        fastconv.max_pool2d_grad(g, bad * 0, other_c, layout=layout)
+    with pytest.raises(ValueError, match="negative"):
+        fastconv.max_pool2d_grad(g, bad * 0, (1, 2, -4, 4), layout=layout)
+    with pytest.raises(ValueError):
+        fastconv.max_pool2d_grad(g, bad * 0, (1, 2, 2**61, 2**61), layout=layout)
