@@ -1610,3 +1610,15 @@ def test_fast_path_errors_are_the_full_paths(monkeypatch, layout, fast):
         fastconv.max_pool2d_grad(g, bad * 0, (1, 2, -4, 4), layout=layout)
     with pytest.raises(ValueError):
         fastconv.max_pool2d_grad(g, bad * 0, (1, 2, 2**61, 2**61), layout=layout)
+
+
+def test_fast_path_leaves_outputs_too_large_to_the_full_checks():
+    """Padding can make a pool's output larger than its input: an input that
+    claims a size near the addressable limit (a strided view of one
+    element) must get the full path's size message, not an allocation
+    error (found by a review's fuzzing)."""
+    from numpy.lib.stride_tricks import as_strided
+    x = as_strided(np.zeros(1, np.float32), shape=(1, 1, 2**59 - 1, 1), strides=(4, 4, 4, 4))
+    for pool in (fastconv.max_pool2d, fastconv.avg_pool2d):
+        with pytest.raises(ValueError, match="the output of shape"):
+            pool(x, 2, 1, 1)

@@ -1058,6 +1058,8 @@ def _fast_input(x, kernel_size, stride, padding, ceil_mode, layout):
     if window is None:
         return None
     k, s, p, out_h, out_w = window
+    if n * c * out_h * out_w * 8 >= MAX_BYTES:
+        return None     # (padding can make the output the larger: check_alloc's message)
     return k, s, p, ((n, c, out_h, out_w) if layout == "NCHW" else (n, out_h, out_w, c))
 
 
