@@ -993,11 +993,13 @@ _PoolGeometry = namedtuple("_PoolGeometry", "kernel stride padding out_h out_w")
 # checks below cost 20-27 us per call there (about 10 us warm), 6-8 % of a
 # float32 fwd+bwd.  An ndarray of native float32 or float64 in C order with
 # plain int window arguments (and a tuple ``input_shape``) that passes every
-# check goes straight to its kernel; any other call, and every call that
-# would raise, takes the full path, which gives the same results and all the
-# messages.  Measured (2 threads, 8x64x56x56, fwd+bwd, alternating rounds):
-# 2x2 max pool 0.483 -> 0.455 ms in float32, 0.767 -> 0.738 ms in float64.
-# Tests turn it off (POOL_FAST = False) to compare both paths.
+# check skips them: the fast path only supplies the kernel's arguments, and
+# both paths share the allocation and the kernel call.  Any other call, and
+# every call that would raise, takes the full checks, which give the same
+# results and all the messages.  Measured (2 threads, 8x64x56x56, fwd+bwd,
+# alternating rounds): 2x2 max pool 0.498 -> 0.455 ms in float32, 0.781 ->
+# 0.764 ms in float64; 2x2 average 0.378 -> 0.325, 0.645 -> 0.593.  Tests
+# turn it off (POOL_FAST = False) to compare both paths.
 POOL_FAST = True
 _FAST_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
@@ -1029,38 +1031,24 @@ def _fast_shape(shape, layout):
     return n, c, h, w
 
 
-def _fast_window(kernel_size, stride, padding, ceil_mode, h, w):
-    """``(k, s, p, out_h, out_w)`` for square int window arguments that pass
-    every check of ``_pool_geometry`` on ``h x w`` planes (h, w >= 1); else
-    None."""
+def _fast_pool(shape, kernel_size, stride, padding, ceil_mode, layout):
+    """``(window arguments as _pool_args gives them, output shape)`` of a
+    pool over an input of ``shape`` (in ``layout``) whose square int window
+    arguments pass every check of ``_pool_geometry``; else None."""
+    dims = _fast_shape(shape, layout)
     k = kernel_size
     s = k if stride is None else stride
-    if (type(k) is not int or type(s) is not int or type(padding) is not int
+    if (dims is None or type(k) is not int or type(s) is not int or type(padding) is not int
             or type(ceil_mode) is not bool or not 1 <= k < MAX_BYTES
             or not 1 <= s < MAX_BYTES or padding < 0 or 2 * padding > k):
         return None
+    n, c, h, w = dims
     out_h = pool_output_size(h, k, s, padding, ceil_mode)
     out_w = pool_output_size(w, k, s, padding, ceil_mode)
-    if out_h < 1 or out_w < 1:
-        return None
-    return k, s, padding, out_h, out_w
-
-
-def _fast_input(x, kernel_size, stride, padding, ceil_mode, layout):
-    """``(k, s, p, out_shape)`` of a pool forward on the fast path, or None."""
-    if not POOL_FAST or not _fast_array(x):
-        return None
-    dims = _fast_shape(x.shape, layout)
-    if dims is None:
-        return None
-    n, c, h, w = dims
-    window = _fast_window(kernel_size, stride, padding, ceil_mode, h, w)
-    if window is None:
-        return None
-    k, s, p, out_h, out_w = window
-    if n * c * out_h * out_w * 8 >= MAX_BYTES:
+    if out_h < 1 or out_w < 1 or n * c * out_h * out_w * 8 >= MAX_BYTES:
         return None     # (padding can make the output the larger: check_alloc's message)
-    return k, s, p, ((n, c, out_h, out_w) if layout == "NCHW" else (n, out_h, out_w, c))
+    return ((k, k, s, s, padding, padding),
+            (n, c, out_h, out_w) if layout == "NCHW" else (n, out_h, out_w, c))
 
 
 def _pool_geometry(fn, x_shape, kernel_size, stride, padding, ceil_mode, x_name="x",
@@ -1132,31 +1120,29 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, layout="
         Flat index ``h*W + w`` of each maximum within its input plane (the
         same numbers in both layouts, as PyTorch gives for channels_last).
     """
-    fast = _fast_input(x, kernel_size, stride, padding, ceil_mode, layout)
-    if fast is not None:
-        k, s, p, out_shape = fast
-        y = output_array(out_shape, x.dtype)
-        indices = output_array(out_shape, _INT64)
-        if y.size:
-            kernel = (_kernels.max_pool2d_forward_nhwc if layout == "NHWC"
-                      else _kernels.max_pool2d_forward)
-            kernel(x, y, indices, k, k, s, s, p, p, threads_for(y.size * k * k))
-        return y, indices
-    fn = "max_pool2d"
-    layout = _check_layout(layout, fn)
-    x = as_array(x, "x", fn)
-    check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
-    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode, layout=layout)
-    compute, result = dtypes(x)
-    out_shape = _pool_out_shape(x.shape, geo, layout)
-    check_alloc(out_shape, np.int64, "the output", fn)
+    fast = POOL_FAST and _fast_array(x) and _fast_pool(x.shape, kernel_size, stride, padding,
+                                                       ceil_mode, layout)
+    if fast:
+        window, out_shape = fast
+        compute = result = x.dtype
+    else:
+        fn = "max_pool2d"
+        layout = _check_layout(layout, fn)
+        x = as_array(x, "x", fn)
+        check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
+        geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode,
+                             layout=layout)
+        compute, result = dtypes(x)
+        out_shape = _pool_out_shape(x.shape, geo, layout)
+        check_alloc(out_shape, np.int64, "the output", fn)
+        window = _pool_args(geo)
     y = output_array(out_shape, compute)
     indices = output_array(out_shape, np.int64)
     if y.size:
         kernel = (_kernels.max_pool2d_forward_nhwc if layout == "NHWC"
                   else _kernels.max_pool2d_forward)
-        kernel(contiguous(x, compute), y, indices, *_pool_args(geo),
-               threads_for(y.size * geo.kernel[0] * geo.kernel[1]))
+        kernel(contiguous(x, compute), y, indices, *window,
+               threads_for(y.size * window[0] * window[1]))
     return _finish(y, result), indices
 
 
@@ -1188,39 +1174,37 @@ def max_pool2d_grad(grad_out, indices, input_shape, layout="NCHW"):
         Shapes that disagree, or an index outside its input plane (nothing
         is written out of bounds).
     """
+    fn = "max_pool2d_grad"
+    dims = None
     if (POOL_FAST and _fast_array(grad_out) and grad_out.size and type(indices) is np.ndarray
             and indices.dtype is _INT64 and indices.shape == grad_out.shape
             and indices.flags.c_contiguous):
         dims = _fast_shape(input_shape, layout)
-        if dims is not None and dims[:2] == _to_nchw(grad_out.shape, layout)[:2]:
-            dx = output_array(input_shape, grad_out.dtype)
-            kernel = (_kernels.max_pool2d_backward_nhwc if layout == "NHWC"
-                      else _kernels.max_pool2d_backward)
-            try:
-                kernel(grad_out, indices, dx, threads_for(grad_out.size))
-                return dx
-            except ValueError:
-                pass    # an index out of range: the full path says which call
-    fn = "max_pool2d_grad"
-    layout = _check_layout(layout, fn)
-    grad_out = as_array(grad_out, "grad_out", fn)
-    check_ndim(grad_out, 4, "grad_out", fn, _AXES[layout]["pool"])
-    try:
-        idx = np.asarray(indices)
-    except Exception as exc:
-        raise TypeError(f"{fn}: indices must be an integer array ({exc})") from None
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"{fn}: indices must hold integers, got dtype {idx.dtype}")
-    if idx.shape != grad_out.shape:
-        raise ValueError(f"{fn}: indices has shape {idx.shape} but grad_out has shape "
-                         f"{grad_out.shape}; they must match")
-    input_shape = shape4(input_shape, "input_shape", fn)
-    if _to_nchw(input_shape, layout)[:2] != _to_nchw(grad_out.shape, layout)[:2]:
-        raise ValueError(f"{fn}: input_shape {input_shape} and grad_out {grad_out.shape} "
-                         "must agree on N and C"
-                         + _layout_note(layout, input_shape="x", grad_out="pool"))
-    compute, result = dtypes(grad_out)
-    check_alloc(input_shape, compute, "input_shape", fn)
+        if dims is not None and dims[:2] != _to_nchw(grad_out.shape, layout)[:2]:
+            dims = None
+    if dims is not None:
+        idx = indices
+        compute = result = grad_out.dtype
+    else:
+        layout = _check_layout(layout, fn)
+        grad_out = as_array(grad_out, "grad_out", fn)
+        check_ndim(grad_out, 4, "grad_out", fn, _AXES[layout]["pool"])
+        try:
+            idx = np.asarray(indices)
+        except Exception as exc:
+            raise TypeError(f"{fn}: indices must be an integer array ({exc})") from None
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"{fn}: indices must hold integers, got dtype {idx.dtype}")
+        if idx.shape != grad_out.shape:
+            raise ValueError(f"{fn}: indices has shape {idx.shape} but grad_out has shape "
+                             f"{grad_out.shape}; they must match")
+        input_shape = shape4(input_shape, "input_shape", fn)
+        if _to_nchw(input_shape, layout)[:2] != _to_nchw(grad_out.shape, layout)[:2]:
+            raise ValueError(f"{fn}: input_shape {input_shape} and grad_out {grad_out.shape} "
+                             "must agree on N and C"
+                             + _layout_note(layout, input_shape="x", grad_out="pool"))
+        compute, result = dtypes(grad_out)
+        check_alloc(input_shape, compute, "input_shape", fn)
     # the kernel writes every element (zero-filling the planes it scatters
     # into in parallel, cache-hot), so no zeros here
     dx = output_array(input_shape, compute, zero=not grad_out.size)
@@ -1262,30 +1246,30 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     -------
     y : ndarray, shape (N, C, Ho, Wo), or (N, Ho, Wo, C) for NHWC
     """
-    fast = _fast_input(x, kernel_size, stride, padding, ceil_mode, layout)
-    if fast is not None and type(count_include_pad) is bool:
-        k, s, p, out_shape = fast
-        y = output_array(out_shape, x.dtype)
-        if y.size:
-            kernel = (_kernels.avg_pool2d_forward_nhwc if layout == "NHWC"
-                      else _kernels.avg_pool2d_forward)
-            kernel(x, y, k, k, s, s, p, p, count_include_pad, threads_for(y.size * k * k))
-        return y
-    fn = "avg_pool2d"
-    layout = _check_layout(layout, fn)
-    x = as_array(x, "x", fn)
-    check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
-    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode, layout=layout)
-    include = boolean(count_include_pad, "count_include_pad", fn)
-    compute, result = dtypes(x)
-    out_shape = _pool_out_shape(x.shape, geo, layout)
-    check_alloc(out_shape, compute, "the output", fn)
+    fast = (POOL_FAST and type(count_include_pad) is bool and _fast_array(x)
+            and _fast_pool(x.shape, kernel_size, stride, padding, ceil_mode, layout))
+    if fast:
+        window, out_shape = fast
+        include = count_include_pad
+        compute = result = x.dtype
+    else:
+        fn = "avg_pool2d"
+        layout = _check_layout(layout, fn)
+        x = as_array(x, "x", fn)
+        check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
+        geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode,
+                             layout=layout)
+        include = boolean(count_include_pad, "count_include_pad", fn)
+        compute, result = dtypes(x)
+        out_shape = _pool_out_shape(x.shape, geo, layout)
+        check_alloc(out_shape, compute, "the output", fn)
+        window = _pool_args(geo)
     y = output_array(out_shape, compute)
     if y.size:
         kernel = (_kernels.avg_pool2d_forward_nhwc if layout == "NHWC"
                   else _kernels.avg_pool2d_forward)
-        kernel(contiguous(x, compute), y, *_pool_args(geo), include,
-               threads_for(y.size * geo.kernel[0] * geo.kernel[1]))
+        kernel(contiguous(x, compute), y, *window, include,
+               threads_for(y.size * window[0] * window[1]))
     return _finish(y, result)
 
 
@@ -1310,37 +1294,33 @@ def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
     -------
     dx : ndarray, shape `input_shape`
     """
-    if POOL_FAST and _fast_array(grad_out) and grad_out.size and type(count_include_pad) is bool:
-        dims = _fast_shape(input_shape, layout)
-        window = dims and _fast_window(kernel_size, stride, padding, ceil_mode, dims[2], dims[3])
-        if window and grad_out.shape == (
-                (dims[0], dims[1], window[3], window[4]) if layout == "NCHW"
-                else (dims[0], window[3], window[4], dims[1])):
-            k, s, p = window[:3]
-            dx = output_array(input_shape, grad_out.dtype)
-            kernel = (_kernels.avg_pool2d_backward_nhwc if layout == "NHWC"
-                      else _kernels.avg_pool2d_backward)
-            kernel(grad_out, dx, k, k, s, s, p, p, count_include_pad,
-                   threads_for(grad_out.size * k * k))
-            return dx
-    fn = "avg_pool2d_grad"
-    layout = _check_layout(layout, fn)
-    grad_out = as_array(grad_out, "grad_out", fn)
-    check_ndim(grad_out, 4, "grad_out", fn, _AXES[layout]["pool"])
-    input_shape = shape4(input_shape, "input_shape", fn)
-    geo = _pool_geometry(fn, input_shape, kernel_size, stride, padding, ceil_mode,
-                         x_name="input_shape", layout=layout)
-    include = boolean(count_include_pad, "count_include_pad", fn)
-    _check_grad_out(fn, grad_out, _pool_out_shape(input_shape, geo, layout), lambda: (
-        f"input_shape {input_shape} with kernel_size {geo.kernel}",
-        _layout_note(layout, grad_out="pool", input_shape="x")))
-    compute, result = dtypes(grad_out)
-    check_alloc(input_shape, compute, "input_shape", fn)
+    fast = (POOL_FAST and type(count_include_pad) is bool and _fast_array(grad_out)
+            and grad_out.size
+            and _fast_pool(input_shape, kernel_size, stride, padding, ceil_mode, layout))
+    if fast and fast[1] == grad_out.shape:
+        window = fast[0]
+        include = count_include_pad
+        compute = result = grad_out.dtype
+    else:
+        fn = "avg_pool2d_grad"
+        layout = _check_layout(layout, fn)
+        grad_out = as_array(grad_out, "grad_out", fn)
+        check_ndim(grad_out, 4, "grad_out", fn, _AXES[layout]["pool"])
+        input_shape = shape4(input_shape, "input_shape", fn)
+        geo = _pool_geometry(fn, input_shape, kernel_size, stride, padding, ceil_mode,
+                             x_name="input_shape", layout=layout)
+        include = boolean(count_include_pad, "count_include_pad", fn)
+        _check_grad_out(fn, grad_out, _pool_out_shape(input_shape, geo, layout), lambda: (
+            f"input_shape {input_shape} with kernel_size {geo.kernel}",
+            _layout_note(layout, grad_out="pool", input_shape="x")))
+        compute, result = dtypes(grad_out)
+        check_alloc(input_shape, compute, "input_shape", fn)
+        window = _pool_args(geo)
     # the kernel writes every element once (in parallel, cache-hot)
     dx = output_array(input_shape, compute, zero=not grad_out.size)
     if grad_out.size:
         kernel = (_kernels.avg_pool2d_backward_nhwc if layout == "NHWC"
                   else _kernels.avg_pool2d_backward)
-        kernel(contiguous(grad_out, compute), dx, *_pool_args(geo), include,
-               threads_for(grad_out.size * geo.kernel[0] * geo.kernel[1]))
+        kernel(contiguous(grad_out, compute), dx, *window, include,
+               threads_for(grad_out.size * window[0] * window[1]))
     return _finish(dx, result)
