@@ -1090,6 +1090,25 @@ def _pool_args(geo):
             geo.padding[0], geo.padding[1])
 
 
+def _pool_input(fn, x, kernel_size, stride, padding, ceil_mode, layout, out_dtype=None):
+    """A pool forward's arguments, by the fast path or the full checks:
+    ``(x, layout, window arguments, output shape, compute dtype, result
+    dtype)``.  ``out_dtype``: the largest output's dtype for the size check
+    (max pools: their int64 indices), the compute dtype by default."""
+    fast = POOL_FAST and _fast_array(x) and _fast_pool(x.shape, kernel_size, stride, padding,
+                                                       ceil_mode, layout)
+    if fast:
+        return x, layout, fast[0], fast[1], x.dtype, x.dtype
+    layout = _check_layout(layout, fn)
+    x = as_array(x, "x", fn)
+    check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
+    geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode, layout=layout)
+    compute, result = dtypes(x)
+    out_shape = _pool_out_shape(x.shape, geo, layout)
+    check_alloc(out_shape, compute if out_dtype is None else out_dtype, "the output", fn)
+    return x, layout, _pool_args(geo), out_shape, compute, result
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, layout="NCHW"):
     """2-D max pooling with argmax indices, as
     ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
@@ -1120,22 +1139,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, layout="
         Flat index ``h*W + w`` of each maximum within its input plane (the
         same numbers in both layouts, as PyTorch gives for channels_last).
     """
-    fast = POOL_FAST and _fast_array(x) and _fast_pool(x.shape, kernel_size, stride, padding,
-                                                       ceil_mode, layout)
-    if fast:
-        window, out_shape = fast
-        compute = result = x.dtype
-    else:
-        fn = "max_pool2d"
-        layout = _check_layout(layout, fn)
-        x = as_array(x, "x", fn)
-        check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
-        geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode,
-                             layout=layout)
-        compute, result = dtypes(x)
-        out_shape = _pool_out_shape(x.shape, geo, layout)
-        check_alloc(out_shape, np.int64, "the output", fn)
-        window = _pool_args(geo)
+    x, layout, window, out_shape, compute, result = _pool_input(
+        "max_pool2d", x, kernel_size, stride, padding, ceil_mode, layout, np.int64)
     y = output_array(out_shape, compute)
     indices = output_array(out_shape, np.int64)
     if y.size:
@@ -1246,24 +1251,10 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     -------
     y : ndarray, shape (N, C, Ho, Wo), or (N, Ho, Wo, C) for NHWC
     """
-    fast = (POOL_FAST and type(count_include_pad) is bool and _fast_array(x)
-            and _fast_pool(x.shape, kernel_size, stride, padding, ceil_mode, layout))
-    if fast:
-        window, out_shape = fast
-        include = count_include_pad
-        compute = result = x.dtype
-    else:
-        fn = "avg_pool2d"
-        layout = _check_layout(layout, fn)
-        x = as_array(x, "x", fn)
-        check_ndim(x, 4, "x", fn, _AXES[layout]["x"])
-        geo = _pool_geometry(fn, x.shape, kernel_size, stride, padding, ceil_mode,
-                             layout=layout)
-        include = boolean(count_include_pad, "count_include_pad", fn)
-        compute, result = dtypes(x)
-        out_shape = _pool_out_shape(x.shape, geo, layout)
-        check_alloc(out_shape, compute, "the output", fn)
-        window = _pool_args(geo)
+    x, layout, window, out_shape, compute, result = _pool_input(
+        "avg_pool2d", x, kernel_size, stride, padding, ceil_mode, layout)
+    include = (count_include_pad if type(count_include_pad) is bool
+               else boolean(count_include_pad, "count_include_pad", "avg_pool2d"))
     y = output_array(out_shape, compute)
     if y.size:
         kernel = (_kernels.avg_pool2d_forward_nhwc if layout == "NHWC"
