@@ -1180,14 +1180,10 @@ def max_pool2d_grad(grad_out, indices, input_shape, layout="NCHW"):
         is written out of bounds).
     """
     fn = "max_pool2d_grad"
-    dims = None
-    if (POOL_FAST and _fast_array(grad_out) and grad_out.size and type(indices) is np.ndarray
+    fast = (POOL_FAST and _fast_array(grad_out) and grad_out.size and type(indices) is np.ndarray
             and indices.dtype is _INT64 and indices.shape == grad_out.shape
-            and indices.flags.c_contiguous):
-        dims = _fast_shape(input_shape, layout)
-        if dims is not None and dims[:2] != _to_nchw(grad_out.shape, layout)[:2]:
-            dims = None
-    if dims is not None:
+            and indices.flags.c_contiguous and _fast_shape(input_shape, layout))
+    if fast and fast[:2] == _to_nchw(grad_out.shape, layout)[:2]:
         idx = indices
         compute = result = grad_out.dtype
     else:
