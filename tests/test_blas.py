@@ -260,3 +260,46 @@ def test_gemm_serial_rejects_mismatched_shapes_and_strided_rows():
     with pytest.raises(ValueError, match="contiguous rows"):
         _blas._gemm_serial(False, False, np.ones((3, 8))[:, ::2], np.ones((4, 2)),
                               np.empty((3, 2)), 1.0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m, k, n, threads", [(37, 19, 23, 2), (1, 5, 7, 3), (6, 0, 4, 2),
+                                              (5, 3, 40, 2), (64, 64, 64, 1), (2, 9, 1, 4),
+                                              (0, 3, 5, 2)])
+def test_gemm_split_is_a_matmul(dtype, trans_a, trans_b, m, k, n, threads):
+    """The Linear layer's and the benchmark's GEMM (the longer side of c in
+    blocks over threads: rows, or columns when c is wider than tall)
+    computes op(a) @ op(b) for every transpose, with fewer rows or columns
+    than threads, an empty inner dimension and an empty result."""
+    from fastconv._simd import kernels
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    c = np.full((m, n), np.nan, dtype=dtype)
+    kernels.gemm_split(a, b, c, trans_a, trans_b, threads)
+    expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(600, 200, 96), (40, 300, 700), (130, 64, 129)])
+def test_gemm_split_gives_the_same_bits_for_any_thread_count(dtype, shape):
+    """Its blocks (several here, some taken by the own GEMM and some by the
+    BLAS, by shape) depend on the shape only."""
+    from fastconv._simd import kernels
+
+    m, k, n = shape
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((k, m)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    results = []
+    for threads in (1, 2, 3, 8):
+        c = np.empty((m, n), dtype=dtype)
+        kernels.gemm_split(a, b, c, True, False, threads)
+        results.append(c)
+    for c in results[1:]:
+        np.testing.assert_array_equal(c, results[0])

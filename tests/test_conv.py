@@ -1502,23 +1502,6 @@ def test_mkl_request_without_mkl_warns_and_keeps_openblas():
     assert "FASTCONV_BLAS=mkl: no usable oneMKL" in messages, proc.stdout
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m, k, n, threads", [(37, 19, 23, 2), (1, 5, 7, 3), (6, 0, 4, 2),
-                                              (64, 64, 64, 1)])
-def test_gemm_split_rows_is_a_matmul(dtype, m, k, n, threads):
-    """The benchmark's reference GEMM (row blocks over threads) computes a @ b,
-    also with fewer rows than threads and an empty inner dimension."""
-    from fastconv._simd import kernels
-
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((k, n)).astype(dtype)
-    c = np.full((m, n), np.nan, dtype=dtype)
-    kernels.gemm_split_rows(a, b, c, threads)
-    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4 if dtype == np.float32
-                               else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
-
-
 def _draw_depthwise(data, strides, dilations, max_width, max_height=9):
     """A depthwise layer drawn by hypothesis: 1-3 channels, channel
     multiplier 1-2, kernels up to 4x4, paddings up to 3, the given

@@ -500,6 +500,30 @@ def test_linear_takes_leading_batch_dimensions(rng):
     assert fastconv.gradcheck(lin, x) < GRAD_TOL
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_products_match_numpy_on_awkward_operands(rng, dtype):
+    """Linear's three products run on fastconv's GEMM (``layers._matmul``):
+    strided inputs and gradients, a batch wider than the layer, an empty
+    batch (its weight gradient is zeros) and a weight assigned in another
+    dtype (promoted as NumPy's @ promotes) all give what NumPy gives."""
+    lin = Linear(6, 40, dtype=dtype, rng=0)
+    w = lin.params["weight"]
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for x in (rng.standard_normal((7, 12))[:, ::2], rng.standard_normal((90, 6)).T.copy().T,
+              np.zeros((0, 6))):
+        y = lin.forward(x)
+        x2 = x.astype(dtype)
+        np.testing.assert_allclose(y, x2 @ w.T + lin.params["bias"], **tol)
+        g = rng.standard_normal((y.shape[1], y.shape[0])).astype(dtype).T
+        dx = lin.backward(g)
+        np.testing.assert_allclose(dx, g @ w, **tol)
+        np.testing.assert_allclose(lin.grads["weight"], g.T @ x2, **tol)
+        assert y.dtype == dx.dtype == lin.grads["weight"].dtype == dtype
+    lin.params["weight"] = w.astype(np.float64)
+    x = rng.standard_normal((3, 6))
+    assert lin.forward(x).dtype == np.result_type(dtype, np.float64)
+
+
 def test_sequential_rejects_a_layer_used_twice():
     relu = ReLU()
     with pytest.raises(ValueError, match="appears twice"):

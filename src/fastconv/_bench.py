@@ -685,7 +685,7 @@ def reference_gemm(a, b):
     name: "NumPy matmul" (NumPy's OpenBLAS, its own threads) unless fastconv
     runs on a oneMKL that NumPy's matmul does not use (``FASTCONV_BLAS=mkl``,
     loaded single-threaded); then that BLAS in row blocks over fastconv's
-    threads (``gemm_split_rows`` in ``_kernels.pyx``), as the kernels run it."""
+    threads (``gemm_split`` in ``_kernels.pyx``), as the kernels run it."""
     from fastconv._blas import blas_info
     from fastconv._simd import kernels
 
@@ -694,7 +694,7 @@ def reference_gemm(a, b):
     c = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
     threads = fastconv.get_num_threads()
     how = f"row blocks on {threads} threads"
-    return (lambda: kernels.gemm_split_rows(a, b, c, threads)), how
+    return (lambda: kernels.gemm_split(a, b, c, False, False, threads)), how
 
 
 def big_forward_vs_gemm(case, dtype, repeat=5, n=2048):

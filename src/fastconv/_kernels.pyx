@@ -37,8 +37,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from fastconv._blas cimport (NO_TRANS, TRANS, blas_serial_enter, blas_serial_exit, gemm,
-                             own_gemm_takes)
+from fastconv._blas cimport (NO_TRANS, TRANS, Transpose, blas_serial_enter,
+                             blas_serial_exit, gemm, own_gemm_takes)
 from fastconv._cpu import l3_cache_bytes
 from fastconv._openmp cimport fc_omp_barrier
 
@@ -112,6 +112,10 @@ cdef Py_ssize_t MAX_WORK_BYTES = 16 * 1024 * 1024
 # Aim for at least this many work items so that up to this many threads
 # find work.  Depends on the shape only, never on the thread count.
 cdef Py_ssize_t MIN_ITEMS = 16
+# gemm_split's blocks: at least this many rows (or columns) each, at most
+# this many blocks (a function of the shape, never of the thread count)
+cdef Py_ssize_t GEMM_SPLIT_MIN = 64
+cdef Py_ssize_t GEMM_SPLIT_BLOCKS = 8
 # Filter-gradient partial sums: at most this many fixed reduction slots.
 cdef Py_ssize_t MAX_SLOTS = 8
 # ... each summing at least this many parts (products or tiles): a slot
@@ -1036,30 +1040,57 @@ def _correlate_row_shift(const floating[:, :, :, ::1] src,
     _raise_for_status(status)
 
 
-def gemm_split_rows(const floating[:, ::1] a, const floating[:, ::1] b,
-                    floating[:, ::1] c, int n_threads):
-    """``c = a @ b`` the way the kernels run their GEMMs: the rows of ``c``
-    cut into ``n_threads`` blocks, one single-threaded ``gemm`` each, in
-    one OpenMP region (shapes trusted: ``a`` m x k, ``b`` k x n, ``c`` m x n).
+def gemm_split(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+               bint trans_a, bint trans_b, int n_threads):
+    """``c = op(a) @ op(b)`` (``op(a) = a.T`` with ``trans_a``, likewise
+    ``b``) the way the kernels run their GEMMs: the longer side of ``c`` cut
+    into blocks of at least GEMM_SPLIT_MIN rows (or columns), at most
+    GEMM_SPLIT_BLOCKS of them, one single-threaded ``gemm`` each, over up to
+    ``n_threads`` threads in one OpenMP region.  The blocks depend on the
+    shape only, so the result is the same bit for bit for any thread count
+    (the shape of a product decides which GEMM sums it).  Shapes trusted:
+    ``op(a)`` m x k, ``op(b)`` k x n, ``c`` m x n.
 
-    The speed reference of ``python -m fastconv bench`` for a BLAS that
-    NumPy's matmul does not run on (a oneMKL that ``FASTCONV_BLAS=mkl``
-    loaded single-threaded).
+    The Linear layer's products: fastconv's threads keep the cores (a
+    multithreaded BLAS call between two kernels leaves its workers spinning
+    against them, see ``layers._matmul``).  And the speed reference of
+    ``python -m fastconv bench`` for a BLAS that NumPy's matmul does not
+    run on (a oneMKL that ``FASTCONV_BLAS=mkl`` loaded single-threaded).
     """
-    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[1]
-    cdef Py_ssize_t blocks = max(1, n_threads), part, r0, r1
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    # row-major operands: the leading dimension is the stored row length
+    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1]
+    cdef bint by_rows = m >= n
+    cdef Py_ssize_t side = m if by_rows else n
+    cdef Py_ssize_t blocks = max(1, min(GEMM_SPLIT_BLOCKS, side // GEMM_SPLIT_MIN))
+    cdef Py_ssize_t part, r0, r1, i
+    cdef Transpose op_a = TRANS if trans_a else NO_TRANS
+    cdef Transpose op_b = TRANS if trans_b else NO_TRANS
     if m == 0 or n == 0:
         return
+    cdef floating* cp = &c[0, 0]
+    if k == 0:
+        for i in range(m * n):
+            cp[i] = 0
+        return
+    cdef const floating* ap = &a[0, 0]
+    cdef const floating* bp = &b[0, 0]
     blas_serial_enter()
     try:
         with nogil:
-            for part in prange(blocks, schedule="static", num_threads=blocks):
-                r0 = part * m // blocks
-                r1 = (part + 1) * m // blocks
-                if r1 > r0:
-                    gemm(NO_TRANS, NO_TRANS, r1 - r0, n, k, <floating>1,
-                         &a[r0, 0] if k else NULL, k, &b[0, 0] if k else NULL, n,
-                         <floating>0, &c[r0, 0], n)
+            for part in prange(blocks, schedule="static",
+                               num_threads=max(1, min(n_threads, blocks))):
+                r0 = part * side // blocks
+                r1 = (part + 1) * side // blocks
+                if by_rows:     # rows r0:r1 of op(a): of a, or its columns
+                    gemm(op_a, op_b, r1 - r0, n, k, <floating>1,
+                         ap + (r0 if trans_a else r0 * lda), lda, bp, ldb,
+                         <floating>0, cp + r0 * n, n)
+                else:           # columns r0:r1 of op(b): of b, or its rows
+                    gemm(op_a, op_b, m, r1 - r0, k, <floating>1, ap, lda,
+                         bp + (r0 * ldb if trans_b else r0), ldb,
+                         <floating>0, cp + r0, n)
     finally:
         blas_serial_exit()
 
