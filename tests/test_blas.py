@@ -286,20 +286,26 @@ def test_gemm_split_is_a_matmul(dtype, trans_a, trans_b, m, k, n, threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("shape", [(600, 200, 96), (40, 300, 700), (130, 64, 129)])
-def test_gemm_split_gives_the_same_bits_for_any_thread_count(dtype, shape):
-    """Its blocks (several here, some taken by the own GEMM and some by the
-    BLAS, by shape) depend on the shape only."""
+def test_gemm_split_gives_the_same_bits_for_any_thread_count(dtype, trans_a, trans_b, shape):
+    """Several blocks here (of rows, or of columns when c is wider than
+    tall; some taken by the own GEMM and some by the BLAS, by shape): they
+    depend on the shape only, and every one lands where it belongs."""
     from fastconv._simd import kernels
 
     m, k, n = shape
     rng = np.random.default_rng(1)
-    a = rng.standard_normal((k, m)).astype(dtype)
-    b = rng.standard_normal((k, n)).astype(dtype)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     results = []
     for threads in (1, 2, 3, 8):
-        c = np.empty((m, n), dtype=dtype)
-        kernels.gemm_split(a, b, c, True, False, threads)
+        c = np.full((m, n), np.nan, dtype=dtype)
+        kernels.gemm_split(a, b, c, trans_a, trans_b, threads)
         results.append(c)
     for c in results[1:]:
         np.testing.assert_array_equal(c, results[0])
+    expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(results[0], expected, rtol=tol, atol=tol)
