@@ -1430,6 +1430,70 @@ def test_elementwise_max_pool_matches_oracle(elementwise_max_pool, dtype, data):
     np.testing.assert_array_equal(i, i_ref)
 
 
+@pytest.fixture(params=["staged", "rows"])
+def small_planes(request):
+    """NCHW pools of narrow outputs (fewer columns than an AVX2 vector) stage
+    whole blocks of planes channels last (``SMALL_PLANE_MAX``); "rows"
+    switches that off, for the row loops."""
+    from fastconv._simd import kernels as _kernels
+    saved = _kernels._tuning()["small_plane_max"]
+    _kernels._tuning(small_plane_max=saved if request.param == "staged" else 0)
+    yield request.param
+    _kernels._tuning(small_plane_max=saved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_many_small_planes_match_oracle(small_planes, n_threads, dtype, data):
+    """Enough planes of narrow outputs for the channels-last staging (blocks
+    of 16 float32 / 8 float64 planes, the rest row by row): values, indices
+    (ties, NaN, -inf) and means as the oracles give them, both ways."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    s = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    p = (data.draw(st.integers(0, kh // 2)), data.draw(st.integers(0, kw // 2)))
+    h = data.draw(st.integers(max(1, kh - 2 * p[0]), 9))
+    w = data.draw(st.integers(max(1, kw - 2 * p[1]), 9))
+    shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(6, 20)), h, w)
+    ceil = data.draw(st.booleans())
+    include = data.draw(st.booleans())
+    x = rng.integers(-2, 3, size=shape).astype(np.float64)
+    x[rng.random(shape) < 0.05] = np.nan
+    x[rng.random(shape) < 0.05] = -np.inf
+    y_ref, i_ref = ref.max_pool2d(x, (kh, kw), s, p, ceil)
+    y, i = fastconv.max_pool2d(x.astype(dtype), (kh, kw), s, p, ceil)
+    np.testing.assert_array_equal(y, y_ref.astype(dtype))
+    np.testing.assert_array_equal(i, i_ref)
+    xf = np.nan_to_num(x, neginf=-1.5)
+    assert_close(fastconv.avg_pool2d(xf.astype(dtype), (kh, kw), s, p, ceil, include),
+                 ref.avg_pool2d(xf, (kh, kw), s, p, ceil, include), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_staged_small_planes_agree_bitwise_with_rows(rng, dtype):
+    """The channels-last staging gives the row loops' bits (the demo's and
+    CIFAR-style shapes; 70 planes: whole blocks and a remainder)."""
+    from fastconv._simd import kernels as _kernels
+    saved = _kernels._tuning()["small_plane_max"]
+    for shape, k, s, p in [((2, 35, 8, 8), 2, 2, 0), ((2, 35, 4, 4), 3, 2, 1),
+                           ((2, 35, 7, 9), 3, 2, 0), ((2, 35, 16, 16), 3, 2, 1),
+                           ((2, 35, 2, 2), 2, 2, 0), ((2, 35, 5, 3), 2, 1, 1)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        x[0, 3, 0, 0] = np.nan
+        results = []
+        for limit in (saved, 0):
+            _kernels._tuning(small_plane_max=limit)
+            try:
+                results.append((*fastconv.max_pool2d(x, k, s, p),
+                                fastconv.avg_pool2d(x, k, s, p, count_include_pad=False)))
+            finally:
+                _kernels._tuning(small_plane_max=saved)
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------
 # 10. the fast path (functional.POOL_FAST): the commonest calls skip the full
 #     checks; every result and every error must be the full path's

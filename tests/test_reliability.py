@@ -206,6 +206,8 @@ def _kernel_calls(rng):
                 functional._WINOGRAD_MIN_CHANNELS, functional._WINOGRAD_MIN_PLANE = saved
         return call
 
+    # enough planes of narrow outputs for the pools' channels-last staging
+    xs = rng.standard_normal((4, 8, 6, 6))
     return {
         "conv2d": lambda: fastconv.conv2d(x, w, stride=2, padding=1, groups=2),
         "winograd": winograd(None),
@@ -222,6 +224,8 @@ def _kernel_calls(rng):
                                                                      groups=4),
         "max_pool2d": lambda: fastconv.max_pool2d(x, 3, 2, 1),
         "avg_pool2d_grad": lambda: fastconv.avg_pool2d_grad(g[:, :4], (2, 4, 11, 10), 3, 2, 1),
+        "max_pool2d_small_planes": lambda: fastconv.max_pool2d(xs, 2),
+        "avg_pool2d_small_planes": lambda: fastconv.avg_pool2d(xs, 3, 2, 1),
     }
 
 

@@ -161,6 +161,10 @@ cdef bint POOL_FAST_PATHS = True
 # ahead, so memory waits and compute add up instead of overlapping.  See
 # fc_prefetch_rows_ahead and fc_prefetch_grad_rows in _pool_avx2.h.
 cdef Py_ssize_t PREFETCH_OUT_ROWS = 8
+# NCHW max pools whose output rows are narrower than an AVX2 vector, on
+# planes of at most this many elements, stage blocks of planes channels last
+# for the NHWC pixel kernel (see _max_pool_small_planes; 0: never).
+cdef Py_ssize_t SMALL_PLANE_MAX = 4096
 # Pool gradients (NCHW) of at least STREAM_MIN_BYTES are built one plane at a
 # time in a per-thread scratch plane (planes of at most STREAM_MAX_PLANE
 # bytes) and copied to grad_in with streaming stores (fc_stream_copy in
@@ -255,7 +259,7 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
             scatter_stage_bytes=None, gw_block_bytes_f32=None, gw_block_bytes_f64=None,
             winograd_shared_sums_bytes=None, gw_row_block_bytes=None,
             gw_block_from_bytes_f32=None, direct_gw_chunk_bytes=None,
-            min_slot_parts=None, winograd_min_split=None):
+            min_slot_parts=None, winograd_min_split=None, small_plane_max=None):
     """Read (and optionally set) the tiling parameters; for benchmarks and
     for tests that force a code path."""
     global TILE_BYTES, MIN_TILE, MAX_TILE, MIN_ITEMS, ROWWISE_MAX_PLANE, DEPTHWISE_MAX_PADDED
@@ -264,7 +268,9 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
     global GW_TILE_BYTES, GW_MIN_TILE, STREAM_MIN_BYTES, SCATTER_POSITION_MAJOR
     global SCATTER_STAGE_BYTES, GW_BLOCK_BYTES_F32, GW_BLOCK_BYTES_F64
     global WINOGRAD_SHARED_SUMS_BYTES, GW_ROW_BLOCK_BYTES, GW_BLOCK_FROM_BYTES_F32
-    global DIRECT_GW_CHUNK_BYTES, MIN_SLOT_PARTS, WINOGRAD_MIN_SPLIT
+    global DIRECT_GW_CHUNK_BYTES, MIN_SLOT_PARTS, WINOGRAD_MIN_SPLIT, SMALL_PLANE_MAX
+    if small_plane_max is not None:
+        SMALL_PLANE_MAX = max(0, small_plane_max)
     if winograd_min_split is not None:
         WINOGRAD_MIN_SPLIT = winograd_min_split
     if min_slot_parts is not None:
@@ -341,7 +347,8 @@ def _tuning(tile_bytes=None, min_tile=None, max_tile=None, min_items=None,
                 gw_row_block_bytes=GW_ROW_BLOCK_BYTES,
                 gw_block_from_bytes_f32=GW_BLOCK_FROM_BYTES_F32,
                 direct_gw_chunk_bytes=DIRECT_GW_CHUNK_BYTES,
-                min_slot_parts=MIN_SLOT_PARTS, winograd_min_split=WINOGRAD_MIN_SPLIT)
+                min_slot_parts=MIN_SLOT_PARTS, winograd_min_split=WINOGRAD_MIN_SPLIT,
+                small_plane_max=SMALL_PLANE_MAX)
 
 
 def _raise_for_status(int status):
@@ -2984,6 +2991,68 @@ cdef inline void _max_edge_columns(const floating* src, Py_ssize_t in_w, Py_ssiz
 
 # --- max pooling -------------------------------------------------------------
 
+cdef int _max_pool_small_planes(const floating* xp, floating* yp, int64_t* ip,
+                                Py_ssize_t n_blocks, Py_ssize_t block,
+                                Py_ssize_t in_h, Py_ssize_t in_w,
+                                Py_ssize_t out_h, Py_ssize_t out_w,
+                                Py_ssize_t k_h, Py_ssize_t k_w,
+                                Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                Py_ssize_t pad_h, Py_ssize_t pad_w,
+                                int n_threads) noexcept nogil:
+    """The first ``n_blocks * block`` planes of an NCHW max pool whose
+    output rows are narrower than a vector: the row kernels' per-row work
+    and scratch round trips (stores read straight back) made such planes
+    5-20x slower per element than large ones (8x8 and 4x4 planes, float32:
+    2.6 and 5.6 ns an element against 0.3 on 28x28).  Each block of
+    ``block`` planes (one AVX-512 vector) is staged channels last in a
+    per-thread scratch, every output pixel takes the NHWC pixel kernel
+    across the block (the same winner rules and tree, so the same bits), and
+    values and indices are copied back plane by plane.  Returns a status."""
+    cdef Py_ssize_t plane = in_h * in_w, out_plane = out_h * out_w
+    cdef Py_ssize_t b, o, p, q, h0, h1, w0, w1
+    cdef floating* sx = NULL
+    cdef floating* sy
+    cdef int64_t* si
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with parallel(num_threads=n_threads):
+        # [block planes channels last] [their maxima] [their indices]
+        sx = <floating*>_workspace((plane + out_plane) * block * sizeof(floating)
+                                   + out_plane * block * sizeof(int64_t))
+        if sx == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for b in prange(n_blocks, schedule="static"):
+            if sx != NULL:
+                sy = sx + plane * block
+                si = <int64_t*>(sy + out_plane * block)
+                # (transposes move bits: the int64 indices go as doubles)
+                if floating is float:
+                    fc_transpose_f32(xp + b * block * plane, plane, block, plane, sx, block, 0)
+                else:
+                    fc_transpose_f64(xp + b * block * plane, plane, block, plane, sx, block, 0)
+                for p in range(out_h):
+                    h0 = max(p * stride_h - pad_h, 0)
+                    h1 = min(p * stride_h - pad_h + k_h, in_h)
+                    for q in range(out_w):
+                        w0 = max(q * stride_w - pad_w, 0)
+                        w1 = min(q * stride_w - pad_w + k_w, in_w)
+                        o = (p * out_w + q) * block
+                        if floating is float:
+                            fc_max_px_f32(sx, in_w, block, h0, h1, w0, w1, sy + o, si + o)
+                        else:
+                            fc_max_px_f64(sx, in_w, block, h0, h1, w0, w1, sy + o, si + o)
+                if floating is float:
+                    fc_transpose_f32(sy, block, out_plane, block, yp + b * block * out_plane,
+                                     out_plane, 1)
+                else:
+                    fc_transpose_f64(sy, block, out_plane, block, yp + b * block * out_plane,
+                                     out_plane, 1)
+                fc_transpose_f64(<double*>si, block, out_plane, block,
+                                 <double*>(ip + b * block * out_plane), out_plane, 1)
+        free(sx)
+    return status
+
+
 def max_pool2d_forward(const floating[:, :, :, ::1] x,
                        floating[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] indices,
@@ -3046,6 +3115,19 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
         _max_pool_elementwise(xp, yp, ip, planes, in_h, in_w, out_h, out_w,
                               k_h, k_w, stride_h, stride_w, pad_h, pad_w, n_threads)
         return
+    # output rows narrower than a vector: whole blocks of planes (one
+    # AVX-512 vector of them) staged channels last, the rest row by row
+    cdef Py_ssize_t block = 64 // sizeof(floating), first = 0
+    if (FC_POOL_AVX2 and POOL_FAST_PATHS and out_w < _avx2_lanes(sizeof(floating))
+            and in_h * in_w <= SMALL_PLANE_MAX and planes >= block):
+        first = planes // block * block
+        with nogil:
+            status = _max_pool_small_planes(xp, yp, ip, planes // block, block, in_h, in_w,
+                                            out_h, out_w, k_h, k_w, stride_h, stride_w,
+                                            pad_h, pad_w, n_threads)
+        _raise_for_status(status)
+        if first == planes:
+            return
     with nogil, parallel(num_threads=n_threads):
         # per thread: the row's index bases, and for the stride-2 path the
         # deinterleaved taps and running maxima over the padded width
@@ -3056,7 +3138,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                 status_p[0] = STATUS_NO_MEMORY
             else:
                 memset(best_idx, 0, (out_w + 4 * span + 16) * sizeof(floating))
-        for pl in prange(planes, schedule="static"):
+        for pl in prange(first, planes, schedule="static"):
             if whole:
                 # every window of the plane whole: all rows in the header
                 if floating is float:
@@ -3411,6 +3493,62 @@ cdef inline void _window_spread(floating* drow, Py_ssize_t in_w, Py_ssize_t ws,
         drow[j] += share
 
 
+cdef int _avg_pool_small_planes(const floating* xp, floating* yp,
+                                Py_ssize_t n_blocks, Py_ssize_t block,
+                                Py_ssize_t in_h, Py_ssize_t in_w,
+                                Py_ssize_t out_h, Py_ssize_t out_w,
+                                Py_ssize_t k_h, Py_ssize_t stride_h, Py_ssize_t pad_h,
+                                Py_ssize_t k_w, Py_ssize_t stride_w, Py_ssize_t pad_w,
+                                bint count_include_pad, const double* cdiv,
+                                int n_threads) noexcept nogil:
+    """The first ``n_blocks * block`` planes of an NCHW average pool whose
+    output rows are narrower than a vector, as _max_pool_small_planes does
+    them: staged channels last, each output pixel's window summed by the
+    NHWC pixel kernel (the same sums and divisions, so the same bits).
+    Returns a status."""
+    cdef Py_ssize_t plane = in_h * in_w, out_plane = out_h * out_w
+    cdef Py_ssize_t b, o, p, q
+    cdef Window wh, ww
+    cdef double row_div
+    cdef floating* sx = NULL
+    cdef floating* sy
+    cdef int status = STATUS_OK
+    cdef int* status_p = &status
+    with parallel(num_threads=n_threads):
+        # [block planes channels last] [their means]
+        sx = <floating*>_workspace((plane + out_plane) * block * sizeof(floating))
+        if sx == NULL:
+            status_p[0] = STATUS_NO_MEMORY
+        for b in prange(n_blocks, schedule="static"):
+            if sx != NULL:
+                sy = sx + plane * block
+                if floating is float:
+                    fc_transpose_f32(xp + b * block * plane, plane, block, plane, sx, block, 0)
+                else:
+                    fc_transpose_f64(xp + b * block * plane, plane, block, plane, sx, block, 0)
+                for p in range(out_h):
+                    wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
+                    row_div = (<double>wh.padded if count_include_pad
+                               else <double>(wh.stop - wh.start))
+                    for q in range(out_w):
+                        ww = _avg_window(q, k_w, stride_w, pad_w, in_w)
+                        o = (p * out_w + q) * block
+                        if floating is float:
+                            fc_avg_px_f32(sx, in_w, block, wh.start, wh.stop, ww.start,
+                                          ww.stop, sy + o, <float>(row_div * cdiv[q]))
+                        else:
+                            fc_avg_px_f64(sx, in_w, block, wh.start, wh.stop, ww.start,
+                                          ww.stop, sy + o, row_div * cdiv[q])
+                if floating is float:
+                    fc_transpose_f32(sy, block, out_plane, block, yp + b * block * out_plane,
+                                     out_plane, 1)
+                else:
+                    fc_transpose_f64(sy, block, out_plane, block, yp + b * block * out_plane,
+                                     out_plane, 1)
+        free(sx)
+    return status
+
+
 def avg_pool2d_forward(const floating[:, :, :, ::1] x,
                        floating[:, :, :, ::1] out,
                        Py_ssize_t k_h, Py_ssize_t k_w,
@@ -3449,8 +3587,24 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef Span cols
     cdef const floating* srow
     cdef floating* acc
+    # output rows narrower than a vector: whole blocks of planes staged
+    # channels last (as in max_pool2d_forward; the pixel kernel divides in
+    # float32 only where that is exact, as the rows do), the rest row by row
+    cdef Py_ssize_t block = 64 // sizeof(floating), first = 0
+    cdef int status
+    if (FC_POOL_AVX2 and POOL_FAST_PATHS and out_w < _avx2_lanes(sizeof(floating))
+            and in_h * in_w <= SMALL_PLANE_MAX and planes >= block
+            and (float_exact or floating is double)):
+        first = planes // block * block
+        with nogil:
+            status = _avg_pool_small_planes(xp, yp, planes // block, block, in_h, in_w,
+                                            out_h, out_w, k_h, stride_h, pad_h, k_w, stride_w,
+                                            pad_w, count_include_pad, cdiv, n_threads)
+        _raise_for_status(status)
+        if first == planes:
+            return
     with nogil:
-        for pl in prange(planes, schedule="static", num_threads=n_threads):
+        for pl in prange(first, planes, schedule="static", num_threads=n_threads):
             if whole:
                 # every window of the plane whole: all rows in the header
                 if floating is float:
