@@ -1449,7 +1449,8 @@ def small_planes(request):
 def test_many_small_planes_match_oracle(small_planes, n_threads, dtype, data):
     """Enough planes of narrow outputs for the channels-last staging (blocks
     of 16 float32 / 8 float64 planes, the rest row by row): values, indices
-    (ties, NaN, -inf) and means as the oracles give them, both ways."""
+    (ties, NaN, -inf), means and the average-pool gradient as the oracles
+    give them, both ways."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
     s = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
@@ -1469,6 +1470,9 @@ def test_many_small_planes_match_oracle(small_planes, n_threads, dtype, data):
     xf = np.nan_to_num(x, neginf=-1.5)
     assert_close(fastconv.avg_pool2d(xf.astype(dtype), (kh, kw), s, p, ceil, include),
                  ref.avg_pool2d(xf, (kh, kw), s, p, ceil, include), dtype)
+    g = rng.standard_normal(y_ref.shape)
+    assert_close(fastconv.avg_pool2d_grad(g.astype(dtype), shape, (kh, kw), s, p, ceil, include),
+                 ref.avg_pool2d_grad(g, shape, (kh, kw), s, p, ceil, include), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1486,8 +1490,10 @@ def test_staged_small_planes_agree_bitwise_with_rows(rng, dtype):
         for limit in (saved, 0):
             _kernels._tuning(small_plane_max=limit)
             try:
-                results.append((*fastconv.max_pool2d(x, k, s, p),
-                                fastconv.avg_pool2d(x, k, s, p, count_include_pad=False)))
+                y, idx = fastconv.max_pool2d(x, k, s, p)
+                results.append((y, idx, fastconv.avg_pool2d(x, k, s, p, count_include_pad=False),
+                                fastconv.avg_pool2d_grad(y, shape, k, s, p,
+                                                         count_include_pad=False)))
             finally:
                 _kernels._tuning(small_plane_max=saved)
         for a, b in zip(*results):

@@ -226,6 +226,8 @@ def _kernel_calls(rng):
         "avg_pool2d_grad": lambda: fastconv.avg_pool2d_grad(g[:, :4], (2, 4, 11, 10), 3, 2, 1),
         "max_pool2d_small_planes": lambda: fastconv.max_pool2d(xs, 2),
         "avg_pool2d_small_planes": lambda: fastconv.avg_pool2d(xs, 3, 2, 1),
+        "avg_pool2d_grad_small_planes": lambda: fastconv.avg_pool2d_grad(
+            xs[:, :, :3, :3], xs.shape, 3, 2, 1),
     }
 
 

@@ -3791,6 +3791,51 @@ cdef void _avg_backward_plane_k2s2(const floating* g, floating* dx,
     memset(dx + 2 * geo.out_h * in_w, 0, (geo.in_h - 2 * geo.out_h) * in_w * sizeof(floating))
 
 
+cdef int _avg_backward_small_planes(const floating[:, :, :, ::1] grad_out,
+                                    floating[:, :, :, ::1] grad_in,
+                                    Py_ssize_t n_blocks, Py_ssize_t block,
+                                    Py_ssize_t k_h, Py_ssize_t k_w,
+                                    Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                    Py_ssize_t pad_h, Py_ssize_t pad_w,
+                                    bint count_include_pad, int n_threads) except -1:
+    """The first ``n_blocks * block`` planes of an NCHW average-pool gradient
+    whose output rows are narrower than a vector: the row loops' per-row
+    work cost 5x the large planes' time per element there (8x8 and 4x4
+    planes).  Each block of ``block`` planes becomes one channels-last
+    image, the NHWC kernel (parallel over those images) spreads the shares
+    in the NCHW order, so the bits are the same, and the blocks are
+    transposed back.  Two temporaries of the blocks' size."""
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t in_h = grad_in.shape[2], in_w = grad_in.shape[3]
+    cdef Py_ssize_t out_plane = out_h * out_w, in_plane = in_h * in_w, b
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, :, :, ::1] g_cl = np.empty((n_blocks, out_h, out_w, block), dtype)
+    cdef floating[:, :, :, ::1] dx_cl = np.empty((n_blocks, in_h, in_w, block), dtype)
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* dxp = &grad_in[0, 0, 0, 0]
+    cdef floating* gcl = &g_cl[0, 0, 0, 0]
+    cdef floating* dcl = &dx_cl[0, 0, 0, 0]
+    with nogil:
+        for b in prange(n_blocks, schedule="static", num_threads=n_threads):
+            if floating is float:
+                fc_transpose_f32(gp + b * block * out_plane, out_plane, block, out_plane,
+                                 gcl + b * out_plane * block, block, 0)
+            else:
+                fc_transpose_f64(gp + b * block * out_plane, out_plane, block, out_plane,
+                                 gcl + b * out_plane * block, block, 0)
+    avg_pool2d_backward_nhwc(g_cl, dx_cl, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
+                             count_include_pad, n_threads)
+    with nogil:
+        for b in prange(n_blocks, schedule="static", num_threads=n_threads):
+            if floating is float:
+                fc_transpose_f32(dcl + b * in_plane * block, block, in_plane, block,
+                                 dxp + b * block * in_plane, in_plane, 1)
+            else:
+                fc_transpose_f64(dcl + b * in_plane * block, block, in_plane, block,
+                                 dxp + b * block * in_plane, in_plane, 1)
+    return 0
+
+
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         floating[:, :, :, ::1] grad_in,
                         Py_ssize_t k_h, Py_ssize_t k_w,
@@ -3848,6 +3893,17 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                          and geo.in_w // 2 >= lanes)
     if square3:
         share_len = max(share_len, 4 * (geo.in_w // 2 + 2))
+    # output rows narrower than a vector, where neither row kernel runs:
+    # whole blocks of planes as channels-last images, the rest row by row
+    cdef Py_ssize_t block = 64 // sizeof(floating), first = 0
+    if (FC_POOL_AVX2 and POOL_FAST_PATHS and not square3 and geo.out_w < lanes
+            and geo.in_h * geo.in_w <= SMALL_PLANE_MAX and planes >= block):
+        first = planes // block * block
+        _avg_backward_small_planes(grad_out, grad_in, planes // block, block, k_h, k_w,
+                                   stride_h, stride_w, pad_h, pad_w, count_include_pad,
+                                   n_threads)
+        if first == planes:
+            return
     cdef Py_ssize_t ring_rows = min(_ceil_div(k_h, stride_h), geo.out_h)
     cdef Py_ssize_t in_size = geo.in_h * geo.in_w
     cdef Py_ssize_t out_size = geo.out_h * geo.out_w
@@ -3873,7 +3929,7 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
         # allocation fails, its planes are written in place (same values)
         scratch_mem = _workspace(in_size * sizeof(floating) + 64) if stream else NULL
         scratch = <floating*>_align64(scratch_mem) if scratch_mem != NULL else NULL
-        for pl in prange(planes, schedule="static"):
+        for pl in prange(first, planes, schedule="static"):
             # the plane is built in place, or in the scratch plane and then
             # streamed out (dx_left: what the prefetch may reach past it)
             if scratch != NULL:
