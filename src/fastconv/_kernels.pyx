@@ -2991,6 +2991,27 @@ cdef inline void _max_edge_columns(const floating* src, Py_ssize_t in_w, Py_ssiz
 
 # --- max pooling -------------------------------------------------------------
 
+cdef inline void _planes_to_channels_last(const floating* planes, Py_ssize_t block,
+                                         Py_ssize_t plane, floating* image) noexcept nogil:
+    """``image[e*block + j] = planes[j*plane + e]``: ``block`` consecutive
+    planes of ``plane`` elements as the channels of one channels-last image
+    (fc_transpose_* of _winograd.h, 8 x 8 AVX blocks in the AVX2 build)."""
+    if floating is float:
+        fc_transpose_f32(planes, plane, block, plane, image, block, 0)
+    else:
+        fc_transpose_f64(planes, plane, block, plane, image, block, 0)
+
+
+cdef inline void _channels_last_to_planes(const floating* image, Py_ssize_t block,
+                                         Py_ssize_t plane, floating* planes) noexcept nogil:
+    """The inverse of _planes_to_channels_last (a copy: int64 values can go
+    through it as doubles, bit for bit)."""
+    if floating is float:
+        fc_transpose_f32(image, block, plane, block, planes, plane, 1)
+    else:
+        fc_transpose_f64(image, block, plane, block, planes, plane, 1)
+
+
 cdef int _max_pool_small_planes(const floating* xp, floating* yp, int64_t* ip,
                                 Py_ssize_t n_blocks, Py_ssize_t block,
                                 Py_ssize_t in_h, Py_ssize_t in_w,
@@ -3025,11 +3046,7 @@ cdef int _max_pool_small_planes(const floating* xp, floating* yp, int64_t* ip,
             if sx != NULL:
                 sy = sx + plane * block
                 si = <int64_t*>(sy + out_plane * block)
-                # (transposes move bits: the int64 indices go as doubles)
-                if floating is float:
-                    fc_transpose_f32(xp + b * block * plane, plane, block, plane, sx, block, 0)
-                else:
-                    fc_transpose_f64(xp + b * block * plane, plane, block, plane, sx, block, 0)
+                _planes_to_channels_last(xp + b * block * plane, block, plane, sx)
                 for p in range(out_h):
                     h0 = max(p * stride_h - pad_h, 0)
                     h1 = min(p * stride_h - pad_h + k_h, in_h)
@@ -3041,14 +3058,9 @@ cdef int _max_pool_small_planes(const floating* xp, floating* yp, int64_t* ip,
                             fc_max_px_f32(sx, in_w, block, h0, h1, w0, w1, sy + o, si + o)
                         else:
                             fc_max_px_f64(sx, in_w, block, h0, h1, w0, w1, sy + o, si + o)
-                if floating is float:
-                    fc_transpose_f32(sy, block, out_plane, block, yp + b * block * out_plane,
-                                     out_plane, 1)
-                else:
-                    fc_transpose_f64(sy, block, out_plane, block, yp + b * block * out_plane,
-                                     out_plane, 1)
-                fc_transpose_f64(<double*>si, block, out_plane, block,
-                                 <double*>(ip + b * block * out_plane), out_plane, 1)
+                _channels_last_to_planes(sy, block, out_plane, yp + b * block * out_plane)
+                _channels_last_to_planes(<double*>si, block, out_plane,
+                                         <double*>(ip + b * block * out_plane))
         free(sx)
     return status
 
@@ -3522,10 +3534,7 @@ cdef int _avg_pool_small_planes(const floating* xp, floating* yp,
         for b in prange(n_blocks, schedule="static"):
             if sx != NULL:
                 sy = sx + plane * block
-                if floating is float:
-                    fc_transpose_f32(xp + b * block * plane, plane, block, plane, sx, block, 0)
-                else:
-                    fc_transpose_f64(xp + b * block * plane, plane, block, plane, sx, block, 0)
+                _planes_to_channels_last(xp + b * block * plane, block, plane, sx)
                 for p in range(out_h):
                     wh = _avg_window(p, k_h, stride_h, pad_h, in_h)
                     row_div = (<double>wh.padded if count_include_pad
@@ -3539,12 +3548,7 @@ cdef int _avg_pool_small_planes(const floating* xp, floating* yp,
                         else:
                             fc_avg_px_f64(sx, in_w, block, wh.start, wh.stop, ww.start,
                                           ww.stop, sy + o, row_div * cdiv[q])
-                if floating is float:
-                    fc_transpose_f32(sy, block, out_plane, block, yp + b * block * out_plane,
-                                     out_plane, 1)
-                else:
-                    fc_transpose_f64(sy, block, out_plane, block, yp + b * block * out_plane,
-                                     out_plane, 1)
+                _channels_last_to_planes(sy, block, out_plane, yp + b * block * out_plane)
         free(sx)
     return status
 
@@ -3817,22 +3821,14 @@ cdef int _avg_backward_small_planes(const floating[:, :, :, ::1] grad_out,
     cdef floating* dcl = &dx_cl[0, 0, 0, 0]
     with nogil:
         for b in prange(n_blocks, schedule="static", num_threads=n_threads):
-            if floating is float:
-                fc_transpose_f32(gp + b * block * out_plane, out_plane, block, out_plane,
-                                 gcl + b * out_plane * block, block, 0)
-            else:
-                fc_transpose_f64(gp + b * block * out_plane, out_plane, block, out_plane,
-                                 gcl + b * out_plane * block, block, 0)
+            _planes_to_channels_last(gp + b * block * out_plane, block, out_plane,
+                                     gcl + b * out_plane * block)
     avg_pool2d_backward_nhwc(g_cl, dx_cl, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
                              count_include_pad, n_threads)
     with nogil:
         for b in prange(n_blocks, schedule="static", num_threads=n_threads):
-            if floating is float:
-                fc_transpose_f32(dcl + b * in_plane * block, block, in_plane, block,
-                                 dxp + b * block * in_plane, in_plane, 1)
-            else:
-                fc_transpose_f64(dcl + b * in_plane * block, block, in_plane, block,
-                                 dxp + b * block * in_plane, in_plane, 1)
+            _channels_last_to_planes(dcl + b * in_plane * block, block, in_plane,
+                                     dxp + b * block * in_plane)
     return 0
 
 
