@@ -161,9 +161,10 @@ cdef bint POOL_FAST_PATHS = True
 # ahead, so memory waits and compute add up instead of overlapping.  See
 # fc_prefetch_rows_ahead and fc_prefetch_grad_rows in _pool_avx2.h.
 cdef Py_ssize_t PREFETCH_OUT_ROWS = 8
-# NCHW max pools whose output rows are narrower than an AVX2 vector, on
-# planes of at most this many elements, stage blocks of planes channels last
-# for the NHWC pixel kernel (see _max_pool_small_planes; 0: never).
+# NCHW pools (max and average forwards, the average-pool gradient) whose
+# output rows are narrower than an AVX2 vector, on planes of at most this
+# many elements, stage blocks of planes channels last for the NHWC kernels
+# (see _staged_planes; 0: never).
 cdef Py_ssize_t SMALL_PLANE_MAX = 4096
 # Pool gradients (NCHW) of at least STREAM_MIN_BYTES are built one plane at a
 # time in a per-thread scratch plane (planes of at most STREAM_MAX_PLANE
@@ -3012,6 +3013,24 @@ cdef inline void _channels_last_to_planes(const floating* image, Py_ssize_t bloc
         fc_transpose_f64(image, block, plane, block, planes, plane, 1)
 
 
+cdef enum:
+    # planes staged together: one AVX-512 vector of them as the channels
+    SMALL_BLOCK_BYTES = 64
+
+
+cdef inline Py_ssize_t _staged_planes(Py_ssize_t planes, Py_ssize_t out_w, Py_ssize_t plane,
+                                      size_t itemsize) noexcept nogil:
+    """How many leading planes of an NCHW pool go channels last, in whole
+    blocks of SMALL_BLOCK_BYTES // itemsize: those of output rows narrower
+    than an AVX2 vector, on planes of at most SMALL_PLANE_MAX elements (the
+    rest run row by row); 0 where the row loops take them all."""
+    cdef Py_ssize_t block = SMALL_BLOCK_BYTES // itemsize
+    if (not (FC_POOL_AVX2 and POOL_FAST_PATHS) or out_w >= _avx2_lanes(itemsize)
+            or plane > SMALL_PLANE_MAX):
+        return 0
+    return planes // block * block
+
+
 cdef int _max_pool_small_planes(const floating* xp, floating* yp, int64_t* ip,
                                 Py_ssize_t n_blocks, Py_ssize_t block,
                                 Py_ssize_t in_h, Py_ssize_t in_w,
@@ -3127,14 +3146,13 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
         _max_pool_elementwise(xp, yp, ip, planes, in_h, in_w, out_h, out_w,
                               k_h, k_w, stride_h, stride_w, pad_h, pad_w, n_threads)
         return
-    # output rows narrower than a vector: whole blocks of planes (one
-    # AVX-512 vector of them) staged channels last, the rest row by row
-    cdef Py_ssize_t block = 64 // sizeof(floating), first = 0
-    if (FC_POOL_AVX2 and POOL_FAST_PATHS and out_w < _avx2_lanes(sizeof(floating))
-            and in_h * in_w <= SMALL_PLANE_MAX and planes >= block):
-        first = planes // block * block
+    # output rows narrower than a vector: whole blocks of planes staged
+    # channels last, the rest row by row
+    cdef Py_ssize_t block = SMALL_BLOCK_BYTES // sizeof(floating)
+    cdef Py_ssize_t first = _staged_planes(planes, out_w, in_h * in_w, sizeof(floating))
+    if first:
         with nogil:
-            status = _max_pool_small_planes(xp, yp, ip, planes // block, block, in_h, in_w,
+            status = _max_pool_small_planes(xp, yp, ip, first // block, block, in_h, in_w,
                                             out_h, out_w, k_h, k_w, stride_h, stride_w,
                                             pad_h, pad_w, n_threads)
         _raise_for_status(status)
@@ -3594,14 +3612,13 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
     # output rows narrower than a vector: whole blocks of planes staged
     # channels last (as in max_pool2d_forward; the pixel kernel divides in
     # float32 only where that is exact, as the rows do), the rest row by row
-    cdef Py_ssize_t block = 64 // sizeof(floating), first = 0
+    cdef Py_ssize_t block = SMALL_BLOCK_BYTES // sizeof(floating)
+    cdef Py_ssize_t first = (_staged_planes(planes, out_w, in_h * in_w, sizeof(floating))
+                             if float_exact or floating is double else 0)
     cdef int status
-    if (FC_POOL_AVX2 and POOL_FAST_PATHS and out_w < _avx2_lanes(sizeof(floating))
-            and in_h * in_w <= SMALL_PLANE_MAX and planes >= block
-            and (float_exact or floating is double)):
-        first = planes // block * block
+    if first:
         with nogil:
-            status = _avg_pool_small_planes(xp, yp, planes // block, block, in_h, in_w,
+            status = _avg_pool_small_planes(xp, yp, first // block, block, in_h, in_w,
                                             out_h, out_w, k_h, stride_h, pad_h, k_w, stride_w,
                                             pad_w, count_include_pad, cdiv, n_threads)
         _raise_for_status(status)
@@ -3891,11 +3908,12 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
         share_len = max(share_len, 4 * (geo.in_w // 2 + 2))
     # output rows narrower than a vector, where neither row kernel runs:
     # whole blocks of planes as channels-last images, the rest row by row
-    cdef Py_ssize_t block = 64 // sizeof(floating), first = 0
-    if (FC_POOL_AVX2 and POOL_FAST_PATHS and not square3 and geo.out_w < lanes
-            and geo.in_h * geo.in_w <= SMALL_PLANE_MAX and planes >= block):
-        first = planes // block * block
-        _avg_backward_small_planes(grad_out, grad_in, planes // block, block, k_h, k_w,
+    cdef Py_ssize_t block = SMALL_BLOCK_BYTES // sizeof(floating)
+    cdef Py_ssize_t first = (0 if square3 else
+                             _staged_planes(planes, geo.out_w, geo.in_h * geo.in_w,
+                                            sizeof(floating)))
+    if first:
+        _avg_backward_small_planes(grad_out, grad_in, first // block, block, k_h, k_w,
                                    stride_h, stride_w, pad_h, pad_w, count_include_pad,
                                    n_threads)
         if first == planes:
